@@ -1,0 +1,469 @@
+//! `gateway.toml`: one file that configures the gateway and its plugins.
+//!
+//! Every error names the file, the key and the problem; unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole gateway configuration, as loaded and validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address of the public HTTP ingress, e.g. `0.0.0.0:8080`. Port 0 picks
+    /// a free port (the bound address is logged in the `gateway ready` event).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the ledger, the key-value store and the compile cache live.
+    /// Relative paths are relative to the configuration file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The device key written by `depin-gateway keygen`. Relative to the
+    /// configuration file; defaults to `<data_dir>/device.key`.
+    pub key_path: Option<PathBuf>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Limits of the HTTP ingress.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Limits of the WebAssembly runtime as a whole.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The resource plugins, one table each.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Limits of the HTTP ingress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// Most headers accepted in one request; more gets 431.
+    pub max_headers: usize,
+    /// Wall-clock budget of one plugin call, in milliseconds; past it the
+    /// caller gets 504.
+    pub call_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 16 << 10,
+            max_headers: 64,
+            call_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Limits of the WebAssembly runtime as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Instances that may exist at once across all plugins (the size of the
+    /// pooling allocator). Calls beyond it get 503.
+    pub max_instances: u32,
+    /// Upper bound on any plugin's `limits.memory_mb`.
+    pub max_memory_mb: u64,
+    /// Granularity of CPU deadlines, in milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory_mb: 256,
+            tick_ms: 5,
+        }
+    }
+}
+
+/// One `[[plugin]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name; namespaces the plugin's key-value store and its ledger
+    /// records. `[a-z0-9_-]`, at most 64 bytes.
+    pub name: String,
+    /// Path of the component (`.wasm`), relative to the configuration file.
+    pub component: PathBuf,
+    /// HTTP route prefix, e.g. `/cache`; `/` takes every path no other
+    /// plugin claims.
+    pub route: Option<String>,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// Free-form settings passed to the plugin (`init` and the `config`
+    /// import). Values may be strings, numbers or booleans.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// Sandbox limits of one plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Linear memory cap per call, in MiB.
+    pub memory_mb: u64,
+    /// CPU deadline per call, in milliseconds.
+    pub cpu_ms: u64,
+    /// Fuel budget per call; unlimited when absent. Fuel used is always
+    /// measured and recorded.
+    pub fuel: Option<u64>,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 64,
+            cpu_ms: 1_000,
+            fuel: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The offending key as a dotted path (`plugin[0].limits.memory_mb`),
+    /// when the problem is with one key.
+    pub key: Option<String>,
+    /// The problem, in words.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl GatewayConfig {
+    /// Reads, parses and validates `path`. Relative paths inside are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            problem: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text that came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |key: Option<String>, problem: String| ConfigError {
+            file: path.to_path_buf(),
+            key,
+            problem,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err(None, describe_toml_error(text, &e)))?;
+        let mut config: GatewayConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != "." && !key.is_empty()).then_some(key);
+            err(key, describe_toml_error(text, e.inner()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate().map_err(|(key, problem)| err(Some(key), problem))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        self.data_dir = resolve(&self.data_dir);
+        self.key_path = self.key_path.as_deref().map(resolve);
+        for plugin in &mut self.plugins {
+            plugin.component = resolve(&plugin.component);
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let h = &self.http;
+        positive("http.max_body_bytes", h.max_body_bytes as u64)?;
+        positive("http.max_header_bytes", h.max_header_bytes as u64)?;
+        positive("http.max_headers", h.max_headers as u64)?;
+        positive("http.call_timeout_ms", h.call_timeout_ms)?;
+        let r = &self.runtime;
+        positive("runtime.max_instances", u64::from(r.max_instances))?;
+        positive("runtime.max_memory_mb", r.max_memory_mb)?;
+        positive("runtime.tick_ms", r.tick_ms)?;
+        if r.max_memory_mb > 4096 {
+            return Err((
+                "runtime.max_memory_mb".into(),
+                format!("{} MiB is above the 4096 MiB a 32-bit memory can address", r.max_memory_mb),
+            ));
+        }
+        let mut names = BTreeMap::new();
+        let mut routes = BTreeMap::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            if let Err(problem) = validate_name(&p.name) {
+                return Err((key("name"), problem));
+            }
+            if let Some(first) = names.insert(p.name.clone(), i) {
+                return Err((
+                    key("name"),
+                    format!("`{}` is already the name of plugin[{first}]", p.name),
+                ));
+            }
+            if let Some(route) = &p.route {
+                if let Err(problem) = validate_route(route) {
+                    return Err((key("route"), problem));
+                }
+                let normalized = normalize_route(route);
+                if let Some(first) = routes.insert(normalized, i) {
+                    return Err((
+                        key("route"),
+                        format!("route `{route}` is already taken by plugin[{first}]"),
+                    ));
+                }
+            }
+            positive(&key("limits.memory_mb"), p.limits.memory_mb)?;
+            positive(&key("limits.cpu_ms"), p.limits.cpu_ms)?;
+            if p.limits.memory_mb > r.max_memory_mb {
+                return Err((
+                    key("limits.memory_mb"),
+                    format!(
+                        "{} MiB is above runtime.max_memory_mb ({} MiB)",
+                        p.limits.memory_mb, r.max_memory_mb
+                    ),
+                ));
+            }
+            if p.limits.fuel == Some(0) {
+                return Err((key("limits.fuel"), "must be greater than 0 (omit it for no fuel limit)".into()));
+            }
+            for (k, v) in &p.config {
+                if config_value_string(v).is_none() {
+                    return Err((
+                        key(&format!("config.{k}")),
+                        format!("must be a string, number or boolean, not {}", v.type_str()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device key file: `key_path`, or `<data_dir>/device.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("device.key"))
+    }
+}
+
+impl PluginConfig {
+    /// The plugin's settings as the strings it receives.
+    pub fn config_strings(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), config_value_string(v)?)))
+            .collect()
+    }
+
+    /// The route prefix without a trailing slash (`/` stays `/`).
+    pub fn normalized_route(&self) -> Option<String> {
+        self.route.as_deref().map(normalize_route)
+    }
+}
+
+fn config_value_string(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), (String, String)> {
+    if value == 0 {
+        Err((key.to_string(), "must be greater than 0".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a plugin name: `[a-z0-9_-]`, 1 to 64 bytes.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("`{name}` must be 1 to 64 bytes long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(format!("`{name}` may only contain a-z, 0-9, `-` and `_`"));
+    }
+    Ok(())
+}
+
+fn validate_route(route: &str) -> Result<(), String> {
+    if !route.starts_with('/') {
+        return Err(format!("`{route}` must start with `/`"));
+    }
+    if route.contains(['?', '#', ' ']) || route.contains("//") {
+        return Err(format!("`{route}` must be a plain path prefix (no `?`, `#`, spaces or `//`)"));
+    }
+    Ok(())
+}
+
+fn normalize_route(route: &str) -> String {
+    let trimmed = route.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// Turns a toml error into one line with its position.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.data_dir, Path::new("/etc/depin/data"));
+        assert_eq!(c.key_path(), Path::new("/etc/depin/data/device.key"));
+        assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let e = parse("listen = \"127.0.0.1:1\"\nlisten_adress = 1\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listen_adress"), "{e}");
+        assert!(e.to_string().contains("unknown field `listen_adress`"), "{e}");
+        assert!(e.to_string().starts_with("/etc/depin/gateway.toml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_nested_key_names_the_plugin_index() {
+        let text = "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.limits]\nmemory = 3\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].limits.memory"), "{e}");
+        assert!(e.problem.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let e = parse("[http]\nmax_body_bytes = \"big\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("http.max_body_bytes"), "{e}");
+        assert!(e.problem.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_toml_syntax_gives_the_position() {
+        let e = parse("listen = \n").unwrap_err();
+        assert!(e.problem.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_plugin_names_and_routes_are_refused() {
+        let two = |n2: &str, r2: &str| {
+            format!(
+                "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\nroute = \"/a\"\n\
+                 [[plugin]]\nname = \"{n2}\"\ncomponent = \"b.wasm\"\nroute = \"{r2}\"\n"
+            )
+        };
+        let e = parse(&two("a", "/b")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[1].name"), "{e}");
+        let e = parse(&two("b", "/a/")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[1].route"), "{e}");
+        assert!(e.problem.contains("plugin[0]"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let e = parse(
+            "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.limits]\nmemory_mb = 9000\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].limits.memory_mb"), "{e}");
+        let e = parse("[runtime]\ntick_ms = 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("runtime.tick_ms"), "{e}");
+    }
+
+    #[test]
+    fn plugin_config_values_become_strings() {
+        let c = parse(
+            "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = 1\ny = \"s\"\nz = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.plugins[0].config_strings(),
+            vec![("x".into(), "1".into()), ("y".into(), "s".into()), ("z".into(), "true".into())]
+        );
+        let e = parse("[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = [1]\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].config.x"), "{e}");
+    }
+}

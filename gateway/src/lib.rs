@@ -1,0 +1,8 @@
+//! depin-gateway: an edge gateway that hosts sandboxed WebAssembly resource
+//! plugins and meters the service they provide into a durable, hash-chained
+//! usage ledger.
+
+pub mod config;
+pub mod identity;
+pub mod ledger;
+pub mod runtime;

@@ -1,0 +1,13 @@
+//! Host imports, one file per capability of the contract. Each checks its
+//! limits at the boundary, before any work. Guest mistakes come back to the
+//! plugin as WIT errors; host faults trap the call and are logged.
+
+mod config;
+mod kv;
+mod log;
+mod metering;
+
+use super::contract::depin::plugin::types;
+use super::state::CallState;
+
+impl types::Host for CallState {}

@@ -1,0 +1,121 @@
+//! The WebAssembly runtime: one `Engine` with the pooling allocator, one
+//! `Linker`, an epoch ticker for CPU deadlines, and an on-disk cache of
+//! compiled components.
+
+mod cache;
+pub mod contract;
+mod host;
+mod plugin;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use cache::CacheOutcome;
+pub use contract::{CONTRACT, ComponentShape};
+pub use plugin::{CallError, CallOutcome, LoadError, LoadedPlugin, PluginShared};
+
+use crate::config::RuntimeConfig;
+use state::CallState;
+
+/// The engine, linker and compile cache shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    tick: Duration,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the WebAssembly runtime: {0}")]
+pub struct RuntimeError(String);
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    /// `cache_dir`: where compiled components are kept (`None`: no cache).
+    pub fn new(cfg: &RuntimeConfig, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(cfg)).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        contract::ResourcePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError(format!("{}: cannot create the compile cache: {e}", dir.display())))?;
+        }
+        let tick = Duration::from_millis(cfg.tick_ms);
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), tick, ticker_stop.clone())?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            tick,
+            ticker_stop,
+        })
+    }
+
+    /// The engine (for tools that inspect components).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles the component at `path`, or loads it from the compile cache.
+    pub fn compile(&self, path: &Path) -> Result<(Component, String, CacheOutcome), String> {
+        cache::compile(&self.engine, self.cache_dir.as_deref(), path)
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<CallState> {
+        &self.linker
+    }
+
+    pub(crate) fn ticks_for(&self, budget: Duration) -> u64 {
+        let tick = self.tick.as_micros().max(1);
+        (budget.as_micros().div_ceil(tick) as u64).max(1)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(cfg: &RuntimeConfig) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Fuel is always counted so the ledger can attest it; a plugin without a
+    // fuel limit simply gets an unreachable budget.
+    config.consume_fuel(true);
+    let mut pool = PoolingAllocationConfig::default();
+    let n = cfg.max_instances;
+    pool.total_component_instances(n);
+    pool.total_core_instances(n.saturating_mul(4));
+    pool.total_memories(n.saturating_mul(2));
+    pool.total_tables(n.saturating_mul(4));
+    pool.total_stacks(n);
+    pool.max_memory_size((cfg.max_memory_mb << 20) as usize);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| RuntimeError(format!("cannot start the epoch ticker: {e}")))
+}
