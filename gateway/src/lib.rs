@@ -6,3 +6,9 @@ pub mod config;
 pub mod identity;
 pub mod ledger;
 pub mod runtime;
+pub mod cli;
+pub mod gateway;
+pub mod ingress;
+pub mod telemetry;
+
+pub use gateway::{RunningGateway, StartError};

@@ -15,6 +15,17 @@ wasmtime::component::bindgen!({
 
 pub use depin::plugin::types::{Body, BlobRef, ResourceKind, UnitInfo, Usage};
 
+/// The WIT name of a resource kind, e.g. `storage-cache`.
+pub fn kind_name(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::HotspotRelay => "hotspot-relay",
+        ResourceKind::StorageCache => "storage-cache",
+        ResourceKind::ComputeTask => "compute-task",
+        ResourceKind::SensorAggregator => "sensor-aggregator",
+        ResourceKind::Other => "other",
+    }
+}
+
 /// The contract this gateway speaks.
 pub const CONTRACT: &str = "depin:plugin@0.1.0";
 const PACKAGE: &str = "depin:plugin";

@@ -126,27 +126,44 @@ impl LoadedPlugin {
             path: cfg.component.clone(),
             problem,
         };
-        let (component, digest, cache) = runtime.compile(&cfg.component).map_err(fail)?;
+        let plugin = Self::prepare(runtime, cfg, ledger.clone()).await.map_err(fail)?;
+        let config = cfg.config_strings();
+        let outcome = plugin
+            .call("load".into(), move |p, s| Box::pin(async move { p.call_init(s, &config).await }))
+            .await;
+        match outcome.result {
+            Err(e) => return Err(fail(format!("`init` failed: {e}"))),
+            Ok(Err(message)) => return Err(fail(format!("`init` refused its configuration: {message}"))),
+            Ok(Ok(())) => {}
+        }
+        ledger
+            .commit(plugin.shared.name.clone(), outcome.effects)
+            .await
+            .map_err(|e| fail(format!("cannot commit what `init` wrote: {e}")))?;
+        Ok(Arc::new(plugin))
+    }
+
+    /// Everything of `load` but `init`: compile, check the contract, link,
+    /// call `describe`. Used by `plugin inspect`.
+    pub async fn prepare(runtime: &Runtime, cfg: &PluginConfig, ledger: Arc<Ledger>) -> Result<Self, String> {
+        let (component, digest, cache) = runtime.compile(&cfg.component)?;
         let shape = ComponentShape::of(runtime.engine(), &component);
-        shape
-            .check()
-            .map_err(|p| fail(format!("does not fit the contract {CONTRACT}: {p}")))?;
+        let misfit = |p: String| format!("does not fit the contract {CONTRACT}: {p}");
+        shape.check().map_err(misfit)?;
         let instance_pre = runtime
             .linker()
             .instantiate_pre(&component)
-            .map_err(|e| fail(format!("does not fit the contract {CONTRACT}: {e:#}")))?;
-        let pre = ResourcePluginPre::new(instance_pre)
-            .map_err(|e| fail(format!("does not fit the contract {CONTRACT}: {e:#}")))?;
-        let mut shared = PluginShared {
+            .map_err(|e| misfit(format!("{e:#}")))?;
+        let pre = ResourcePluginPre::new(instance_pre).map_err(|e| misfit(format!("{e:#}")))?;
+        let shared = PluginShared {
             name: cfg.name.as_str().into(),
             config: cfg.config_strings().into_iter().collect(),
             limits: cfg.limits.clone(),
             memory_cap_bytes: (cfg.limits.memory_mb << 20) as usize,
             units: BTreeSet::new(),
         };
-        let max_ticks = runtime.ticks_for(Duration::from_millis(cfg.limits.cpu_ms));
         let mut plugin = LoadedPlugin {
-            shared: Arc::new(shared.clone()),
+            shared: Arc::new(shared),
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
@@ -159,38 +176,26 @@ impl LoadedPlugin {
             cache,
             pre,
             engine: runtime.engine().clone(),
-            ledger: ledger.clone(),
-            max_ticks,
+            ledger,
+            max_ticks: runtime.ticks_for(Duration::from_millis(cfg.limits.cpu_ms)),
         };
         let described = plugin
             .call("load".into(), |p, s| Box::pin(p.call_describe(s)))
             .await
             .result
-            .map_err(|e| fail(format!("`describe` failed: {e}")))?;
+            .map_err(|e| format!("`describe` failed: {e}"))?;
         let mut units = BTreeSet::new();
         for u in &described.units {
-            if let Err(p) = validate_unit_name(&u.name) {
-                return Err(fail(format!("`describe` declares an invalid unit: {p}")));
-            }
+            validate_unit_name(&u.name).map_err(|p| format!("`describe` declares an invalid unit: {p}"))?;
             if !units.insert(u.name.clone()) {
-                return Err(fail(format!("`describe` declares unit `{}` twice", u.name)));
+                return Err(format!("`describe` declares unit `{}` twice", u.name));
             }
         }
+        let mut shared = (*plugin.shared).clone();
         shared.units = units;
         plugin.shared = Arc::new(shared);
         plugin.info = described;
-        let config = cfg.config_strings();
-        let outcome = plugin.call("load".into(), move |p, s| Box::pin(async move { p.call_init(s, &config).await })).await;
-        match outcome.result {
-            Err(e) => return Err(fail(format!("`init` failed: {e}"))),
-            Ok(Err(message)) => return Err(fail(format!("`init` refused its configuration: {message}"))),
-            Ok(Ok(())) => {}
-        }
-        ledger
-            .commit(plugin.shared.name.clone(), outcome.effects)
-            .await
-            .map_err(|e| fail(format!("cannot commit what `init` wrote: {e}")))?;
-        Ok(Arc::new(plugin))
+        Ok(plugin)
     }
 
     /// The configured name.

@@ -1,0 +1,420 @@
+//! HTTP ingress (hyper 1 on tokio). A request reads top to bottom as
+//! phases: route → read body → call plugin → commit usage → respond. The
+//! response is sent only after the call's usage records are durable.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::HttpConfig;
+use crate::ledger::{CallEffects, Ledger, NewRecord, Source};
+use crate::runtime::LoadedPlugin;
+use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
+
+/// Host-attested units recorded for every call.
+pub mod units {
+    /// Request line, headers and body received, in bytes.
+    pub const BYTES_IN: &str = "bytes-in";
+    /// Response headers and body sent, in bytes.
+    pub const BYTES_OUT: &str = "bytes-out";
+    /// Wall time of the plugin call, in microseconds.
+    pub const WALL_TIME_US: &str = "wall-time-us";
+    /// WebAssembly fuel the call consumed.
+    pub const FUEL: &str = "fuel";
+}
+
+/// Unique ids for requests: a random per-process prefix and a counter.
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self { prefix: rand::random(), next: AtomicU64::new(1) }
+    }
+}
+
+impl RequestIds {
+    /// A fresh id, 20 hex digits.
+    pub fn next(&self) -> Arc<str> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.prefix, n).into()
+    }
+}
+
+/// The routing table and limits of the ingress.
+pub struct HttpIngress {
+    /// (normalized prefix, plugin), longest prefix first.
+    routes: Vec<(String, Arc<LoadedPlugin>)>,
+    ledger: Arc<Ledger>,
+    limits: HttpConfig,
+    ids: RequestIds,
+}
+
+type HttpBody = Full<Bytes>;
+
+impl HttpIngress {
+    /// Builds the routing table from the plugins that have a route.
+    pub fn new(plugins: &[(Option<String>, Arc<LoadedPlugin>)], ledger: Arc<Ledger>, limits: HttpConfig) -> Self {
+        let mut routes: Vec<(String, Arc<LoadedPlugin>)> = plugins
+            .iter()
+            .filter_map(|(route, p)| Some((route.clone()?, p.clone())))
+            .collect();
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Self { routes, ledger, limits, ids: RequestIds::default() }
+    }
+
+    /// The plugin for `path` and the path below its prefix.
+    fn route<'a>(&self, path: &'a str) -> Option<(&Arc<LoadedPlugin>, &'a str)> {
+        self.routes.iter().find_map(|(prefix, plugin)| {
+            if prefix == "/" {
+                return Some((plugin, path));
+            }
+            let rest = path.strip_prefix(prefix.as_str())?;
+            if rest.is_empty() {
+                Some((plugin, "/"))
+            } else if rest.starts_with('/') {
+                Some((plugin, rest))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Serves connections from `listener` until `shutdown` turns true, then
+    /// stops accepting and lets in-flight requests finish (up to the grace
+    /// period).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let conn = self.connection_builder().serve_connection(
+                            TokioIo::new(stream),
+                            service_fn({
+                                let this = self.clone();
+                                move |req| {
+                                    let this = this.clone();
+                                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                                }
+                            }),
+                        );
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        drop(listener);
+        let grace = Duration::from_millis(self.limits.shutdown_grace_ms);
+        tracing::info!(grace_ms = grace.as_millis() as u64, "draining in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+
+    fn connection_builder(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .max_headers(self.limits.max_headers);
+        b
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<HttpBody> {
+        let request_id = self.ids.next();
+        let path = req.uri().path().to_string();
+        let Some((plugin, sub_path)) = self.route(&path) else {
+            return error_response(StatusCode::NOT_FOUND, &request_id, &format!("no plugin serves {path}"));
+        };
+        let plugin = plugin.clone();
+        let span = tracing::info_span!(
+            "call",
+            plugin = %plugin.name(),
+            method = %req.method(),
+            route = %path,
+            request_id = %request_id,
+            %peer,
+            status = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let sub_path = sub_path.to_string();
+        async move {
+            let started = Instant::now();
+            let response = self.call_phases(&plugin, req, sub_path, &request_id).await;
+            let span = tracing::Span::current();
+            span.record("status", response.status().as_u16());
+            span.record("duration_us", started.elapsed().as_micros() as u64);
+            tracing::debug!(status = response.status().as_u16(), "request done");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn call_phases(
+        &self,
+        plugin: &LoadedPlugin,
+        req: Request<Incoming>,
+        sub_path: String,
+        request_id: &Arc<str>,
+    ) -> Response<HttpBody> {
+        // Phase: read the request.
+        let request = match self.read_request(req, sub_path).await {
+            Ok(r) => r,
+            Err((status, message)) => return error_response(status, request_id, &message),
+        };
+        let bytes_in = request_size(&request);
+
+        // Phase: call the plugin.
+        let timeout = Duration::from_millis(self.limits.call_timeout_ms);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, plugin.handle_http(request_id, request)).await;
+
+        // Phase: build the response and the call's records.
+        let (response, effects, fuel, wall) = match outcome {
+            Err(_) => {
+                tracing::warn!(timeout_ms = self.limits.call_timeout_ms, "plugin call timed out");
+                let r = error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    request_id,
+                    &format!("the plugin did not answer within {} ms", self.limits.call_timeout_ms),
+                );
+                (r, CallEffects::default(), 0, started.elapsed())
+            }
+            Ok(o) => {
+                let response = match o.result {
+                    Ok(r) => plugin_response(r, request_id),
+                    Err(e) => {
+                        let status = match e {
+                            crate::runtime::CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                            _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        error_response(status, request_id, &format!("plugin call failed: {}", e.kind()))
+                    }
+                };
+                (response, o.effects, o.fuel, o.wall)
+            }
+        };
+
+        // Phase: commit usage, then respond.
+        let records = host_records(request_id, bytes_in, response_size(&response), wall, fuel);
+        let mut effects = effects;
+        effects.records.splice(0..0, records);
+        match self.ledger.commit(plugin.name().clone(), effects).await {
+            Ok(_) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit usage; withholding the response");
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    request_id,
+                    "the usage ledger is unavailable; the request had no effect",
+                )
+            }
+        }
+    }
+
+    async fn read_request(&self, req: Request<Incoming>, path: String) -> Result<HttpRequest, (StatusCode, String)> {
+        let max = self.limits.max_body_bytes;
+        let too_large = || {
+            (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the limit of {max} bytes"))
+        };
+        if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or((StatusCode::BAD_REQUEST, "invalid content-length".to_string()))?;
+            if len > max as u64 {
+                return Err(too_large());
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+        };
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            let value = value
+                .to_str()
+                .map_err(|_| (StatusCode::BAD_REQUEST, format!("header `{name}` is not visible ASCII")))?;
+            headers.push((name.as_str().to_string(), value.to_string()));
+        }
+        Ok(HttpRequest {
+            method: parts.method.as_str().to_string(),
+            path,
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers,
+            body: body.to_vec(),
+        })
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: treat it as a stop too.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+fn request_size(r: &HttpRequest) -> u64 {
+    let head: usize = r.method.len()
+        + r.path.len()
+        + r.query.len()
+        + r.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+    (head + r.body.len()) as u64
+}
+
+fn response_size(r: &Response<HttpBody>) -> u64 {
+    use hyper::body::Body as _;
+    let head: usize = r.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    head as u64 + r.body().size_hint().exact().unwrap_or(0)
+}
+
+fn host_records(request_id: &Arc<str>, bytes_in: u64, bytes_out: u64, wall: Duration, fuel: u64) -> [NewRecord; 4] {
+    let r = |unit: &str, quantity: u64| NewRecord {
+        time_ms: 0,
+        unit: unit.to_string(),
+        quantity,
+        source: Source::Host,
+        subject: Some(request_id.to_string()),
+        evidence: None,
+    };
+    [
+        r(units::BYTES_IN, bytes_in),
+        r(units::BYTES_OUT, bytes_out),
+        r(units::WALL_TIME_US, wall.as_micros() as u64),
+        r(units::FUEL, fuel),
+    ]
+}
+
+/// Headers a plugin may not set: the host owns framing and the connection.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-request-id",
+];
+
+fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody> {
+    let Ok(status) = StatusCode::from_u16(r.status) else {
+        tracing::warn!(status = r.status, "plugin returned an invalid status");
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, request_id, "the plugin returned an invalid status");
+    };
+    let body = match r.body {
+        Body::Bytes(b) => b,
+        Body::Blob(_) => {
+            return error_response(
+                StatusCode::NOT_IMPLEMENTED,
+                request_id,
+                "blob bodies need the blobs capability, which this gateway version does not offer",
+            );
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in r.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) {
+            continue;
+        }
+        match (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(&value)) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => tracing::warn!(header = %name, "plugin returned an invalid header; dropped"),
+        }
+    }
+    set_request_id(&mut response, request_id);
+    response
+}
+
+fn set_request_id(response: &mut Response<HttpBody>, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+}
+
+/// A JSON error body that carries the request id, so a caller can quote it
+/// and an operator can find the call in the log.
+fn error_response(status: StatusCode, request_id: &str, message: &str) -> Response<HttpBody> {
+    let body = serde_json::json!({ "error": message, "request_id": request_id });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set_request_id(&mut response, request_id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_fixed_width() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+    }
+
+    #[test]
+    fn plugin_cannot_set_framing_headers() {
+        let r = HttpResponse {
+            status: 201,
+            headers: vec![
+                ("Content-Length".into(), "999".into()),
+                ("x-custom".into(), "1".into()),
+                ("bad header".into(), "x".into()),
+            ],
+            body: Body::Bytes(b"hi".to_vec()),
+        };
+        let resp = plugin_response(r, &Arc::from("rid"));
+        assert_eq!(resp.status(), 201);
+        assert!(resp.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(resp.headers().get("x-custom").unwrap(), "1");
+        assert_eq!(resp.headers().get("x-request-id").unwrap(), "rid");
+    }
+
+    #[test]
+    fn invalid_status_becomes_500() {
+        let r = HttpResponse { status: 42, headers: vec![], body: Body::Bytes(vec![]) };
+        assert_eq!(plugin_response(r, &Arc::from("rid")).status(), 500);
+    }
+}

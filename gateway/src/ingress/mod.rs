@@ -1,0 +1,3 @@
+//! Where traffic enters the gateway.
+
+pub mod http;

@@ -1,0 +1,83 @@
+//! Conveniences on the HTTP types of the contract.
+
+use crate::{Body, HttpRequest, HttpResponse};
+
+impl HttpRequest {
+    /// A request with no query, headers or body (for tests).
+    pub fn new(method: &str, path: &str) -> Self {
+        HttpRequest {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// The same request with `body`.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The same request with `query` (without `?`).
+    pub fn with_query(mut self, query: &str) -> Self {
+        self.query = query.into();
+        self
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of query parameter `name` (no percent-decoding).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+impl HttpResponse {
+    /// A response with a raw body and a content type.
+    pub fn bytes(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: Body::Bytes(body.into()),
+        }
+    }
+
+    /// A `text/plain` response.
+    pub fn text(status: u16, body: &str) -> Self {
+        Self::bytes(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+    }
+
+    /// An `application/json` response.
+    pub fn json<T: serde::Serialize + ?Sized>(status: u16, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self::bytes(status, "application/json", body),
+            Err(e) => Self::text(500, &format!("cannot encode the response: {e}")),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The body bytes (empty for a blob body).
+    pub fn body_bytes(&self) -> &[u8] {
+        match &self.body {
+            Body::Bytes(b) => b,
+            Body::Blob(_) => &[],
+        }
+    }
+}

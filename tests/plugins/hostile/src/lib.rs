@@ -1,0 +1,49 @@
+//! A plugin that misbehaves on request, for the sandbox tests:
+//! `/loop` never returns, `/bomb` allocates until it hits its memory cap,
+//! `/panic` traps, `/meter-then-panic` records usage and writes kv before
+//! trapping (none of which may be kept), `/ok` answers 200.
+
+use depin_plugin_sdk::{HttpRequest, HttpResponse, Plugin, PluginInfo, ResourceKind, export_plugin, kv, meter};
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn describe() -> PluginInfo {
+        PluginInfo::new("hostile", "0.0.0", ResourceKind::Other).unit("calls", "a call")
+    }
+
+    fn handle_http(req: HttpRequest) -> HttpResponse {
+        match req.path.as_str() {
+            "/ok" => {
+                let _ = meter("calls", 1);
+                HttpResponse::text(200, "ok")
+            }
+            "/loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "/bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/panic" => panic!("asked to panic"),
+            "/meter-then-panic" => {
+                let _ = meter("calls", 1000);
+                let _ = kv::set("poison", b"1");
+                panic!("asked to panic after metering");
+            }
+            "/poison" => match kv::get("poison") {
+                Ok(Some(_)) => HttpResponse::text(200, "present"),
+                _ => HttpResponse::text(404, "absent"),
+            },
+            _ => HttpResponse::text(404, "unknown"),
+        }
+    }
+}
+
+export_plugin!(Hostile);
