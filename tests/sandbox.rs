@@ -1,0 +1,156 @@
+//! Hostile plugins: each misbehaviour fails only its own call.
+
+use std::time::{Duration, Instant};
+
+use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
+use depin_gateway::RunningGateway;
+use depin_gateway::ledger::LedgerReader;
+
+fn hostile(name: &'static str, route: &'static str, limits: &'static str) -> PluginSpec {
+    PluginSpec::new(name, plugin("hostile_plugin"), route).limits(limits)
+}
+
+async fn start(extra: &str) -> (Home, RunningGateway, HttpClient) {
+    let home = Home::new(
+        &[
+            hostile("hostile", "/h", "memory_mb = 16\ncpu_ms = 200"),
+            hostile("hostile-fuel", "/hf", "cpu_ms = 5000\nfuel = 5000000"),
+            hostile("hostile-slow", "/hs", "cpu_ms = 5000"),
+            PluginSpec::new("template", plugin("template_plugin"), "/t"),
+        ],
+        extra,
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    (home, gw, http)
+}
+
+async fn assert_both_healthy(http: &HttpClient, prefix: &str) {
+    let same = http.get(&format!("{prefix}/ok")).await;
+    assert_eq!((same.status, same.text().as_str()), (200, "ok"), "the same plugin still serves");
+    let other = http.get("/t/hello").await;
+    assert_eq!(other.status, 200, "another plugin still serves");
+}
+
+fn assert_500_with_request_id(r: &depin_e2e::Reply, kind: &str) {
+    assert_eq!(r.status, 500, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["request_id"], r.request_id());
+    assert!(body["error"].as_str().unwrap().contains(kind), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_cut_at_its_cpu_deadline() {
+    let (_home, gw, http) = start("").await;
+    let started = Instant::now();
+    let r = http.get("/h/loop").await;
+    let took = started.elapsed();
+    assert_500_with_request_id(&r, "deadline");
+    assert!(took < Duration::from_secs(5), "cut near its 200 ms deadline, took {took:?}");
+    assert_both_healthy(&http, "/h").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_its_cap() {
+    let (_home, gw, http) = start("").await;
+    let r = http.get("/h/bomb").await;
+    assert_500_with_request_id(&r, "memory");
+    assert_both_healthy(&http, "/h").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_returns_500_and_the_next_call_succeeds() {
+    let (_home, gw, http) = start("").await;
+    let r = http.get("/h/panic").await;
+    assert_500_with_request_id(&r, "trap");
+    assert_both_healthy(&http, "/h").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_budget_ends_a_runaway_call() {
+    let (_home, gw, http) = start("").await;
+    let r = http.get("/hf/loop").await;
+    assert_500_with_request_id(&r, "fuel");
+    assert_both_healthy(&http, "/hf").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_timeout_gives_504() {
+    let (_home, gw, http) = start("[http]\ncall_timeout_ms = 100\n").await;
+    let r = http.get("/hs/loop").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains(&r.request_id()));
+    assert_both_healthy(&http, "/h").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapped_call_keeps_neither_its_usage_nor_its_writes() {
+    let (home, gw, http) = start("").await;
+    assert_eq!(http.get("/h/meter-then-panic").await.status, 500);
+    assert_eq!(http.get("/h/poison").await.text(), "absent");
+    gw.shutdown().await;
+    let totals = LedgerReader::open(&home.data_dir()).unwrap().summary().unwrap();
+    let claimed: u128 = totals
+        .iter()
+        .filter(|t| t.plugin == "hostile" && t.unit == "calls")
+        .map(|t| t.quantity)
+        .sum();
+    assert_eq!(claimed, 0, "the trapped call's 1000 calls were not kept: {totals:?}");
+    let measured = totals.iter().find(|t| t.plugin == "hostile" && t.unit == "wall-time-us").unwrap();
+    assert_eq!(measured.records, 2, "the host still measured both calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hostile_calls_do_not_disturb_healthy_ones() {
+    let (_home, gw, http) = start("").await;
+    let mut bad = Vec::new();
+    for path in ["/h/loop", "/h/bomb", "/h/panic", "/hf/loop"] {
+        let http = http.clone();
+        bad.push(tokio::spawn(async move { http.get(path).await.status }));
+    }
+    for _ in 0..20 {
+        assert_eq!(http.get("/t/hello").await.status, 200);
+    }
+    for b in bad {
+        assert_eq!(b.await.unwrap(), 500);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_another_world_is_refused_with_what_is_missing() {
+    let home = Home::new(&[PluginSpec::new("greeter", plugin("other_world_plugin"), "/g")], "");
+    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
+    assert!(e.contains("plugin `greeter`"), "{e}");
+    assert!(e.contains("other_world_plugin.wasm"), "{e}");
+    assert!(e.contains("depin:plugin@0.1.0"), "{e}");
+    assert!(e.contains("missing exports: init, handle-http, handle-datagram"), "{e}");
+    assert!(e.contains("acme:greeter/clock@1.0.0"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_module_is_refused_with_how_to_build_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let home = Home::new(&[PluginSpec::new("core", core, "/c")], "");
+    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
+    assert!(e.contains("core WebAssembly module, not a component"), "{e}");
+    assert!(e.contains("wasm32-wasip2"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refusing_its_config_stops_the_load_with_its_reason() {
+    let home = Home::new(
+        &[PluginSpec::new("template", plugin("template_plugin"), "/t").config("greting = \"typo\"")],
+        "",
+    );
+    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
+    assert!(e.contains("plugin `template`"), "{e}");
+    assert!(e.contains("unknown config key `greting`"), "{e}");
+}
