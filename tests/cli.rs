@@ -7,7 +7,10 @@ use depin_e2e::{Home, PluginSpec, plugin, run_cli};
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
 fn run_with(home: &Home) -> (i32, String, String) {
-    run_cli(BIN, &["run", "--config", home.config_path.to_str().unwrap()])
+    run_cli(
+        BIN,
+        &["run", "--config", home.config_path.to_str().unwrap()],
+    )
 }
 
 #[test]
@@ -16,11 +19,20 @@ fn keygen_writes_a_private_key_and_prints_the_gateway_id() {
     let key = dir.path().join("keys/device.key");
     let (code, out, err) = run_cli(BIN, &["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.trim().starts_with("dpg1") && out.trim().len() == 68, "{out}");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        out.trim().starts_with("dpg1") && out.trim().len() == 68,
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let (code, _, err) = run_cli(BIN, &["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -48,7 +60,10 @@ fn unknown_key_names_the_file_and_the_key() {
     std::fs::write(&home.config_path, format!("{text}\n[http]\nmax_body = 5\n")).unwrap();
     let (code, _, err) = run_with(&home);
     assert_eq!(code, 1);
-    assert!(err.contains("gateway.toml: key `http.max_body`: unknown field `max_body`"), "{err}");
+    assert!(
+        err.contains("gateway.toml: key `http.max_body`: unknown field `max_body`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -58,7 +73,10 @@ fn world_readable_key_is_refused() {
     let (code, _, err) = run_with(&home);
     assert_eq!(code, 1);
     assert!(err.contains("device.key"), "{err}");
-    assert!(err.contains("readable or writable by group or others"), "{err}");
+    assert!(
+        err.contains("readable or writable by group or others"),
+        "{err}"
+    );
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -68,21 +86,42 @@ fn missing_key_says_how_to_make_one() {
     std::fs::remove_file(home.key_path()).unwrap();
     let (code, _, err) = run_with(&home);
     assert_eq!(code, 1);
-    assert!(err.contains("no device key") && err.contains("depin-gateway keygen --config"), "{err}");
+    assert!(
+        err.contains("no device key") && err.contains("depin-gateway keygen --config"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_component_file_is_named_with_its_plugin() {
-    let home = Home::new(&[PluginSpec::new("ghost", "/nonexistent/ghost.wasm".into(), "/g")], "");
+    let home = Home::new(
+        &[PluginSpec::new(
+            "ghost",
+            "/nonexistent/ghost.wasm".into(),
+            "/g",
+        )],
+        "",
+    );
     let (code, _, err) = run_with(&home);
     assert_eq!(code, 1);
-    assert!(err.contains("plugin `ghost` (/nonexistent/ghost.wasm): cannot read the component"), "{err}");
+    assert!(
+        err.contains("plugin `ghost` (/nonexistent/ghost.wasm): cannot read the component"),
+        "{err}"
+    );
 }
 
 #[test]
 fn ledger_commands_refuse_a_missing_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) = run_cli(BIN, &["ledger", "verify", "--data-dir", dir.path().to_str().unwrap()]);
+    let (code, _, err) = run_cli(
+        BIN,
+        &[
+            "ledger",
+            "verify",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("no ledger here"), "{err}");
 }
@@ -98,12 +137,25 @@ fn plugin_inspect_shows_describe_and_the_contract_fit() {
     assert!(out.contains("depin:plugin/kv@0.1.0"), "{out}");
 
     let other = plugin("other_world_plugin");
-    let (code, out, _) = run_cli(BIN, &["plugin", "inspect", "--json", other.to_str().unwrap()]);
+    let (code, out, _) = run_cli(
+        BIN,
+        &["plugin", "inspect", "--json", other.to_str().unwrap()],
+    );
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["fits"], false);
-    assert!(v["problem"].as_str().unwrap().contains("missing exports"), "{out}");
-    assert!(v["exports"].as_array().unwrap().iter().any(|e| e == "greet"), "{out}");
+    assert!(
+        v["problem"].as_str().unwrap().contains("missing exports"),
+        "{out}"
+    );
+    assert!(
+        v["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "greet"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -65,17 +65,38 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_request() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let (code, out, err) = run_cli(BIN, &["ledger", "verify", "--data-dir", home.data_dir().to_str().unwrap()]);
+    let (code, out, err) = run_cli(
+        BIN,
+        &[
+            "ledger",
+            "verify",
+            "--data-dir",
+            home.data_dir().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "chain broken after kill -9: {out}{err}");
     let in_ledger = request_ids_in_ledger(&home);
     let lost: Vec<_> = acked.iter().filter(|id| !in_ledger.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged requests lost: {lost:?}", lost.len(), acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged requests lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
 
     // The gateway restarts on the same ledger and the chain goes on.
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     assert_eq!(HttpClient::new(gw.addr).get("/t/hello").await.status, 200);
     assert!(gw.terminate(), "clean exit on SIGTERM");
-    let (code, out, _) = run_cli(BIN, &["ledger", "verify", "--data-dir", home.data_dir().to_str().unwrap()]);
+    let (code, out, _) = run_cli(
+        BIN,
+        &[
+            "ledger",
+            "verify",
+            "--data-dir",
+            home.data_dir().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{out}");
 }
 
@@ -93,7 +114,12 @@ async fn sigterm_lets_in_flight_calls_finish_and_flushes_the_ledger() {
     let pid = gw.child.id();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let reply = slow.await.unwrap();
-    assert_eq!(reply.status, 500, "the in-flight call got its answer: {}", reply.text());
+    assert_eq!(
+        reply.status,
+        500,
+        "the in-flight call got its answer: {}",
+        reply.text()
+    );
     assert!(reply.text().contains("deadline"), "{}", reply.text());
     assert!(gw.terminate(), "exits 0 after draining");
     let logs = gw.stderr_lines.lock().unwrap().join("\n");

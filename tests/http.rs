@@ -28,7 +28,11 @@ async fn template_plugin_answers_and_every_call_is_in_the_ledger() {
     }
     let missing = http.get("/nowhere").await;
     assert_eq!(missing.status, 404);
-    assert!(missing.text().contains(&missing.request_id()), "{}", missing.text());
+    assert!(
+        missing.text().contains(&missing.request_id()),
+        "{}",
+        missing.text()
+    );
     gw.shutdown().await;
 
     let data = home.data_dir();
@@ -67,7 +71,9 @@ async fn template_plugin_answers_and_every_call_is_in_the_ledger() {
 async fn host_records_name_the_request_they_measured() {
     let home = Home::new(&[template("template", "/t")], "");
     let gw = RunningGateway::start(&home.config()).await.expect("start");
-    let reply = HttpClient::new(gw.http_addr).post("/t/echo", b"12345").await;
+    let reply = HttpClient::new(gw.http_addr)
+        .post("/t/echo", b"12345")
+        .await;
     gw.shutdown().await;
     let reader = LedgerReader::open(&home.data_dir()).unwrap();
     let mut host = Vec::new();
@@ -81,9 +87,15 @@ async fn host_records_name_the_request_they_measured() {
         })
         .unwrap();
     assert_eq!(host.len(), 4);
-    assert!(host.iter().all(|r| r.subject.as_deref() == Some(reply.request_id().as_str())));
+    assert!(
+        host.iter()
+            .all(|r| r.subject.as_deref() == Some(reply.request_id().as_str()))
+    );
     let bytes_in = host.iter().find(|r| r.unit == "bytes-in").unwrap();
-    assert!(bytes_in.quantity >= 5, "body bytes are counted: {bytes_in:?}");
+    assert!(
+        bytes_in.quantity >= 5,
+        "body bytes are counted: {bytes_in:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,13 +123,20 @@ async fn longest_route_prefix_wins_and_prefixes_match_whole_segments() {
     // `/x/yz` is not under `/x/y`: it goes to the root plugin, which has no such route.
     let r = http.get("/x/yz/hello").await;
     assert_eq!(r.status, 404);
-    assert!(r.text().contains("no route for GET /x/yz/hello"), "{}", r.text());
+    assert!(
+        r.text().contains("no route for GET /x/yz/hello"),
+        "{}",
+        r.text()
+    );
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_and_have_no_effect() {
-    let home = Home::new(&[template("template", "/t")], "[http]\nmax_body_bytes = 1024\n");
+    let home = Home::new(
+        &[template("template", "/t")],
+        "[http]\nmax_body_bytes = 1024\n",
+    );
     let gw = RunningGateway::start(&home.config()).await.expect("start");
     let http = HttpClient::new(gw.http_addr);
     let big = vec![b'x'; 4096];
@@ -125,7 +144,10 @@ async fn oversized_bodies_get_413_and_have_no_effect() {
     assert_eq!(r.status, 413);
     assert!(r.text().contains("1024"), "{}", r.text());
     assert_eq!(http.get("/t/kv/big").await.status, 404);
-    let ok = http.send("PUT", "/t/kv/small", vec![b'x'; 1024]).await.unwrap();
+    let ok = http
+        .send("PUT", "/t/kv/small", vec![b'x'; 1024])
+        .await
+        .unwrap();
     assert_eq!(ok.status, 204);
     gw.shutdown().await;
 }
@@ -133,12 +155,19 @@ async fn oversized_bodies_get_413_and_have_no_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_uses_the_compile_cache() {
     let home = Home::new(&[template("template", "/t")], "");
-    let gw = RunningGateway::start(&home.config()).await.expect("first start");
+    let gw = RunningGateway::start(&home.config())
+        .await
+        .expect("first start");
     assert_eq!(gw.plugins[0].cache, CacheOutcome::Compiled);
     gw.shutdown().await;
-    let gw = RunningGateway::start(&home.config()).await.expect("second start");
+    let gw = RunningGateway::start(&home.config())
+        .await
+        .expect("second start");
     assert_eq!(gw.plugins[0].cache, CacheOutcome::Hit);
-    assert_eq!(HttpClient::new(gw.http_addr).get("/t/hello").await.status, 200);
+    assert_eq!(
+        HttpClient::new(gw.http_addr).get("/t/hello").await.status,
+        200
+    );
     gw.shutdown().await;
 }
 
@@ -148,7 +177,9 @@ async fn kv_survives_a_restart() {
     let gw = RunningGateway::start(&home.config()).await.expect("start");
     HttpClient::new(gw.http_addr).post("/t/counter", b"").await;
     gw.shutdown().await;
-    let gw = RunningGateway::start(&home.config()).await.expect("restart");
+    let gw = RunningGateway::start(&home.config())
+        .await
+        .expect("restart");
     let c = HttpClient::new(gw.http_addr).post("/t/counter", b"").await;
     assert_eq!(c.text(), "{\"count\":2}");
     gw.shutdown().await;

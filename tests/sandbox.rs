@@ -27,7 +27,11 @@ async fn start(extra: &str) -> (Home, RunningGateway, HttpClient) {
 
 async fn assert_both_healthy(http: &HttpClient, prefix: &str) {
     let same = http.get(&format!("{prefix}/ok")).await;
-    assert_eq!((same.status, same.text().as_str()), (200, "ok"), "the same plugin still serves");
+    assert_eq!(
+        (same.status, same.text().as_str()),
+        (200, "ok"),
+        "the same plugin still serves"
+    );
     let other = http.get("/t/hello").await;
     assert_eq!(other.status, 200, "another plugin still serves");
 }
@@ -46,7 +50,10 @@ async fn infinite_loop_is_cut_at_its_cpu_deadline() {
     let r = http.get("/h/loop").await;
     let took = started.elapsed();
     assert_500_with_request_id(&r, "deadline");
-    assert!(took < Duration::from_secs(5), "cut near its 200 ms deadline, took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "cut near its 200 ms deadline, took {took:?}"
+    );
     assert_both_healthy(&http, "/h").await;
     gw.shutdown().await;
 }
@@ -94,14 +101,23 @@ async fn a_trapped_call_keeps_neither_its_usage_nor_its_writes() {
     assert_eq!(http.get("/h/meter-then-panic").await.status, 500);
     assert_eq!(http.get("/h/poison").await.text(), "absent");
     gw.shutdown().await;
-    let totals = LedgerReader::open(&home.data_dir()).unwrap().summary().unwrap();
+    let totals = LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .summary()
+        .unwrap();
     let claimed: u128 = totals
         .iter()
         .filter(|t| t.plugin == "hostile" && t.unit == "calls")
         .map(|t| t.quantity)
         .sum();
-    assert_eq!(claimed, 0, "the trapped call's 1000 calls were not kept: {totals:?}");
-    let measured = totals.iter().find(|t| t.plugin == "hostile" && t.unit == "wall-time-us").unwrap();
+    assert_eq!(
+        claimed, 0,
+        "the trapped call's 1000 calls were not kept: {totals:?}"
+    );
+    let measured = totals
+        .iter()
+        .find(|t| t.plugin == "hostile" && t.unit == "wall-time-us")
+        .unwrap();
     assert_eq!(measured.records, 2, "the host still measured both calls");
 }
 
@@ -124,12 +140,26 @@ async fn concurrent_hostile_calls_do_not_disturb_healthy_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_of_another_world_is_refused_with_what_is_missing() {
-    let home = Home::new(&[PluginSpec::new("greeter", plugin("other_world_plugin"), "/g")], "");
-    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
+    let home = Home::new(
+        &[PluginSpec::new(
+            "greeter",
+            plugin("other_world_plugin"),
+            "/g",
+        )],
+        "",
+    );
+    let e = RunningGateway::start(&home.config())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("plugin `greeter`"), "{e}");
     assert!(e.contains("other_world_plugin.wasm"), "{e}");
     assert!(e.contains("depin:plugin@0.1.0"), "{e}");
-    assert!(e.contains("missing exports: init, handle-http, handle-datagram"), "{e}");
+    assert!(
+        e.contains("missing exports: init, handle-http, handle-datagram"),
+        "{e}"
+    );
     assert!(e.contains("acme:greeter/clock@1.0.0"), "{e}");
 }
 
@@ -139,18 +169,30 @@ async fn a_core_module_is_refused_with_how_to_build_a_component() {
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let home = Home::new(&[PluginSpec::new("core", core, "/c")], "");
-    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
-    assert!(e.contains("core WebAssembly module, not a component"), "{e}");
+    let e = RunningGateway::start(&home.config())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("core WebAssembly module, not a component"),
+        "{e}"
+    );
     assert!(e.contains("wasm32-wasip2"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_refusing_its_config_stops_the_load_with_its_reason() {
     let home = Home::new(
-        &[PluginSpec::new("template", plugin("template_plugin"), "/t").config("greting = \"typo\"")],
+        &[PluginSpec::new("template", plugin("template_plugin"), "/t")
+            .config("greting = \"typo\"")],
         "",
     );
-    let e = RunningGateway::start(&home.config()).await.err().expect("refused").to_string();
+    let e = RunningGateway::start(&home.config())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("plugin `template`"), "{e}");
     assert!(e.contains("unknown config key `greting`"), "{e}");
 }

@@ -19,7 +19,13 @@ use crate::runtime::{CONTRACT, LoadedPlugin, Runtime};
 /// First time: `depin-gateway keygen --config gateway.toml`, then
 /// `depin-gateway run --config gateway.toml`.
 #[derive(Debug, Parser)]
-#[command(name = "depin-gateway", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "depin-gateway",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,9 +126,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, log_format } => cmd_run(&config, log_format),
         Command::Keygen { config, out, force } => cmd_keygen(config.as_deref(), out, force),
-        Command::Ledger { command: LedgerCommand::Verify { at } } => cmd_verify(&at),
-        Command::Ledger { command: LedgerCommand::Summary { at, json } } => cmd_summary(&at, json),
-        Command::Plugin { command: PluginCommand::Inspect { file, json } } => cmd_inspect(&file, json),
+        Command::Ledger {
+            command: LedgerCommand::Verify { at },
+        } => cmd_verify(&at),
+        Command::Ledger {
+            command: LedgerCommand::Summary { at, json },
+        } => cmd_summary(&at, json),
+        Command::Plugin {
+            command: PluginCommand::Inspect { file, json },
+        } => cmd_inspect(&file, json),
     }
 }
 
@@ -163,7 +175,11 @@ async fn wait_for_signal() {
     }
 }
 
-fn cmd_keygen(config: Option<&Path>, out: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+fn cmd_keygen(
+    config: Option<&Path>,
+    out: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let path = match (config, out) {
         (Some(c), _) => GatewayConfig::load(c)?.key_path(),
         (None, Some(o)) => o,
@@ -200,7 +216,10 @@ fn cmd_verify(at: &LedgerLocation) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(b) => {
-            println!("broken at record {}: {} ({} records before it are intact)", b.seq, b.problem, report.records);
+            println!(
+                "broken at record {}: {} ({} records before it are intact)",
+                b.seq, b.problem, report.records
+            );
             Ok(ExitCode::FAILURE)
         }
     }
@@ -224,15 +243,45 @@ fn cmd_summary(at: &LedgerLocation, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let widths = [
-        totals.iter().map(|t| t.plugin.len()).max().unwrap_or(0).max(6),
+        totals
+            .iter()
+            .map(|t| t.plugin.len())
+            .max()
+            .unwrap_or(0)
+            .max(6),
         6,
-        totals.iter().map(|t| t.unit.len()).max().unwrap_or(0).max(4),
+        totals
+            .iter()
+            .map(|t| t.unit.len())
+            .max()
+            .unwrap_or(0)
+            .max(4),
     ];
-    writeln!(out, "{:<w0$}  {:<w1$}  {:<w2$}  {:>9}  {:>20}", "PLUGIN", "SOURCE", "UNIT", "RECORDS", "QUANTITY",
-        w0 = widths[0], w1 = widths[1], w2 = widths[2])?;
+    writeln!(
+        out,
+        "{:<w0$}  {:<w1$}  {:<w2$}  {:>9}  {:>20}",
+        "PLUGIN",
+        "SOURCE",
+        "UNIT",
+        "RECORDS",
+        "QUANTITY",
+        w0 = widths[0],
+        w1 = widths[1],
+        w2 = widths[2]
+    )?;
     for t in &totals {
-        writeln!(out, "{:<w0$}  {:<w1$}  {:<w2$}  {:>9}  {:>20}", t.plugin, t.source.as_str(), t.unit, t.records,
-            t.quantity, w0 = widths[0], w1 = widths[1], w2 = widths[2])?;
+        writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>9}  {:>20}",
+            t.plugin,
+            t.source.as_str(),
+            t.unit,
+            t.records,
+            t.quantity,
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )?;
     }
     if totals.is_empty() {
         writeln!(out, "(no usage recorded yet)")?;
@@ -243,7 +292,13 @@ fn cmd_summary(at: &LedgerLocation, json: bool) -> anyhow::Result<ExitCode> {
 fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let scratch = tempdir()?;
     let result = runtime()?.block_on(async {
-        let runtime = Runtime::new(&RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }, None)?;
+        let runtime = Runtime::new(
+            &RuntimeConfig {
+                max_instances: 8,
+                ..RuntimeConfig::default()
+            },
+            None,
+        )?;
         let ledger = Ledger::open(&scratch)?;
         let cfg = PluginConfig {
             name: "inspect".into(),
@@ -252,7 +307,9 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             limits: PluginLimits::default(),
             config: Default::default(),
         };
-        let (component, digest, _) = runtime.compile(file).map_err(|p| anyhow::anyhow!("{}: {p}", file.display()))?;
+        let (component, digest, _) = runtime
+            .compile(file)
+            .map_err(|p| anyhow::anyhow!("{}: {p}", file.display()))?;
         let shape = crate::runtime::ComponentShape::of(runtime.engine(), &component);
         let prepared = LoadedPlugin::prepare(&runtime, &cfg, ledger.clone()).await;
         ledger.close();
@@ -284,7 +341,12 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             Some(p) => println!("contract: {p}"),
         }
         if let Some(i) = info {
-            println!("plugin:   {} {} ({})", i.name, i.version, crate::runtime::contract::kind_name(i.kind));
+            println!(
+                "plugin:   {} {} ({})",
+                i.name,
+                i.version,
+                crate::runtime::contract::kind_name(i.kind)
+            );
             println!("units:");
             for u in &i.units {
                 println!("  {:<20} {}", u.name, u.description);
@@ -299,12 +361,19 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             println!("  {e}");
         }
     }
-    Ok(if fits { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if fits {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("depin-inspect-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "depin-inspect-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
-

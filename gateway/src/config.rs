@@ -206,7 +206,9 @@ impl GatewayConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        config.validate().map_err(|(key, problem)| err(Some(key), problem))?;
+        config
+            .validate()
+            .map_err(|(key, problem)| err(Some(key), problem))?;
         Ok(config)
     }
 
@@ -238,7 +240,10 @@ impl GatewayConfig {
         if r.max_memory_mb > 4096 {
             return Err((
                 "runtime.max_memory_mb".into(),
-                format!("{} MiB is above the 4096 MiB a 32-bit memory can address", r.max_memory_mb),
+                format!(
+                    "{} MiB is above the 4096 MiB a 32-bit memory can address",
+                    r.max_memory_mb
+                ),
             ));
         }
         let mut names = BTreeMap::new();
@@ -278,7 +283,10 @@ impl GatewayConfig {
                 ));
             }
             if p.limits.fuel == Some(0) {
-                return Err((key("limits.fuel"), "must be greater than 0 (omit it for no fuel limit)".into()));
+                return Err((
+                    key("limits.fuel"),
+                    "must be greater than 0 (omit it for no fuel limit)".into(),
+                ));
             }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
@@ -352,7 +360,9 @@ fn validate_route(route: &str) -> Result<(), String> {
         return Err(format!("`{route}` must start with `/`"));
     }
     if route.contains(['?', '#', ' ']) || route.contains("//") {
-        return Err(format!("`{route}` must be a plain path prefix (no `?`, `#`, spaces or `//`)"));
+        return Err(format!(
+            "`{route}` must be a plain path prefix (no `?`, `#`, spaces or `//`)"
+        ));
     }
     Ok(())
 }
@@ -401,13 +411,17 @@ mod tests {
     fn unknown_top_level_key_is_named() {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_adress = 1\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("listen_adress"), "{e}");
-        assert!(e.to_string().contains("unknown field `listen_adress`"), "{e}");
+        assert!(
+            e.to_string().contains("unknown field `listen_adress`"),
+            "{e}"
+        );
         assert!(e.to_string().starts_with("/etc/depin/gateway.toml"), "{e}");
     }
 
     #[test]
     fn unknown_nested_key_names_the_plugin_index() {
-        let text = "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.limits]\nmemory = 3\n";
+        let text =
+            "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.limits]\nmemory = 3\n";
         let e = parse(text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].limits.memory"), "{e}");
         assert!(e.problem.contains("unknown field `memory`"), "{e}");
@@ -460,10 +474,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.plugins[0].config_strings(),
-            vec![("x".into(), "1".into()), ("y".into(), "s".into()), ("z".into(), "true".into())]
+            vec![
+                ("x".into(), "1".into()),
+                ("y".into(), "s".into()),
+                ("z".into(), "true".into())
+            ]
         );
-        let e = parse("[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = [1]\n")
-            .unwrap_err();
+        let e =
+            parse("[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = [1]\n")
+                .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].config.x"), "{e}");
     }
 }

@@ -53,7 +53,10 @@ impl RunningGateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
         let ledger = Ledger::open(&config.data_dir)?;
-        let runtime = Arc::new(Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?);
+        let runtime = Arc::new(Runtime::new(
+            &config.runtime,
+            Some(&config.data_dir.join("compiled")),
+        )?);
         let mut plugins = Vec::new();
         let mut routed = Vec::new();
         for p in &config.plugins {
@@ -70,11 +73,22 @@ impl RunningGateway {
             routed.push((p.normalized_route(), loaded.clone()));
             plugins.push(loaded);
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let ingress = Arc::new(HttpIngress::new(&routed, ledger.clone(), config.http.clone()));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let ingress = Arc::new(HttpIngress::new(
+            &routed,
+            ledger.clone(),
+            config.http.clone(),
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(ingress.serve(listener, stop_rx));
         let gateway_id = key.gateway_id();

@@ -24,7 +24,9 @@ pub enum IdentityError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: already exists; refusing to overwrite a device key (pass --force to replace it)")]
+    #[error(
+        "{path}: already exists; refusing to overwrite a device key (pass --force to replace it)"
+    )]
     Exists { path: PathBuf },
     #[error(
         "{path}: the device key is readable or writable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
@@ -41,25 +43,34 @@ pub struct DeviceKey {
 
 impl fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceKey").field("gateway_id", &self.gateway_id()).finish()
+        f.debug_struct("DeviceKey")
+            .field("gateway_id", &self.gateway_id())
+            .finish()
     }
 }
 
 impl DeviceKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        Self { signing: SigningKey::generate(&mut rand::rngs::OsRng) }
+        Self {
+            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
     }
 
     /// Writes the key to `path` with mode 0600, creating parent directories.
     /// Refuses to replace an existing file unless `force`.
     pub fn write(&self, path: &Path, force: bool) -> Result<(), IdentityError> {
-        let io = |source| IdentityError::Io { path: path.to_path_buf(), source };
+        let io = |source| IdentityError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         if path.exists() && !force {
-            return Err(IdentityError::Exists { path: path.to_path_buf() });
+            return Err(IdentityError::Exists {
+                path: path.to_path_buf(),
+            });
         }
         let tmp = path.with_extension("key.tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -82,10 +93,16 @@ impl DeviceKey {
     /// Reads the key at `path`. Refuses a file that group or others can
     /// read or write.
     pub fn load(path: &Path) -> Result<Self, IdentityError> {
-        let io = |source| IdentityError::Io { path: path.to_path_buf(), source };
+        let io = |source| IdentityError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(IdentityError::Permissions { path: path.to_path_buf(), mode: mode & 0o7777 });
+            return Err(IdentityError::Permissions {
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
         let malformed = |problem: &str| IdentityError::Malformed {
@@ -100,7 +117,9 @@ impl DeviceKey {
             .map_err(|_| malformed("the key is not hex"))?
             .try_into()
             .map_err(|_| malformed("the key is not 32 bytes"))?;
-        Ok(Self { signing: SigningKey::from_bytes(&bytes) })
+        Ok(Self {
+            signing: SigningKey::from_bytes(&bytes),
+        })
     }
 
     /// The public half.
@@ -131,7 +150,10 @@ mod tests {
         key.write(&path, false).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(DeviceKey::load(&path).unwrap().gateway_id(), key.gateway_id());
+        assert_eq!(
+            DeviceKey::load(&path).unwrap().gateway_id(),
+            key.gateway_id()
+        );
         assert!(key.gateway_id().starts_with("dpg1"));
         assert_eq!(key.gateway_id().len(), 4 + 64);
     }

@@ -2,13 +2,13 @@
 //! plugins and meters the service they provide into a durable, hash-chained
 //! usage ledger.
 
+pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod identity;
+pub mod ingress;
 pub mod ledger;
 pub mod runtime;
-pub mod cli;
-pub mod gateway;
-pub mod ingress;
 pub mod telemetry;
 
 pub use gateway::{RunningGateway, StartError};

@@ -56,7 +56,11 @@ impl HttpResponse {
 
     /// A `text/plain` response.
     pub fn text(status: u16, body: &str) -> Self {
-        Self::bytes(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+        Self::bytes(
+            status,
+            "text/plain; charset=utf-8",
+            body.as_bytes().to_vec(),
+        )
     }
 
     /// An `application/json` response.

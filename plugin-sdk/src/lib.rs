@@ -86,8 +86,8 @@ pub mod testing;
 pub use bindings::depin::plugin::kv::KvError;
 pub use bindings::depin::plugin::log::Level;
 pub use bindings::depin::plugin::types::{
-    BlobRef, Body, Challenge, Datagram, HttpRequest, HttpResponse, PluginInfo, Proof,
-    ResourceKind, UnitInfo, Usage,
+    BlobRef, Body, Challenge, Datagram, HttpRequest, HttpResponse, PluginInfo, Proof, ResourceKind,
+    UnitInfo, Usage,
 };
 
 #[doc(hidden)]
@@ -122,7 +122,9 @@ pub trait Plugin {
     /// Handles an MQTT message. An `Err` leaves it unacknowledged, so the
     /// broker redelivers it. Default: accept and ignore.
     fn handle_message(topic: String, _payload: Vec<u8>) -> Result<(), String> {
-        log::debug(&format!("ignoring a message on `{topic}`: this plugin handles no messages"));
+        log::debug(&format!(
+            "ignoring a message on `{topic}`: this plugin handles no messages"
+        ));
         Ok(())
     }
 
@@ -131,7 +133,10 @@ pub trait Plugin {
 
     /// Answers a challenge. Default: every kind is unsupported.
     fn prove(c: Challenge) -> Result<Proof, String> {
-        Err(format!("challenge kind `{}` is not supported by this plugin", c.kind))
+        Err(format!(
+            "challenge kind `{}` is not supported by this plugin",
+            c.kind
+        ))
     }
 
     /// Checks a proof made by [`Plugin::prove`]. Must be deterministic.
@@ -153,8 +158,9 @@ macro_rules! export_plugin {
             fn describe() -> $crate::PluginInfo {
                 <$plugin as $crate::Plugin>::describe()
             }
-            fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
-                -> ::std::result::Result<(), ::std::string::String> {
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
                 <$plugin as $crate::Plugin>::init(config)
             }
             fn handle_http(req: $crate::HttpRequest) -> $crate::HttpResponse {
@@ -163,14 +169,18 @@ macro_rules! export_plugin {
             fn handle_datagram(d: $crate::Datagram) -> ::std::vec::Vec<$crate::Datagram> {
                 <$plugin as $crate::Plugin>::handle_datagram(d)
             }
-            fn handle_message(topic: ::std::string::String, payload: ::std::vec::Vec<u8>)
-                -> ::std::result::Result<(), ::std::string::String> {
+            fn handle_message(
+                topic: ::std::string::String,
+                payload: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
                 <$plugin as $crate::Plugin>::handle_message(topic, payload)
             }
             fn tick(now_ms: u64) {
                 <$plugin as $crate::Plugin>::tick(now_ms)
             }
-            fn prove(c: $crate::Challenge) -> ::std::result::Result<$crate::Proof, ::std::string::String> {
+            fn prove(
+                c: $crate::Challenge,
+            ) -> ::std::result::Result<$crate::Proof, ::std::string::String> {
                 <$plugin as $crate::Plugin>::prove(c)
             }
             fn verify(c: $crate::Challenge, p: $crate::Proof) -> bool {
@@ -195,7 +205,12 @@ pub fn meter_usage(usage: Usage) -> Result<(), String> {
 impl Usage {
     /// `quantity` of `unit`, no subject, no evidence.
     pub fn new(unit: &str, quantity: u64) -> Self {
-        Usage { unit: unit.to_string(), quantity, subject: None, evidence: None }
+        Usage {
+            unit: unit.to_string(),
+            quantity,
+            subject: None,
+            evidence: None,
+        }
     }
 
     /// Who or what the service was for (at most 256 bytes).
@@ -214,12 +229,20 @@ impl Usage {
 impl PluginInfo {
     /// A description with no units yet.
     pub fn new(name: &str, version: &str, kind: ResourceKind) -> Self {
-        PluginInfo { name: name.into(), version: version.into(), kind, units: Vec::new() }
+        PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            kind,
+            units: Vec::new(),
+        }
     }
 
     /// Declares a unit this plugin meters.
     pub fn unit(mut self, name: &str, description: &str) -> Self {
-        self.units.push(UnitInfo { name: name.into(), description: description.into() });
+        self.units.push(UnitInfo {
+            name: name.into(),
+            description: description.into(),
+        });
         self
     }
 }
@@ -262,9 +285,9 @@ pub mod kv {
     pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, KvError> {
         match get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| KvError::Store(format!("value of `{key}` is not the expected JSON: {e}"))),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                KvError::Store(format!("value of `{key}` is not the expected JSON: {e}"))
+            }),
         }
     }
 
@@ -322,7 +345,10 @@ pub mod config {
     {
         match get(key) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|e| format!("config `{key}` = `{v}`: {e}")),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("config `{key}` = `{v}`: {e}")),
         }
     }
 

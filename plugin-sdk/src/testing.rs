@@ -40,7 +40,10 @@ impl TestHost {
     /// Installs a fresh host for this thread with the plugin's `config`.
     pub fn install(config: &[(&str, &str)]) -> Self {
         let state = State {
-            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..State::default()
         };
         let rc = Rc::new(RefCell::new(state));
@@ -61,7 +64,13 @@ impl TestHost {
 
     /// The sum of quantities recorded for `unit`.
     pub fn total(&self, unit: &str) -> u64 {
-        self.0.borrow().usage.iter().filter(|u| u.unit == unit).map(|u| u.quantity).sum()
+        self.0
+            .borrow()
+            .usage
+            .iter()
+            .filter(|u| u.unit == unit)
+            .map(|u| u.quantity)
+            .sum()
     }
 
     /// The stored value of `key`.
@@ -163,7 +172,12 @@ pub mod native {
         }
 
         pub fn all() -> Vec<(String, String)> {
-            with(|s| s.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            with(|s| {
+                s.config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
         }
     }
 }

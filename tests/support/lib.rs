@@ -20,7 +20,10 @@ use hyper_util::rt::TokioExecutor;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Builds the plugin components once per test process (a no-op when
@@ -60,7 +63,13 @@ pub struct PluginSpec {
 
 impl PluginSpec {
     pub fn new(name: &'static str, component: PathBuf, route: &'static str) -> Self {
-        Self { name, component, route, limits: "", config: "" }
+        Self {
+            name,
+            component,
+            route,
+            limits: "",
+            config: "",
+        }
     }
     pub fn limits(mut self, limits: &'static str) -> Self {
         self.limits = limits;
@@ -96,7 +105,9 @@ impl Home {
         }
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text).expect("write config");
-        DeviceKey::generate().write(&dir.path().join("data/device.key"), false).expect("write key");
+        DeviceKey::generate()
+            .write(&dir.path().join("data/device.key"), false)
+            .expect("write key");
         Self { dir, config_path }
     }
 
@@ -113,7 +124,8 @@ impl Home {
     }
 
     pub fn make_key_world_readable(&self) {
-        std::fs::set_permissions(self.key_path(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(self.key_path(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
     }
 }
 
@@ -130,7 +142,11 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn request_id(&self) -> String {
-        self.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        self.headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -149,16 +165,29 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, method: &str, path: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .body(Full::new(body.into()))
             .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = res.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -166,7 +195,9 @@ impl HttpClient {
     }
 
     pub async fn post(&self, path: &str, body: &'static [u8]) -> Reply {
-        self.send("POST", path, Bytes::from_static(body)).await.expect("POST")
+        self.send("POST", path, Bytes::from_static(body))
+            .await
+            .expect("POST")
     }
 }
 
@@ -210,10 +241,17 @@ impl GatewayProcess {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("gateway did not become ready; stderr:\n{}", lines.lock().unwrap().join("\n"));
+                panic!(
+                    "gateway did not become ready; stderr:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
             }
         };
-        Self { child, addr, stderr_lines: lines }
+        Self {
+            child,
+            addr,
+            stderr_lines: lines,
+        }
     }
 
     /// SIGKILL, no chance to flush anything.

@@ -46,7 +46,10 @@ pub struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self { prefix: rand::random(), next: AtomicU64::new(1) }
+        Self {
+            prefix: rand::random(),
+            next: AtomicU64::new(1),
+        }
     }
 }
 
@@ -71,13 +74,22 @@ type HttpBody = Full<Bytes>;
 
 impl HttpIngress {
     /// Builds the routing table from the plugins that have a route.
-    pub fn new(plugins: &[(Option<String>, Arc<LoadedPlugin>)], ledger: Arc<Ledger>, limits: HttpConfig) -> Self {
+    pub fn new(
+        plugins: &[(Option<String>, Arc<LoadedPlugin>)],
+        ledger: Arc<Ledger>,
+        limits: HttpConfig,
+    ) -> Self {
         let mut routes: Vec<(String, Arc<LoadedPlugin>)> = plugins
             .iter()
             .filter_map(|(route, p)| Some((route.clone()?, p.clone())))
             .collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Self { routes, ledger, limits, ids: RequestIds::default() }
+        Self {
+            routes,
+            ledger,
+            limits,
+            ids: RequestIds::default(),
+        }
     }
 
     /// The plugin for `path` and the path below its prefix.
@@ -100,7 +112,11 @@ impl HttpIngress {
     /// Serves connections from `listener` until `shutdown` turns true, then
     /// stops accepting and lets in-flight requests finish (up to the grace
     /// period).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {
@@ -135,8 +151,14 @@ impl HttpIngress {
         }
         drop(listener);
         let grace = Duration::from_millis(self.limits.shutdown_grace_ms);
-        tracing::info!(grace_ms = grace.as_millis() as u64, "draining in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "draining in-flight requests"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing remaining connections");
         }
     }
@@ -154,7 +176,11 @@ impl HttpIngress {
         let request_id = self.ids.next();
         let path = req.uri().path().to_string();
         let Some((plugin, sub_path)) = self.route(&path) else {
-            return error_response(StatusCode::NOT_FOUND, &request_id, &format!("no plugin serves {path}"));
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &request_id,
+                &format!("no plugin serves {path}"),
+            );
         };
         let plugin = plugin.clone();
         let span = tracing::info_span!(
@@ -203,11 +229,17 @@ impl HttpIngress {
         // Phase: build the response and the call's records.
         let (response, effects, fuel, wall) = match outcome {
             Err(_) => {
-                tracing::warn!(timeout_ms = self.limits.call_timeout_ms, "plugin call timed out");
+                tracing::warn!(
+                    timeout_ms = self.limits.call_timeout_ms,
+                    "plugin call timed out"
+                );
                 let r = error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     request_id,
-                    &format!("the plugin did not answer within {} ms", self.limits.call_timeout_ms),
+                    &format!(
+                        "the plugin did not answer within {} ms",
+                        self.limits.call_timeout_ms
+                    ),
                 );
                 (r, CallEffects::default(), 0, started.elapsed())
             }
@@ -219,7 +251,11 @@ impl HttpIngress {
                             crate::runtime::CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                             _ => StatusCode::INTERNAL_SERVER_ERROR,
                         };
-                        error_response(status, request_id, &format!("plugin call failed: {}", e.kind()))
+                        error_response(
+                            status,
+                            request_id,
+                            &format!("plugin call failed: {}", e.kind()),
+                        )
                     }
                 };
                 (response, o.effects, o.fuel, o.wall)
@@ -243,17 +279,23 @@ impl HttpIngress {
         }
     }
 
-    async fn read_request(&self, req: Request<Incoming>, path: String) -> Result<HttpRequest, (StatusCode, String)> {
+    async fn read_request(
+        &self,
+        req: Request<Incoming>,
+        path: String,
+    ) -> Result<HttpRequest, (StatusCode, String)> {
         let max = self.limits.max_body_bytes;
         let too_large = || {
-            (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the limit of {max} bytes"))
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the limit of {max} bytes"),
+            )
         };
         if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or((StatusCode::BAD_REQUEST, "invalid content-length".to_string()))?;
+            let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or((
+                StatusCode::BAD_REQUEST,
+                "invalid content-length".to_string(),
+            ))?;
             if len > max as u64 {
                 return Err(too_large());
             }
@@ -261,14 +303,27 @@ impl HttpIngress {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, max).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large());
+            }
+            Err(e) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                ));
+            }
         };
         let mut headers = Vec::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
-            let value = value
-                .to_str()
-                .map_err(|_| (StatusCode::BAD_REQUEST, format!("header `{name}` is not visible ASCII")))?;
+            let value = value.to_str().map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("header `{name}` is not visible ASCII"),
+                )
+            })?;
             headers.push((name.as_str().to_string(), value.to_string()));
         }
         Ok(HttpRequest {
@@ -290,17 +345,30 @@ fn request_size(r: &HttpRequest) -> u64 {
     let head: usize = r.method.len()
         + r.path.len()
         + r.query.len()
-        + r.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
     (head + r.body.len()) as u64
 }
 
 fn response_size(r: &Response<HttpBody>) -> u64 {
     use hyper::body::Body as _;
-    let head: usize = r.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let head: usize = r
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
     head as u64 + r.body().size_hint().exact().unwrap_or(0)
 }
 
-fn host_records(request_id: &Arc<str>, bytes_in: u64, bytes_out: u64, wall: Duration, fuel: u64) -> [NewRecord; 4] {
+fn host_records(
+    request_id: &Arc<str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    wall: Duration,
+    fuel: u64,
+) -> [NewRecord; 4] {
     let r = |unit: &str, quantity: u64| NewRecord {
         time_ms: 0,
         unit: unit.to_string(),
@@ -333,7 +401,11 @@ const HOP_BY_HOP: [&str; 9] = [
 fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody> {
     let Ok(status) = StatusCode::from_u16(r.status) else {
         tracing::warn!(status = r.status, "plugin returned an invalid status");
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, request_id, "the plugin returned an invalid status");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            request_id,
+            "the plugin returned an invalid status",
+        );
     };
     let body = match r.body {
         Body::Bytes(b) => b,
@@ -353,7 +425,10 @@ fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody>
         if HOP_BY_HOP.contains(&lower.as_str()) {
             continue;
         }
-        match (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(&value)) {
+        match (
+            HeaderName::from_bytes(lower.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             (Ok(n), Ok(v)) => {
                 headers.append(n, v);
             }
@@ -376,7 +451,9 @@ fn error_response(status: StatusCode, request_id: &str, message: &str) -> Respon
     let body = serde_json::json!({ "error": message, "request_id": request_id });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     set_request_id(&mut response, request_id);
     response
 }
@@ -414,7 +491,11 @@ mod tests {
 
     #[test]
     fn invalid_status_becomes_500() {
-        let r = HttpResponse { status: 42, headers: vec![], body: Body::Bytes(vec![]) };
+        let r = HttpResponse {
+            status: 42,
+            headers: vec![],
+            body: Body::Bytes(vec![]),
+        };
         assert_eq!(plugin_response(r, &Arc::from("rid")).status(), 500);
     }
 }

@@ -41,9 +41,7 @@ const MAX_GROUP: usize = 1024;
 /// A ledger failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
-    #[error(
-        "{path}: the ledger is in use by another process (a running gateway?); stop it first"
-    )]
+    #[error("{path}: the ledger is in use by another process (a running gateway?); stop it first")]
     InUse { path: PathBuf },
     #[error("{path}: cannot open the ledger: {message}")]
     Open { path: PathBuf, message: String },
@@ -124,7 +122,10 @@ pub struct Head {
 }
 
 impl Head {
-    const GENESIS: Head = Head { seq: 0, hash: GENESIS_HASH };
+    const GENESIS: Head = Head {
+        seq: 0,
+        hash: GENESIS_HASH,
+    };
 
     fn encode(&self) -> [u8; 40] {
         let mut out = [0; 40];
@@ -177,7 +178,10 @@ impl Ledger {
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer_loop(&writer_db, head, &rx))
-            .map_err(|e| LedgerError::Open { path: path.clone(), message: e.to_string() })?;
+            .map_err(|e| LedgerError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(Arc::new(Self {
             db,
             path,
@@ -198,14 +202,21 @@ impl Ledger {
         effects: CallEffects,
     ) -> Result<CommitReceipt, LedgerError> {
         if effects.is_empty() {
-            return Ok(CommitReceipt { seqs: None, group_size: 0 });
+            return Ok(CommitReceipt {
+                seqs: None,
+                group_size: 0,
+            });
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         {
             let tx = self.tx.lock().expect("ledger sender lock");
             let tx = tx.as_ref().ok_or(LedgerError::Closed)?;
-            tx.send(WriterMsg::Commit(CommitRequest { plugin, effects, reply }))
-                .map_err(|_| LedgerError::Closed)?;
+            tx.send(WriterMsg::Commit(CommitRequest {
+                plugin,
+                effects,
+                reply,
+            }))
+            .map_err(|_| LedgerError::Closed)?;
         }
         rx.await.map_err(|_| LedgerError::Closed)?
     }
@@ -218,7 +229,12 @@ impl Ledger {
     }
 
     /// Committed keys of a plugin that start with `prefix`, in order.
-    pub fn kv_list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, LedgerError> {
+    pub fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, LedgerError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
         let mut keys = Vec::new();
@@ -263,10 +279,19 @@ fn open_db(path: &Path, create: bool) -> Result<Database, LedgerError> {
             message: format!("cannot create the data directory: {e}"),
         })?;
     }
-    let result = if create { Database::create(path) } else { Database::open(path) };
+    let result = if create {
+        Database::create(path)
+    } else {
+        Database::open(path)
+    };
     result.map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse { path: path.to_path_buf() },
-        other => LedgerError::Open { path: path.to_path_buf(), message: other.to_string() },
+        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {
+            path: path.to_path_buf(),
+        },
+        other => LedgerError::Open {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
     })
 }
 
@@ -376,7 +401,10 @@ fn write_group(
                 value.extend_from_slice(&hash);
                 value.extend_from_slice(&encoding);
                 records.insert(record.seq, value.as_slice())?;
-                cursor = Head { seq: record.seq, hash };
+                cursor = Head {
+                    seq: record.seq,
+                    hash,
+                };
             }
             for (key, write) in &c.effects.kv {
                 match write {
@@ -389,7 +417,10 @@ fn write_group(
                 }
             }
             let seqs = (cursor.seq >= first).then_some((first, cursor.seq));
-            receipts.push(CommitReceipt { seqs, group_size: group.len() });
+            receipts.push(CommitReceipt {
+                seqs,
+                group_size: group.len(),
+            });
         }
         let mut meta = txn.open_table(META)?;
         meta.insert("head", cursor.encode().as_slice())?;
@@ -441,7 +472,9 @@ impl LedgerReader {
                 message: "no ledger here (has the gateway run with this data_dir?)".into(),
             });
         }
-        Ok(Self { db: open_db(&path, false)? })
+        Ok(Self {
+            db: open_db(&path, false)?,
+        })
     }
 
     /// Calls `f` with every record in sequence order, with the stored
@@ -482,13 +515,21 @@ impl LedgerReader {
             let seq = expected.seq + 1;
             let problem = match parsed {
                 Err(e) => Some(e.to_string()),
-                Ok(_) if key != seq => Some(format!("expected record {seq}, found record {key} (gap)")),
+                Ok(_) if key != seq => {
+                    Some(format!("expected record {seq}, found record {key} (gap)"))
+                }
                 Ok((prev, hash, record)) => {
                     let encoding = record.encode();
                     if record.seq != key {
-                        Some(format!("record stored under {key} says it is record {}", record.seq))
+                        Some(format!(
+                            "record stored under {key} says it is record {}",
+                            record.seq
+                        ))
                     } else if prev != expected.hash {
-                        Some("its previous hash does not match the hash of the record before it".into())
+                        Some(
+                            "its previous hash does not match the hash of the record before it"
+                                .into(),
+                        )
                     } else if UsageRecord::chain_hash(&prev, &encoding) != hash {
                         Some("its contents do not match its hash (altered)".into())
                     } else {
@@ -514,7 +555,11 @@ impl LedgerReader {
                 ),
             });
         }
-        Ok(VerifyReport { records: expected.seq, head, broken })
+        Ok(VerifyReport {
+            records: expected.seq,
+            head,
+            broken,
+        })
     }
 
     /// Totals per plugin, source and unit.
@@ -582,7 +627,10 @@ mod tests {
     }
 
     fn effects(records: Vec<NewRecord>) -> CallEffects {
-        CallEffects { records, kv: BTreeMap::new() }
+        CallEffects {
+            records,
+            kv: BTreeMap::new(),
+        }
     }
 
     #[tokio::test]
@@ -593,7 +641,9 @@ mod tests {
         for i in 0..64u64 {
             let l = ledger.clone();
             tasks.push(tokio::spawn(async move {
-                l.commit("p".into(), effects(vec![rec("u", i), rec("v", 1)])).await.unwrap()
+                l.commit("p".into(), effects(vec![rec("u", i), rec("v", 1)]))
+                    .await
+                    .unwrap()
             }));
         }
         let mut seen = Vec::new();
@@ -641,7 +691,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..3 {
             let ledger = Ledger::open(dir.path()).unwrap();
-            ledger.commit("p".into(), effects(vec![rec("u", 1)])).await.unwrap();
+            ledger
+                .commit("p".into(), effects(vec![rec("u", 1)]))
+                .await
+                .unwrap();
             ledger.close();
         }
         let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
@@ -653,7 +706,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         for q in 0..5 {
-            ledger.commit("p".into(), effects(vec![rec("u", q)])).await.unwrap();
+            ledger
+                .commit("p".into(), effects(vec![rec("u", q)]))
+                .await
+                .unwrap();
         }
         ledger.close();
         drop(ledger);

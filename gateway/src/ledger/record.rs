@@ -150,7 +150,11 @@ impl UsageRecord {
             quantity: r.u64()?,
             source: Source::from_code(r.u8()?).ok_or(DecodeError("unknown source"))?,
             subject: if r.flag()? { Some(r.str()?) } else { None },
-            evidence: if r.flag()? { Some(r.bytes()?.to_vec()) } else { None },
+            evidence: if r.flag()? {
+                Some(r.bytes()?.to_vec())
+            } else {
+                None
+            },
         };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -194,7 +198,9 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn flag(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {

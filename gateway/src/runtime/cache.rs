@@ -60,7 +60,8 @@ pub fn compile(
             }
         }
     }
-    let component = Component::from_binary(engine, &bytes).map_err(|e| format!("invalid component: {e:#}"))?;
+    let component =
+        Component::from_binary(engine, &bytes).map_err(|e| format!("invalid component: {e:#}"))?;
     if let Some(cached) = &cached {
         if let Err(e) = store(&component, cached) {
             tracing::warn!(path = %cached.display(), error = %e, "cannot write the compile cache");
@@ -98,9 +99,17 @@ mod tests {
 
     #[test]
     fn core_modules_and_garbage_are_named() {
-        assert!(check_is_component(b"hello world").unwrap_err().contains("not a WebAssembly"));
+        assert!(
+            check_is_component(b"hello world")
+                .unwrap_err()
+                .contains("not a WebAssembly")
+        );
         let core = [0, b'a', b's', b'm', 1, 0, 0, 0];
-        assert!(check_is_component(&core).unwrap_err().contains("core WebAssembly module"));
+        assert!(
+            check_is_component(&core)
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
         let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
         assert!(check_is_component(&component).is_ok());
     }

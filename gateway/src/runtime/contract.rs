@@ -13,7 +13,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use depin::plugin::types::{Body, BlobRef, ResourceKind, UnitInfo, Usage};
+pub use depin::plugin::types::{BlobRef, Body, ResourceKind, UnitInfo, Usage};
 
 /// The WIT name of a resource kind, e.g. `storage-cache`.
 pub fn kind_name(kind: ResourceKind) -> &'static str {
@@ -88,7 +88,11 @@ impl ComponentShape {
                 problems.push(problem);
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
@@ -96,7 +100,10 @@ fn import_problem(import: &str) -> Option<String> {
     if import.starts_with("wasi:") {
         return None; // checked against the linker
     }
-    let Some(rest) = import.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+    let Some(rest) = import
+        .strip_prefix(PACKAGE)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
         return Some(format!(
             "imports `{import}`, which this gateway does not provide (it provides {CONTRACT} \
              interfaces {} and WASI)",
@@ -135,8 +142,14 @@ mod tests {
         };
         let e = shape.check().unwrap_err();
         assert!(e.contains("missing exports: init, handle-http"), "{e}");
-        assert!(e.contains("`acme:thing/x@1.0.0`, which this gateway does not provide"), "{e}");
-        assert!(e.contains("`depin:plugin/blobs@0.1.0`, which depin:plugin@0.1.0 does not define"), "{e}");
+        assert!(
+            e.contains("`acme:thing/x@1.0.0`, which this gateway does not provide"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`depin:plugin/blobs@0.1.0`, which depin:plugin@0.1.0 does not define"),
+            "{e}"
+        );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");
         assert!(!e.contains("wasi:cli"), "{e}");
     }
@@ -144,7 +157,10 @@ mod tests {
     #[test]
     fn a_complete_shape_passes() {
         let shape = ComponentShape {
-            imports: vec!["depin:plugin/metering@0.1.0".into(), "wasi:io/streams@0.2.6".into()],
+            imports: vec![
+                "depin:plugin/metering@0.1.0".into(),
+                "wasi:io/streams@0.2.6".into(),
+            ],
             exports: REQUIRED_EXPORTS.iter().map(|s| s.to_string()).collect(),
         };
         assert_eq!(shape.check(), Ok(()));

@@ -41,14 +41,20 @@ impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     /// `cache_dir`: where compiled components are kept (`None`: no cache).
     pub fn new(cfg: &RuntimeConfig, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(cfg)).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let engine =
+            Engine::new(&engine_config(cfg)).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
         contract::ResourcePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("{e:#}")))?;
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| RuntimeError(format!("{}: cannot create the compile cache: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                RuntimeError(format!(
+                    "{}: cannot create the compile cache: {e}",
+                    dir.display()
+                ))
+            })?;
         }
         let tick = Duration::from_millis(cfg.tick_ms);
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -126,14 +126,20 @@ impl LoadedPlugin {
             path: cfg.component.clone(),
             problem,
         };
-        let plugin = Self::prepare(runtime, cfg, ledger.clone()).await.map_err(fail)?;
+        let plugin = Self::prepare(runtime, cfg, ledger.clone())
+            .await
+            .map_err(fail)?;
         let config = cfg.config_strings();
         let outcome = plugin
-            .call("load".into(), move |p, s| Box::pin(async move { p.call_init(s, &config).await }))
+            .call("load".into(), move |p, s| {
+                Box::pin(async move { p.call_init(s, &config).await })
+            })
             .await;
         match outcome.result {
             Err(e) => return Err(fail(format!("`init` failed: {e}"))),
-            Ok(Err(message)) => return Err(fail(format!("`init` refused its configuration: {message}"))),
+            Ok(Err(message)) => {
+                return Err(fail(format!("`init` refused its configuration: {message}")));
+            }
             Ok(Ok(())) => {}
         }
         ledger
@@ -145,7 +151,11 @@ impl LoadedPlugin {
 
     /// Everything of `load` but `init`: compile, check the contract, link,
     /// call `describe`. Used by `plugin inspect`.
-    pub async fn prepare(runtime: &Runtime, cfg: &PluginConfig, ledger: Arc<Ledger>) -> Result<Self, String> {
+    pub async fn prepare(
+        runtime: &Runtime,
+        cfg: &PluginConfig,
+        ledger: Arc<Ledger>,
+    ) -> Result<Self, String> {
         let (component, digest, cache) = runtime.compile(&cfg.component)?;
         let shape = ComponentShape::of(runtime.engine(), &component);
         let misfit = |p: String| format!("does not fit the contract {CONTRACT}: {p}");
@@ -186,7 +196,8 @@ impl LoadedPlugin {
             .map_err(|e| format!("`describe` failed: {e}"))?;
         let mut units = BTreeSet::new();
         for u in &described.units {
-            validate_unit_name(&u.name).map_err(|p| format!("`describe` declares an invalid unit: {p}"))?;
+            validate_unit_name(&u.name)
+                .map_err(|p| format!("`describe` declares an invalid unit: {p}"))?;
             if !units.insert(u.name.clone()) {
                 return Err(format!("`describe` declares unit `{}` twice", u.name));
             }
@@ -204,15 +215,27 @@ impl LoadedPlugin {
     }
 
     /// Calls `handle-http`.
-    pub async fn handle_http(&self, request_id: &Arc<str>, req: HttpRequest) -> CallOutcome<HttpResponse> {
-        self.call(request_id.clone(), move |p, s| Box::pin(async move { p.call_handle_http(s, &req).await }))
-            .await
+    pub async fn handle_http(
+        &self,
+        request_id: &Arc<str>,
+        req: HttpRequest,
+    ) -> CallOutcome<HttpResponse> {
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(async move { p.call_handle_http(s, &req).await })
+        })
+        .await
     }
 
     /// Calls `handle-datagram`.
-    pub async fn handle_datagram(&self, request_id: &Arc<str>, d: Datagram) -> CallOutcome<Vec<Datagram>> {
-        self.call(request_id.clone(), move |p, s| Box::pin(async move { p.call_handle_datagram(s, &d).await }))
-            .await
+    pub async fn handle_datagram(
+        &self,
+        request_id: &Arc<str>,
+        d: Datagram,
+    ) -> CallOutcome<Vec<Datagram>> {
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(async move { p.call_handle_datagram(s, &d).await })
+        })
+        .await
     }
 
     /// Calls `handle-message`.
@@ -230,17 +253,31 @@ impl LoadedPlugin {
 
     /// Calls `tick`.
     pub async fn tick(&self, request_id: &Arc<str>, now_ms: u64) -> CallOutcome<()> {
-        self.call(request_id.clone(), move |p, s| Box::pin(p.call_tick(s, now_ms))).await
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(p.call_tick(s, now_ms))
+        })
+        .await
     }
 
     /// Calls `prove`.
-    pub async fn prove(&self, request_id: &Arc<str>, c: Challenge) -> CallOutcome<Result<Proof, String>> {
-        self.call(request_id.clone(), move |p, s| Box::pin(async move { p.call_prove(s, &c).await }))
-            .await
+    pub async fn prove(
+        &self,
+        request_id: &Arc<str>,
+        c: Challenge,
+    ) -> CallOutcome<Result<Proof, String>> {
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(async move { p.call_prove(s, &c).await })
+        })
+        .await
     }
 
     /// Calls `verify`.
-    pub async fn verify(&self, request_id: &Arc<str>, c: Challenge, proof: Proof) -> CallOutcome<bool> {
+    pub async fn verify(
+        &self,
+        request_id: &Arc<str>,
+        c: Challenge,
+        proof: Proof,
+    ) -> CallOutcome<bool> {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move { p.call_verify(s, &c, &proof).await })
         })
@@ -255,7 +292,12 @@ impl LoadedPlugin {
         f: impl for<'a> FnOnce(&'a ResourcePlugin, &'a mut Store<CallState>) -> ExportCall<'a, R>,
     ) -> CallOutcome<R> {
         let started = Instant::now();
-        let state = CallState::new(self.shared.clone(), self.ledger.clone(), request_id, self.max_ticks);
+        let state = CallState::new(
+            self.shared.clone(),
+            self.ledger.clone(),
+            request_id,
+            self.max_ticks,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let budget = self.shared.limits.fuel.unwrap_or(u64::MAX);
@@ -281,7 +323,10 @@ impl LoadedPlugin {
         match result {
             Ok(value) => CallOutcome {
                 result: Ok(value),
-                effects: CallEffects { records: state.usage, kv: state.kv_writes },
+                effects: CallEffects {
+                    records: state.usage,
+                    kv: state.kv_writes,
+                },
                 fuel,
                 wall,
             },
@@ -295,7 +340,12 @@ impl LoadedPlugin {
                     stderr = state.stderr_text().unwrap_or_default(),
                     "plugin call failed"
                 );
-                CallOutcome { result: Err(error), effects: CallEffects::default(), fuel, wall }
+                CallOutcome {
+                    result: Err(error),
+                    effects: CallEffects::default(),
+                    fuel,
+                    wall,
+                }
             }
         }
     }
@@ -307,13 +357,18 @@ impl LoadedPlugin {
         if state.limiter.memory_cap_hit {
             return CallError::Memory(self.shared.limits.memory_mb);
         }
-        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
             return CallError::Busy;
         }
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => CallError::Fuel(self.shared.limits.fuel.unwrap_or(u64::MAX)),
             Some(trap) => {
-                let detail = state.stderr_text().map(|s| format!(" ({s})")).unwrap_or_default();
+                let detail = state
+                    .stderr_text()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
                 CallError::Trap(format!("{trap}{detail}"))
             }
             None => CallError::Host(format!("{e:#}")),
@@ -324,12 +379,14 @@ impl LoadedPlugin {
 fn validate_unit_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` must be 1 to 64 bytes of a-z, 0-9, `.`, `_`, `-`"))
+        Err(format!(
+            "`{name}` must be 1 to 64 bytes of a-z, 0-9, `.`, `_`, `-`"
+        ))
     }
 }

@@ -48,7 +48,10 @@ impl CallState {
             plugin,
             ledger,
             request_id,
-            limiter: CallLimiter { memory_cap, memory_cap_hit: false },
+            limiter: CallLimiter {
+                memory_cap,
+                memory_cap_hit: false,
+            },
             usage: Vec::new(),
             kv_writes: BTreeMap::new(),
             kv_write_bytes: 0,
@@ -95,7 +98,12 @@ pub struct CallLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         if desired > self.memory_cap {
             self.memory_cap_hit = true;
             return Err(wasmtime::Error::msg(format!(
@@ -106,7 +114,12 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

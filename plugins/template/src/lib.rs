@@ -17,8 +17,8 @@
 //! Challenge kind `echo-hash`: the proof is `sha256(nonce || params)`.
 
 use depin_plugin_sdk::{
-    Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, Usage,
-    config, export_plugin, kv, log, meter, meter_usage,
+    Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, Usage, config,
+    export_plugin, kv, log, meter, meter_usage,
 };
 use sha2::{Digest, Sha256};
 
@@ -35,7 +35,9 @@ impl Plugin for Template {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         for (key, value) in &config {
             match key.as_str() {
-                "greeting" if value.is_empty() => return Err("config `greeting` must not be empty".into()),
+                "greeting" if value.is_empty() => {
+                    return Err("config `greeting` must not be empty".into());
+                }
                 "greeting" => {}
                 other => return Err(format!("unknown config key `{other}` (known: greeting)")),
             }
@@ -58,8 +60,13 @@ impl Plugin for Template {
 
     fn prove(c: Challenge) -> Result<Proof, String> {
         match c.kind.as_str() {
-            "echo-hash" => Ok(Proof { challenge_id: c.id.clone(), payload: echo_hash(&c) }),
-            other => Err(format!("challenge kind `{other}` is not supported (supported: echo-hash)")),
+            "echo-hash" => Ok(Proof {
+                challenge_id: c.id.clone(),
+                payload: echo_hash(&c),
+            }),
+            other => Err(format!(
+                "challenge kind `{other}` is not supported (supported: echo-hash)"
+            )),
         }
     }
 
@@ -89,7 +96,9 @@ fn route(req: &HttpRequest) -> HttpResponse {
             if let Err(e) = meter_usage(usage) {
                 return HttpResponse::text(500, &e);
             }
-            let content_type = req.header("content-type").unwrap_or("application/octet-stream");
+            let content_type = req
+                .header("content-type")
+                .unwrap_or("application/octet-stream");
             HttpResponse::bytes(200, content_type, req.body.clone())
         }
         ("POST", "/counter") => {
@@ -112,7 +121,9 @@ fn route(req: &HttpRequest) -> HttpResponse {
                 Err(e) => HttpResponse::text(500, &e.to_string()),
             }
         }
-        (method, p) if p.starts_with("/kv/") => kv_route(method, &format!("user/{}", &p[4..]), &req.body),
+        (method, p) if p.starts_with("/kv/") => {
+            kv_route(method, &format!("user/{}", &p[4..]), &req.body)
+        }
         _ => HttpResponse::text(404, &format!("no route for {} {}", req.method, req.path)),
     }
 }
@@ -162,10 +173,17 @@ mod tests {
         let host = host();
         let res = Template::handle_http(HttpRequest::new("POST", "/echo").with_body("abc"));
         assert_eq!(res.body_bytes(), b"abc");
-        let echoed: Vec<_> = host.usage().into_iter().filter(|u| u.unit == "bytes-echoed").collect();
+        let echoed: Vec<_> = host
+            .usage()
+            .into_iter()
+            .filter(|u| u.unit == "bytes-echoed")
+            .collect();
         assert_eq!(echoed.len(), 1);
         assert_eq!(echoed[0].quantity, 3);
-        assert_eq!(echoed[0].evidence.as_deref(), Some(&Sha256::digest(b"abc")[..]));
+        assert_eq!(
+            echoed[0].evidence.as_deref(),
+            Some(&Sha256::digest(b"abc")[..])
+        );
     }
 
     #[test]
@@ -187,7 +205,10 @@ mod tests {
         let list = Template::handle_http(HttpRequest::new("GET", "/kv"));
         assert_eq!(list.body_bytes(), br#"["a"]"#);
         Template::handle_http(HttpRequest::new("DELETE", "/kv/a"));
-        assert_eq!(Template::handle_http(HttpRequest::new("GET", "/kv/a")).status, 404);
+        assert_eq!(
+            Template::handle_http(HttpRequest::new("GET", "/kv/a")).status,
+            404
+        );
     }
 
     #[test]
@@ -201,10 +222,18 @@ mod tests {
     #[test]
     fn echo_hash_proof_verifies_and_a_forged_one_does_not() {
         let _host = host();
-        let c = Challenge { id: "c1".into(), kind: "echo-hash".into(), nonce: vec![1, 2], params: vec![3] };
+        let c = Challenge {
+            id: "c1".into(),
+            kind: "echo-hash".into(),
+            nonce: vec![1, 2],
+            params: vec![3],
+        };
         let p = Template::prove(c.clone()).unwrap();
         assert!(Template::verify(c.clone(), p.clone()));
-        let forged = Proof { payload: vec![0; 32], ..p };
+        let forged = Proof {
+            payload: vec![0; 32],
+            ..p
+        };
         assert!(!Template::verify(c, forged));
     }
 }

@@ -11,6 +11,11 @@ impl Host for CallState {
     }
 
     fn all(&mut self) -> Result<Vec<(String, String)>> {
-        Ok(self.plugin.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .plugin
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

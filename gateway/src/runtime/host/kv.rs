@@ -43,7 +43,10 @@ impl Host for CallState {
                 KvWrite::Delete => None,
             }));
         }
-        Ok(self.ledger.kv_get(&self.plugin.name, &key).map_err(|e| self.store_error("get", e)))
+        Ok(self
+            .ledger
+            .kv_get(&self.plugin.name, &key)
+            .map_err(|e| self.store_error("get", e)))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<Result<(), KvError>> {
@@ -76,7 +79,10 @@ impl Host for CallState {
         let limit = limit.min(MAX_LIST) as usize;
         // Committed keys, merged with this call's pending writes.
         let extra = self.kv_writes.len();
-        let committed = match self.ledger.kv_list(&self.plugin.name, &prefix, limit + extra) {
+        let committed = match self
+            .ledger
+            .kv_list(&self.plugin.name, &prefix, limit + extra)
+        {
             Ok(k) => k,
             Err(e) => return Ok(Err(self.store_error("list", e))),
         };

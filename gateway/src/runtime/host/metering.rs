@@ -4,8 +4,8 @@
 use wasmtime::Result;
 
 use crate::ledger::{MAX_EVIDENCE_BYTES, MAX_SUBJECT_BYTES, NewRecord, Source};
-use crate::runtime::contract::depin::plugin::metering::Host;
 use crate::runtime::contract::Usage;
+use crate::runtime::contract::depin::plugin::metering::Host;
 use crate::runtime::state::CallState;
 
 /// Most plugin-claimed records one call may produce.
@@ -23,15 +23,23 @@ impl Host for CallState {
         if let Some(s) = &u.subject
             && s.len() > MAX_SUBJECT_BYTES
         {
-            return Ok(Err(format!("subject is {} bytes, the limit is {MAX_SUBJECT_BYTES}", s.len())));
+            return Ok(Err(format!(
+                "subject is {} bytes, the limit is {MAX_SUBJECT_BYTES}",
+                s.len()
+            )));
         }
         if let Some(e) = &u.evidence
             && e.len() > MAX_EVIDENCE_BYTES
         {
-            return Ok(Err(format!("evidence is {} bytes, the limit is {MAX_EVIDENCE_BYTES}", e.len())));
+            return Ok(Err(format!(
+                "evidence is {} bytes, the limit is {MAX_EVIDENCE_BYTES}",
+                e.len()
+            )));
         }
         if self.usage.len() >= MAX_RECORDS_PER_CALL {
-            return Ok(Err(format!("this call already recorded {MAX_RECORDS_PER_CALL} records")));
+            return Ok(Err(format!(
+                "this call already recorded {MAX_RECORDS_PER_CALL} records"
+            )));
         }
         self.usage.push(NewRecord {
             time_ms: 0,

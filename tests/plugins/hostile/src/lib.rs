@@ -3,7 +3,9 @@
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
 //! trapping (none of which may be kept), `/ok` answers 200.
 
-use depin_plugin_sdk::{HttpRequest, HttpResponse, Plugin, PluginInfo, ResourceKind, export_plugin, kv, meter};
+use depin_plugin_sdk::{
+    HttpRequest, HttpResponse, Plugin, PluginInfo, ResourceKind, export_plugin, kv, meter,
+};
 
 struct Hostile;
 

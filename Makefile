@@ -1,0 +1,39 @@
+# depin-gateway: the two commands of the quick start, and a few more.
+#
+#   make run    build the plugins and the gateway, create a device key if
+#               there is none, run with deploy/gateway.toml on 127.0.0.1:8080
+#   make test   run the whole test suite (unit, end-to-end, SDK doc tests)
+
+CARGO ?= cargo
+CONFIG ?= deploy/gateway.toml
+WASM_TARGET := wasm32-wasip2
+# Every plugin component the gateway and its tests use.
+PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin
+
+.PHONY: run test plugins gateway wasm-target bench lint clean
+
+run: plugins gateway
+	@test -f data/device.key || ./target/release/depin-gateway keygen --config $(CONFIG)
+	./target/release/depin-gateway run --config $(CONFIG)
+
+test: plugins
+	$(CARGO) test --workspace
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+plugins: wasm-target
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(PLUGINS)
+
+gateway:
+	$(CARGO) build --release -p depin-gateway
+
+bench: plugins
+	$(CARGO) run --release -p depin-bench
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
