@@ -184,3 +184,48 @@ async fn kv_survives_a_restart() {
     assert_eq!(c.text(), "{\"count\":2}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_is_called_on_its_interval_and_its_writes_are_kept() {
+    let home = Home::new(
+        &[template("template", "/t").table("tick_interval_ms = 50")],
+        "",
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    let mut ticks = 0;
+    for _ in 0..100 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&http.get("/t/ticks").await.body).unwrap();
+        ticks = v["ticks"].as_u64().unwrap();
+        if ticks >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ticks >= 3, "ticked {ticks} times");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_headers_get_431() {
+    let home = Home::new(&[template("template", "/t")], "[http]\nmax_headers = 8\n");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let mut stream = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    let mut req = String::from("GET /t/hello HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..20 {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    assert_eq!(
+        HttpClient::new(gw.http_addr).get("/t/hello").await.status,
+        200
+    );
+    gw.shutdown().await;
+}

@@ -305,6 +305,7 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             component: file.to_path_buf(),
             route: None,
             limits: PluginLimits::default(),
+            tick_interval_ms: None,
             config: Default::default(),
         };
         let (component, digest, _) = runtime

@@ -117,6 +117,9 @@ pub struct PluginConfig {
     /// Sandbox limits.
     #[serde(default)]
     pub limits: PluginLimits,
+    /// Call the plugin's `tick` export this often, in milliseconds; never
+    /// when absent.
+    pub tick_interval_ms: Option<u64>,
     /// Free-form settings passed to the plugin (`init` and the `config`
     /// import). Values may be strings, numbers or booleans.
     #[serde(default)]
@@ -230,7 +233,12 @@ impl GatewayConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         let h = &self.http;
         positive("http.max_body_bytes", h.max_body_bytes as u64)?;
-        positive("http.max_header_bytes", h.max_header_bytes as u64)?;
+        if h.max_header_bytes < 8192 {
+            return Err((
+                "http.max_header_bytes".into(),
+                format!("{} is below the minimum of 8192 bytes", h.max_header_bytes),
+            ));
+        }
         positive("http.max_headers", h.max_headers as u64)?;
         positive("http.call_timeout_ms", h.call_timeout_ms)?;
         let r = &self.runtime;
@@ -280,6 +288,12 @@ impl GatewayConfig {
                         "{} MiB is above runtime.max_memory_mb ({} MiB)",
                         p.limits.memory_mb, r.max_memory_mb
                     ),
+                ));
+            }
+            if p.tick_interval_ms == Some(0) {
+                return Err((
+                    key("tick_interval_ms"),
+                    "must be greater than 0 (omit it for no ticks)".into(),
                 ));
             }
             if p.limits.fuel == Some(0) {
@@ -464,6 +478,9 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("plugin[0].limits.memory_mb"), "{e}");
         let e = parse("[runtime]\ntick_ms = 0\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("runtime.tick_ms"), "{e}");
+        let e = parse("[http]\nmax_header_bytes = 100\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("http.max_header_bytes"), "{e}");
+        assert!(e.problem.contains("8192"), "{e}");
     }
 
     #[test]

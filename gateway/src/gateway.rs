@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -10,8 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::identity::DeviceKey;
-use crate::ingress::http::HttpIngress;
-use crate::ledger::Ledger;
+use crate::ingress::http::{HttpIngress, units};
+use crate::ledger::{Ledger, NewRecord, Source};
 use crate::runtime::{LoadedPlugin, Runtime};
 
 /// Why the gateway did not start. Each names what to fix.
@@ -44,6 +45,7 @@ pub struct RunningGateway {
     ledger: Arc<Ledger>,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
+    tickers: Vec<JoinHandle<()>>,
     _runtime: Arc<Runtime>,
 }
 
@@ -73,6 +75,13 @@ impl RunningGateway {
             routed.push((p.normalized_route(), loaded.clone()));
             plugins.push(loaded);
         }
+        let mut tickers = Vec::new();
+        for (p, loaded) in config.plugins.iter().zip(&plugins) {
+            if let Some(ms) = p.tick_interval_ms {
+                let ticker = ticks(loaded.clone(), ledger.clone(), Duration::from_millis(ms));
+                tickers.push(tokio::spawn(ticker));
+            }
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -100,6 +109,7 @@ impl RunningGateway {
             ledger,
             stop,
             server: Some(server),
+            tickers,
             _runtime: runtime,
         })
     }
@@ -108,6 +118,10 @@ impl RunningGateway {
     /// period), then flushes and closes the ledger.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        for t in self.tickers.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
@@ -119,8 +133,45 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        for t in &self.tickers {
+            t.abort();
+        }
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+    }
+}
+
+/// Calls a plugin's `tick` export every `every`, committing what it
+/// records and writes, with the host's measurements (subject `tick`).
+async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let id: Arc<str> = "tick".into();
+    loop {
+        interval.tick().await;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let outcome = plugin.tick(&id, now_ms).await;
+        let mut effects = outcome.effects;
+        let host = |unit: &str, quantity: u64| NewRecord {
+            time_ms: 0,
+            unit: unit.to_string(),
+            quantity,
+            source: Source::Host,
+            subject: Some("tick".into()),
+            evidence: None,
+        };
+        effects.records.splice(
+            0..0,
+            [
+                host(units::WALL_TIME_US, outcome.wall.as_micros() as u64),
+                host(units::FUEL, outcome.fuel),
+            ],
+        );
+        if let Err(e) = ledger.commit(plugin.name().clone(), effects).await {
+            tracing::error!(plugin = %plugin.name(), error = %e, "cannot commit a tick's usage");
         }
     }
 }

@@ -67,7 +67,7 @@ extern crate self as depin_plugin_sdk;
 
 /// Raw bindings generated from the `depin:plugin` WIT package. Prefer the
 /// helpers at the crate root.
-#[allow(missing_docs)]
+#[allow(missing_docs, clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

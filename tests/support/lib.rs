@@ -55,6 +55,8 @@ pub struct PluginSpec {
     pub name: &'static str,
     pub component: PathBuf,
     pub route: &'static str,
+    /// Extra lines for the `[[plugin]]` table itself.
+    pub table: &'static str,
     /// Extra lines for `[plugin.limits]`.
     pub limits: &'static str,
     /// Extra lines for `[plugin.config]`.
@@ -67,9 +69,14 @@ impl PluginSpec {
             name,
             component,
             route,
+            table: "",
             limits: "",
             config: "",
         }
+    }
+    pub fn table(mut self, table: &'static str) -> Self {
+        self.table = table;
+        self
     }
     pub fn limits(mut self, limits: &'static str) -> Self {
         self.limits = limits;
@@ -95,10 +102,11 @@ impl Home {
         let mut text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n");
         for p in plugins {
             text.push_str(&format!(
-                "[[plugin]]\nname = \"{}\"\ncomponent = \"{}\"\nroute = \"{}\"\n[plugin.limits]\n{}\n[plugin.config]\n{}\n",
+                "[[plugin]]\nname = \"{}\"\ncomponent = \"{}\"\nroute = \"{}\"\n{}\n[plugin.limits]\n{}\n[plugin.config]\n{}\n",
                 p.name,
                 p.component.display(),
                 p.route,
+                p.table,
                 p.limits,
                 p.config
             ));

@@ -25,8 +25,11 @@ pub use record::{
     NewRecord, Source, UsageRecord,
 };
 
-/// seq -> prev_hash (32) || hash (32) || canonical encoding
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_records");
+/// Records are stored in blocks, one block per commit group:
+/// seq of the block's first record -> entry*, where
+/// entry = u16 length of the encoding (big-endian) || hash (32) || encoding.
+/// One insert per group keeps the writer cheap under concurrency.
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_blocks");
 /// "head" -> last seq (8, big-endian) || last hash (32)
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (plugin, key) -> value
@@ -153,12 +156,11 @@ impl Ledger {
         let db = open_db(&path, true)?;
         let head = {
             let txn = db.begin_write()?;
-            txn.open_table(RECORDS)?;
+            txn.open_table(BLOCKS)?;
             txn.open_table(KV)?;
             let head = {
                 let meta = txn.open_table(META)?;
-                let head = meta.get("head")?.map(|v| Head::decode(v.value()));
-                head
+                meta.get("head")?.map(|v| Head::decode(v.value()))
             };
             txn.commit()?;
             match head {
@@ -377,16 +379,16 @@ fn write_group(
     let txn = db.begin_write()?;
     let mut cursor = head;
     let mut receipts = Vec::with_capacity(group.len());
+    let mut block = Vec::with_capacity(group.len() * 4 * 160);
+    let now = now_ms();
     {
-        let mut records = txn.open_table(RECORDS)?;
         let mut kv = txn.open_table(KV)?;
-        let mut value = Vec::with_capacity(256);
         for c in group {
             let first = cursor.seq + 1;
             for r in &c.effects.records {
                 let record = UsageRecord {
                     seq: cursor.seq + 1,
-                    time_ms: if r.time_ms == 0 { now_ms() } else { r.time_ms },
+                    time_ms: if r.time_ms == 0 { now } else { r.time_ms },
                     plugin: c.plugin.to_string(),
                     unit: r.unit.clone(),
                     quantity: r.quantity,
@@ -396,11 +398,11 @@ fn write_group(
                 };
                 let encoding = record.encode();
                 let hash = UsageRecord::chain_hash(&cursor.hash, &encoding);
-                value.clear();
-                value.extend_from_slice(&cursor.hash);
-                value.extend_from_slice(&hash);
-                value.extend_from_slice(&encoding);
-                records.insert(record.seq, value.as_slice())?;
+                let len = u16::try_from(encoding.len())
+                    .map_err(|_| LedgerError::Storage("a record is larger than 64 KiB".into()))?;
+                block.extend_from_slice(&len.to_be_bytes());
+                block.extend_from_slice(&hash);
+                block.extend_from_slice(&encoding);
                 cursor = Head {
                     seq: record.seq,
                     hash,
@@ -422,11 +424,38 @@ fn write_group(
                 group_size: group.len(),
             });
         }
+        if !block.is_empty() {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            blocks.insert(head.seq + 1, block.as_slice())?;
+        }
         let mut meta = txn.open_table(META)?;
         meta.insert("head", cursor.encode().as_slice())?;
     }
     txn.commit()?;
     Ok((cursor, receipts))
+}
+
+/// Splits a block into (hash, encoding) entries.
+fn block_entries(block: &[u8]) -> impl Iterator<Item = Result<(Hash, &[u8]), DecodeError>> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < 34 {
+            rest = &[];
+            return Some(Err(DecodeError("truncated block entry")));
+        }
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        if rest.len() < 34 + len {
+            rest = &[];
+            return Some(Err(DecodeError("truncated block entry")));
+        }
+        let hash: Hash = rest[2..34].try_into().expect("32 bytes");
+        let encoding = &rest[34..34 + len];
+        rest = &rest[34 + len..];
+        Some(Ok((hash, encoding)))
+    })
 }
 
 /// Where `ledger verify` found the chain broken.
@@ -477,30 +506,34 @@ impl LedgerReader {
         })
     }
 
-    /// Calls `f` with every record in sequence order, with the stored
-    /// previous hash and hash.
+    /// Calls `f` with every record in sequence order: its position in the
+    /// ledger, and the stored hash of the record before it, its own stored
+    /// hash and its contents. Stops when `f` returns false.
     pub fn for_each(
         &self,
         mut f: impl FnMut(u64, Result<(Hash, Hash, UsageRecord), DecodeError>) -> bool,
     ) -> Result<(), LedgerError> {
         let txn = self.db.begin_read()?;
-        let table = match txn.open_table(RECORDS) {
+        let table = match txn.open_table(BLOCKS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let mut prev = GENESIS_HASH;
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let v = v.value();
-            let parsed = if v.len() < 64 {
-                Err(DecodeError("stored value too short"))
-            } else {
-                let prev: Hash = v[..32].try_into().expect("32 bytes");
-                let hash: Hash = v[32..64].try_into().expect("32 bytes");
-                UsageRecord::decode(&v[64..]).map(|r| (prev, hash, r))
-            };
-            if !f(k.value(), parsed) {
-                break;
+            let mut seq = k.value();
+            for e in block_entries(v.value()) {
+                let parsed =
+                    e.and_then(|(hash, enc)| UsageRecord::decode(enc).map(|r| (prev, hash, r)));
+                if let Ok((_, hash, _)) = &parsed {
+                    prev = *hash;
+                }
+                let failed = parsed.is_err();
+                if !f(seq, parsed) || failed {
+                    return Ok(());
+                }
+                seq += 1;
             }
         }
         Ok(())
@@ -593,18 +626,34 @@ impl LedgerReader {
             .collect())
     }
 
-    /// Test support: overwrite the stored bytes of record `seq`.
+    /// Test support: change the stored encoding of record `seq` (its
+    /// stored hash stays as it was).
     #[doc(hidden)]
     pub fn tamper(&self, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> Result<(), LedgerError> {
         let txn = self.db.begin_write()?;
         {
-            let mut table = txn.open_table(RECORDS)?;
-            let mut v = table
-                .get(seq)?
-                .map(|v| v.value().to_vec())
-                .ok_or_else(|| LedgerError::Storage(format!("no record {seq}")))?;
-            f(&mut v);
-            table.insert(seq, v.as_slice())?;
+            let mut table = txn.open_table(BLOCKS)?;
+            let (first, block) = {
+                let found = table.range(..=seq)?.next_back();
+                let (k, v) =
+                    found.ok_or_else(|| LedgerError::Storage(format!("no record {seq}")))??;
+                (k.value(), v.value().to_vec())
+            };
+            let mut rebuilt = Vec::with_capacity(block.len());
+            let mut f = Some(f);
+            for (i, e) in block_entries(&block).enumerate() {
+                let (hash, enc) = e.map_err(|e| LedgerError::Storage(e.to_string()))?;
+                let mut enc = enc.to_vec();
+                if first + i as u64 == seq
+                    && let Some(f) = f.take()
+                {
+                    f(&mut enc);
+                }
+                rebuilt.extend_from_slice(&(enc.len() as u16).to_be_bytes());
+                rebuilt.extend_from_slice(&hash);
+                rebuilt.extend_from_slice(&enc);
+            }
+            table.insert(first, rebuilt.as_slice())?;
         }
         txn.commit()?;
         Ok(())

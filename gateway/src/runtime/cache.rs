@@ -62,10 +62,10 @@ pub fn compile(
     }
     let component =
         Component::from_binary(engine, &bytes).map_err(|e| format!("invalid component: {e:#}"))?;
-    if let Some(cached) = &cached {
-        if let Err(e) = store(&component, cached) {
-            tracing::warn!(path = %cached.display(), error = %e, "cannot write the compile cache");
-        }
+    if let Some(cached) = &cached
+        && let Err(e) = store(&component, cached)
+    {
+        tracing::warn!(path = %cached.display(), error = %e, "cannot write the compile cache");
     }
     Ok((component, digest, CacheOutcome::Compiled))
 }

@@ -9,6 +9,7 @@
 //! | `GET /hello` | `<greeting>, <name>` (config `greeting`, query `name`) | `requests` |
 //! | `POST /echo` | the request body | `requests`, `bytes-echoed` with the body's sha256 as evidence |
 //! | `POST /counter` | `{"count": n}`, incremented in kv | `requests` |
+//! | `GET /ticks` | `{"ticks": n}`: how often the host called `tick` | `requests` |
 //! | `GET /kv/<key>` | the stored value, or 404 | `requests` |
 //! | `PUT /kv/<key>` | 204, stores the body | `requests` |
 //! | `DELETE /kv/<key>` | 204 | `requests` |
@@ -55,7 +56,11 @@ impl Plugin for Template {
     }
 
     fn tick(now_ms: u64) {
-        log::debug(&format!("tick at {now_ms}"));
+        let ticks = kv::get_json::<u64>("ticks").ok().flatten().unwrap_or(0) + 1;
+        if let Err(e) = kv::set_json("ticks", &ticks) {
+            log::warn(&format!("cannot count the tick: {e}"));
+        }
+        log::debug(&format!("tick {ticks} at {now_ms}"));
     }
 
     fn prove(c: Challenge) -> Result<Proof, String> {
@@ -100,6 +105,10 @@ fn route(req: &HttpRequest) -> HttpResponse {
                 .header("content-type")
                 .unwrap_or("application/octet-stream");
             HttpResponse::bytes(200, content_type, req.body.clone())
+        }
+        ("GET", "/ticks") => {
+            let ticks = kv::get_json::<u64>("ticks").ok().flatten().unwrap_or(0);
+            HttpResponse::json(200, &serde_json::json!({ "ticks": ticks }))
         }
         ("POST", "/counter") => {
             let count = match kv::get_json::<u64>("counter") {

@@ -17,7 +17,7 @@ impl Host for CallState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let plugin = &*self.plugin.name;
         let request_id = &*self.request_id;
