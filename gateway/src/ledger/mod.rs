@@ -386,27 +386,30 @@ fn write_group(
         for c in group {
             let first = cursor.seq + 1;
             for r in &c.effects.records {
-                let record = UsageRecord {
-                    seq: cursor.seq + 1,
-                    time_ms: if r.time_ms == 0 { now } else { r.time_ms },
-                    plugin: c.plugin.to_string(),
-                    unit: r.unit.clone(),
-                    quantity: r.quantity,
-                    source: r.source,
-                    subject: r.subject.clone(),
-                    evidence: r.evidence.clone(),
-                };
-                let encoding = record.encode();
-                let hash = UsageRecord::chain_hash(&cursor.hash, &encoding);
+                // entry = u16 length || hash || encoding; the length and hash
+                // are filled in once the encoding is written in place.
+                let entry = block.len();
+                block.extend_from_slice(&[0; 34]);
+                let seq = cursor.seq + 1;
+                let time_ms = if r.time_ms == 0 { now } else { r.time_ms };
+                record::encode_into(
+                    &mut block,
+                    seq,
+                    time_ms,
+                    &c.plugin,
+                    &r.unit,
+                    r.quantity,
+                    r.source,
+                    r.subject.as_deref(),
+                    r.evidence.as_deref(),
+                );
+                let encoding = &block[entry + 34..];
                 let len = u16::try_from(encoding.len())
                     .map_err(|_| LedgerError::Storage("a record is larger than 64 KiB".into()))?;
-                block.extend_from_slice(&len.to_be_bytes());
-                block.extend_from_slice(&hash);
-                block.extend_from_slice(&encoding);
-                cursor = Head {
-                    seq: record.seq,
-                    hash,
-                };
+                let hash = UsageRecord::chain_hash(&cursor.hash, encoding);
+                block[entry..entry + 2].copy_from_slice(&len.to_be_bytes());
+                block[entry + 2..entry + 34].copy_from_slice(&hash);
+                cursor = Head { seq, hash };
             }
             for (key, write) in &c.effects.kv {
                 match write {

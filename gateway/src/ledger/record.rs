@@ -112,27 +112,17 @@ impl UsageRecord {
     /// The canonical encoding (see the module documentation).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.plugin.len() + self.unit.len());
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.time_ms.to_be_bytes());
-        put_str(&mut out, &self.plugin);
-        put_str(&mut out, &self.unit);
-        out.extend_from_slice(&self.quantity.to_be_bytes());
-        out.push(self.source.code());
-        match &self.subject {
-            Some(s) => {
-                out.push(1);
-                put_str(&mut out, s);
-            }
-            None => out.push(0),
-        }
-        match &self.evidence {
-            Some(e) => {
-                out.push(1);
-                put_bytes(&mut out, e);
-            }
-            None => out.push(0),
-        }
+        encode_into(
+            &mut out,
+            self.seq,
+            self.time_ms,
+            &self.plugin,
+            &self.unit,
+            self.quantity,
+            self.source,
+            self.subject.as_deref(),
+            self.evidence.as_deref(),
+        );
         out
     }
 
@@ -168,6 +158,43 @@ impl UsageRecord {
         h.update(prev);
         h.update(encoding);
         h.finalize().into()
+    }
+}
+
+/// Appends the canonical encoding of a record to `out`, without building a
+/// `UsageRecord` first (the ledger writer's hot path).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time_ms: u64,
+    plugin: &str,
+    unit: &str,
+    quantity: u64,
+    source: Source,
+    subject: Option<&str>,
+    evidence: Option<&[u8]>,
+) {
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    put_str(out, plugin);
+    put_str(out, unit);
+    out.extend_from_slice(&quantity.to_be_bytes());
+    out.push(source.code());
+    match subject {
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+        None => out.push(0),
+    }
+    match evidence {
+        Some(e) => {
+            out.push(1);
+            put_bytes(out, e);
+        }
+        None => out.push(0),
     }
 }
 
