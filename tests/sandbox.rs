@@ -196,3 +196,29 @@ async fn init_refusing_its_config_stops_the_load_with_its_reason() {
     assert!(e.contains("plugin `template`"), "{e}");
     assert!(e.contains("unknown config key `greting`"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_503_and_recovers() {
+    let home = Home::new(
+        &[hostile("hostile", "/h", "cpu_ms = 1000")],
+        "[runtime]\nmax_instances = 2\n",
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let http = http.clone();
+        slow.push(tokio::spawn(
+            async move { http.get("/h/loop").await.status },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http.get("/h/ok").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(&r.request_id()), "{}", r.text());
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 500);
+    }
+    assert_eq!(http.get("/h/ok").await.status, 200, "capacity is back");
+    gw.shutdown().await;
+}

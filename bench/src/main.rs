@@ -64,7 +64,8 @@ fn template_home() -> Home {
     Home::new(
         &[PluginSpec::new("template", plugin("template_plugin"), "/t")
             .config("greeting = \"hello\"")],
-        "log_format = \"text\"\n",
+        // The production default pool size (the test default is smaller).
+        "[runtime]\nmax_instances = 1000\n",
     )
 }
 
@@ -172,9 +173,9 @@ async fn plain_hyper() -> SocketAddr {
     addr
 }
 
-/// 2. Through the gateway vs plain hyper, same client, same body, at two
-/// concurrency levels (the gateway's durable commit is latency-bound at low
-/// concurrency and amortized by group commit at high concurrency).
+/// Phase 2: through the gateway vs plain hyper, same client, same body, at
+/// two concurrency levels (the gateway's durable commit is latency-bound at
+/// low concurrency and amortized by group commit at high concurrency).
 async fn http_vs_plain_hyper(duration: Duration) {
     println!(
         "2. HTTP GET /hello, keep-alive connections, closed loop, {} s per row",

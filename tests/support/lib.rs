@@ -100,6 +100,11 @@ impl Home {
     pub fn new(plugins: &[PluginSpec], extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n");
+        // Many gateways run at once in one test process; a small instance
+        // pool keeps their address-space reservations small.
+        if !extra.contains("[runtime]") {
+            text.push_str("[runtime]\nmax_instances = 64\n");
+        }
         for p in plugins {
             text.push_str(&format!(
                 "[[plugin]]\nname = \"{}\"\ncomponent = \"{}\"\nroute = \"{}\"\n{}\n[plugin.limits]\n{}\n[plugin.config]\n{}\n",

@@ -399,7 +399,11 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody> {
-    let Ok(status) = StatusCode::from_u16(r.status) else {
+    let Some(status) = (100..=599)
+        .contains(&r.status)
+        .then(|| StatusCode::from_u16(r.status).ok())
+        .flatten()
+    else {
         tracing::warn!(status = r.status, "plugin returned an invalid status");
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -491,11 +495,13 @@ mod tests {
 
     #[test]
     fn invalid_status_becomes_500() {
-        let r = HttpResponse {
-            status: 42,
-            headers: vec![],
-            body: Body::Bytes(vec![]),
-        };
-        assert_eq!(plugin_response(r, &Arc::from("rid")).status(), 500);
+        for status in [42, 600, 999] {
+            let r = HttpResponse {
+                status,
+                headers: vec![],
+                body: Body::Bytes(vec![]),
+            };
+            assert_eq!(plugin_response(r, &Arc::from("rid")).status(), 500);
+        }
     }
 }

@@ -525,8 +525,7 @@ impl LedgerReader {
         let mut prev = GENESIS_HASH;
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let mut seq = k.value();
-            for e in block_entries(v.value()) {
+            for (seq, e) in (k.value()..).zip(block_entries(v.value())) {
                 let parsed =
                     e.and_then(|(hash, enc)| UsageRecord::decode(enc).map(|r| (prev, hash, r)));
                 if let Ok((_, hash, _)) = &parsed {
@@ -536,7 +535,6 @@ impl LedgerReader {
                 if !f(seq, parsed) || failed {
                     return Ok(());
                 }
-                seq += 1;
             }
         }
         Ok(())

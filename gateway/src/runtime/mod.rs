@@ -105,7 +105,7 @@ fn engine_config(cfg: &RuntimeConfig) -> Config {
     let n = cfg.max_instances;
     pool.total_component_instances(n);
     pool.total_core_instances(n.saturating_mul(4));
-    pool.total_memories(n.saturating_mul(2));
+    pool.total_memories(n);
     pool.total_tables(n.saturating_mul(4));
     pool.total_stacks(n);
     pool.max_memory_size((cfg.max_memory_mb << 20) as usize);
