@@ -105,12 +105,15 @@ async fn sigterm_lets_in_flight_calls_finish_and_flushes_the_ledger() {
     let home = home();
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let http = HttpClient::new(gw.addr);
+    // Open the connection first, so the slow call is surely in flight when
+    // the signal arrives.
+    assert_eq!(http.get("/h/ok").await.status, 200);
     // A call that takes about 1.5 s (it loops until its CPU deadline).
     let slow = tokio::spawn({
         let http = http.clone();
         async move { http.get("/h/loop").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = gw.child.id();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let reply = slow.await.unwrap();
