@@ -36,6 +36,16 @@ async fn assert_both_healthy(http: &HttpClient, prefix: &str) {
     assert_eq!(other.status, 200, "another plugin still serves");
 }
 
+/// Calls `path` on a fresh gateway, expects a 500 of `kind`, then checks
+/// that the same plugin (`prefix`) and another plugin still serve.
+async fn only_that_call_fails(path: &str, kind: &str, prefix: &str) {
+    let (_home, gw, http) = start("").await;
+    let r = http.get(path).await;
+    assert_500_with_request_id(&r, kind);
+    assert_both_healthy(&http, prefix).await;
+    gw.shutdown().await;
+}
+
 fn assert_500_with_request_id(r: &depin_e2e::Reply, kind: &str) {
     assert_eq!(r.status, 500, "{}", r.text());
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -60,29 +70,17 @@ async fn infinite_loop_is_cut_at_its_cpu_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_its_cap() {
-    let (_home, gw, http) = start("").await;
-    let r = http.get("/h/bomb").await;
-    assert_500_with_request_id(&r, "memory");
-    assert_both_healthy(&http, "/h").await;
-    gw.shutdown().await;
+    only_that_call_fails("/h/bomb", "memory", "/h").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_returns_500_and_the_next_call_succeeds() {
-    let (_home, gw, http) = start("").await;
-    let r = http.get("/h/panic").await;
-    assert_500_with_request_id(&r, "trap");
-    assert_both_healthy(&http, "/h").await;
-    gw.shutdown().await;
+    only_that_call_fails("/h/panic", "trap", "/h").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_budget_ends_a_runaway_call() {
-    let (_home, gw, http) = start("").await;
-    let r = http.get("/hf/loop").await;
-    assert_500_with_request_id(&r, "fuel");
-    assert_both_healthy(&http, "/hf").await;
-    gw.shutdown().await;
+    only_that_call_fails("/hf/loop", "fuel", "/hf").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
