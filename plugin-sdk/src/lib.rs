@@ -1,6 +1,6 @@
 //! # depin-plugin-sdk
 //!
-//! Write a [depin-gateway] resource plugin in Rust. A plugin is a
+//! Write a depin-gateway resource plugin in Rust. A plugin is a
 //! WebAssembly component targeting the `depin:plugin` world (`wit/` in the
 //! gateway's repository); this crate generates the bindings, gives every
 //! export a default, and wraps the host imports in small typed helpers.
@@ -58,8 +58,6 @@
 //! - Usage records ([`meter`]) and kv writes of a call are committed together
 //!   after the call returns; if the call panics, none of them is kept.
 //! - Only units declared in [`Plugin::describe`] can be metered.
-//!
-//! [depin-gateway]: https://example.invalid/depin-gateway
 
 #![warn(missing_docs)]
 
