@@ -46,6 +46,16 @@ async fn only_that_call_fails(path: &str, kind: &str, prefix: &str) {
     gw.shutdown().await;
 }
 
+/// Starts a gateway with `plugins` and returns the reason it refused to start.
+async fn refusal(plugins: &[PluginSpec]) -> String {
+    let home = Home::new(plugins, "");
+    RunningGateway::start(&home.config())
+        .await
+        .err()
+        .expect("refused")
+        .to_string()
+}
+
 fn assert_500_with_request_id(r: &depin_e2e::Reply, kind: &str) {
     assert_eq!(r.status, 500, "{}", r.text());
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -138,19 +148,12 @@ async fn concurrent_hostile_calls_do_not_disturb_healthy_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_of_another_world_is_refused_with_what_is_missing() {
-    let home = Home::new(
-        &[PluginSpec::new(
-            "greeter",
-            plugin("other_world_plugin"),
-            "/g",
-        )],
-        "",
-    );
-    let e = RunningGateway::start(&home.config())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let e = refusal(&[PluginSpec::new(
+        "greeter",
+        plugin("other_world_plugin"),
+        "/g",
+    )])
+    .await;
     assert!(e.contains("plugin `greeter`"), "{e}");
     assert!(e.contains("other_world_plugin.wasm"), "{e}");
     assert!(e.contains("depin:plugin@0.1.0"), "{e}");
@@ -166,12 +169,7 @@ async fn a_core_module_is_refused_with_how_to_build_a_component() {
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let home = Home::new(&[PluginSpec::new("core", core, "/c")], "");
-    let e = RunningGateway::start(&home.config())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let e = refusal(&[PluginSpec::new("core", core, "/c")]).await;
     assert!(
         e.contains("core WebAssembly module, not a component"),
         "{e}"
@@ -181,16 +179,12 @@ async fn a_core_module_is_refused_with_how_to_build_a_component() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_refusing_its_config_stops_the_load_with_its_reason() {
-    let home = Home::new(
-        &[PluginSpec::new("template", plugin("template_plugin"), "/t")
-            .config("greting = \"typo\"")],
-        "",
-    );
-    let e = RunningGateway::start(&home.config())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let e =
+        refusal(
+            &[PluginSpec::new("template", plugin("template_plugin"), "/t")
+                .config("greting = \"typo\"")],
+        )
+        .await;
     assert!(e.contains("plugin `template`"), "{e}");
     assert!(e.contains("unknown config key `greting`"), "{e}");
 }

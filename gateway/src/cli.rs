@@ -308,11 +308,12 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             tick_interval_ms: None,
             config: Default::default(),
         };
-        let (component, digest, _) = runtime
+        let compiled = runtime
             .compile(file)
             .map_err(|p| anyhow::anyhow!("{}: {p}", file.display()))?;
-        let shape = crate::runtime::ComponentShape::of(runtime.engine(), &component);
-        let prepared = LoadedPlugin::prepare(&runtime, &cfg, ledger.clone()).await;
+        let digest = compiled.1.clone();
+        let shape = crate::runtime::ComponentShape::of(runtime.engine(), &compiled.0);
+        let prepared = LoadedPlugin::prepare(&runtime, &cfg, ledger.clone(), compiled).await;
         ledger.close();
         anyhow::Ok((digest, shape, prepared))
     });

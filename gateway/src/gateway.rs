@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::GatewayConfig;
 use crate::identity::DeviceKey;
 use crate::ingress::http::{HttpIngress, units};
-use crate::ledger::{Ledger, NewRecord, Source};
+use crate::ledger::{Ledger, NewRecord};
 use crate::runtime::{LoadedPlugin, Runtime};
 
 /// Why the gateway did not start. Each names what to fix.
@@ -155,14 +155,7 @@ async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every: Duration) 
             .map_or(0, |d| d.as_millis() as u64);
         let outcome = plugin.tick(&id, now_ms).await;
         let mut effects = outcome.effects;
-        let host = |unit: &str, quantity: u64| NewRecord {
-            time_ms: 0,
-            unit: unit.to_string(),
-            quantity,
-            source: Source::Host,
-            subject: Some("tick".into()),
-            evidence: None,
-        };
+        let host = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, &id);
         effects.records.splice(
             0..0,
             [

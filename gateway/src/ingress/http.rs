@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::HttpConfig;
-use crate::ledger::{CallEffects, Ledger, NewRecord, Source};
+use crate::ledger::{CallEffects, Ledger, NewRecord};
 use crate::runtime::LoadedPlugin;
 use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
 
@@ -369,14 +369,7 @@ fn host_records(
     wall: Duration,
     fuel: u64,
 ) -> [NewRecord; 4] {
-    let r = |unit: &str, quantity: u64| NewRecord {
-        time_ms: 0,
-        unit: unit.to_string(),
-        quantity,
-        source: Source::Host,
-        subject: Some(request_id.to_string()),
-        evidence: None,
-    };
+    let r = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, request_id);
     [
         r(units::BYTES_IN, bytes_in),
         r(units::BYTES_OUT, bytes_out),

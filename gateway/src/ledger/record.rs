@@ -82,6 +82,20 @@ pub struct NewRecord {
     pub evidence: Option<Vec<u8>>,
 }
 
+impl NewRecord {
+    /// A host-attested record, timestamped at commit.
+    pub fn host(unit: &str, quantity: u64, subject: &str) -> Self {
+        NewRecord {
+            time_ms: 0,
+            unit: unit.to_string(),
+            quantity,
+            source: Source::Host,
+            subject: Some(subject.to_string()),
+            evidence: None,
+        }
+    }
+}
+
 /// A committed usage record: durable, numbered and chained.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UsageRecord {

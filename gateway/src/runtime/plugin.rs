@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wasmtime::component::Component;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::contract::{
@@ -126,7 +127,8 @@ impl LoadedPlugin {
             path: cfg.component.clone(),
             problem,
         };
-        let plugin = Self::prepare(runtime, cfg, ledger.clone())
+        let compiled = runtime.compile(&cfg.component).map_err(fail)?;
+        let plugin = Self::prepare(runtime, cfg, ledger.clone(), compiled)
             .await
             .map_err(fail)?;
         let config = cfg.config_strings();
@@ -155,8 +157,8 @@ impl LoadedPlugin {
         runtime: &Runtime,
         cfg: &PluginConfig,
         ledger: Arc<Ledger>,
+        (component, digest, cache): (Component, String, CacheOutcome),
     ) -> Result<Self, String> {
-        let (component, digest, cache) = runtime.compile(&cfg.component)?;
         let shape = ComponentShape::of(runtime.engine(), &component);
         let misfit = |p: String| format!("does not fit the contract {CONTRACT}: {p}");
         shape.check().map_err(misfit)?;
