@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::store::EPOCHS_FILE;
 use super::{ClosedEpoch, EpochStore};
 use crate::upstream::report::SignedReport;
 
@@ -34,9 +35,20 @@ pub fn report_json(r: &SignedReport) -> serde_json::Value {
     })
 }
 
+fn open(data_dir: &Path) -> anyhow::Result<EpochStore> {
+    let path = data_dir.join(EPOCHS_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no epoch store here (has the gateway run with this data_dir?)",
+            path.display()
+        );
+    }
+    Ok(EpochStore::open(data_dir)?)
+}
+
 /// Prints every closed epoch, one line each.
 pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let epochs = EpochStore::open(data_dir)?.list()?;
+    let epochs = open(data_dir)?.list()?;
     let mut out = std::io::stdout().lock();
     if json {
         let rows: Vec<_> = epochs
@@ -81,7 +93,7 @@ pub fn show(
     json: bool,
     out_file: Option<&Path>,
 ) -> anyhow::Result<bool> {
-    let Some(e) = EpochStore::open(data_dir)?.get(epoch)? else {
+    let Some(e) = open(data_dir)?.get(epoch)? else {
         eprintln!("no closed epoch {epoch}");
         return Ok(false);
     };
