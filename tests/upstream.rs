@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, free_port};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::rewards::ProofResults;
 use depin_gateway::upstream::report::{EpochReport, EpochTotal};
 use depin_gateway::upstream::sender::CollectorClient;
 
@@ -258,7 +257,7 @@ fn report(key: &DeviceKey, epoch: u64, prev: [u8; 32], requests: u128) -> EpochR
             quantity: requests,
             subjects: 1,
         }],
-        proofs: ProofResults::default(),
+        proofs: Vec::new(),
         reward_micro: requests * 7,
     }
 }

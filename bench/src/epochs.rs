@@ -17,7 +17,7 @@ use std::time::Instant;
 use depin_gateway::epochs::{EpochCloser, EpochStore, merkle};
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::ledger::{CallEffects, Hash, Ledger, NewRecord, Source, UsageRecord};
-use depin_gateway::rewards::{ProofResults, RewardPolicy};
+use depin_gateway::rewards::RewardPolicy;
 use depin_gateway::upstream::collector::{CollectorStore, check_report};
 use depin_gateway::upstream::report::{EpochReport, EpochTotal, SignedReport};
 use ed25519_dalek::{Signature, Verifier};
@@ -179,7 +179,7 @@ fn report_verification(count: u64) {
             records: 4000,
             merkle_root: [7; 32],
             totals,
-            proofs: ProofResults::default(),
+            proofs: Vec::new(),
             reward_micro: 0,
         };
         r.reward_micro = r.reward_under(&policy);

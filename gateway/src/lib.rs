@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod identity;
 pub mod ingress;
 pub mod ledger;
+pub mod proofs;
 pub mod rewards;
 pub mod runtime;
 pub mod telemetry;

@@ -30,7 +30,7 @@ pub fn report_json(r: &SignedReport) -> serde_json::Value {
         "records": p.records,
         "merkle_root": hex::encode(p.merkle_root),
         "totals": p.totals,
-        "proofs": {"issued": p.proofs.issued, "passed": p.proofs.passed},
+        "proofs": p.proofs,
         "reward_micro": p.reward_micro.to_string(),
     })
 }
@@ -128,10 +128,8 @@ fn print_report(r: &SignedReport) {
     println!("merkle root:  {}", hex::encode(p.merkle_root));
     println!("report hash:  {}", hex::encode(r.hash()));
     println!("previous:     {}", hex::encode(p.prev_hash));
-    println!(
-        "proofs:       {} of {} passed",
-        p.proofs.passed, p.proofs.issued
-    );
+    let pr = p.proof_results();
+    println!("proofs:       {} of {} passed", pr.passed, pr.issued);
     println!("reward:       {} micro", p.reward_micro);
     println!("totals:");
     for t in &p.totals {

@@ -136,8 +136,15 @@ impl EpochCloser {
         let epoch = cursor.next_epoch;
         let end_ms = (epoch + 1) * self.length_ms;
         let content = EpochContent::collect(&self.ledger, cursor.next_seq, end_ms, &self.kinds)?;
-        let proofs = ProofResults::default();
-        let reward_micro = self.policy.reward(content.reward_inputs(), proofs);
+        // Challenge results are counted in the epoch that closes after
+        // they arrive; at most 1000 per report.
+        let mut proofs = self.store.pending_proofs()?;
+        proofs.truncate(1000);
+        let results = ProofResults {
+            issued: proofs.len() as u32,
+            passed: proofs.iter().filter(|p| p.passed).count() as u32,
+        };
+        let reward_micro = self.policy.reward(content.reward_inputs(), results);
         let records = content.hashes.len() as u64;
         let report = EpochReport {
             gateway_key: self.key.verifying_key().to_bytes(),
@@ -263,10 +270,11 @@ pub fn start(
             (p.name().to_string(), kind.to_string())
         })
         .collect();
+    let key = Arc::new(DeviceKey::from_signing_key(key.signing_key().clone()));
     let closer = Arc::new(EpochCloser {
         ledger: ledger.clone(),
         store: store.clone(),
-        key: Arc::new(DeviceKey::from_signing_key(key.signing_key().clone())),
+        key: key.clone(),
         policy,
         kinds,
         length_ms: config.epochs.length_ms,
@@ -276,6 +284,17 @@ pub fn start(
     let closed = Arc::new(Notify::new());
     let mut tasks = vec![tokio::spawn(run(closer, closed.clone(), stop.clone()))];
     if let (Some(client), Some(u)) = (client, &config.upstream) {
+        let responder = Arc::new(crate::proofs::responder::Responder {
+            client: client.clone(),
+            store: store.clone(),
+            ledger: ledger.clone(),
+            key,
+            plugins: plugins
+                .iter()
+                .map(|p| (p.name().to_string(), p.clone()))
+                .collect(),
+        });
+        tasks.push(tokio::spawn(responder.run(stop.clone())));
         tasks.push(tokio::spawn(crate::upstream::sender::run(
             store,
             client,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::ledger::{GENESIS_HASH, Hash};
-use crate::upstream::report::{ReportError, SignedReport};
+use crate::upstream::report::{ProofOutcome, ReportError, SignedReport};
 
 /// epoch -> signed report bytes
 const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");
@@ -18,6 +18,8 @@ const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// epoch -> acknowledgement time, Unix ms
 const ACKED: TableDefinition<u64, u64> = TableDefinition::new("acked");
+/// challenge id -> 1 passed / 0 failed, until counted in a closed epoch
+const PROOFS: TableDefinition<&str, u8> = TableDefinition::new("proofs");
 /// "cursor" -> Cursor encoding
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
@@ -117,6 +119,7 @@ impl EpochStore {
         txn.open_table(OUTBOX)?;
         txn.open_table(ACKED)?;
         txn.open_table(STATE)?;
+        txn.open_table(PROOFS)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -176,9 +179,37 @@ impl EpochStore {
             }
             txn.open_table(STATE)?
                 .insert("cursor", next.encode().as_slice())?;
+            let mut proofs = txn.open_table(PROOFS)?;
+            for p in &report.report.proofs {
+                proofs.remove(p.challenge_id.as_str())?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Durably notes a challenge result for the next epoch to close.
+    pub fn record_proof(&self, challenge_id: &str, passed: bool) -> Result<(), EpochStoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PROOFS)?
+            .insert(challenge_id, u8::from(passed))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Challenge results not yet counted in a closed epoch, by id.
+    pub fn pending_proofs(&self) -> Result<Vec<ProofOutcome>, EpochStoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PROOFS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push(ProofOutcome {
+                challenge_id: k.value().to_string(),
+                passed: v.value() == 1,
+            });
+        }
+        Ok(out)
     }
 
     /// The oldest report not yet acknowledged.

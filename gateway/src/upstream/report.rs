@@ -16,7 +16,8 @@
 //! u16  number of totals, then per total (sorted by plugin, source, unit):
 //!        str plugin, str resource kind, u8 source (0 host, 1 plugin),
 //!        str unit, u64 records, u128 quantity, u64 distinct subjects
-//! u32  challenges issued, u32 challenges passed
+//! u16  number of challenge results counted in this epoch, then per
+//!        result: str challenge id, u8 passed (0 or 1)
 //! u128 reward estimate, micro-tokens
 //! 64   ed25519 signature over every byte before it
 //! ```
@@ -53,6 +54,13 @@ fn as_string<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
 }
 
+/// The result of one challenge, as counted in a report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProofOutcome {
+    pub challenge_id: String,
+    pub passed: bool,
+}
+
 /// The contents of an epoch report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochReport {
@@ -64,7 +72,8 @@ pub struct EpochReport {
     pub records: u64,
     pub merkle_root: Hash,
     pub totals: Vec<EpochTotal>,
-    pub proofs: ProofResults,
+    /// Challenge results counted toward this epoch's reward.
+    pub proofs: Vec<ProofOutcome>,
     pub reward_micro: u128,
 }
 
@@ -108,8 +117,12 @@ impl EpochReport {
             out.extend_from_slice(&t.quantity.to_be_bytes());
             out.extend_from_slice(&t.subjects.to_be_bytes());
         }
-        out.extend_from_slice(&self.proofs.issued.to_be_bytes());
-        out.extend_from_slice(&self.proofs.passed.to_be_bytes());
+        let n = u16::try_from(self.proofs.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for p in self.proofs.iter().take(usize::from(n)) {
+            put_str(&mut out, &p.challenge_id);
+            out.push(u8::from(p.passed));
+        }
         out.extend_from_slice(&self.reward_micro.to_be_bytes());
         out
     }
@@ -135,6 +148,14 @@ impl EpochReport {
         self.epoch.saturating_mul(self.length_ms)
     }
 
+    /// Challenges counted and passed.
+    pub fn proof_results(&self) -> ProofResults {
+        ProofResults {
+            issued: self.proofs.len() as u32,
+            passed: self.proofs.iter().filter(|p| p.passed).count() as u32,
+        }
+    }
+
     /// The reward this report's totals and proofs earn under `policy`.
     pub fn reward_under(&self, policy: &RewardPolicy) -> u128 {
         policy.reward(
@@ -144,7 +165,7 @@ impl EpochReport {
                 unit: &t.unit,
                 quantity: t.quantity,
             }),
-            self.proofs,
+            self.proof_results(),
         )
     }
 }
@@ -201,9 +222,6 @@ impl<'a> Reader<'a> {
     fn u16(&mut self) -> Result<u16, ReportError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
-    fn u32(&mut self) -> Result<u32, ReportError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
     fn u64(&mut self) -> Result<u64, ReportError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
@@ -252,10 +270,20 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
             subjects: r.u64()?,
         });
     }
-    let proofs = ProofResults {
-        issued: r.u32()?,
-        passed: r.u32()?,
-    };
+    let n = r.u16()?;
+    let mut proofs = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let challenge_id = r.str()?;
+        let passed = match r.array::<1>()?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(ReportError::Malformed("bad proof flag")),
+        };
+        proofs.push(ProofOutcome {
+            challenge_id,
+            passed,
+        });
+    }
     let reward_micro = r.u128()?;
     if !r.0.is_empty() {
         return Err(ReportError::Malformed("trailing bytes"));
@@ -296,10 +324,16 @@ mod tests {
                 quantity: 5,
                 subjects: 1,
             }],
-            proofs: ProofResults {
-                issued: 2,
-                passed: 1,
-            },
+            proofs: vec![
+                ProofOutcome {
+                    challenge_id: "c1".into(),
+                    passed: true,
+                },
+                ProofOutcome {
+                    challenge_id: "c2".into(),
+                    passed: false,
+                },
+            ],
             reward_micro: 9,
         }
     }
@@ -324,8 +358,9 @@ mod tests {
             "0000000000000002",
             "00000000000000000000000000000005",
             "0000000000000001",
-            "00000002",
-            "00000001",
+            "0002",
+            "0002 6331 01",
+            "0002 6332 00",
             "00000000000000000000000000000009",
         ]
         .concat()

@@ -63,6 +63,14 @@ impl CollectorClient {
         })
     }
 
+    /// The same client with a longer request budget (for long polls).
+    pub fn with_extra_timeout(&self, extra: Duration) -> Self {
+        Self {
+            timeout: self.timeout + extra,
+            ..self.clone()
+        }
+    }
+
     /// Sends one request; returns the status and body.
     pub async fn request(
         &self,
