@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, free_port};
+use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, file_digest, free_port};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::upstream::report::{EpochReport, EpochTotal};
+use depin_gateway::upstream::report::{EpochReport, EpochTotal, ProofOutcome};
 use depin_gateway::upstream::sender::CollectorClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
@@ -122,19 +122,30 @@ async fn assert_delivered_exactly_once(home: &Home, client: &CollectorClient) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_arrive_once_each_with_the_estimated_reward() {
+async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
     let client_cert = pki.client("gw1");
     let port = free_port();
     let home = gateway_home(&pki, port, &client_cert);
     let id = gateway_id(&home);
+    // inclusion challenges, a possession challenge the template proves
+    // (echo-hash, checked by its own `verify`), and one it cannot answer
+    let component = plugin("template_plugin");
+    let digest = file_digest(&component);
+    let challenges = format!(
+        "[challenges]\ninterval_ms = 400\ninclusion = true\nmax_open = 6\n\
+         [[challenges.possession]]\nplugin = \"template\"\nkind = \"echo-hash\"\nparams = \"0102\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n\
+         [[challenges.possession]]\nplugin = \"template\"\nkind = \"no-such-kind\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n",
+        c = component.display()
+    );
     let config = collector_config(
         tmp.path(),
         &pki,
         port,
         &[(id.clone(), client_cert.sha256.clone())],
         POLICY,
+        &challenges,
     );
     let _collector = CollectorProcess::start(BIN, &config);
     let https = pki.https(port, &client_cert);
@@ -148,9 +159,39 @@ async fn reports_arrive_once_each_with_the_estimated_reward() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_reports(&https, &id, 3).await;
+    // challenges are answered and judged; their results go into the next
+    // reports
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = https.request("GET", "/metrics", Vec::new()).await.unwrap();
+        let m = String::from_utf8_lossy(&m).into_owned();
+        let count = |verdict: &str| {
+            m.lines()
+                .find(|l| l.contains(&format!("verdict=\"{verdict}\"")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if count("passed") >= 2 && count("failed") >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "challenges were not judged: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = reports_at_collector(&https, &id).await;
+    wait_for_reports(&https, &id, now + 2).await;
     assert!(gw.terminate());
     let delivered = assert_delivered_exactly_once(&home, &https).await;
     assert!(delivered >= 3);
+    let outcomes: Vec<serde_json::Value> = gateway_epochs(&home)
+        .iter()
+        .filter(|e| e["delivery"] == "delivered")
+        .flat_map(|e| e["proofs"].as_array().unwrap().clone())
+        .collect();
+    assert!(
+        outcomes.iter().any(|p| p["passed"] == true)
+            && outcomes.iter().any(|p| p["passed"] == false),
+        "delivered reports count passed and failed challenges: {outcomes:?}"
+    );
     let epochs = gateway_epochs(&home);
     assert!(
         epochs
@@ -211,6 +252,7 @@ async fn collector_down_then_up_and_kill_9_deliver_every_report_once_in_order() 
         port,
         &[(id.clone(), client_cert.sha256.clone())],
         POLICY,
+        "",
     );
     // The collector is down for several epochs.
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
@@ -289,6 +331,7 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
             (b.gateway_id(), b_cert.sha256.clone()),
         ],
         POLICY,
+        "",
     );
     let _collector = CollectorProcess::start(BIN, &config);
     let https = pki.https(port, &a_cert);
@@ -339,6 +382,16 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
     greedy.reward_micro += 1;
     let (status, body) = post(&https, &greedy.sign(a.signing_key()).bytes).await;
     assert_eq!(status, 422, "{body}");
+
+    // a proof summary naming a challenge the collector never issued
+    let mut boastful = report(&a, 102, r2.hash(), 5);
+    boastful.proofs.push(ProofOutcome {
+        challenge_id: "never-issued".into(),
+        passed: true,
+    });
+    let (status, body) = post(&https, &boastful.sign(a.signing_key()).bytes).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("never issued"), "{body}");
 
     // a certificate from the right CA that maps to no gateway
     let stranger = pki.https(port, &unmapped);

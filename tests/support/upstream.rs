@@ -109,6 +109,14 @@ impl Pki {
     }
 }
 
+/// `sha256:<hex>` of a file, as plugin digests are written.
+pub fn file_digest(path: &Path) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+    )
+}
+
 /// A free loopback TCP port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -120,13 +128,14 @@ pub fn free_port() -> u16 {
 
 /// Writes `collector.toml` in `dir`: listening on `port`, mapping
 /// `gateways` (id, client certificate sha256), with `policy` as its reward
-/// policy text.
+/// policy text and `extra` TOML tables (e.g. `[challenges]`).
 pub fn collector_config(
     dir: &Path,
     pki: &Pki,
     port: u16,
     gateways: &[(String, String)],
     policy: &str,
+    extra: &str,
 ) -> PathBuf {
     let policy_file = dir.join("collector-rewards.toml");
     std::fs::write(&policy_file, policy).expect("write policy");
@@ -137,6 +146,8 @@ pub fn collector_config(
         pki.ca_file.display(),
         policy_file.display(),
     );
+    text.push_str(extra);
+    text.push('\n');
     for (id, sha) in gateways {
         text.push_str(&format!(
             "[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"{sha}\"\n"

@@ -28,6 +28,9 @@ pub struct CollectorConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Challenge issuance and the components that verify possession proofs.
+    #[serde(default)]
+    pub challenges: super::challenges::ChallengesConfig,
     /// The gateways allowed to report, one `[[gateway]]` table each.
     #[serde(default, rename = "gateway")]
     pub gateways: Vec<GatewayEntry>,
@@ -68,6 +71,21 @@ impl CollectorConfig {
         c.key_file = resolve(&c.key_file);
         c.client_ca_file = resolve(&c.client_ca_file);
         c.policy = c.policy.as_deref().map(resolve);
+        for (i, t) in c.challenges.possession.iter_mut().enumerate() {
+            t.component = resolve(&t.component);
+            if !t.digest.starts_with("sha256:") {
+                return Err(err(
+                    Some(format!("challenges.possession[{i}].digest")),
+                    "must be `sha256:<hex>` (see `depin-gateway plugin inspect`)".into(),
+                ));
+            }
+            if hex::decode(&t.params).is_err() {
+                return Err(err(
+                    Some(format!("challenges.possession[{i}].params")),
+                    "must be hex".into(),
+                ));
+            }
+        }
         let mut seen = BTreeMap::new();
         for (i, g) in c.gateways.iter().enumerate() {
             let id_ok =

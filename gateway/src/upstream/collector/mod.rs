@@ -12,6 +12,7 @@
 //! Also serves `GET /v1/gateways`, `GET /v1/rewards?epoch=N` (JSON) and a
 //! Prometheus `GET /metrics`.
 
+pub mod challenges;
 pub mod config;
 pub mod store;
 
@@ -62,6 +63,7 @@ impl Rejection {
             Rejection::WrongGateway { .. } => StatusCode::FORBIDDEN,
             Rejection::RewardMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::Chain(ChainError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::Chain(ChainError::ProofMismatch(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::Chain(_) => StatusCode::CONFLICT,
         }
     }
@@ -74,6 +76,7 @@ impl Rejection {
             Rejection::WrongGateway { .. } => "wrong_gateway",
             Rejection::RewardMismatch { .. } => "reward_mismatch",
             Rejection::Chain(ChainError::Storage(_)) => "storage",
+            Rejection::Chain(ChainError::ProofMismatch(_)) => "proof_mismatch",
             Rejection::Chain(_) => "chain",
         }
     }
@@ -115,11 +118,17 @@ pub struct Collector {
     accepted: AtomicU64,
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    verifiers: challenges::Verifiers,
+    /// Woken when new challenges are issued (long polls wait on it).
+    pub challenge_ready: tokio::sync::Notify,
+    proofs_passed: AtomicU64,
+    proofs_failed: AtomicU64,
 }
 
 impl Collector {
-    /// Opens the store and loads the policy named by `config`.
-    pub fn open(config: &CollectorConfig) -> anyhow::Result<Self> {
+    /// Opens the store, loads the policy and the verifier components named
+    /// by `config`.
+    pub async fn open(config: &CollectorConfig) -> anyhow::Result<Self> {
         let policy = match &config.policy {
             Some(p) => RewardPolicy::load(p)?,
             None => RewardPolicy::default(),
@@ -131,6 +140,11 @@ impl Collector {
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
+            verifiers: challenges::Verifiers::load(&config.challenges.possession, &config.data_dir)
+                .await?,
+            challenge_ready: tokio::sync::Notify::new(),
+            proofs_passed: AtomicU64::new(0),
+            proofs_failed: AtomicU64::new(0),
         })
     }
 
@@ -184,6 +198,18 @@ impl Collector {
                 "depin_collector_reports_rejected_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
+        out.push_str(
+            "# HELP depin_collector_challenges_total Challenge answers judged, by verdict.\n",
+        );
+        out.push_str("# TYPE depin_collector_challenges_total counter\n");
+        out.push_str(&format!(
+            "depin_collector_challenges_total{{verdict=\"passed\"}} {}\n",
+            self.proofs_passed.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "depin_collector_challenges_total{{verdict=\"failed\"}} {}\n",
+            self.proofs_failed.load(Ordering::Relaxed)
+        ));
         let gateways = self.store.gateways().map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
@@ -239,6 +265,71 @@ impl Collector {
                         text(e.status(), e.to_string())
                     }
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            ("GET", "/v1/challenges") => {
+                let wait_ms = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("wait_ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .min(60_000);
+                let deadline =
+                    tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+                loop {
+                    let notified = self.challenge_ready.notified();
+                    let this = self.clone();
+                    let gw = gateway.clone();
+                    let taken =
+                        tokio::task::spawn_blocking(move || this.store.take_pending(&gw)).await;
+                    match taken {
+                        Ok(Ok(list))
+                            if !list.is_empty() || tokio::time::Instant::now() >= deadline =>
+                        {
+                            let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
+                            return json(StatusCode::OK, serde_json::json!(specs));
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                        }
+                        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+            }
+            ("POST", "/v1/challenges/answer") => {
+                let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                };
+                match challenges::judge(&self.store, &self.verifiers, &gateway, &body).await {
+                    Ok((id, passed)) => {
+                        let counter = if passed {
+                            &self.proofs_passed
+                        } else {
+                            &self.proofs_failed
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%gateway, challenge = %id, passed, "challenge judged");
+                        json(
+                            StatusCode::OK,
+                            serde_json::json!({"id": id, "passed": passed}),
+                        )
+                    }
+                    Err(e @ challenges::AnswerRejection::Storage(_)) => {
+                        text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    }
+                    Err(e @ challenges::AnswerRejection::WrongGateway) => {
+                        text(StatusCode::FORBIDDEN, e.to_string())
+                    }
+                    Err(e @ challenges::AnswerRejection::Unknown(_)) => {
+                        text(StatusCode::CONFLICT, e.to_string())
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
                 }
             }
             ("GET", "/v1/gateways") => match self.store.gateways() {
@@ -339,11 +430,15 @@ pub fn main(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
     crate::telemetry::init(config.log_format);
     let tls = server_config(&config.client_ca_file, &config.cert_file, &config.key_file)?;
-    let collector = Arc::new(Collector::open(&config)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let collector = Arc::new(Collector::open(&config).await?);
+        let issuer = tokio::spawn(challenges::issue_forever(
+            collector.clone(),
+            config.challenges.clone(),
+        ));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -358,6 +453,7 @@ pub fn main(config_path: &Path) -> anyhow::Result<ExitCode> {
             _ = int.recv() => {}
         }
         server.abort();
+        issuer.abort();
         tracing::info!("collector stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -17,6 +17,8 @@ use crate::upstream::report::SignedReport;
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
 /// gateway id -> last epoch (8) || last report hash (32)
 const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
+/// challenge id -> JSON `ChallengeRecord`
+const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
 /// (epoch, gateway id) -> reward, micro-tokens
 const REWARDS: TableDefinition<(u64, &str), u128> = TableDefinition::new("rewards");
 
@@ -42,8 +44,22 @@ pub enum ChainError {
     Gap { last: u64 },
     #[error("the first report of a gateway must start its chain (previous hash all zeros)")]
     NotGenesis,
+    #[error("the report's challenge results do not match the collector's: {0}")]
+    ProofMismatch(String),
     #[error("storage failed: {0}")]
     Storage(String),
+}
+
+/// A challenge the collector issued, and what became of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChallengeRecord {
+    pub spec: crate::proofs::ChallengeSpec,
+    pub gateway: String,
+    pub issued_ms: u64,
+    /// `pending` (not yet fetched), `sent`, `passed` or `failed`.
+    pub status: String,
+    /// The epoch whose report counted the result.
+    pub counted_in: Option<u64>,
 }
 
 impl<E: Into<redb::Error>> From<E> for ChainError {
@@ -77,6 +93,7 @@ impl CollectorStore {
         txn.open_table(REPORTS)?;
         txn.open_table(HEADS)?;
         txn.open_table(REWARDS)?;
+        txn.open_table(CHALLENGES)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -109,6 +126,34 @@ impl CollectorStore {
                     return Err(ChainError::Gap { last });
                 }
                 _ => {}
+            }
+            let mut challenges = txn.open_table(CHALLENGES)?;
+            for p in &report.report.proofs {
+                let mut c = match challenges.get(p.challenge_id.as_str())? {
+                    Some(v) => serde_json::from_slice::<ChallengeRecord>(v.value())
+                        .map_err(|e| ChainError::Storage(e.to_string()))?,
+                    None => {
+                        return Err(ChainError::ProofMismatch(format!(
+                            "challenge {} was never issued",
+                            p.challenge_id
+                        )));
+                    }
+                };
+                let result = if p.passed { "passed" } else { "failed" };
+                if c.gateway != gateway || c.status != result || c.counted_in.is_some() {
+                    return Err(ChainError::ProofMismatch(format!(
+                        "challenge {}: the report says {result}, the collector has {} for {}{}",
+                        p.challenge_id,
+                        c.status,
+                        c.gateway,
+                        c.counted_in
+                            .map_or(String::new(), |e| format!(", counted in epoch {e}"))
+                    )));
+                }
+                c.counted_in = Some(epoch);
+                let json =
+                    serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
+                challenges.insert(p.challenge_id.as_str(), json.as_slice())?;
             }
             reports.insert((gateway.as_str(), epoch), report.bytes.as_slice())?;
             let mut head = [0u8; 40];
@@ -172,6 +217,116 @@ impl CollectorStore {
             .open_table(REPORTS)?
             .get((gateway, epoch))?
             .map(|v| v.value().to_vec()))
+    }
+}
+
+impl CollectorStore {
+    /// Stores a newly issued challenge.
+    pub fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
+        let json = serde_json::to_vec(c).map_err(|e| ChainError::Storage(e.to_string()))?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(CHALLENGES)?
+            .insert(c.spec.id.as_str(), json.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every challenge of `gateway` (all statuses).
+    pub fn challenges_of(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CHALLENGES)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (_, v) = entry?;
+            let c: ChallengeRecord = serde_json::from_slice(v.value())
+                .map_err(|e| ChainError::Storage(e.to_string()))?;
+            if c.gateway == gateway {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hands out `gateway`'s pending challenges, marking them sent.
+    pub fn take_pending(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
+        let txn = self.db.begin_write()?;
+        let mut taken = Vec::new();
+        {
+            let mut t = txn.open_table(CHALLENGES)?;
+            let mut pending = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let c: ChallengeRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| ChainError::Storage(e.to_string()))?;
+                if c.gateway == gateway && c.status == "pending" {
+                    pending.push((k.value().to_string(), c));
+                }
+            }
+            for (id, mut c) in pending {
+                c.status = "sent".into();
+                let json =
+                    serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
+                t.insert(id.as_str(), json.as_slice())?;
+                taken.push(c);
+            }
+        }
+        txn.commit()?;
+        Ok(taken)
+    }
+
+    /// Records the verdict on challenge `id`, once.
+    pub fn resolve(&self, id: &str, passed: bool) -> Result<(), ChainError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(CHALLENGES)?;
+            let mut c: ChallengeRecord = match t.get(id)? {
+                Some(v) => serde_json::from_slice(v.value())
+                    .map_err(|e| ChainError::Storage(e.to_string()))?,
+                None => return Err(ChainError::Storage(format!("no challenge {id}"))),
+            };
+            c.status = if passed { "passed" } else { "failed" }.into();
+            let json = serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
+            t.insert(id, json.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// One challenge.
+    pub fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CHALLENGES)?;
+        match t.get(id)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| ChainError::Storage(e.to_string())),
+        }
+    }
+
+    /// The gateway's accepted reports, newest first, at most `n`.
+    pub fn latest_reports(&self, gateway: &str, n: usize) -> Result<Vec<SignedReport>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))?.rev().take(n) {
+            let (_, v) = entry?;
+            out.push(
+                SignedReport::decode(v.value()).map_err(|e| ChainError::Storage(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The ids of every gateway that has reported.
+    pub fn gateway_ids(&self) -> Result<Vec<String>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HEADS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            out.push(entry?.0.value().to_string());
+        }
+        Ok(out)
     }
 }
 
