@@ -104,6 +104,30 @@ impl UpstreamConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GatewayConfig;
+
+    fn parse(text: &str) -> Result<GatewayConfig, crate::config::ConfigError> {
+        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
+    }
+
+    #[test]
+    fn epochs_and_upstream_errors_name_the_key() {
+        let c = parse("").unwrap();
+        assert!(c.upstream.is_none());
+        assert_eq!(c.epochs.length_ms, 3_600_000);
+        let e = parse("[epochs]\nlength_ms = 10\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("epochs.length_ms"), "{e}");
+        let e = parse("[epochs]\nlength_ms = 1000\nclose_delay_ms = 1000\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("epochs.close_delay_ms"), "{e}");
+        let up = "[upstream]\nurl = \"http://c:1\"\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n";
+        let e = parse(up).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstream.url"), "{e}");
+        assert!(e.problem.contains("https://"), "{e}");
+        let e = parse("[upstream]\nurl = \"https://c:1\"\n").unwrap_err();
+        assert!(e.problem.contains("ca_file"), "{e}");
+        let c = parse(&up.replace("http://", "https://")).unwrap();
+        assert_eq!(c.upstream.unwrap().ca_file, Path::new("/etc/depin/ca.pem"));
+    }
 
     #[test]
     fn collector_urls_parse_and_bad_ones_say_why() {

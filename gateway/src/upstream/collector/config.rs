@@ -120,3 +120,45 @@ impl CollectorConfig {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<CollectorConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        std::fs::write(&path, text).unwrap();
+        CollectorConfig::load(&path)
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:9443\"\ndata_dir = \"d\"\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.pem\"\n";
+
+    #[test]
+    fn collector_config_errors_name_the_file_and_key() {
+        assert!(load(BASE).unwrap().gateways.is_empty());
+        let e = load(&format!(
+            "{BASE}[[gateway]]\nid = \"x\"\ncert_sha256 = \"00\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway[0].id"), "{e}");
+        assert!(e.to_string().contains("collector.toml"), "{e}");
+        let id = format!("dpg1{}", "ab".repeat(32));
+        let e = load(&format!(
+            "{BASE}[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"00\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway[0].cert_sha256"), "{e}");
+        let e = load(&format!(
+            "{BASE}[[challenges.possession]]\nplugin = \"p\"\nkind = \"k\"\ncomponent = \"p.wasm\"\ndigest = \"abc\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("challenges.possession[0].digest"),
+            "{e}"
+        );
+        let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
+    }
+}
