@@ -32,6 +32,8 @@ pub struct ChallengesConfig {
     pub inclusion: bool,
     /// Most challenges a gateway may have open at once.
     pub max_open: usize,
+    /// A challenge not answered this long after it was issued expires, ms.
+    pub answer_timeout_ms: u64,
     /// Possession challenge templates, one per plugin and kind.
     pub possession: Vec<PossessionTemplate>,
 }
@@ -42,6 +44,7 @@ impl Default for ChallengesConfig {
             interval_ms: 60_000,
             inclusion: true,
             max_open: 4,
+            answer_timeout_ms: 120_000,
             possession: Vec::new(),
         }
     }
@@ -142,11 +145,18 @@ fn random_hex(n: usize) -> String {
 pub fn issue_round(store: &CollectorStore, config: &ChallengesConfig) -> anyhow::Result<usize> {
     let mut issued = 0;
     for gateway in store.gateway_ids()? {
-        let open = store
-            .challenges_of(&gateway)?
-            .iter()
-            .filter(|c| c.status == "pending" || c.status == "sent")
-            .count();
+        let now = now_ms();
+        let mut open = 0;
+        for c in store.challenges_of(&gateway)? {
+            if c.status != "pending" && c.status != "sent" {
+                continue;
+            }
+            if c.issued_ms.saturating_add(config.answer_timeout_ms) < now {
+                store.set_status(&c.spec.id, "expired")?;
+            } else {
+                open += 1;
+            }
+        }
         let mut room = config.max_open.saturating_sub(open);
         let recent = store.latest_reports(&gateway, 8)?;
         let mut specs = Vec::new();
@@ -273,5 +283,61 @@ pub async fn issue_forever(collector: Arc<super::Collector>, config: ChallengesC
             Ok(Err(e)) => tracing::error!(error = %e, "cannot issue challenges"),
             Err(e) => tracing::error!(error = %e, "challenge issuer panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DeviceKey;
+    use crate::upstream::report::EpochReport;
+
+    #[test]
+    fn unanswered_challenges_expire_and_make_room_for_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CollectorStore::open(dir.path()).unwrap();
+        let key = DeviceKey::generate();
+        let report = EpochReport {
+            gateway_key: key.verifying_key().to_bytes(),
+            epoch: 7,
+            length_ms: 1000,
+            prev_hash: [0; 32],
+            first_seq: 1,
+            records: 5,
+            merkle_root: [1; 32],
+            totals: vec![],
+            proofs: vec![],
+            reward_micro: 0,
+        }
+        .sign(key.signing_key());
+        store.accept(&report, 0).unwrap();
+        let config = ChallengesConfig {
+            interval_ms: 1,
+            inclusion: true,
+            max_open: 1,
+            answer_timeout_ms: 60_000,
+            possession: vec![],
+        };
+        assert_eq!(issue_round(&store, &config).unwrap(), 1);
+        // full: nothing new while the first is open
+        assert_eq!(issue_round(&store, &config).unwrap(), 0);
+        let sent = store.take_pending(&key.gateway_id()).unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].spec.epoch, 7);
+        assert!(sent[0].spec.index < 5);
+        std::thread::sleep(Duration::from_millis(5));
+        let expiring = ChallengesConfig {
+            answer_timeout_ms: 1,
+            ..config
+        };
+        assert_eq!(issue_round(&store, &expiring).unwrap(), 1);
+        let mut statuses: Vec<String> = store
+            .challenges_of(&key.gateway_id())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.status)
+            .collect();
+        statuses.sort();
+        assert_eq!(statuses, ["expired", "pending"]);
     }
 }

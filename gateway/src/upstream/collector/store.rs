@@ -56,7 +56,8 @@ pub struct ChallengeRecord {
     pub spec: crate::proofs::ChallengeSpec,
     pub gateway: String,
     pub issued_ms: u64,
-    /// `pending` (not yet fetched), `sent`, `passed` or `failed`.
+    /// `pending` (not yet fetched), `sent`, `passed`, `failed`, or
+    /// `expired` (not answered in time; never counted).
     pub status: String,
     /// The epoch whose report counted the result.
     pub counted_in: Option<u64>,
@@ -276,6 +277,11 @@ impl CollectorStore {
 
     /// Records the verdict on challenge `id`, once.
     pub fn resolve(&self, id: &str, passed: bool) -> Result<(), ChainError> {
+        self.set_status(id, if passed { "passed" } else { "failed" })
+    }
+
+    /// Sets a challenge's status (`expired` when it went unanswered).
+    pub fn set_status(&self, id: &str, status: &str) -> Result<(), ChainError> {
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(CHALLENGES)?;
@@ -284,7 +290,7 @@ impl CollectorStore {
                     .map_err(|e| ChainError::Storage(e.to_string()))?,
                 None => return Err(ChainError::Storage(format!("no challenge {id}"))),
             };
-            c.status = if passed { "passed" } else { "failed" }.into();
+            c.status = status.into();
             let json = serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
             t.insert(id, json.as_slice())?;
         }
