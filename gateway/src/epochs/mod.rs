@@ -263,6 +263,15 @@ pub fn start(
         Some(u) => Some(crate::upstream::sender::CollectorClient::new(u)?),
         None => None,
     };
+    if client.is_some() {
+        let added = store.enqueue_unacknowledged()?;
+        if added > 0 {
+            tracing::info!(
+                reports = added,
+                "queued reports closed while no collector was configured"
+            );
+        }
+    }
     let kinds = plugins
         .iter()
         .map(|p| {
@@ -403,6 +412,16 @@ mod tests {
         assert!(listed[1].pending);
         // closing again closes nothing twice
         assert!(closer.close_due(8_200).unwrap().is_empty());
+        // epochs closed without a collector are queued once one is configured
+        assert_eq!(store.enqueue_unacknowledged().unwrap(), 0);
+        let local = EpochCloser {
+            deliver: false,
+            ..closer
+        };
+        assert_eq!(local.close_due(9_200).unwrap().len(), 1);
+        assert_eq!(store.outbox_len().unwrap(), 2);
+        assert_eq!(store.enqueue_unacknowledged().unwrap(), 1);
+        assert_eq!(store.outbox_len().unwrap(), 3);
         ledger.close();
     }
 }

@@ -212,6 +212,30 @@ impl EpochStore {
         Ok(out)
     }
 
+    /// Puts every closed epoch that was never acknowledged back in the
+    /// outbox (a gateway that ran without `[upstream]` delivers its whole
+    /// chain from the first report once a collector is configured).
+    /// Returns how many were added.
+    pub fn enqueue_unacknowledged(&self) -> Result<u64, EpochStoreError> {
+        let txn = self.db.begin_write()?;
+        let mut added = 0;
+        {
+            let epochs = txn.open_table(EPOCHS)?;
+            let acked = txn.open_table(ACKED)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            for entry in epochs.iter()? {
+                let (k, v) = entry?;
+                let epoch = k.value();
+                if acked.get(epoch)?.is_none() && outbox.get(epoch)?.is_none() {
+                    outbox.insert(epoch, v.value())?;
+                    added += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(added)
+    }
+
     /// The oldest report not yet acknowledged.
     pub fn outbox_first(&self) -> Result<Option<(u64, Vec<u8>)>, EpochStoreError> {
         let txn = self.db.begin_read()?;
