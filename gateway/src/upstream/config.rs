@@ -130,6 +130,15 @@ mod tests {
     }
 
     #[test]
+    fn example_configurations_in_deploy_are_valid() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let gw = GatewayConfig::load(&deploy.join("gateway.toml")).unwrap();
+        let policy = gw.epochs.policy.expect("the example names a policy");
+        crate::rewards::RewardPolicy::load(&policy).unwrap();
+        crate::upstream::collector::CollectorConfig::load(&deploy.join("collector.toml")).unwrap();
+    }
+
+    #[test]
     fn collector_urls_parse_and_bad_ones_say_why() {
         assert_eq!(
             CollectorUrl::parse("https://127.0.0.1:9443").unwrap(),
