@@ -299,6 +299,7 @@ fn report(key: &DeviceKey, epoch: u64, prev: [u8; 32], requests: u128) -> EpochR
             quantity: requests,
             subjects: 1,
         }],
+        subject_totals: Vec::new(),
         proofs: Vec::new(),
         reward_micro: requests * 7,
     }

@@ -179,6 +179,7 @@ fn report_verification(count: u64) {
             records: 4000,
             merkle_root: [7; 32],
             totals,
+            subject_totals: Vec::new(),
             proofs: Vec::new(),
             reward_micro: 0,
         };

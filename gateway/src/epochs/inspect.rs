@@ -30,6 +30,7 @@ pub fn report_json(r: &SignedReport) -> serde_json::Value {
         "records": p.records,
         "merkle_root": hex::encode(p.merkle_root),
         "totals": p.totals,
+        "subject_totals": p.subject_totals,
         "proofs": p.proofs,
         "reward_micro": p.reward_micro.to_string(),
     })
@@ -137,6 +138,15 @@ fn print_report(r: &SignedReport) {
             "  {:<16} {:<18} {:<6} {:<16} {:>8} records {:>20} ({} subjects)",
             t.plugin, t.kind, t.source, t.unit, t.records, t.quantity, t.subjects
         );
+    }
+    if !p.subject_totals.is_empty() {
+        println!("per subject (plugin-claimed):");
+        for t in &p.subject_totals {
+            println!(
+                "  {:<16} {:<16} {:<24} {:>8} records {:>20}",
+                t.plugin, t.unit, t.subject, t.records, t.quantity
+            );
+        }
     }
 }
 

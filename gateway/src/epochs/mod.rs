@@ -28,9 +28,12 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::identity::DeviceKey;
+use crate::ledger::Source;
 use crate::ledger::{Hash, Ledger, LedgerError};
 use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
-use crate::upstream::report::{EpochReport, EpochTotal, SignedReport};
+use crate::upstream::report::{
+    EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
+};
 pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
 
 /// `[epochs]` in `gateway.toml`.
@@ -155,6 +158,7 @@ impl EpochCloser {
             records,
             merkle_root: merkle::root(content.hashes),
             totals: content.totals,
+            subject_totals: content.subject_totals,
             proofs,
             reward_micro,
         }
@@ -183,6 +187,10 @@ pub struct EpochContent {
     pub hashes: Vec<Hash>,
     /// Totals, sorted by plugin, source and unit.
     pub totals: Vec<EpochTotal>,
+    /// Totals of plugin-claimed usage per subject: the first
+    /// `MAX_SUBJECT_ROWS` (plugin, unit, subject) seen in sequence order,
+    /// sorted.
+    pub subject_totals: Vec<SubjectTotal>,
 }
 
 impl EpochContent {
@@ -197,11 +205,27 @@ impl EpochContent {
         type Key = (String, &'static str, String);
         let mut hashes = Vec::new();
         let mut sums: BTreeMap<Key, (u64, u128, HashSet<u64>)> = BTreeMap::new();
+        let mut by_subject: BTreeMap<(String, String, String), (u64, u128)> = BTreeMap::new();
         ledger.scan_from(from_seq, |hash, r| {
             if r.time_ms >= end_ms {
                 return false;
             }
             hashes.push(hash);
+            if r.source == Source::Plugin
+                && let Some(subject) = &r.subject
+            {
+                let key = (r.plugin.clone(), r.unit.clone(), subject.clone());
+                let room = by_subject.len() < MAX_SUBJECT_ROWS;
+                let row = if room {
+                    Some(by_subject.entry(key).or_default())
+                } else {
+                    by_subject.get_mut(&key)
+                };
+                if let Some(row) = row {
+                    row.0 += 1;
+                    row.1 += u128::from(r.quantity);
+                }
+            }
             let entry = sums
                 .entry((r.plugin, r.source.as_str(), r.unit))
                 .or_default();
@@ -231,7 +255,23 @@ impl EpochContent {
                 },
             )
             .collect();
-        Ok(Self { hashes, totals })
+        let subject_totals = by_subject
+            .into_iter()
+            .map(
+                |((plugin, unit, subject), (records, quantity))| SubjectTotal {
+                    plugin,
+                    unit,
+                    subject,
+                    records,
+                    quantity,
+                },
+            )
+            .collect();
+        Ok(Self {
+            hashes,
+            totals,
+            subject_totals,
+        })
     }
 
     fn reward_inputs(&self) -> impl Iterator<Item = RewardInput<'_>> {
@@ -395,6 +435,13 @@ mod tests {
         assert_eq!(made[0].report.records, 2);
         assert_eq!(made[0].report.totals[0].quantity, 5);
         assert_eq!(made[0].report.totals[0].subjects, 2);
+        let subjects: Vec<&str> = made[0]
+            .report
+            .subject_totals
+            .iter()
+            .map(|t| t.subject.as_str())
+            .collect();
+        assert_eq!(subjects, ["s2", "s3"]);
         assert_eq!(made[0].report.reward_micro, 50);
         assert_eq!(made[1].report.records, 0);
         assert_eq!(made[1].report.merkle_root, merkle::EMPTY_ROOT);

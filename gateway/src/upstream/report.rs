@@ -16,6 +16,10 @@
 //! u16  number of totals, then per total (sorted by plugin, source, unit):
 //!        str plugin, str resource kind, u8 source (0 host, 1 plugin),
 //!        str unit, u64 records, u128 quantity, u64 distinct subjects
+//! u16  number of subject totals (plugin-claimed records with a subject;
+//!      at most `MAX_SUBJECT_ROWS`, the first subjects seen in the epoch),
+//!      sorted by plugin, unit, subject; per row:
+//!        str plugin, str unit, str subject, u64 records, u128 quantity
 //! u16  number of challenge results counted in this epoch, then per
 //!        result: str challenge id, u8 passed (0 or 1)
 //! u128 reward estimate, micro-tokens
@@ -54,6 +58,20 @@ fn as_string<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
 }
 
+/// Most per-subject rows in one report.
+pub const MAX_SUBJECT_ROWS: usize = 1024;
+
+/// Totals of one subject (a device, a blob, a job...) of a plugin's unit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubjectTotal {
+    pub plugin: String,
+    pub unit: String,
+    pub subject: String,
+    pub records: u64,
+    #[serde(serialize_with = "as_string")]
+    pub quantity: u128,
+}
+
 /// The result of one challenge, as counted in a report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProofOutcome {
@@ -72,6 +90,8 @@ pub struct EpochReport {
     pub records: u64,
     pub merkle_root: Hash,
     pub totals: Vec<EpochTotal>,
+    /// Per-subject totals of plugin-claimed usage.
+    pub subject_totals: Vec<SubjectTotal>,
     /// Challenge results counted toward this epoch's reward.
     pub proofs: Vec<ProofOutcome>,
     pub reward_micro: u128,
@@ -116,6 +136,15 @@ impl EpochReport {
             out.extend_from_slice(&t.records.to_be_bytes());
             out.extend_from_slice(&t.quantity.to_be_bytes());
             out.extend_from_slice(&t.subjects.to_be_bytes());
+        }
+        let n = u16::try_from(self.subject_totals.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        for t in self.subject_totals.iter().take(usize::from(n)) {
+            put_str(&mut out, &t.plugin);
+            put_str(&mut out, &t.unit);
+            put_str(&mut out, &t.subject);
+            out.extend_from_slice(&t.records.to_be_bytes());
+            out.extend_from_slice(&t.quantity.to_be_bytes());
         }
         let n = u16::try_from(self.proofs.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&n.to_be_bytes());
@@ -271,6 +300,17 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
         });
     }
     let n = r.u16()?;
+    let mut subject_totals = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        subject_totals.push(SubjectTotal {
+            plugin: r.str()?,
+            unit: r.str()?,
+            subject: r.str()?,
+            records: r.u64()?,
+            quantity: r.u128()?,
+        });
+    }
+    let n = r.u16()?;
     let mut proofs = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let challenge_id = r.str()?;
@@ -297,6 +337,7 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
         records,
         merkle_root,
         totals,
+        subject_totals,
         proofs,
         reward_micro,
     })
@@ -323,6 +364,13 @@ mod tests {
                 records: 2,
                 quantity: 5,
                 subjects: 1,
+            }],
+            subject_totals: vec![SubjectTotal {
+                plugin: "tpl".into(),
+                unit: "hits".into(),
+                subject: "d1".into(),
+                records: 2,
+                quantity: 5,
             }],
             proofs: vec![
                 ProofOutcome {
@@ -358,6 +406,12 @@ mod tests {
             "0000000000000002",
             "00000000000000000000000000000005",
             "0000000000000001",
+            "0001",
+            "0003 74706c",
+            "0004 68697473",
+            "0002 6431",
+            "0000000000000002",
+            "00000000000000000000000000000005",
             "0002",
             "0002 6331 01",
             "0002 6332 00",

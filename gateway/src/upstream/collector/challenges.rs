@@ -306,6 +306,7 @@ mod tests {
             records: 5,
             merkle_root: [1; 32],
             totals: vec![],
+            subject_totals: vec![],
             proofs: vec![],
             reward_micro: 0,
         }
