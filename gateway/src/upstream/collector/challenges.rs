@@ -244,10 +244,9 @@ pub async fn judge(
         false
     } else if spec.family == "inclusion" {
         let report = store
-            .latest_reports(cert_gateway, usize::MAX)
+            .report(cert_gateway, spec.epoch)
             .map_err(storage)?
-            .into_iter()
-            .find(|r| r.report.epoch == spec.epoch);
+            .and_then(|bytes| crate::upstream::report::SignedReport::decode(&bytes).ok());
         match (report, InclusionProof::decode(&answer.payload)) {
             (Some(r), Some(proof)) => {
                 proof.check(r.report.first_seq + spec.index, &r.report.merkle_root)
