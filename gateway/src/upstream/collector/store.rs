@@ -15,7 +15,7 @@ use crate::upstream::report::SignedReport;
 
 /// (gateway id, epoch) -> signed report bytes
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
-/// gateway id -> last epoch (8) || last report hash (32)
+/// gateway id -> last epoch (8) || last report hash (32) || its start ms (8)
 const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 /// challenge id -> JSON `ChallengeRecord`
 const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
@@ -120,10 +120,11 @@ impl CollectorStore {
                 None if report.report.prev_hash != GENESIS_HASH => {
                     return Err(ChainError::NotGenesis);
                 }
-                Some((last, _)) if epoch <= last => {
+                // By start time, so a gateway may change its epoch length.
+                Some((last, _, last_start)) if report.report.start_ms() <= last_start => {
                     return Err(ChainError::Old { epoch, last });
                 }
-                Some((last, hash)) if report.report.prev_hash != hash => {
+                Some((last, hash, _)) if report.report.prev_hash != hash => {
                     return Err(ChainError::Gap { last });
                 }
                 _ => {}
@@ -157,9 +158,10 @@ impl CollectorStore {
                 challenges.insert(p.challenge_id.as_str(), json.as_slice())?;
             }
             reports.insert((gateway.as_str(), epoch), report.bytes.as_slice())?;
-            let mut head = [0u8; 40];
+            let mut head = [0u8; 48];
             head[..8].copy_from_slice(&epoch.to_be_bytes());
-            head[8..].copy_from_slice(&report.hash());
+            head[8..40].copy_from_slice(&report.hash());
+            head[40..].copy_from_slice(&report.report.start_ms().to_be_bytes());
             heads.insert(gateway.as_str(), head.as_slice())?;
             txn.open_table(REWARDS)?
                 .insert((epoch, gateway.as_str()), reward)?;
@@ -178,7 +180,7 @@ impl CollectorStore {
         for entry in heads.iter()? {
             let (k, v) = entry?;
             let id = k.value().to_string();
-            let (last_epoch, last_hash) = decode_head(v.value());
+            let (last_epoch, last_hash, _) = decode_head(v.value());
             let mut count = 0;
             let mut total = 0u128;
             for r in reports.range((id.as_str(), 0)..=(id.as_str(), u64::MAX))? {
@@ -336,12 +338,64 @@ impl CollectorStore {
     }
 }
 
-fn decode_head(b: &[u8]) -> (u64, Hash) {
+/// epoch (8) || report hash (32) || epoch start ms (8)
+fn decode_head(b: &[u8]) -> (u64, Hash, u64) {
     let mut epoch = [0u8; 8];
     let mut hash = [0u8; 32];
-    if b.len() == 40 {
+    let mut start = [0u8; 8];
+    if b.len() == 48 {
         epoch.copy_from_slice(&b[..8]);
-        hash.copy_from_slice(&b[8..]);
+        hash.copy_from_slice(&b[8..40]);
+        start.copy_from_slice(&b[40..]);
     }
-    (u64::from_be_bytes(epoch), hash)
+    (u64::from_be_bytes(epoch), hash, u64::from_be_bytes(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DeviceKey;
+    use crate::upstream::report::EpochReport;
+
+    fn report(key: &DeviceKey, epoch: u64, length_ms: u64, prev: Hash) -> SignedReport {
+        EpochReport {
+            gateway_key: key.verifying_key().to_bytes(),
+            epoch,
+            length_ms,
+            prev_hash: prev,
+            first_seq: 0,
+            records: 0,
+            merkle_root: [0; 32],
+            totals: vec![],
+            subject_totals: vec![],
+            proofs: vec![],
+            reward_micro: 0,
+        }
+        .sign(key.signing_key())
+    }
+
+    #[test]
+    fn chain_survives_an_epoch_length_change_and_refuses_going_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CollectorStore::open(dir.path()).unwrap();
+        let key = DeviceKey::generate();
+        let a = report(&key, 10, 1000, GENESIS_HASH);
+        assert_eq!(store.accept(&a, 0).unwrap(), Accepted::New);
+        assert_eq!(store.accept(&a, 0).unwrap(), Accepted::Duplicate);
+        let b = report(&key, 11, 1000, a.hash());
+        assert_eq!(store.accept(&b, 0).unwrap(), Accepted::New);
+        // epoch 6 of 2000 ms starts at 12 000, after epoch 11 of 1000 ms
+        let c = report(&key, 6, 2000, b.hash());
+        assert_eq!(store.accept(&c, 0).unwrap(), Accepted::New);
+        let back = report(&key, 5, 2000, c.hash());
+        assert!(matches!(
+            store.accept(&back, 0),
+            Err(ChainError::Old { .. })
+        ));
+        let gap = report(&key, 8, 2000, [7; 32]);
+        assert!(matches!(store.accept(&gap, 0), Err(ChainError::Gap { .. })));
+        let stranger = report(&DeviceKey::generate(), 3, 1000, [1; 32]);
+        assert_eq!(store.accept(&stranger, 0), Err(ChainError::NotGenesis));
+        assert_eq!(store.gateways().unwrap().len(), 1);
+    }
 }
