@@ -38,7 +38,10 @@ fn gateway_home(pki: &Pki, port: u16, client: &depin_e2e::upstream::ClientCert) 
         pki.upstream_toml(port, client)
     );
     let home = Home::new(
-        &[PluginSpec::new("template", plugin("template_plugin"), "/t")],
+        &[
+            PluginSpec::new("template", plugin("template_plugin"), "/t"),
+            PluginSpec::new("hostile", plugin("hostile_plugin"), "/h"),
+        ],
         &extra,
     );
     std::fs::write(home.dir.path().join("rewards.toml"), POLICY).unwrap();
@@ -130,14 +133,20 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
     let home = gateway_home(&pki, port, &client_cert);
     let id = gateway_id(&home);
     // inclusion challenges, a possession challenge the template proves
-    // (echo-hash, checked by its own `verify`), and one it cannot answer
+    // (echo-hash, checked by its own `verify`), one it cannot answer, and
+    // two whose `prove` runs past its CPU deadline or traps
     let component = plugin("template_plugin");
     let digest = file_digest(&component);
+    let hostile = plugin("hostile_plugin");
+    let hostile_digest = file_digest(&hostile);
     let challenges = format!(
         "[challenges]\ninterval_ms = 400\ninclusion = true\nmax_open = 6\n\
          [[challenges.possession]]\nplugin = \"template\"\nkind = \"echo-hash\"\nparams = \"0102\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n\
-         [[challenges.possession]]\nplugin = \"template\"\nkind = \"no-such-kind\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n",
-        c = component.display()
+         [[challenges.possession]]\nplugin = \"template\"\nkind = \"no-such-kind\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n\
+         [[challenges.possession]]\nplugin = \"hostile\"\nkind = \"loop\"\ncomponent = \"{h}\"\ndigest = \"{hostile_digest}\"\n\
+         [[challenges.possession]]\nplugin = \"hostile\"\nkind = \"panic\"\ncomponent = \"{h}\"\ndigest = \"{hostile_digest}\"\n",
+        c = component.display(),
+        h = hostile.display()
     );
     let config = collector_config(
         tmp.path(),
@@ -151,11 +160,12 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
     let https = pki.https(port, &client_cert);
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let http = HttpClient::new(gw.addr);
-    // traffic across several epochs
+    // traffic across several epochs, for both plugins
     let until = Instant::now() + Duration::from_millis(3200);
     while Instant::now() < until {
         let r = http.post("/t/echo", b"0123456789").await;
         assert_eq!(r.status, 200);
+        assert_eq!(http.get("/h/ok").await.status, 200);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_reports(&https, &id, 3).await;
@@ -171,12 +181,34 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
                 .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        if count("passed") >= 2 && count("failed") >= 1 {
+        if count("passed") >= 2 && count("failed") >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "challenges were not judged: {m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // the hostile plugin's `prove` ran past its deadline and trapped...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logged = |needle: &str| {
+            gw.stderr_lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("cannot answer a challenge") && l.contains(needle))
+        };
+        if logged("CPU deadline") && logged("trapped") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hostile challenges were not tried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and that failed only those calls
+    assert_eq!(http.post("/t/echo", b"after").await.status, 200);
+    assert_eq!(http.get("/h/ok").await.status, 200);
     let now = reports_at_collector(&https, &id).await;
     wait_for_reports(&https, &id, now + 2).await;
     assert!(gw.terminate());
