@@ -37,3 +37,8 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: bench-epochs
+# Epoch close over 1M records and collector report verification (issue 7).
+bench-epochs:
+	$(CARGO) run --release -p depin-bench --bin depin-bench-epochs

@@ -67,6 +67,61 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Inspect closed epochs (the gateway must be stopped).
+    Epochs {
+        #[command(subcommand)]
+        command: EpochsCommand,
+    },
+    /// Check signed epoch reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Run the reference collector: accepts gateways' epoch reports over
+    /// mutual TLS, checks them and recomputes rewards.
+    Collector {
+        /// The collector's configuration file.
+        #[arg(long, short, default_value = "collector.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EpochsCommand {
+    /// One line per closed epoch: records, reward, delivery state, root.
+    List {
+        #[command(flatten)]
+        at: LedgerLocation,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals, Merkle root, reward and delivery state of epoch N.
+    Show {
+        /// The epoch number.
+        epoch: u64,
+        #[command(flatten)]
+        at: LedgerLocation,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write the signed report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Check a signed report file's encoding and signature offline.
+    /// Exits with 1 when it is not valid.
+    Verify {
+        /// The report file (as written by `epochs show N --out FILE`).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +190,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Inspect { file, json },
         } => cmd_inspect(&file, json),
+        Command::Epochs {
+            command: EpochsCommand::List { at, json },
+        } => {
+            crate::epochs::inspect::list(&data_dir(&at)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Epochs {
+            command:
+                EpochsCommand::Show {
+                    epoch,
+                    at,
+                    json,
+                    out,
+                },
+        } => Ok(exit(crate::epochs::inspect::show(
+            &data_dir(&at)?,
+            epoch,
+            json,
+            out.as_deref(),
+        )?)),
+        Command::Report {
+            command: ReportCommand::Verify { file, json },
+        } => Ok(exit(crate::epochs::inspect::verify_file(&file, json)?)),
+        Command::Collector { config } => crate::upstream::collector::main(&config),
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -37,6 +37,12 @@ pub struct GatewayConfig {
     /// The resource plugins, one table each.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
+    /// Epoch length and the reward policy.
+    #[serde(default)]
+    pub epochs: crate::epochs::EpochsConfig,
+    /// The collector that receives epoch reports; reports stay local
+    /// without it.
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
 }
 
 /// Log output format.
@@ -228,6 +234,10 @@ impl GatewayConfig {
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
         }
+        self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
+        if let Some(u) = &mut self.upstream {
+            u.resolve_paths(&resolve);
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -253,6 +263,10 @@ impl GatewayConfig {
                     r.max_memory_mb
                 ),
             ));
+        }
+        self.epochs.validate()?;
+        if let Some(u) = &self.upstream {
+            u.validate()?;
         }
         let mut names = BTreeMap::new();
         let mut routes = BTreeMap::new();

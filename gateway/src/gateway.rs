@@ -26,6 +26,12 @@ pub enum StartError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Plugin(#[from] crate::runtime::LoadError),
+    #[error(transparent)]
+    Policy(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Epochs(#[from] crate::epochs::EpochStoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::upstream::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -99,7 +105,10 @@ impl RunningGateway {
             config.http.clone(),
         ));
         let (stop, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(ingress.serve(listener, stop_rx));
+        let server = tokio::spawn(ingress.serve(listener, stop_rx.clone()));
+        tickers.extend(crate::epochs::start(
+            config, &key, &ledger, &plugins, &stop_rx,
+        )?);
         let gateway_id = key.gateway_id();
         tracing::info!(http_addr = %http_addr, gateway_id = %gateway_id, plugins = plugins.len(), "gateway ready");
         Ok(Self {

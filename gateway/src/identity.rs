@@ -127,6 +127,16 @@ impl DeviceKey {
         self.signing.verifying_key()
     }
 
+    /// A device key from its signing half.
+    pub fn from_signing_key(signing: SigningKey) -> Self {
+        Self { signing }
+    }
+
+    /// The signing half, for signing reports and proofs inside the gateway.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// The gateway id: `dpg1` followed by the public key in hex.
     pub fn gateway_id(&self) -> String {
         gateway_id(&self.verifying_key())

@@ -4,11 +4,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod epochs;
 pub mod gateway;
 pub mod identity;
 pub mod ingress;
 pub mod ledger;
+pub mod proofs;
+pub mod rewards;
 pub mod runtime;
 pub mod telemetry;
+pub mod upstream;
 
 pub use gateway::{RunningGateway, StartError};

@@ -306,3 +306,5 @@ pub fn run_cli(bin: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+pub mod upstream;

@@ -11,6 +11,7 @@
 //!   the last committed transaction intact, so the chain never breaks.
 
 mod record;
+mod scan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 //! A plugin that misbehaves on request, for the sandbox tests:
 //! `/loop` never returns, `/bomb` allocates until it hits its memory cap,
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
-//! trapping (none of which may be kept), `/ok` answers 200.
+//! trapping (none of which may be kept), `/ok` answers 200. Its `prove`
+//! never returns for challenge kind `loop` and traps for `panic`.
 
 use depin_plugin_sdk::{
-    HttpRequest, HttpResponse, Plugin, PluginInfo, ResourceKind, export_plugin, kv, meter,
+    Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, export_plugin,
+    kv, meter,
 };
 
 struct Hostile;
@@ -44,6 +46,19 @@ impl Plugin for Hostile {
                 _ => HttpResponse::text(404, "absent"),
             },
             _ => HttpResponse::text(404, "unknown"),
+        }
+    }
+
+    fn prove(c: Challenge) -> Result<Proof, String> {
+        match c.kind.as_str() {
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "panic" => panic!("asked to panic in prove"),
+            other => Err(format!("no challenge kind `{other}`")),
         }
     }
 }

@@ -1,0 +1,172 @@
+//! `depin-gateway epochs list|show` and `report verify`.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::store::EPOCHS_FILE;
+use super::{ClosedEpoch, EpochStore};
+use crate::upstream::report::SignedReport;
+
+fn state(e: &ClosedEpoch) -> &'static str {
+    match (e.pending, e.acknowledged_ms) {
+        (true, _) => "pending",
+        (false, Some(_)) => "delivered",
+        (false, None) => "local",
+    }
+}
+
+/// A report as JSON (what `epochs show --json` and `report verify --json`
+/// print).
+pub fn report_json(r: &SignedReport) -> serde_json::Value {
+    let p = &r.report;
+    serde_json::json!({
+        "gateway_id": p.gateway_id(),
+        "epoch": p.epoch,
+        "start_ms": p.start_ms(),
+        "length_ms": p.length_ms,
+        "hash": hex::encode(r.hash()),
+        "prev_hash": hex::encode(p.prev_hash),
+        "first_seq": p.first_seq,
+        "records": p.records,
+        "merkle_root": hex::encode(p.merkle_root),
+        "totals": p.totals,
+        "subject_totals": p.subject_totals,
+        "proofs": p.proofs,
+        "reward_micro": p.reward_micro.to_string(),
+    })
+}
+
+fn open(data_dir: &Path) -> anyhow::Result<EpochStore> {
+    let path = data_dir.join(EPOCHS_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no epoch store here (has the gateway run with this data_dir?)",
+            path.display()
+        );
+    }
+    Ok(EpochStore::open(data_dir)?)
+}
+
+/// Prints every closed epoch, one line each.
+pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let epochs = open(data_dir)?.list()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let rows: Vec<_> = epochs
+            .iter()
+            .map(|e| {
+                let mut v = report_json(&e.report);
+                v["delivery"] = state(e).into();
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>14}  {:>9}  {:>16}  {:<9}  ROOT",
+        "EPOCH", "RECORDS", "REWARD_MICRO", "DELIVERY"
+    )?;
+    for e in &epochs {
+        let r = &e.report.report;
+        writeln!(
+            out,
+            "{:>14}  {:>9}  {:>16}  {:<9}  {}",
+            r.epoch,
+            r.records,
+            r.reward_micro,
+            state(e),
+            hex::encode(r.merkle_root)
+        )?;
+    }
+    if epochs.is_empty() {
+        writeln!(out, "(no epoch closed yet)")?;
+    }
+    Ok(())
+}
+
+/// Prints one epoch; writes its signed report to `out_file` when given.
+/// Returns false when there is no such epoch.
+pub fn show(
+    data_dir: &Path,
+    epoch: u64,
+    json: bool,
+    out_file: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let Some(e) = open(data_dir)?.get(epoch)? else {
+        eprintln!("no closed epoch {epoch}");
+        return Ok(false);
+    };
+    if let Some(f) = out_file {
+        std::fs::write(f, &e.report.bytes)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", f.display()))?;
+    }
+    let mut v = report_json(&e.report);
+    v["delivery"] = state(&e).into();
+    if let Some(ms) = e.acknowledged_ms {
+        v["acknowledged_ms"] = ms.into();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_report(&e.report);
+        println!("delivery:     {}", state(&e));
+    }
+    Ok(true)
+}
+
+fn print_report(r: &SignedReport) {
+    let p = &r.report;
+    println!("gateway:      {}", p.gateway_id());
+    println!(
+        "epoch:        {} (start {} ms, {} ms long)",
+        p.epoch,
+        p.start_ms(),
+        p.length_ms
+    );
+    println!("records:      {} (from {})", p.records, p.first_seq);
+    println!("merkle root:  {}", hex::encode(p.merkle_root));
+    println!("report hash:  {}", hex::encode(r.hash()));
+    println!("previous:     {}", hex::encode(p.prev_hash));
+    let pr = p.proof_results();
+    println!("proofs:       {} of {} passed", pr.passed, pr.issued);
+    println!("reward:       {} micro", p.reward_micro);
+    println!("totals:");
+    for t in &p.totals {
+        println!(
+            "  {:<16} {:<18} {:<6} {:<16} {:>8} records {:>20} ({} subjects)",
+            t.plugin, t.kind, t.source, t.unit, t.records, t.quantity, t.subjects
+        );
+    }
+    if !p.subject_totals.is_empty() {
+        println!("per subject (plugin-claimed):");
+        for t in &p.subject_totals {
+            println!(
+                "  {:<16} {:<16} {:<24} {:>8} records {:>20}",
+                t.plugin, t.unit, t.subject, t.records, t.quantity
+            );
+        }
+    }
+}
+
+/// Checks a signed report file offline: encoding and signature. Prints the
+/// report when valid; returns whether it is.
+pub fn verify_file(file: &Path, json: bool) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    match SignedReport::decode(&bytes) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report_json(&r))?);
+            } else {
+                println!("ok: signature and encoding are valid");
+                print_report(&r);
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Epochs: fixed-length windows of wall-clock time, aligned to multiples of
+//! their length since the Unix epoch (epoch `n` covers
+//! `[n * length, (n + 1) * length)` ms).
+//!
+//! Closing an epoch takes the ledger records that follow the previous
+//! epoch's last record and were committed before the epoch's end, and
+//! computes their totals per plugin, source and unit (with the number of
+//! distinct subjects), the Merkle root over their chain hashes, and the
+//! reward under the policy; the result is a signed report stored durably
+//! (with an outbox entry when a collector is configured). Epochs close in
+//! order and none is skipped, empty ones included, so the reports form a
+//! chain without gaps. Records of epoch `n` are the contiguous sequence
+//! range after epoch `n - 1`'s, so no record is in two epochs or in none,
+//! even if the clock steps back.
+
+pub mod inspect;
+pub mod merkle;
+pub mod store;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash as _, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+use crate::identity::DeviceKey;
+use crate::ledger::Source;
+use crate::ledger::{Hash, Ledger, LedgerError};
+use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
+use crate::upstream::report::{
+    EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
+};
+pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
+
+/// `[epochs]` in `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpochsConfig {
+    /// Epoch length in milliseconds (default one hour).
+    pub length_ms: u64,
+    /// How long after an epoch's end it is closed, so records committed at
+    /// its very end are in it (default 1000 ms).
+    pub close_delay_ms: u64,
+    /// The reward policy file (TOML), relative to the configuration file.
+    /// Without one every epoch's reward is 0.
+    pub policy: Option<PathBuf>,
+}
+
+impl Default for EpochsConfig {
+    fn default() -> Self {
+        Self {
+            length_ms: 3_600_000,
+            close_delay_ms: 1_000,
+            policy: None,
+        }
+    }
+}
+
+impl EpochsConfig {
+    /// Checks values; returns (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.length_ms < 100 {
+            return Err((
+                "epochs.length_ms".into(),
+                format!("{} is below the minimum of 100 ms", self.length_ms),
+            ));
+        }
+        if self.close_delay_ms >= self.length_ms {
+            return Err((
+                "epochs.close_delay_ms".into(),
+                "must be shorter than epochs.length_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an epoch could not be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] EpochStoreError),
+}
+
+/// Closes epochs over one ledger into one store.
+pub struct EpochCloser {
+    pub ledger: Arc<Ledger>,
+    pub store: Arc<EpochStore>,
+    pub key: Arc<DeviceKey>,
+    pub policy: RewardPolicy,
+    /// Resource kind of each plugin (`other` for plugins no longer loaded).
+    pub kinds: BTreeMap<String, String>,
+    pub length_ms: u64,
+    pub close_delay_ms: u64,
+    /// Write closed reports to the outbox for delivery.
+    pub deliver: bool,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl EpochCloser {
+    /// Closes every epoch whose end (plus the close delay) has passed.
+    /// Returns the reports made, oldest first.
+    pub fn close_due(&self, now_ms: u64) -> Result<Vec<SignedReport>, CloseError> {
+        let first = Cursor::first(now_ms / self.length_ms, self.length_ms);
+        let mut cursor = match Some(self.store.init_cursor(first)?) {
+            Some(c) if c.length_ms == self.length_ms => c,
+            // The length changed: continue the chain at the first epoch of
+            // the new length that starts at or after the old cursor.
+            Some(c) => Cursor {
+                next_epoch: (c.next_epoch * c.length_ms).div_ceil(self.length_ms),
+                length_ms: self.length_ms,
+                ..c
+            },
+            None => first,
+        };
+        let mut made = Vec::new();
+        while (cursor.next_epoch + 1) * self.length_ms + self.close_delay_ms <= now_ms {
+            let (report, next) = self.close(cursor)?;
+            made.push(report);
+            cursor = next;
+        }
+        Ok(made)
+    }
+
+    /// Closes the epoch at `cursor` and stores it.
+    fn close(&self, cursor: Cursor) -> Result<(SignedReport, Cursor), CloseError> {
+        let epoch = cursor.next_epoch;
+        let end_ms = (epoch + 1) * self.length_ms;
+        let content = EpochContent::collect(&self.ledger, cursor.next_seq, end_ms, &self.kinds)?;
+        // Challenge results are counted in the epoch that closes after
+        // they arrive; at most 1000 per report.
+        let mut proofs = self.store.pending_proofs()?;
+        proofs.truncate(1000);
+        let results = ProofResults {
+            issued: proofs.len() as u32,
+            passed: proofs.iter().filter(|p| p.passed).count() as u32,
+        };
+        let reward_micro = self.policy.reward(content.reward_inputs(), results);
+        let records = content.hashes.len() as u64;
+        let report = EpochReport {
+            gateway_key: self.key.verifying_key().to_bytes(),
+            epoch,
+            length_ms: self.length_ms,
+            prev_hash: cursor.prev_hash,
+            first_seq: if records == 0 { 0 } else { cursor.next_seq },
+            records,
+            merkle_root: merkle::root(content.hashes),
+            totals: content.totals,
+            subject_totals: content.subject_totals,
+            proofs,
+            reward_micro,
+        }
+        .sign(self.key.signing_key());
+        let next = Cursor {
+            next_epoch: epoch + 1,
+            length_ms: self.length_ms,
+            next_seq: cursor.next_seq + records,
+            prev_hash: report.hash(),
+        };
+        self.store.record_close(&report, next, self.deliver)?;
+        tracing::info!(
+            epoch,
+            records,
+            reward_micro = %reward_micro,
+            root = %hex::encode(report.report.merkle_root),
+            "epoch closed"
+        );
+        Ok((report, next))
+    }
+}
+
+/// What an epoch holds, read from the ledger.
+pub struct EpochContent {
+    /// Chain hashes of the records, in sequence order.
+    pub hashes: Vec<Hash>,
+    /// Totals, sorted by plugin, source and unit.
+    pub totals: Vec<EpochTotal>,
+    /// Totals of plugin-claimed usage per subject: the first
+    /// `MAX_SUBJECT_ROWS` (plugin, unit, subject) seen in sequence order,
+    /// sorted.
+    pub subject_totals: Vec<SubjectTotal>,
+}
+
+impl EpochContent {
+    /// Reads records from `from_seq` while they were committed before
+    /// `end_ms`.
+    pub fn collect(
+        ledger: &Ledger,
+        from_seq: u64,
+        end_ms: u64,
+        kinds: &BTreeMap<String, String>,
+    ) -> Result<Self, LedgerError> {
+        type Key = (String, &'static str, String);
+        let mut hashes = Vec::new();
+        let mut sums: BTreeMap<Key, (u64, u128, HashSet<u64>)> = BTreeMap::new();
+        let mut by_subject: BTreeMap<(String, String, String), (u64, u128)> = BTreeMap::new();
+        ledger.scan_from(from_seq, |hash, r| {
+            if r.time_ms >= end_ms {
+                return false;
+            }
+            hashes.push(hash);
+            if r.source == Source::Plugin
+                && let Some(subject) = &r.subject
+            {
+                let key = (r.plugin.clone(), r.unit.clone(), subject.clone());
+                let room = by_subject.len() < MAX_SUBJECT_ROWS;
+                let row = if room {
+                    Some(by_subject.entry(key).or_default())
+                } else {
+                    by_subject.get_mut(&key)
+                };
+                if let Some(row) = row {
+                    row.0 += 1;
+                    row.1 += u128::from(r.quantity);
+                }
+            }
+            let entry = sums
+                .entry((r.plugin, r.source.as_str(), r.unit))
+                .or_default();
+            entry.0 += 1;
+            entry.1 += u128::from(r.quantity);
+            if let Some(s) = &r.subject {
+                let mut h = DefaultHasher::new();
+                s.hash(&mut h);
+                entry.2.insert(h.finish());
+            }
+            true
+        })?;
+        let totals = sums
+            .into_iter()
+            .map(
+                |((plugin, source, unit), (records, quantity, subjects))| EpochTotal {
+                    kind: kinds
+                        .get(&plugin)
+                        .cloned()
+                        .unwrap_or_else(|| "other".into()),
+                    plugin,
+                    source: source.into(),
+                    unit,
+                    records,
+                    quantity,
+                    subjects: subjects.len() as u64,
+                },
+            )
+            .collect();
+        let subject_totals = by_subject
+            .into_iter()
+            .map(
+                |((plugin, unit, subject), (records, quantity))| SubjectTotal {
+                    plugin,
+                    unit,
+                    subject,
+                    records,
+                    quantity,
+                },
+            )
+            .collect();
+        Ok(Self {
+            hashes,
+            totals,
+            subject_totals,
+        })
+    }
+
+    fn reward_inputs(&self) -> impl Iterator<Item = RewardInput<'_>> {
+        self.totals.iter().map(|t| RewardInput {
+            kind: &t.kind,
+            source: &t.source,
+            unit: &t.unit,
+            quantity: t.quantity,
+        })
+    }
+}
+
+/// Starts closing epochs (and, with `[upstream]`, delivering reports) for a
+/// starting gateway. Fails before anything runs when the policy, the epoch
+/// store or the TLS files are not right.
+pub fn start(
+    config: &crate::config::GatewayConfig,
+    key: &DeviceKey,
+    ledger: &Arc<Ledger>,
+    plugins: &[Arc<crate::runtime::LoadedPlugin>],
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::StartError> {
+    let policy = match &config.epochs.policy {
+        Some(p) => RewardPolicy::load(p)?,
+        None => RewardPolicy::default(),
+    };
+    let store = Arc::new(EpochStore::open(&config.data_dir)?);
+    let client = match &config.upstream {
+        Some(u) => Some(crate::upstream::sender::CollectorClient::new(u)?),
+        None => None,
+    };
+    if client.is_some() {
+        let added = store.enqueue_unacknowledged()?;
+        if added > 0 {
+            tracing::info!(
+                reports = added,
+                "queued reports closed while no collector was configured"
+            );
+        }
+    }
+    let kinds = plugins
+        .iter()
+        .map(|p| {
+            let kind = crate::runtime::contract::kind_name(p.info.kind);
+            (p.name().to_string(), kind.to_string())
+        })
+        .collect();
+    let key = Arc::new(DeviceKey::from_signing_key(key.signing_key().clone()));
+    let closer = Arc::new(EpochCloser {
+        ledger: ledger.clone(),
+        store: store.clone(),
+        key: key.clone(),
+        policy,
+        kinds,
+        length_ms: config.epochs.length_ms,
+        close_delay_ms: config.epochs.close_delay_ms,
+        deliver: client.is_some(),
+    });
+    let closed = Arc::new(Notify::new());
+    let mut tasks = vec![tokio::spawn(run(closer, closed.clone(), stop.clone()))];
+    if let (Some(client), Some(u)) = (client, &config.upstream) {
+        let responder = Arc::new(crate::proofs::responder::Responder {
+            client: client.clone(),
+            store: store.clone(),
+            ledger: ledger.clone(),
+            key,
+            plugins: plugins
+                .iter()
+                .map(|p| (p.name().to_string(), p.clone()))
+                .collect(),
+        });
+        tasks.push(tokio::spawn(responder.run(stop.clone())));
+        tasks.push(tokio::spawn(crate::upstream::sender::run(
+            store,
+            client,
+            u.clone(),
+            closed,
+            stop.clone(),
+        )));
+    }
+    Ok(tasks)
+}
+
+/// Closes epochs as they end until `stop`; wakes `closed` after each close.
+pub async fn run(closer: Arc<EpochCloser>, closed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let c = closer.clone();
+        match tokio::task::spawn_blocking(move || c.close_due(now_ms())).await {
+            Ok(Ok(made)) if !made.is_empty() => closed.notify_one(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot close an epoch; retrying"),
+            Err(e) => tracing::error!(error = %e, "epoch close panicked; retrying"),
+        }
+        let now = now_ms();
+        let next_close = (now / closer.length_ms + 1) * closer.length_ms + closer.close_delay_ms;
+        let wait = Duration::from_millis(next_close.saturating_sub(now).clamp(10, 60_000));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{CallEffects, NewRecord, Source};
+
+    fn record(unit: &str, q: u64, time_ms: u64) -> NewRecord {
+        NewRecord {
+            time_ms,
+            unit: unit.into(),
+            quantity: q,
+            source: Source::Plugin,
+            subject: Some(format!("s{q}")),
+            evidence: None,
+        }
+    }
+
+    async fn commit(ledger: &Ledger, records: Vec<NewRecord>) {
+        let effects = CallEffects {
+            records,
+            kv: Default::default(),
+        };
+        ledger.commit("tpl".into(), effects).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn epochs_close_in_order_with_contiguous_records_and_a_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        // epoch length 1000: records in epochs 5, 5, 7
+        commit(
+            &ledger,
+            vec![record("hits", 2, 5_100), record("hits", 3, 5_900)],
+        )
+        .await;
+        commit(&ledger, vec![record("hits", 4, 7_000)]).await;
+        let policy = RewardPolicy::parse(
+            std::path::Path::new("p.toml"),
+            "[[rate]]\nkind = \"other\"\nunit = \"hits\"\nmicro = 10\n",
+        )
+        .unwrap();
+        let store = Arc::new(EpochStore::open(dir.path()).unwrap());
+        let closer = EpochCloser {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            key: Arc::new(DeviceKey::generate()),
+            policy,
+            kinds: BTreeMap::new(),
+            length_ms: 1000,
+            close_delay_ms: 100,
+            deliver: true,
+        };
+        // first run at t=5_500: the cursor starts at epoch 5, nothing due
+        assert!(closer.close_due(5_500).unwrap().is_empty());
+        assert!(closer.close_due(6_050).unwrap().is_empty());
+        let made = closer.close_due(8_100).unwrap();
+        let epochs: Vec<u64> = made.iter().map(|r| r.report.epoch).collect();
+        assert_eq!(epochs, [5, 6, 7]);
+        assert_eq!(made[0].report.records, 2);
+        assert_eq!(made[0].report.totals[0].quantity, 5);
+        assert_eq!(made[0].report.totals[0].subjects, 2);
+        let subjects: Vec<&str> = made[0]
+            .report
+            .subject_totals
+            .iter()
+            .map(|t| t.subject.as_str())
+            .collect();
+        assert_eq!(subjects, ["s2", "s3"]);
+        assert_eq!(made[0].report.reward_micro, 50);
+        assert_eq!(made[1].report.records, 0);
+        assert_eq!(made[1].report.merkle_root, merkle::EMPTY_ROOT);
+        assert_eq!(made[2].report.first_seq, 3);
+        assert_eq!(made[1].report.prev_hash, made[0].hash());
+        assert_eq!(made[2].report.prev_hash, made[1].hash());
+        // all three wait in the outbox, oldest first
+        assert_eq!(store.outbox_len().unwrap(), 3);
+        assert_eq!(store.outbox_first().unwrap().unwrap().0, 5);
+        store.acknowledge(5, 9_000).unwrap();
+        assert_eq!(store.outbox_first().unwrap().unwrap().0, 6);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].acknowledged_ms, Some(9_000));
+        assert!(listed[1].pending);
+        // closing again closes nothing twice
+        assert!(closer.close_due(8_200).unwrap().is_empty());
+        // epochs closed without a collector are queued once one is configured
+        assert_eq!(store.enqueue_unacknowledged().unwrap(), 0);
+        let local = EpochCloser {
+            deliver: false,
+            ..closer
+        };
+        assert_eq!(local.close_due(9_200).unwrap().len(), 1);
+        assert_eq!(store.outbox_len().unwrap(), 2);
+        assert_eq!(store.enqueue_unacknowledged().unwrap(), 1);
+        assert_eq!(store.outbox_len().unwrap(), 3);
+        ledger.close();
+    }
+}

@@ -1,0 +1,223 @@
+//! Fixtures for the upstream tests: a throwaway PKI (rcgen), a collector
+//! configuration in a temporary directory, and collector processes that are
+//! always stopped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use depin_gateway::upstream::UpstreamConfig;
+use depin_gateway::upstream::sender::CollectorClient;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use sha2::{Digest, Sha256};
+
+/// A client certificate and key written to files.
+pub struct ClientCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// sha256 of the DER certificate, hex (what `collector.toml` maps).
+    pub sha256: String,
+}
+
+/// A test CA that issues the collector's server certificate and gateways'
+/// client certificates, all as PEM files in `dir`.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_file: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    /// A new CA and a server certificate for 127.0.0.1, ::1 and localhost.
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().expect("ca key");
+        let ca = params.self_signed(&key).expect("ca cert");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write ca");
+        let issuer = Issuer::new(params, key);
+        let server = CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "localhost".to_string(),
+        ])
+        .expect("server params");
+        let server_key = KeyPair::generate().expect("server key");
+        let cert = server.signed_by(&server_key, &issuer).expect("server cert");
+        let server_cert = dir.join("server.pem");
+        let server_key_file = dir.join("server.key");
+        std::fs::write(&server_cert, cert.pem()).expect("write");
+        std::fs::write(&server_key_file, server_key.serialize_pem()).expect("write");
+        Self {
+            dir: dir.to_path_buf(),
+            ca_file,
+            server_cert,
+            server_key: server_key_file,
+            issuer,
+        }
+    }
+
+    /// Issues a client certificate named `name`.
+    pub fn client(&self, name: &str) -> ClientCert {
+        let params = CertificateParams::new(vec![format!("{name}.gateways.test")]).expect("params");
+        let key = KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        let cert_file = self.dir.join(format!("{name}.pem"));
+        let key_file = self.dir.join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+        ClientCert {
+            cert_file,
+            key_file,
+            sha256: hex::encode(Sha256::digest(cert.der().as_ref())),
+        }
+    }
+
+    /// The `[upstream]` table of a gateway using `client` against `port`.
+    pub fn upstream_toml(&self, port: u16, client: &ClientCert) -> String {
+        format!(
+            "[upstream]\nurl = \"https://127.0.0.1:{port}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nretry_min_ms = 50\nretry_max_ms = 400\nrequest_timeout_ms = 5000\n",
+            self.ca_file.display(),
+            client.cert_file.display(),
+            client.key_file.display()
+        )
+    }
+
+    /// An HTTPS client presenting `client` to the collector on `port`.
+    pub fn https(&self, port: u16, client: &ClientCert) -> CollectorClient {
+        CollectorClient::new(&UpstreamConfig {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_file: self.ca_file.clone(),
+            cert_file: client.cert_file.clone(),
+            key_file: client.key_file.clone(),
+            retry_min_ms: 50,
+            retry_max_ms: 400,
+            request_timeout_ms: 5000,
+        })
+        .expect("client config")
+    }
+}
+
+/// `sha256:<hex>` of a file, as plugin digests are written.
+pub fn file_digest(path: &Path) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+    )
+}
+
+/// A free loopback TCP port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Writes `collector.toml` in `dir`: listening on `port`, mapping
+/// `gateways` (id, client certificate sha256), with `policy` as its reward
+/// policy text and `extra` TOML tables (e.g. `[challenges]`).
+pub fn collector_config(
+    dir: &Path,
+    pki: &Pki,
+    port: u16,
+    gateways: &[(String, String)],
+    policy: &str,
+    extra: &str,
+) -> PathBuf {
+    let policy_file = dir.join("collector-rewards.toml");
+    std::fs::write(&policy_file, policy).expect("write policy");
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"collector-data\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\npolicy = \"{}\"\nlog_format = \"json\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_file.display(),
+        policy_file.display(),
+    );
+    text.push_str(extra);
+    text.push('\n');
+    for (id, sha) in gateways {
+        text.push_str(&format!(
+            "[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"{sha}\"\n"
+        ));
+    }
+    let path = dir.join("collector.toml");
+    std::fs::write(&path, text).expect("write collector config");
+    path
+}
+
+/// A collector running as a separate process. Killed when dropped.
+pub struct CollectorProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl CollectorProcess {
+    /// Starts `bin collector --config <config>` and waits for
+    /// `collector ready`.
+    pub fn start(bin: &str, config: &Path) -> Self {
+        let mut child = Command::new(bin)
+            .args(["collector", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the collector");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("collector ready")
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(addr) = v["addr"].as_str()
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "collector did not become ready; stderr:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            stderr_lines: lines,
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
