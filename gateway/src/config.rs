@@ -124,6 +124,57 @@ pub struct PluginConfig {
     /// import). Values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// The plugin's blob store (`blobs` import); none when absent.
+    pub blobs: Option<BlobsConfig>,
+    /// Where the plugin may send traffic (`outbound-*` imports); nowhere by
+    /// default.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// `[plugin.blobs]`: a content-addressed blob store under
+/// `<data_dir>/blobs/<plugin name>/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Most bytes the store may hold; a write past it is refused.
+    pub quota_bytes: u64,
+}
+
+/// `[plugin.outbound]`: the allow-lists of the outbound imports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Origins the plugin may fetch from over HTTP(S), e.g.
+    /// `https://registry-1.docker.io` or `http://127.0.0.1:5000`: scheme,
+    /// host and optional port, no path.
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+/// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
+/// scheme's default port when none is given. Host names are lower-cased.
+pub fn parse_http_origin(origin: &str) -> Result<(String, String, u16), String> {
+    let uri: hyper::Uri = origin
+        .parse()
+        .map_err(|e| format!("`{origin}` is not a URL: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s.to_string(),
+        _ => return Err(format!("`{origin}` must start with http:// or https://")),
+    };
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+        return Err(format!("`{origin}` has no host"));
+    };
+    let path_is_empty = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !path_is_empty || origin.contains('@') {
+        return Err(format!(
+            "`{origin}` must be an origin only (scheme, host, port), without path, query or user"
+        ));
+    }
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Ok((scheme, host.to_ascii_lowercase(), port))
 }
 
 /// Sandbox limits of one plugin.
@@ -301,6 +352,14 @@ impl GatewayConfig {
                     key("limits.fuel"),
                     "must be greater than 0 (omit it for no fuel limit)".into(),
                 ));
+            }
+            if let Some(b) = &p.blobs {
+                positive(&key("blobs.quota_bytes"), b.quota_bytes)?;
+            }
+            for (j, origin) in p.outbound.http.iter().enumerate() {
+                if let Err(problem) = parse_http_origin(origin) {
+                    return Err((key(&format!("outbound.http[{j}]")), problem));
+                }
             }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
