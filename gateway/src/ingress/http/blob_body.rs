@@ -157,11 +157,19 @@ pub(super) fn respond(
     if cond.head {
         return response;
     }
+    let mut file = file;
+    if let Err(e) = std::io::Seek::seek(&mut file, io::SeekFrom::Start(start + from)) {
+        tracing::error!(error = %e, "cannot seek in a blob");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            request_id,
+            "cannot read the blob",
+        );
+    }
     let mut file = tokio::fs::File::from_std(file);
     file.set_max_buf_size(CHUNK);
     let body = BlobBody {
         file,
-        position: Some(start + from),
         remaining: count,
         buf: BytesMut::new(),
     };
@@ -221,12 +229,9 @@ fn parse_range(header: &str, len: u64) -> RangeSpec {
     }
 }
 
-/// A response body that streams `remaining` bytes of a file from
-/// `position`.
+/// A response body that streams the next `remaining` bytes of a file.
 pub struct BlobBody {
     file: tokio::fs::File,
-    /// Where to seek before the first read; `None` once done.
-    position: Option<u64>,
     remaining: u64,
     buf: BytesMut,
 }
@@ -240,22 +245,6 @@ impl hyper::body::Body for BlobBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if let Some(position) = this.position {
-            if position > 0 {
-                let mut file = Pin::new(&mut this.file);
-                if let Err(e) =
-                    tokio::io::AsyncSeek::start_seek(file.as_mut(), io::SeekFrom::Start(position))
-                {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                match tokio::io::AsyncSeek::poll_complete(file, cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(Ok(_)) => {}
-                }
-            }
-            this.position = None;
-        }
         if this.remaining == 0 {
             return Poll::Ready(None);
         }

@@ -168,6 +168,22 @@ impl Host for CallState {
         Ok(r)
     }
 
+    fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<Result<BlobStat, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let d = parse(&digest)?;
+            if let Ok(Some(size)) = store.stat(&d) {
+                return Ok(size);
+            }
+            let mut writer = store
+                .begin(&d, Some(bytes.len() as u64))
+                .map_err(store_error)?;
+            writer.write(&bytes).map_err(store_error)?;
+            writer.commit().map_err(store_error)
+        })();
+        Ok(r.map(|size| BlobStat { digest, size }))
+    }
+
     async fn fetch_into(
         &mut self,
         url: String,

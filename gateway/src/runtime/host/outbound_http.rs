@@ -124,13 +124,25 @@ impl HttpOutbound {
             .map_err(|e| OutboundError::Invalid(format!("invalid request: {e}")))?;
         match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(OutboundError::Io(format!("{e:#}"))),
+            Ok(Err(e)) => Err(OutboundError::Io(error_chain(&e))),
             Err(_) => Err(OutboundError::Io(format!(
                 "no response within {} s",
                 RESPONSE_TIMEOUT.as_secs()
             ))),
         }
     }
+}
+
+/// An error and its causes, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl From<OutboundError> for HttpError {
