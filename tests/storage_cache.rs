@@ -19,9 +19,14 @@ use hyper_util::rt::TokioExecutor;
 /// A gateway home with the storage-cache plugin at `/`, allowed to reach
 /// `origins`, with `quota` bytes of blob store and `config` lines.
 fn cache_home(origins: &[String], quota: u64, config: String) -> Home {
+    cache_home_with(origins, "", quota, config)
+}
+
+/// [`cache_home`] with extra lines for `[plugin.outbound]`.
+fn cache_home_with(origins: &[String], outbound: &str, quota: u64, config: String) -> Home {
     let allow: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
     let table = format!(
-        "[plugin.blobs]\nquota_bytes = {quota}\n[plugin.outbound]\nhttp = [{}]\n",
+        "[plugin.blobs]\nquota_bytes = {quota}\n[plugin.outbound]\nhttp = [{}]\n{outbound}\n",
         allow.join(", ")
     );
     let spec = PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
@@ -402,5 +407,42 @@ async fn possession_proofs_verify_and_fail_on_corruption_wrong_nonce_or_wrong_ch
         .result
         .unwrap();
     assert!(gone.is_err());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origins_are_reached_with_rustls_and_unlisted_origins_are_denied() {
+    let origin = Origin::start_tls(Duration::ZERO).await;
+    let bytes = pseudo_random(50_000, 6);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_file, origin.ca_pem.as_deref().unwrap()).unwrap();
+    let home = cache_home_with(
+        &[origin.url()],
+        &format!("http_ca_file = \"{}\"", ca_file.display()),
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{digest}"), &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.as_ref(), bytes.as_slice());
+    assert_eq!(origin.total(), 1);
+    gw.shutdown().await;
+
+    // The same origin, not on the allow-list: refused before connecting.
+    let home = cache_home(&[], 1 << 20, format!("origin = \"{}/b\"\n", origin.url()));
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let other = sha256_digest(b"other");
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{other}"), &[]).await;
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("allow-list"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(origin.total(), 1, "a denied origin must not be contacted");
     gw.shutdown().await;
 }

@@ -150,6 +150,10 @@ pub struct OutboundConfig {
     /// host and optional port, no path.
     #[serde(default)]
     pub http: Vec<String>,
+    /// PEM certificates trusted for `https://` origins in addition to the
+    /// system's roots (relative to the configuration file).
+    #[serde(default)]
+    pub http_ca_file: Option<PathBuf>,
 }
 
 /// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
@@ -278,6 +282,7 @@ impl GatewayConfig {
         self.key_path = self.key_path.as_deref().map(resolve);
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
+            plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
         }
     }
 

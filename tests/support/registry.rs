@@ -258,6 +258,10 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// and counts the requests per path. Stops when dropped.
 pub struct Origin {
     pub addr: SocketAddr,
+    /// The PEM certificate to trust, for an origin started with
+    /// [`Origin::start_tls`].
+    pub ca_pem: Option<String>,
+    scheme: &'static str,
     bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
@@ -265,7 +269,35 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A plain-HTTP origin.
     pub async fn start(delay: Duration) -> Self {
+        Self::start_with(delay, None).await
+    }
+
+    /// An HTTPS origin (rustls) with a fresh self-signed certificate for
+    /// 127.0.0.1, generated here; trust [`Origin::ca_pem`] to reach it.
+    pub async fn start_tls(delay: Duration) -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+            .expect("generate a test certificate");
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server TLS config");
+        let mut origin = Self::start_with(
+            delay,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await;
+        origin.ca_pem = Some(certified.cert.pem());
+        origin
+    }
+
+    async fn start_with(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind origin");
@@ -274,41 +306,33 @@ impl Origin {
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let total = Arc::new(AtomicUsize::new(0));
         let (b, h, t) = (bodies.clone(), hits.clone(), total.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((stream, _)) = listener.accept().await {
                 let (b, h, t) = (b.clone(), h.clone(), t.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    // One request per connection: read the head, answer, close.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf);
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    t.fetch_add(1, Ordering::SeqCst);
-                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                    tokio::time::sleep(delay).await;
-                    let body = b.lock().unwrap().get(&path).cloned();
-                    let (status, body) = match body {
-                        Some(body) => ("200 OK", body),
-                        None => ("404 Not Found", b"not here".to_vec()),
+                    let served = Served {
+                        bodies: b,
+                        hits: h,
+                        total: t,
+                        delay,
                     };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let _ = stream.write_all(&body).await;
-                    let _ = stream.shutdown().await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                served.answer_one(stream).await;
+                            }
+                        }
+                        None => served.answer_one(stream).await,
+                    }
                 });
             }
         });
         Self {
             addr,
+            ca_pem: None,
+            scheme,
             bodies,
             hits,
             total,
@@ -316,9 +340,9 @@ impl Origin {
         }
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>` or `https://<addr>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Serves `body` at `path`.
@@ -340,5 +364,46 @@ impl Origin {
 impl Drop for Origin {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+struct Served {
+    bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Served {
+    /// One request per connection: read the head, answer, close.
+    async fn answer_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        self.total.fetch_add(1, Ordering::SeqCst);
+        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        tokio::time::sleep(self.delay).await;
+        let body = self.bodies.lock().unwrap().get(&path).cloned();
+        let (status, body) = match body {
+            Some(body) => ("200 OK", body),
+            None => ("404 Not Found", b"not here".to_vec()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
     }
 }

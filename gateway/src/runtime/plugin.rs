@@ -180,7 +180,10 @@ impl LoadedPlugin {
             memory_cap_bytes: (cfg.limits.memory_mb << 20) as usize,
             units: BTreeSet::new(),
             blobs: open_blob_store(runtime, cfg)?,
-            outbound_http: Arc::new(HttpOutbound::new(&cfg.outbound.http)?),
+            outbound_http: Arc::new(HttpOutbound::new(
+                &cfg.outbound.http,
+                cfg.outbound.http_ca_file.as_deref(),
+            )?),
         };
         let mut plugin = LoadedPlugin {
             shared: Arc::new(shared),

@@ -22,6 +22,8 @@ use crate::runtime::contract::{BlobRef, Body, HttpRequest, HttpResponse};
 
 /// Largest read per body frame.
 const CHUNK: usize = 1 << 20;
+/// Bodies up to this size are read in one go on the calling thread.
+const SMALL: u64 = 64 << 10;
 
 /// What of the request decides how a blob is served.
 #[derive(Debug, Clone, Default)]
@@ -157,24 +159,38 @@ pub(super) fn respond(
     if cond.head {
         return response;
     }
-    let mut file = file;
-    if let Err(e) = std::io::Seek::seek(&mut file, io::SeekFrom::Start(start + from)) {
-        tracing::error!(error = %e, "cannot seek in a blob");
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            request_id,
-            "cannot read the blob",
-        );
+    let (parts, _) = response.into_parts();
+    match open_body(file, start + from, count) {
+        Ok(body) => Response::from_parts(parts, body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a blob");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                request_id,
+                "cannot read the blob",
+            )
+        }
+    }
+}
+
+/// The body for `count` bytes of `file` from `position`: read at once when
+/// small (one syscall beats a trip to the blocking pool), streamed
+/// otherwise.
+fn open_body(mut file: std::fs::File, position: u64, count: u64) -> io::Result<HttpBody> {
+    use std::io::{Read, Seek};
+    file.seek(io::SeekFrom::Start(position))?;
+    if count <= SMALL {
+        let mut bytes = vec![0u8; count as usize];
+        file.read_exact(&mut bytes)?;
+        return Ok(Either::Left(http_body_util::Full::new(Bytes::from(bytes))));
     }
     let mut file = tokio::fs::File::from_std(file);
     file.set_max_buf_size(CHUNK);
-    let body = BlobBody {
+    Ok(Either::Right(BlobBody {
         file,
         remaining: count,
         buf: BytesMut::new(),
-    };
-    let (parts, _) = response.into_parts();
-    Response::from_parts(parts, Either::Right(body))
+    }))
 }
 
 fn etag_matches(if_none_match: &str, etag: &str) -> bool {

@@ -3,6 +3,8 @@
 //! before anything is resolved or connected; everything else is refused
 //! with an error the plugin sees.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmtime::Result;
 
 use crate::config::parse_http_origin;
@@ -25,11 +27,13 @@ pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Longest wait for a response's head (connect, send, first byte).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One plugin's outbound HTTP capability: its allow-list and a connection
-/// pool.
+/// One plugin's outbound HTTP capability: its allow-list, a connection pool
+/// for `http://` and a TLS configuration (rustls) for `https://`.
 pub struct HttpOutbound {
     allowed: Vec<(String, String, u16)>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Present when an `https://` origin is allowed.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for HttpOutbound {
@@ -53,17 +57,28 @@ pub enum OutboundError {
 
 impl HttpOutbound {
     /// A capability for `origins` (each checked by
-    /// [`parse_http_origin`]).
-    pub fn new(origins: &[String]) -> Result<Self, String> {
+    /// [`parse_http_origin`]). `https://` origins are verified against the
+    /// system's root certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured)
+    /// and the PEM certificates in `extra_roots`.
+    pub fn new(origins: &[String], extra_roots: Option<&Path>) -> Result<Self, String> {
         let allowed = origins
             .iter()
             .map(|o| parse_http_origin(o))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = if allowed.iter().any(|(scheme, _, _)| scheme == "https") {
+            Some(Arc::new(tls_config(extra_roots)?))
+        } else {
+            None
+        };
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { allowed, client })
+        Ok(Self {
+            allowed,
+            client,
+            tls,
+        })
     }
 
     /// The parsed URL if its origin is allowed.
@@ -88,11 +103,6 @@ impl HttpOutbound {
                 .any(|(s, h, p)| s == scheme && *h == host && *p == port)
         {
             return Err(OutboundError::Denied(origin));
-        }
-        if scheme == "https" {
-            return Err(OutboundError::Invalid(format!(
-                "`{origin}`: https is not supported by this gateway build yet"
-            )));
         }
         Ok(uri)
     }
@@ -122,15 +132,112 @@ impl HttpOutbound {
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| OutboundError::Invalid(format!("invalid request: {e}")))?;
-        match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(OutboundError::Io(error_chain(&e))),
+        let exchange = async {
+            match &self.tls {
+                Some(tls) if request.uri().scheme_str() == Some("https") => {
+                    send_tls(tls.clone(), request).await
+                }
+                _ => self
+                    .client
+                    .request(request)
+                    .await
+                    .map_err(|e| OutboundError::Io(error_chain(&e))),
+            }
+        };
+        match tokio::time::timeout(RESPONSE_TIMEOUT, exchange).await {
+            Ok(r) => r,
             Err(_) => Err(OutboundError::Io(format!(
                 "no response within {} s",
                 RESPONSE_TIMEOUT.as_secs()
             ))),
         }
     }
+}
+
+/// The rustls client configuration: system roots plus `extra_roots`.
+fn tls_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system root certificate could not be loaded");
+    }
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_roots {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("{}: cannot read the CA file: {e}", path.display()))?;
+        let mut found = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!("{}: no PEM certificates", path.display()));
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "https origins are allowed but no root certificates were found (install \
+             ca-certificates or set [plugin.outbound] http_ca_file)"
+                .into(),
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// One request over a fresh TLS connection (HTTP/1.1).
+async fn send_tls(
+    tls: Arc<rustls::ClientConfig>,
+    mut request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, OutboundError> {
+    let uri = request.uri().clone();
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    // IPv6 literals come bracketed in URLs.
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let server_name = rustls::pki_types::ServerName::try_from(bare.clone())
+        .map_err(|e| OutboundError::Invalid(format!("`{host}`: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+        .await
+        .map_err(|e| OutboundError::Io(format!("connecting to {host}:{port}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| OutboundError::Io(format!("TLS with {host}:{port}: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| OutboundError::Io(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "outbound TLS connection ended with an error");
+        }
+    });
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or(host);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = path
+        .parse()
+        .map_err(|e| OutboundError::Invalid(format!("`{path}`: {e}")))?;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
+        request.headers_mut().insert(hyper::header::HOST, v);
+    }
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| OutboundError::Io(error_chain(&e)))
 }
 
 /// An error and its causes, `a: b: c`.
@@ -199,8 +306,11 @@ mod tests {
 
     #[test]
     fn only_allow_listed_origins_pass() {
-        let o = HttpOutbound::new(&["http://127.0.0.1:5000".into(), "http://Example.org".into()])
-            .unwrap();
+        let o = HttpOutbound::new(
+            &["http://127.0.0.1:5000".into(), "http://Example.org".into()],
+            None,
+        )
+        .unwrap();
         assert!(o.check("http://127.0.0.1:5000/v2/x").is_ok());
         assert!(o.check("http://example.org/a").is_ok());
         assert!(o.check("http://example.org:80/a").is_ok());
