@@ -446,3 +446,61 @@ async fn https_origins_are_reached_with_rustls_and_unlisted_origins_are_denied()
     assert_eq!(origin.total(), 1, "a denied origin must not be contacted");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_misses_stored_bytes_served_bytes_and_byte_seconds_are_metered() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let bytes = pseudo_random(30_000, 7);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let table = format!(
+        "tick_interval_ms = 100\n[plugin.blobs]\nquota_bytes = 1000000\n\
+         [plugin.outbound]\nhttp = [\"{}\"]\n",
+        origin.url()
+    );
+    let spec = PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
+        .table(table.leak())
+        .config(format!("origin = \"{}/b\"\n", origin.url()).leak());
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let path = format!("/blobs/{digest}");
+    assert_eq!(call(gw.http_addr, "GET", &path, &[]).await.0, 200);
+    assert_eq!(call(gw.http_addr, "GET", &path, &[]).await.0, 200);
+    let (status, _, _) = call(gw.http_addr, "GET", &path, &[("range", "bytes=0-9")]).await;
+    assert_eq!(status, 206);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.shutdown().await;
+
+    let mut total = std::collections::BTreeMap::<(String, String), u64>::new();
+    let mut subjects = Vec::new();
+    LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            let source = format!("{:?}", r.source).to_lowercase();
+            if r.unit.starts_with("cache-") {
+                subjects.push((r.subject.clone(), r.evidence.clone()));
+            }
+            *total.entry((source, r.unit)).or_default() += r.quantity;
+            true
+        })
+        .unwrap();
+    let get = |source: &str, unit: &str| {
+        total
+            .get(&(source.to_string(), unit.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(get("plugin", "cache-misses"), 1);
+    assert_eq!(get("plugin", "cache-hits"), 2);
+    assert_eq!(get("plugin", "blobs-stored"), bytes.len() as u64);
+    assert!(get("plugin", "byte-seconds") > 0, "{total:?}");
+    let served = 2 * bytes.len() as u64 + 10;
+    assert!(get("host", "bytes-out") >= served, "{total:?}");
+    assert!(get("host", "bytes-out") < served + 3000, "{total:?}");
+    let evidence = hex::decode(digest.trim_start_matches("sha256:")).unwrap();
+    for (subject, ev) in subjects {
+        assert_eq!(subject.as_deref(), Some(digest.as_str()));
+        assert_eq!(ev.as_deref(), Some(evidence.as_slice()));
+    }
+}

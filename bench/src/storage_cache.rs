@@ -168,6 +168,9 @@ async fn main() {
                 .table(table.leak())
                 .limits("cpu_ms = 5000")
                 .config(format!("origin = \"{origin}/b\"").leak()),
+            // The per-request floor of any plugin call with a durable commit.
+            PluginSpec::new("template", plugin("template_plugin"), "/t")
+                .config("greeting = \"hello\""),
         ],
         "[runtime]\nmax_instances = 1000\n",
     );
@@ -204,6 +207,12 @@ async fn main() {
             g.mb_per_s / n.mb_per_s
         );
     }
+    let floor = wrk(format!("http://{}/t/hello", gw.http_addr), 64, secs).await;
+    println!(
+        "   reference: gateway, template plugin GET /t/hello, 64 conns {:>9.0} req/s \
+         (the per-call floor: plugin call + durable usage commit)",
+        floor.rps
+    );
     gw.shutdown().await;
     drop(nginx);
 }

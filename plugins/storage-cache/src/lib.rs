@@ -564,3 +564,75 @@ fn keep_manifest(digest: &str, content_type: &str, body: &[u8]) -> Result<(), Bl
     kv::set(&format!("type/{digest}"), content_type.as_bytes())
         .map_err(|e| BlobError::Io(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use depin_plugin_sdk::Body;
+    use depin_plugin_sdk::testing::{TestHost, sha256_digest};
+
+    use super::*;
+
+    fn host(quota: u64) -> TestHost {
+        let host = TestHost::install(&[("origin", "http://origin.test/b")]);
+        host.enable_blobs(quota);
+        host.declare_units(&["cache-hits", "cache-misses", "blobs-stored", "byte-seconds"]);
+        host
+    }
+
+    fn get(path: &str) -> HttpResponse {
+        StorageCache::handle_http(HttpRequest::new("GET", path))
+    }
+
+    #[test]
+    fn a_miss_is_pulled_once_then_served_from_the_store() {
+        let host = host(1 << 20);
+        let bytes = vec![7u8; 1000];
+        let digest = sha256_digest(&bytes);
+        host.serve_url(
+            &format!("http://origin.test/b/{digest}"),
+            200,
+            bytes.clone(),
+        );
+        for _ in 0..2 {
+            let r = get(&format!("/blobs/{digest}"));
+            assert_eq!(r.status, 200);
+            assert!(matches!(&r.body, Body::Blob(b) if b.digest == digest));
+        }
+        assert_eq!(host.fetched().len(), 1);
+        assert_eq!(host.blob(&digest), Some(bytes));
+        assert_eq!(host.total("cache-misses"), 1);
+        assert_eq!(host.total("cache-hits"), 1);
+        assert_eq!(host.total("blobs-stored"), 1000);
+        assert!(host.kv(&format!("root/{digest}")).is_some());
+    }
+
+    #[test]
+    fn wrong_bytes_are_a_502_and_nothing_is_kept() {
+        let host = host(1 << 20);
+        let digest = sha256_digest(b"wanted");
+        host.serve_url(
+            &format!("http://origin.test/b/{digest}"),
+            200,
+            b"other".to_vec(),
+        );
+        assert_eq!(get(&format!("/blobs/{digest}")).status, 502);
+        assert_eq!(host.blob(&digest), None);
+        assert_eq!(host.total("cache-misses"), 0);
+    }
+
+    #[test]
+    fn init_refuses_unknown_keys_and_a_missing_blob_store() {
+        let _host = TestHost::install(&[]);
+        assert!(
+            StorageCache::init(vec![])
+                .unwrap_err()
+                .contains("[plugin.blobs]")
+        );
+        let host = TestHost::install(&[]);
+        host.enable_blobs(10);
+        let e = StorageCache::init(vec![("orign".into(), "x".into())]).unwrap_err();
+        assert!(e.contains("unknown config key `orign`"), "{e}");
+        assert!(StorageCache::init(vec![("upstream".into(), "ftp://x".into())]).is_err());
+        assert!(StorageCache::init(vec![("tag_ttl_ms".into(), "5000".into())]).is_ok());
+    }
+}
