@@ -384,13 +384,14 @@ impl BlobWriter<'_> {
         file.sync_all()?;
         drop(file);
         let store = self.store;
+        // Under the lock, so two writers of one digest count it once.
+        let mut a = store.accounting.lock().expect("accounting lock");
         let replaced = store.stat(&self.expected)?;
         store.dir.rename(
             Path::new(TMP).join(&self.tmp),
             &store.dir,
             self.expected.file(),
         )?;
-        let mut a = store.accounting.lock().expect("accounting lock");
         a.reserved = a.reserved.saturating_sub(self.reserved);
         self.reserved = 0;
         match replaced {

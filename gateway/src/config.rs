@@ -566,4 +566,35 @@ mod tests {
                 .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].config.x"), "{e}");
     }
+
+    #[test]
+    fn blob_and_outbound_tables_are_checked() {
+        let plugin = "[[plugin]]\nname = \"c\"\ncomponent = \"c.wasm\"\n";
+        let c = parse(&format!(
+            "{plugin}[plugin.blobs]\nquota_bytes = 1000\n\
+             [plugin.outbound]\nhttp = [\"http://127.0.0.1:5000\"]\nhttp_ca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.plugins[0].blobs.as_ref().unwrap().quota_bytes, 1000);
+        assert_eq!(c.plugins[0].outbound.http, ["http://127.0.0.1:5000"]);
+        assert_eq!(
+            c.plugins[0].outbound.http_ca_file.as_deref(),
+            Some(Path::new("/etc/depin/ca.pem"))
+        );
+        let e = parse(&format!(
+            "{plugin}[plugin.outbound]\nhttp = [\"http://a\", \"ftp://b\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.http[1]"));
+        assert!(e.problem.contains("http:// or https://"), "{e}");
+        let e = parse(&format!(
+            "{plugin}[plugin.outbound]\nhttp = [\"http://a/path\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.problem.contains("origin only"), "{e}");
+        let e = parse(&format!("{plugin}[plugin.blobs]\nquota_bytes = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].blobs.quota_bytes"));
+        let e = parse(&format!("{plugin}[plugin.blobs]\nquota = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `quota`"), "{e}");
+    }
 }
