@@ -266,12 +266,12 @@ impl BlobStore {
     /// against the quota at once; otherwise space is reserved as bytes
     /// arrive.
     pub fn begin(
-        &self,
+        self: &Arc<Self>,
         digest: &BlobDigest,
         size_hint: Option<u64>,
-    ) -> Result<BlobWriter<'_>, StoreError> {
+    ) -> Result<BlobWriter, StoreError> {
         let mut writer = BlobWriter {
-            store: self,
+            store: self.clone(),
             expected: digest.clone(),
             tmp: format!("{}.{:016x}", digest.hex(), rand::random::<u64>()),
             file: None,
@@ -331,8 +331,8 @@ impl Drop for FlightGuard<'_> {
 /// A blob being written: bytes go to a temp file and into the hash; only
 /// [`BlobWriter::commit`] makes the blob visible, and only if the digest
 /// matches. Dropping it without a commit removes the temp file.
-pub struct BlobWriter<'a> {
-    store: &'a BlobStore,
+pub struct BlobWriter {
+    store: Arc<BlobStore>,
     expected: BlobDigest,
     tmp: String,
     file: Option<std::fs::File>,
@@ -341,7 +341,7 @@ pub struct BlobWriter<'a> {
     reserved: u64,
 }
 
-impl BlobWriter<'_> {
+impl BlobWriter {
     fn reserve_to(&mut self, size: u64) -> Result<(), StoreError> {
         if size > self.store.quota {
             return Err(StoreError::TooLarge {
@@ -383,7 +383,7 @@ impl BlobWriter<'_> {
         let file = self.file.take().expect("open until commit");
         file.sync_all()?;
         drop(file);
-        let store = self.store;
+        let store = self.store.clone();
         // Under the lock, so two writers of one digest count it once.
         let mut a = store.accounting.lock().expect("accounting lock");
         let replaced = store.stat(&self.expected)?;
@@ -406,7 +406,7 @@ impl BlobWriter<'_> {
     }
 }
 
-impl Drop for BlobWriter<'_> {
+impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = self.store.dir.remove_file(Path::new(TMP).join(&self.tmp));
@@ -419,13 +419,13 @@ impl Drop for BlobWriter<'_> {
 mod tests {
     use super::*;
 
-    fn store(quota: u64) -> (tempfile::TempDir, BlobStore) {
+    fn store(quota: u64) -> (tempfile::TempDir, Arc<BlobStore>) {
         let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(&dir.path().join("p"), quota).unwrap();
+        let s = Arc::new(BlobStore::open(&dir.path().join("p"), quota).unwrap());
         (dir, s)
     }
 
-    fn put(s: &BlobStore, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
+    fn put(s: &Arc<BlobStore>, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
         let d = BlobDigest::of(bytes);
         let mut w = s.begin(&d, Some(bytes.len() as u64))?;
         w.write(bytes)?;
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn reopening_counts_what_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(&dir.path().join("p"), 100).unwrap();
+        let s = Arc::new(BlobStore::open(&dir.path().join("p"), 100).unwrap());
         let a = put(&s, b"aaa").unwrap();
         put(&s, b"bbbb").unwrap();
         drop(s);

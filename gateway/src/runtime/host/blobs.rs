@@ -34,7 +34,7 @@ impl CallState {
 /// at a time, streamed to disk, committed only if the digest matches.
 async fn fetch_blob(
     plugin: &PluginShared,
-    store: &BlobStore,
+    store: &Arc<BlobStore>,
     url: &str,
     digest: &BlobDigest,
     headers: &[(String, String)],
@@ -70,7 +70,12 @@ async fn fetch_blob(
             writer.write(data).map_err(store_error)?;
         }
     }
-    let size = writer.commit().map_err(store_error)?;
+    // fsync and rename off the async workers: a large blob's fsync can take
+    // a while.
+    let size = tokio::task::spawn_blocking(move || writer.commit())
+        .await
+        .map_err(|e| BlobError::Io(format!("the commit task failed: {e}")))?
+        .map_err(store_error)?;
     tracing::debug!(plugin = %plugin.name, digest = digest.as_str(), size, "blob fetched");
     Ok(size)
 }
