@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{GatewayConfig, LogFormat, PluginConfig, PluginLimits, RuntimeConfig};
+use crate::config::{GatewayConfig, LogFormat, PluginConfig, RuntimeConfig};
 use crate::identity::DeviceKey;
 use crate::ledger::{Ledger, LedgerReader};
 use crate::runtime::{CONTRACT, LoadedPlugin, Runtime};
@@ -390,10 +390,7 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         let cfg = PluginConfig {
             name: "inspect".into(),
             component: file.to_path_buf(),
-            route: None,
-            limits: PluginLimits::default(),
-            tick_interval_ms: None,
-            config: Default::default(),
+            ..PluginConfig::default()
         };
         let compiled = runtime
             .compile(file)

@@ -108,8 +108,9 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// One `[[plugin]]` table.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[plugin]]` table. `Default` gives a plugin with no route, no
+/// capabilities and default limits, for code that loads a component by hand.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name; namespaces the plugin's key-value store and its ledger
@@ -130,6 +131,61 @@ pub struct PluginConfig {
     /// import). Values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// The plugin's blob store (`blobs` import); none when absent.
+    pub blobs: Option<BlobsConfig>,
+    /// Where the plugin may send traffic (`outbound-*` imports); nowhere by
+    /// default.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// `[plugin.blobs]`: a content-addressed blob store under
+/// `<data_dir>/blobs/<plugin name>/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Most bytes the store may hold; a write past it is refused.
+    pub quota_bytes: u64,
+}
+
+/// `[plugin.outbound]`: the allow-lists of the outbound imports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Origins the plugin may fetch from over HTTP(S), e.g.
+    /// `https://registry-1.docker.io` or `http://127.0.0.1:5000`: scheme,
+    /// host and optional port, no path.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// PEM certificates trusted for `https://` origins in addition to the
+    /// system's roots (relative to the configuration file).
+    #[serde(default)]
+    pub http_ca_file: Option<PathBuf>,
+}
+
+/// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
+/// scheme's default port when none is given. Host names are lower-cased.
+pub fn parse_http_origin(origin: &str) -> Result<(String, String, u16), String> {
+    let uri: hyper::Uri = origin
+        .parse()
+        .map_err(|e| format!("`{origin}` is not a URL: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s.to_string(),
+        _ => return Err(format!("`{origin}` must start with http:// or https://")),
+    };
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+        return Err(format!("`{origin}` has no host"));
+    };
+    let path_is_empty = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !path_is_empty || origin.contains('@') {
+        return Err(format!(
+            "`{origin}` must be an origin only (scheme, host, port), without path, query or user"
+        ));
+    }
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Ok((scheme, host.to_ascii_lowercase(), port))
 }
 
 /// Sandbox limits of one plugin.
@@ -233,6 +289,7 @@ impl GatewayConfig {
         self.key_path = self.key_path.as_deref().map(resolve);
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
+            plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
         }
         self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
         if let Some(u) = &mut self.upstream {
@@ -315,6 +372,14 @@ impl GatewayConfig {
                     key("limits.fuel"),
                     "must be greater than 0 (omit it for no fuel limit)".into(),
                 ));
+            }
+            if let Some(b) = &p.blobs {
+                positive(&key("blobs.quota_bytes"), b.quota_bytes)?;
+            }
+            for (j, origin) in p.outbound.http.iter().enumerate() {
+                if let Err(problem) = parse_http_origin(origin) {
+                    return Err((key(&format!("outbound.http[{j}]")), problem));
+                }
             }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
@@ -515,5 +580,36 @@ mod tests {
             parse("[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = [1]\n")
                 .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].config.x"), "{e}");
+    }
+
+    #[test]
+    fn blob_and_outbound_tables_are_checked() {
+        let plugin = "[[plugin]]\nname = \"c\"\ncomponent = \"c.wasm\"\n";
+        let c = parse(&format!(
+            "{plugin}[plugin.blobs]\nquota_bytes = 1000\n\
+             [plugin.outbound]\nhttp = [\"http://127.0.0.1:5000\"]\nhttp_ca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.plugins[0].blobs.as_ref().unwrap().quota_bytes, 1000);
+        assert_eq!(c.plugins[0].outbound.http, ["http://127.0.0.1:5000"]);
+        assert_eq!(
+            c.plugins[0].outbound.http_ca_file.as_deref(),
+            Some(Path::new("/etc/depin/ca.pem"))
+        );
+        let e = parse(&format!(
+            "{plugin}[plugin.outbound]\nhttp = [\"http://a\", \"ftp://b\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.http[1]"));
+        assert!(e.problem.contains("http:// or https://"), "{e}");
+        let e = parse(&format!(
+            "{plugin}[plugin.outbound]\nhttp = [\"http://a/path\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.problem.contains("origin only"), "{e}");
+        let e = parse(&format!("{plugin}[plugin.blobs]\nquota_bytes = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].blobs.quota_bytes"));
+        let e = parse(&format!("{plugin}[plugin.blobs]\nquota = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `quota`"), "{e}");
     }
 }

@@ -61,10 +61,10 @@ impl RunningGateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
         let ledger = Ledger::open(&config.data_dir)?;
-        let runtime = Arc::new(Runtime::new(
-            &config.runtime,
-            Some(&config.data_dir.join("compiled")),
-        )?);
+        let runtime = Arc::new(
+            Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
+                .with_blob_root(config.data_dir.join("blobs")),
+        );
         let mut plugins = Vec::new();
         let mut routed = Vec::new();
         for p in &config.plugins {

@@ -2,6 +2,7 @@
 //! plugins and meters the service they provide into a durable, hash-chained
 //! usage ledger.
 
+pub mod blobstore;
 pub mod cli;
 pub mod config;
 pub mod epochs;

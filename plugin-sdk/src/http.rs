@@ -71,6 +71,32 @@ impl HttpResponse {
         }
     }
 
+    /// A response whose body is the stored blob `digest`, streamed by the
+    /// host (which also answers `Range`, `HEAD` and `If-None-Match`).
+    pub fn blob(status: u16, content_type: &str, digest: &str) -> Self {
+        Self::blob_range(status, content_type, digest, 0, None)
+    }
+
+    /// A response whose body is `length` bytes (or the rest) of the stored
+    /// blob `digest` from `offset`.
+    pub fn blob_range(
+        status: u16,
+        content_type: &str,
+        digest: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Self {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: Body::Blob(crate::BlobRef {
+                digest: digest.into(),
+                offset,
+                length,
+            }),
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));

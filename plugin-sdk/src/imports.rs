@@ -2,7 +2,7 @@
 //! [`TestHost`](crate::testing::TestHost) when plugin code runs natively.
 
 #[cfg(target_arch = "wasm32")]
-pub use crate::bindings::depin::plugin::{config, kv, log, metering};
+pub use crate::bindings::depin::plugin::{blobs, config, kv, log, metering, outbound_http};
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use crate::testing::native::{config, kv, log, metering};
+pub use crate::testing::native::{blobs, config, kv, log, metering, outbound_http};

@@ -327,6 +327,96 @@ pub mod log {
     }
 }
 
+/// The plugin's content-addressed blob store (`[plugin.blobs]` in
+/// `gateway.toml`). Blob writes and deletes take effect at once, unlike
+/// [`kv`] writes. Serve a stored blob with [`HttpResponse::blob`].
+pub mod blobs {
+    pub use crate::bindings::depin::plugin::blobs::{BlobError, BlobStat, StoreUsage};
+    use crate::imports::blobs as host;
+
+    /// The stored blob `digest` (`sha256:<hex>`).
+    pub fn stat(digest: &str) -> Result<BlobStat, BlobError> {
+        host::stat(digest)
+    }
+
+    /// Whether `digest` is stored.
+    pub fn has(digest: &str) -> bool {
+        host::has(digest)
+    }
+
+    /// Removes `digest`; returns whether it was stored.
+    pub fn delete(digest: &str) -> Result<bool, BlobError> {
+        host::delete(digest)
+    }
+
+    /// Stored blobs in digest order after `after`, at most `limit`.
+    pub fn list(after: Option<&str>, limit: u32) -> Result<Vec<BlobStat>, BlobError> {
+        host::list_blobs(after, limit)
+    }
+
+    /// Bytes and blobs stored, and the quota.
+    pub fn usage() -> Result<StoreUsage, BlobError> {
+        host::usage()
+    }
+
+    /// Up to `length` bytes of `digest` from `offset` (at most 1 MiB).
+    pub fn read_range(digest: &str, offset: u64, length: u32) -> Result<Vec<u8>, BlobError> {
+        host::read_range(digest, offset, length)
+    }
+
+    /// Stores `bytes` as blob `digest` if they hash to it.
+    pub fn put(digest: &str, bytes: &[u8]) -> Result<BlobStat, BlobError> {
+        host::put(digest, bytes)
+    }
+
+    /// Fetches `url` from an allow-listed origin straight into the store,
+    /// verified against `digest`; nothing is stored if the bytes differ.
+    pub fn fetch_into(
+        url: &str,
+        digest: &str,
+        headers: &[(String, String)],
+    ) -> Result<BlobStat, BlobError> {
+        host::fetch_into(url, digest, headers)
+    }
+}
+
+/// HTTP(S) requests to the origins on the plugin's `[plugin.outbound] http`
+/// allow-list.
+pub mod outbound_http {
+    pub use crate::bindings::depin::plugin::outbound_http::{
+        HttpError, OutboundRequest, OutboundResponse,
+    };
+    use crate::imports::outbound_http as host;
+
+    /// Sends `req`; any status is an `Ok` response.
+    pub fn fetch(req: &OutboundRequest) -> Result<OutboundResponse, HttpError> {
+        host::fetch(req)
+    }
+
+    /// A GET of `url` with `headers`.
+    pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<OutboundResponse, HttpError> {
+        fetch(&OutboundRequest {
+            method: "GET".into(),
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+        })
+    }
+}
+
+impl bindings::depin::plugin::outbound_http::OutboundResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The plugin's `config` table from `gateway.toml`.
 pub mod config {
     use crate::imports::config as host;

@@ -15,6 +15,13 @@ struct State {
     usage: Vec<Usage>,
     logs: Vec<(Level, String)>,
     units: Option<Vec<String>>,
+    /// Stored blobs by digest, and the store's quota (none: no store).
+    blobs: BTreeMap<String, Vec<u8>>,
+    blob_quota: Option<u64>,
+    /// What outbound requests get, by URL: status and body.
+    origins: BTreeMap<String, (u16, Vec<u8>)>,
+    /// URLs requested from `origins`, in order.
+    fetched: Vec<String>,
 }
 
 thread_local! {
@@ -82,6 +89,44 @@ impl TestHost {
     pub fn logs(&self) -> Vec<(Level, String)> {
         self.0.borrow().logs.clone()
     }
+
+    /// Gives the plugin a blob store of `quota` bytes, as `[plugin.blobs]`
+    /// does.
+    pub fn enable_blobs(&self, quota: u64) {
+        self.0.borrow_mut().blob_quota = Some(quota);
+    }
+
+    /// The stored blob `digest`.
+    pub fn blob(&self, digest: &str) -> Option<Vec<u8>> {
+        self.0.borrow().blobs.get(digest).cloned()
+    }
+
+    /// Answers outbound requests (`outbound-http` and `fetch-into`) for
+    /// `url` with `status` and `body`. Every other URL is refused as not
+    /// allow-listed.
+    pub fn serve_url(&self, url: &str, status: u16, body: impl Into<Vec<u8>>) {
+        self.0
+            .borrow_mut()
+            .origins
+            .insert(url.to_string(), (status, body.into()));
+    }
+
+    /// The URLs fetched so far, in order.
+    pub fn fetched(&self) -> Vec<String> {
+        self.0.borrow().fetched.clone()
+    }
+}
+
+/// `sha256:<hex>` of `bytes`, as blob digests are written.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in hash {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Native implementations with the same signatures as the generated imports.
@@ -161,6 +206,171 @@ pub mod native {
 
         pub fn log(level: Level, message: &str) {
             with(|s| s.logs.push((level, message.to_string())));
+        }
+    }
+
+    pub mod blobs {
+        use super::super::{sha256_digest, with};
+        use crate::blobs::{BlobError, BlobStat, StoreUsage};
+
+        fn check(digest: &str) -> Result<(), BlobError> {
+            let ok = digest.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(BlobError::InvalidDigest(format!(
+                    "`{digest}` must be `sha256:` followed by 64 lower-case hex digits"
+                )))
+            }
+        }
+
+        fn enabled() -> Result<(), BlobError> {
+            with(|s| s.blob_quota.map(|_| ()).ok_or(BlobError::Unavailable))
+        }
+
+        pub fn stat(digest: &str) -> Result<BlobStat, BlobError> {
+            enabled()?;
+            check(digest)?;
+            with(|s| s.blobs.get(digest).map(|b| b.len() as u64))
+                .map(|size| BlobStat {
+                    digest: digest.to_string(),
+                    size,
+                })
+                .ok_or(BlobError::NotFound)
+        }
+
+        pub fn has(digest: &str) -> bool {
+            stat(digest).is_ok()
+        }
+
+        pub fn delete(digest: &str) -> Result<bool, BlobError> {
+            enabled()?;
+            check(digest)?;
+            Ok(with(|s| s.blobs.remove(digest).is_some()))
+        }
+
+        pub fn list_blobs(after: Option<&str>, limit: u32) -> Result<Vec<BlobStat>, BlobError> {
+            enabled()?;
+            Ok(with(|s| {
+                s.blobs
+                    .iter()
+                    .filter(|(d, _)| after.is_none_or(|a| d.as_str() > a))
+                    .take(limit as usize)
+                    .map(|(d, b)| BlobStat {
+                        digest: d.clone(),
+                        size: b.len() as u64,
+                    })
+                    .collect()
+            }))
+        }
+
+        pub fn usage() -> Result<StoreUsage, BlobError> {
+            enabled()?;
+            Ok(with(|s| StoreUsage {
+                bytes: s.blobs.values().map(|b| b.len() as u64).sum(),
+                count: s.blobs.len() as u64,
+                quota: s.blob_quota.unwrap_or(0),
+            }))
+        }
+
+        pub fn read_range(digest: &str, offset: u64, length: u32) -> Result<Vec<u8>, BlobError> {
+            enabled()?;
+            check(digest)?;
+            with(|s| {
+                let b = s.blobs.get(digest).ok_or(BlobError::NotFound)?;
+                let start = (offset as usize).min(b.len());
+                let end = (start + (length.min(1 << 20) as usize)).min(b.len());
+                Ok(b[start..end].to_vec())
+            })
+        }
+
+        pub fn put(digest: &str, bytes: &[u8]) -> Result<BlobStat, BlobError> {
+            enabled()?;
+            check(digest)?;
+            let actual = sha256_digest(bytes);
+            if actual != digest {
+                return Err(BlobError::DigestMismatch(actual));
+            }
+            with(|s| {
+                let quota = s.blob_quota.unwrap_or(0);
+                let size = bytes.len() as u64;
+                let used: u64 = s.blobs.values().map(|b| b.len() as u64).sum();
+                if size > quota {
+                    return Err(BlobError::TooLarge(quota));
+                }
+                if !s.blobs.contains_key(digest) && used + size > quota {
+                    return Err(BlobError::QuotaExceeded(used + size - quota));
+                }
+                s.blobs.insert(digest.to_string(), bytes.to_vec());
+                Ok(BlobStat {
+                    digest: digest.to_string(),
+                    size,
+                })
+            })
+        }
+
+        pub fn fetch_into(
+            url: &str,
+            digest: &str,
+            _headers: &[(String, String)],
+        ) -> Result<BlobStat, BlobError> {
+            enabled()?;
+            check(digest)?;
+            if let Ok(stat) = stat(digest) {
+                return Ok(stat);
+            }
+            with(|s| {
+                let (status, body) = s
+                    .origins
+                    .get(url)
+                    .cloned()
+                    .ok_or_else(|| BlobError::Denied(format!("`{url}` is not allow-listed")))?;
+                s.fetched.push(url.to_string());
+                if !(200..300).contains(&status) {
+                    return Err(BlobError::OriginStatus(status));
+                }
+                let actual = sha256_digest(&body);
+                if actual != digest {
+                    return Err(BlobError::DigestMismatch(actual));
+                }
+                let quota = s.blob_quota.unwrap_or(0);
+                let size = body.len() as u64;
+                if size > quota {
+                    return Err(BlobError::TooLarge(quota));
+                }
+                let used: u64 = s.blobs.values().map(|b| b.len() as u64).sum();
+                if used + size > quota {
+                    return Err(BlobError::QuotaExceeded(used + size - quota));
+                }
+                s.blobs.insert(digest.to_string(), body);
+                Ok(BlobStat {
+                    digest: digest.to_string(),
+                    size,
+                })
+            })
+        }
+    }
+
+    pub mod outbound_http {
+        use super::super::with;
+        use crate::outbound_http::{HttpError, OutboundRequest, OutboundResponse};
+
+        pub fn fetch(req: &OutboundRequest) -> Result<OutboundResponse, HttpError> {
+            with(|s| {
+                let (status, body) = s
+                    .origins
+                    .get(&req.url)
+                    .cloned()
+                    .ok_or_else(|| HttpError::Denied(req.url.clone()))?;
+                s.fetched.push(req.url.clone());
+                Ok(OutboundResponse {
+                    status,
+                    headers: Vec::new(),
+                    body,
+                })
+            })
         }
     }
 

@@ -18,6 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub mod registry;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +41,7 @@ pub fn plugin(file_stem: &str) -> PathBuf {
             .current_dir(&root)
             .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
             .args(["-p", "template-plugin", "-p", "hostile-plugin", "-p", "other-world-plugin"])
+            .args(["-p", "storage-cache-plugin"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test plugins");

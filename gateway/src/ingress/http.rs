@@ -26,6 +26,8 @@ use crate::ledger::{CallEffects, Ledger, NewRecord};
 use crate::runtime::LoadedPlugin;
 use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
 
+mod blob_body;
+
 /// Host-attested units recorded for every call.
 pub mod units {
     /// Request line, headers and body received, in bytes.
@@ -70,7 +72,7 @@ pub struct HttpIngress {
     ids: RequestIds,
 }
 
-type HttpBody = Full<Bytes>;
+type HttpBody = http_body_util::Either<Full<Bytes>, blob_body::BlobBody>;
 
 impl HttpIngress {
     /// Builds the routing table from the plugins that have a route.
@@ -220,6 +222,7 @@ impl HttpIngress {
             Err((status, message)) => return error_response(status, request_id, &message),
         };
         let bytes_in = request_size(&request);
+        let conditional = blob_body::Conditional::of(&request);
 
         // Phase: call the plugin.
         let timeout = Duration::from_millis(self.limits.call_timeout_ms);
@@ -245,6 +248,12 @@ impl HttpIngress {
             }
             Ok(o) => {
                 let response = match o.result {
+                    Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
+                        plugin.shared.blobs.as_deref(),
+                        r,
+                        &conditional,
+                        request_id,
+                    ),
                     Ok(r) => plugin_response(r, request_id),
                     Err(e) => {
                         let status = match e {
@@ -414,7 +423,7 @@ fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody>
             );
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in r.headers {
@@ -446,7 +455,9 @@ fn set_request_id(response: &mut Response<HttpBody>, request_id: &str) {
 /// and an operator can find the call in the log.
 fn error_response(status: StatusCode, request_id: &str, message: &str) -> Response<HttpBody> {
     let body = serde_json::json!({ "error": message, "request_id": request_id });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
+        body.to_string(),
+    ))));
     *response.status_mut() = status;
     response
         .headers_mut()

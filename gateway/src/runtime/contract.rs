@@ -9,7 +9,11 @@ use wasmtime::component::Component;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "resource-plugin",
-    imports: { default: trappable },
+    imports: {
+        "depin:plugin/blobs.fetch-into": async | trappable,
+        "depin:plugin/outbound-http.fetch": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });
 
@@ -44,7 +48,15 @@ pub const REQUIRED_EXPORTS: [&str; 8] = [
 ];
 
 /// Interfaces of the contract a plugin may import.
-pub const CONTRACT_IMPORTS: [&str; 5] = ["types", "metering", "kv", "log", "config"];
+pub const CONTRACT_IMPORTS: [&str; 7] = [
+    "types",
+    "metering",
+    "kv",
+    "log",
+    "config",
+    "blobs",
+    "outbound-http",
+];
 
 /// What a component imports and exports, by name.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -134,7 +146,7 @@ mod tests {
             imports: vec![
                 "wasi:cli/environment@0.2.0".into(),
                 "depin:plugin/kv@0.1.0".into(),
-                "depin:plugin/blobs@0.1.0".into(),
+                "depin:plugin/jobs@0.1.0".into(),
                 "acme:thing/x@1.0.0".into(),
                 "depin:plugin/kv@0.2.0".into(),
             ],
@@ -147,7 +159,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`depin:plugin/blobs@0.1.0`, which depin:plugin@0.1.0 does not define"),
+            e.contains("`depin:plugin/jobs@0.1.0`, which depin:plugin@0.1.0 does not define"),
             "{e}"
         );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");

@@ -30,6 +30,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
+    blob_root: Option<PathBuf>,
 }
 
 /// Why the runtime could not start.
@@ -65,7 +66,20 @@ impl Runtime {
             cache_dir: cache_dir.map(Path::to_path_buf),
             tick,
             ticker_stop,
+            blob_root: None,
         })
+    }
+
+    /// Plugins with `[plugin.blobs]` keep their blob stores under `dir`
+    /// (one subdirectory per plugin name). Without it they get none.
+    pub fn with_blob_root(mut self, dir: PathBuf) -> Self {
+        self.blob_root = Some(dir);
+        self
+    }
+
+    /// Where blob stores live, if anywhere.
+    pub fn blob_root(&self) -> Option<&Path> {
+        self.blob_root.as_deref()
     }
 
     /// The engine (for tools that inspect components).

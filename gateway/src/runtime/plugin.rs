@@ -15,8 +15,10 @@ use super::contract::{
     CONTRACT, Challenge, ComponentShape, Datagram, HttpRequest, HttpResponse, PluginInfo, Proof,
     ResourcePlugin, ResourcePluginPre,
 };
+use super::host::outbound_http::HttpOutbound;
 use super::state::CallState;
 use super::{CacheOutcome, Runtime};
+use crate::blobstore::BlobStore;
 use crate::config::{PluginConfig, PluginLimits};
 use crate::ledger::{CallEffects, Ledger};
 
@@ -30,6 +32,10 @@ pub struct PluginShared {
     pub(crate) memory_cap_bytes: usize,
     /// Units declared by `describe`.
     pub units: BTreeSet<String>,
+    /// The plugin's blob store, when `[plugin.blobs]` is configured.
+    pub blobs: Option<Arc<BlobStore>>,
+    /// The plugin's outbound HTTP allow-list and connection pool.
+    pub(crate) outbound_http: Arc<HttpOutbound>,
 }
 
 impl PluginShared {
@@ -173,6 +179,11 @@ impl LoadedPlugin {
             limits: cfg.limits.clone(),
             memory_cap_bytes: (cfg.limits.memory_mb << 20) as usize,
             units: BTreeSet::new(),
+            blobs: open_blob_store(runtime, cfg)?,
+            outbound_http: Arc::new(HttpOutbound::new(
+                &cfg.outbound.http,
+                cfg.outbound.http_ca_file.as_deref(),
+            )?),
         };
         let mut plugin = LoadedPlugin {
             shared: Arc::new(shared),
@@ -376,6 +387,21 @@ impl LoadedPlugin {
             None => CallError::Host(format!("{e:#}")),
         }
     }
+}
+
+/// Opens `<blob root>/<plugin name>` when the plugin has `[plugin.blobs]`
+/// and the runtime has a blob root.
+fn open_blob_store(
+    runtime: &Runtime,
+    cfg: &PluginConfig,
+) -> Result<Option<Arc<BlobStore>>, String> {
+    let (Some(blobs), Some(root)) = (&cfg.blobs, runtime.blob_root()) else {
+        return Ok(None);
+    };
+    let dir = root.join(&cfg.name);
+    BlobStore::open(&dir, blobs.quota_bytes)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| format!("cannot open the blob store {}: {e}", dir.display()))
 }
 
 fn validate_unit_name(name: &str) -> Result<(), String> {

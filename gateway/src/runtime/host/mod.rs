@@ -2,10 +2,12 @@
 //! limits at the boundary, before any work. Guest mistakes come back to the
 //! plugin as WIT errors; host faults trap the call and are logged.
 
+mod blobs;
 mod config;
 mod kv;
 mod log;
 mod metering;
+pub(crate) mod outbound_http;
 
 use super::contract::depin::plugin::types;
 use super::state::CallState;

@@ -16,7 +16,7 @@ use rand::{Rng, RngCore};
 use serde::Deserialize;
 
 use super::store::{ChallengeRecord, CollectorStore};
-use crate::config::{PluginConfig, PluginLimits, RuntimeConfig};
+use crate::config::{PluginConfig, RuntimeConfig};
 use crate::epochs::now_ms;
 use crate::ledger::Ledger;
 use crate::proofs::{Answer, ChallengeSpec, InclusionProof};
@@ -95,10 +95,7 @@ impl Verifiers {
             let cfg = PluginConfig {
                 name: t.plugin.clone(),
                 component: t.component.clone(),
-                route: None,
-                limits: PluginLimits::default(),
-                tick_interval_ms: None,
-                config: Default::default(),
+                ..PluginConfig::default()
             };
             let loaded = LoadedPlugin::load(&runtime, &cfg, ledger.clone()).await?;
             if loaded.digest != t.digest {

@@ -1,0 +1,218 @@
+//! `depin-bench-storage-cache`: cache hits of the storage-cache plugin
+//! through the gateway vs nginx serving the same files from disk, in one
+//! run, with `wrk` as the load generator for both. Prints requests/s, MB/s
+//! and the ratios.
+//!
+//! Needs `nginx` and `wrk` (Debian packages of those names) and the plugin
+//! components (`make plugins`). Run with
+//! `cargo run --release -p depin-bench --bin depin-bench-storage-cache`.
+//!
+//! nginx is also the origin: the gateway pulls each blob from it once, so
+//! both sides then serve identical bytes from the same disk.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use depin_e2e::registry::{pseudo_random, sha256_digest};
+use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
+use depin_gateway::RunningGateway;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn arg_secs() -> u64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+/// nginx serving `root` on a free loopback port; stopped when dropped.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(dir: &Path, root: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{user}\ndaemon off;\nworker_processes 2;\npid {pid};\nerror_log stderr warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+                 client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};\n\
+                 uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n\
+                 server {{ listen {addr}; root {root}; location / {{ }} }}\n}}\n",
+                pid = dir.join("nginx.pid").display(),
+                tmp = dir.display(),
+                root = root.display(),
+            ),
+        )
+        .expect("write nginx.conf");
+        let mut child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx (apt-get install nginx)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Self { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nginx did not start");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful stop of the master and its workers.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+    }
+}
+
+struct Wrk {
+    rps: f64,
+    mb_per_s: f64,
+    non_2xx: u64,
+}
+
+/// `wrk -t2 -c<conns> -d<secs>s <url>`, parsed.
+async fn wrk(url: String, connections: u32, secs: u64) -> Wrk {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{connections}"),
+                &format!("-d{secs}s"),
+                &url,
+            ])
+            .output()
+            .expect("run wrk (apt-get install wrk)")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no `{name}` in wrk output:\n{text}"))
+    };
+    let rps: f64 = field("Requests/sec:").parse().unwrap();
+    let transfer = field("Transfer/sec:");
+    let (number, unit) = transfer.split_at(transfer.len() - 2);
+    let scale = match unit {
+        "GB" => 1024.0,
+        "MB" => 1.0,
+        "KB" => 1.0 / 1024.0,
+        _ => 1.0 / (1024.0 * 1024.0),
+    };
+    let number = number.trim_end_matches('M').trim_end_matches('G');
+    let mb_per_s = number.trim().parse::<f64>().unwrap_or(0.0) * scale;
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    Wrk {
+        rps,
+        mb_per_s,
+        non_2xx,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let secs = arg_secs();
+    println!("depin-bench-storage-cache: {secs} s per load phase (BENCH_SECONDS to change)\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    let sizes = [(4 * 1024usize, "4 KiB", 64u32), (16 << 20, "16 MiB", 8)];
+    let mut digests = Vec::new();
+    for (i, (size, _, _)) in sizes.iter().enumerate() {
+        let bytes = pseudo_random(*size, 100 + i as u64);
+        let digest = sha256_digest(&bytes);
+        std::fs::write(root.join("b").join(&digest), &bytes).unwrap();
+        digests.push(digest);
+    }
+    let nginx = Nginx::start(dir.path(), &root);
+    let origin = format!("http://{}", nginx.addr);
+    let table = format!(
+        "[plugin.blobs]\nquota_bytes = 1073741824\n[plugin.outbound]\nhttp = [\"{origin}\"]\n"
+    );
+    let home = Home::new(
+        &[
+            PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
+                .table(table.leak())
+                .limits("cpu_ms = 5000")
+                .config(format!("origin = \"{origin}/b\"").leak()),
+            // The per-request floor of any plugin call with a durable commit.
+            PluginSpec::new("template", plugin("template_plugin"), "/t")
+                .config("greeting = \"hello\""),
+        ],
+        "[runtime]\nmax_instances = 1000\n",
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    // Warm the cache: one miss per blob, pulled from nginx.
+    let http = HttpClient::new(gw.http_addr);
+    for d in &digests {
+        let r = http.get(&format!("/blobs/{d}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    println!("cache hits, wrk -t2, keep-alive, {secs} s per row");
+    for ((_, label, conns), digest) in sizes.iter().zip(&digests) {
+        let n = wrk(format!("http://{}/b/{digest}", nginx.addr), *conns, secs).await;
+        let g = wrk(
+            format!("http://{}/blobs/{digest}", gw.http_addr),
+            *conns,
+            secs,
+        )
+        .await;
+        assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
+        println!(
+            "   {label:>6}, {conns:>2} conns  nginx   {:>9.0} req/s {:>8.1} MB/s",
+            n.rps, n.mb_per_s
+        );
+        println!(
+            "   {label:>6}, {conns:>2} conns  gateway {:>9.0} req/s {:>8.1} MB/s",
+            g.rps, g.mb_per_s
+        );
+        let target = if label.contains("KiB") { 0.5 } else { 0.7 };
+        println!(
+            "   ratio gateway/nginx at {label}: requests/s {:.2}x  MB/s {:.2}x  (target >= {target}x)\n",
+            g.rps / n.rps,
+            g.mb_per_s / n.mb_per_s
+        );
+    }
+    let floor = wrk(format!("http://{}/t/hello", gw.http_addr), 64, secs).await;
+    println!(
+        "   reference: gateway, template plugin GET /t/hello, 64 conns {:>9.0} req/s \
+         (the per-call floor: plugin call + durable usage commit)",
+        floor.rps
+    );
+    gw.shutdown().await;
+    drop(nginx);
+}

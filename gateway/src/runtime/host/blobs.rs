@@ -1,0 +1,214 @@
+//! `depin:plugin/blobs`: the plugin's content-addressed blob store. Digests
+//! are checked at the boundary; `fetch-into` checks the outbound allow-list
+//! before connecting, streams the origin's body to a temp file while hashing
+//! it, and stores the blob only if the digest matches. Concurrent fetches of
+//! one digest share one origin request.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use wasmtime::Result;
+
+use crate::blobstore::{BlobDigest, BlobStore, StoreError};
+use crate::runtime::PluginShared;
+use crate::runtime::contract::depin::plugin::blobs::{BlobError, BlobStat, Host, StoreUsage};
+use crate::runtime::state::CallState;
+
+/// Most bytes one `read-range` returns.
+pub const MAX_READ_BYTES: u32 = 1 << 20;
+/// Most blobs one `list-blobs` returns.
+pub const MAX_LIST: u32 = 10_000;
+
+impl CallState {
+    fn blob_store(&self) -> Result<Arc<BlobStore>, BlobError> {
+        self.plugin.blobs.clone().ok_or(BlobError::Unavailable)
+    }
+
+    fn blob_io(&self, op: &str, e: impl std::fmt::Display) -> BlobError {
+        tracing::warn!(plugin = %self.plugin.name, request_id = %self.request_id, error = %e, "blobs {op} failed");
+        BlobError::Io(e.to_string())
+    }
+}
+
+/// `fetch-into` after the boundary checks: one origin request per digest
+/// at a time, streamed to disk, committed only if the digest matches.
+async fn fetch_blob(
+    plugin: &PluginShared,
+    store: &Arc<BlobStore>,
+    url: &str,
+    digest: &BlobDigest,
+    headers: &[(String, String)],
+) -> Result<u64, BlobError> {
+    let outbound = &plugin.outbound_http;
+    let uri = outbound
+        .check(url)
+        .map_err(|e| BlobError::Denied(e.to_string()))?;
+    let _flight = store.flight(digest).await;
+    // Whoever held the flight before us may have stored it.
+    if let Some(size) = store
+        .stat(digest)
+        .map_err(|e| BlobError::Io(e.to_string()))?
+    {
+        return Ok(size);
+    }
+    let response = outbound
+        .send("GET", uri, headers, Vec::new())
+        .await
+        .map_err(|e| BlobError::Io(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(BlobError::OriginStatus(response.status().as_u16()));
+    }
+    let size_hint = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut writer = store.begin(digest, size_hint).map_err(store_error)?;
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BlobError::Io(format!("reading from the origin: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            writer.write(data).map_err(store_error)?;
+        }
+    }
+    // fsync and rename off the async workers: a large blob's fsync can take
+    // a while.
+    let size = tokio::task::spawn_blocking(move || writer.commit())
+        .await
+        .map_err(|e| BlobError::Io(format!("the commit task failed: {e}")))?
+        .map_err(store_error)?;
+    tracing::debug!(plugin = %plugin.name, digest = digest.as_str(), size, "blob fetched");
+    Ok(size)
+}
+
+fn store_error(e: StoreError) -> BlobError {
+    match e {
+        StoreError::QuotaExceeded { needed, .. } => BlobError::QuotaExceeded(needed),
+        StoreError::TooLarge { quota } => BlobError::TooLarge(quota),
+        StoreError::DigestMismatch { actual } => BlobError::DigestMismatch(actual),
+        StoreError::Io(e) => BlobError::Io(e.to_string()),
+    }
+}
+
+fn parse(digest: &str) -> Result<BlobDigest, BlobError> {
+    BlobDigest::parse(digest).map_err(BlobError::InvalidDigest)
+}
+
+impl Host for CallState {
+    fn stat(&mut self, digest: String) -> Result<Result<BlobStat, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let d = parse(&digest)?;
+            match store.stat(&d) {
+                Ok(Some(size)) => Ok(BlobStat { digest, size }),
+                Ok(None) => Err(BlobError::NotFound),
+                Err(e) => Err(self.blob_io("stat", e)),
+            }
+        })();
+        Ok(r)
+    }
+
+    fn has(&mut self, digest: String) -> Result<bool> {
+        let (Ok(store), Ok(d)) = (self.blob_store(), parse(&digest)) else {
+            return Ok(false);
+        };
+        Ok(matches!(store.stat(&d), Ok(Some(_))))
+    }
+
+    fn delete(&mut self, digest: String) -> Result<Result<bool, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let d = parse(&digest)?;
+            store.delete(&d).map_err(|e| self.blob_io("delete", e))
+        })();
+        Ok(r)
+    }
+
+    fn list_blobs(
+        &mut self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Result<Vec<BlobStat>, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let listed = store
+                .list(after.as_deref(), limit.min(MAX_LIST) as usize)
+                .map_err(|e| self.blob_io("list", e))?;
+            Ok(listed
+                .into_iter()
+                .map(|(d, size)| BlobStat {
+                    digest: d.as_str().to_string(),
+                    size,
+                })
+                .collect())
+        })();
+        Ok(r)
+    }
+
+    fn usage(&mut self) -> Result<Result<StoreUsage, BlobError>> {
+        Ok(self.blob_store().map(|s| {
+            let u = s.usage();
+            StoreUsage {
+                bytes: u.bytes,
+                count: u.count,
+                quota: u.quota,
+            }
+        }))
+    }
+
+    fn read_range(
+        &mut self,
+        digest: String,
+        offset: u64,
+        length: u32,
+    ) -> Result<Result<Vec<u8>, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let d = parse(&digest)?;
+            match store.read_range(&d, offset, length.min(MAX_READ_BYTES) as usize) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(BlobError::NotFound),
+                Err(e) => Err(self.blob_io("read", e)),
+            }
+        })();
+        Ok(r)
+    }
+
+    fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<Result<BlobStat, BlobError>> {
+        let r = (|| {
+            let store = self.blob_store()?;
+            let d = parse(&digest)?;
+            if let Ok(Some(size)) = store.stat(&d) {
+                return Ok(size);
+            }
+            let mut writer = store
+                .begin(&d, Some(bytes.len() as u64))
+                .map_err(store_error)?;
+            writer.write(&bytes).map_err(store_error)?;
+            writer.commit().map_err(store_error)
+        })();
+        Ok(r.map(|size| BlobStat { digest, size }))
+    }
+
+    async fn fetch_into(
+        &mut self,
+        url: String,
+        digest: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<Result<BlobStat, BlobError>> {
+        let store = match self.blob_store() {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let d = match parse(&digest) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Ok(Some(size)) = store.stat(&d) {
+            return Ok(Ok(BlobStat { digest, size }));
+        }
+        let plugin = self.plugin.clone();
+        Ok(fetch_blob(&plugin, &store, &url, &d, &headers)
+            .await
+            .map(|size| BlobStat { digest, size }))
+    }
+}

@@ -1,0 +1,638 @@
+//! The storage-cache plugin: a content-addressed pull-through blob cache
+//! that registry clients can use as an OCI distribution mirror. The plugin
+//! decides; the host moves the bytes: misses are fetched by the host
+//! straight to disk (`blobs::fetch_into`, verified against the digest) and
+//! hits are streamed by the host from disk (`HttpResponse::blob`).
+//!
+//! Routes (below the plugin's route prefix, which is usually `/`):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET\|HEAD /blobs/sha256:<hex>` | the blob; a miss is pulled from `{origin}/sha256:<hex>` |
+//! | `GET /v2/` | 200 (registry API version check) |
+//! | `GET\|HEAD /v2/<name>/blobs/<digest>` | the blob; a miss is pulled from the upstream registry |
+//! | `GET\|HEAD /v2/<name>/manifests/<digest>` | the manifest, cached like a blob |
+//! | `GET\|HEAD /v2/<name>/manifests/<tag>` | the manifest the tag points to; the tag is re-resolved upstream after `tag_ttl_ms` |
+//!
+//! Configuration (`[plugin.config]`): `origin` (base URL for `/blobs/`),
+//! `upstream` (base URL of the upstream registry), `tag_ttl_ms` (default
+//! 60000). Both URLs must also be on the plugin's `[plugin.outbound] http`
+//! allow-list, and the plugin needs `[plugin.blobs]`.
+//!
+//! When a new blob does not fit the quota, the least recently used blobs are
+//! evicted (access times in kv); a blob bigger than the whole quota is
+//! served pass-through (through the plugin's memory, up to the host's 8 MiB
+//! response limit) and not stored.
+//!
+//! Metering: `cache-hits` and `cache-misses` (subject and evidence: the
+//! digest), `blobs-stored` (quantity: bytes; subject: digest; evidence: the
+//! blob's chunk Merkle root, see [`merkle`]), `byte-seconds` (bytes stored
+//! times seconds, sampled on `tick`). The host itself attests the bytes
+//! served (`bytes-out`).
+//!
+//! Challenge kind `chunk-possession`: see [`merkle::ChunkChallenge`].
+
+pub mod merkle;
+mod oci;
+
+use depin_plugin_sdk::blobs::{self, BlobError};
+use depin_plugin_sdk::outbound_http;
+use depin_plugin_sdk::{
+    Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, Usage, config,
+    export_plugin, kv, log, meter_usage,
+};
+use sha2::{Digest, Sha256};
+
+use merkle::{ChunkChallenge, ChunkProof};
+
+/// The storage-cache plugin.
+pub struct StorageCache;
+
+const OCTET_STREAM: &str = "application/octet-stream";
+const DEFAULT_TAG_TTL_MS: u64 = 60_000;
+/// Media types a registry client accepts for manifests, when it names none.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+impl Plugin for StorageCache {
+    fn describe() -> PluginInfo {
+        PluginInfo::new(
+            "storage-cache",
+            env!("CARGO_PKG_VERSION"),
+            ResourceKind::StorageCache,
+        )
+        .unit("cache-hits", "one blob request served from the store")
+        .unit("cache-misses", "one blob request pulled from the origin")
+        .unit(
+            "blobs-stored",
+            "one byte of a blob newly stored (evidence: its chunk Merkle root)",
+        )
+        .unit("byte-seconds", "one byte kept stored for one second")
+    }
+
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        for (key, value) in &config {
+            match key.as_str() {
+                "origin" | "upstream" => {
+                    if !(value.starts_with("http://") || value.starts_with("https://")) {
+                        return Err(format!(
+                            "config `{key}` = `{value}` must be an http:// or https:// URL"
+                        ));
+                    }
+                }
+                "tag_ttl_ms" => {
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| format!("config `tag_ttl_ms` = `{value}`: {e}"))?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown config key `{other}` (known: origin, upstream, tag_ttl_ms)"
+                    ));
+                }
+            }
+        }
+        match blobs::usage() {
+            Ok(u) => log::info(&format!(
+                "storage-cache ready: {} blobs, {} of {} bytes stored",
+                u.count, u.bytes, u.quota
+            )),
+            Err(e) => return Err(format!("needs a blob store ([plugin.blobs]): {e}")),
+        }
+        Ok(())
+    }
+
+    fn handle_http(req: HttpRequest) -> HttpResponse {
+        if req.method != "GET" && req.method != "HEAD" {
+            return HttpResponse::text(405, "only GET and HEAD").with_header("allow", "GET, HEAD");
+        }
+        let path = req.path.trim_end_matches('/');
+        if let Some(digest) = path.strip_prefix("/blobs/") {
+            let Some(origin) = config::get("origin") else {
+                return serve_or_404(digest);
+            };
+            let url = format!("{}/{digest}", origin.trim_end_matches('/'));
+            return blob(digest, &url, &[], OCTET_STREAM);
+        }
+        if req.path == "/v2/" || req.path == "/v2" {
+            return HttpResponse::json(200, &serde_json::json!({}))
+                .with_header("docker-distribution-api-version", "registry/2.0");
+        }
+        if let Some(rest) = req.path.strip_prefix("/v2/") {
+            return match oci::parse(rest) {
+                Ok(oci::Request::Blob { name, digest }) => {
+                    let url = match upstream(&format!("/v2/{name}/blobs/{digest}")) {
+                        Ok(u) => u,
+                        Err(r) => return r,
+                    };
+                    blob(digest, &url, &[], OCTET_STREAM)
+                        .with_header("docker-content-digest", digest)
+                }
+                Ok(oci::Request::Manifest { name, reference }) => manifest(&req, name, reference),
+                Err(message) => oci_error(400, "NAME_INVALID", &message),
+            };
+        }
+        HttpResponse::text(404, &format!("no route for {}", req.path))
+    }
+
+    fn tick(now_ms: u64) {
+        let Ok(usage) = blobs::usage() else { return };
+        let last = kv::get_json::<u64>("meta/last-tick-ms").ok().flatten();
+        if let Some(last) = last.filter(|l| *l < now_ms) {
+            let byte_seconds = usage.bytes.saturating_mul(now_ms - last) / 1000;
+            record(Usage::new("byte-seconds", byte_seconds));
+        }
+        if let Err(e) = kv::set_json("meta/last-tick-ms", &now_ms) {
+            log::warn(&format!("cannot keep the tick time: {e}"));
+        }
+    }
+
+    fn prove(c: Challenge) -> Result<Proof, String> {
+        if c.kind != "chunk-possession" {
+            return Err(format!("challenge kind `{}` is not supported", c.kind));
+        }
+        let params: ChunkChallenge =
+            serde_json::from_slice(&c.params).map_err(|e| format!("params: {e}"))?;
+        let stat = blobs::stat(&params.digest).map_err(|e| format!("{}: {e}", params.digest))?;
+        let count = merkle::chunk_count(stat.size);
+        if params.chunk >= count {
+            return Err(format!("chunk {} of {count}", params.chunk));
+        }
+        let (leaves, chunk) = chunk_leaves(&params.digest, stat.size, Some(params.chunk))?;
+        let chunk = chunk.unwrap_or_default();
+        let proof = ChunkProof {
+            bound: hex::encode(merkle::bind(&c.nonce, &chunk)),
+            path: merkle::path(&leaves, params.chunk as usize)
+                .iter()
+                .map(hex::encode)
+                .collect(),
+            chunk: hex::encode(&chunk),
+        };
+        Ok(Proof {
+            challenge_id: c.id,
+            payload: serde_json::to_vec(&proof).map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn verify(c: Challenge, p: Proof) -> bool {
+        if c.kind != "chunk-possession" || p.challenge_id != c.id {
+            return false;
+        }
+        let (Ok(params), Ok(proof)) = (
+            serde_json::from_slice::<ChunkChallenge>(&c.params),
+            serde_json::from_slice::<ChunkProof>(&p.payload),
+        ) else {
+            return false;
+        };
+        merkle::check(&params, &c.nonce, &proof).is_ok()
+    }
+}
+
+export_plugin!(StorageCache);
+
+/// `{upstream}{path}`, or the answer when no upstream is configured.
+fn upstream(path: &str) -> Result<String, HttpResponse> {
+    config::get("upstream")
+        .map(|u| format!("{}{path}", u.trim_end_matches('/')))
+        .ok_or_else(|| {
+            oci_error(
+                404,
+                "NAME_UNKNOWN",
+                "this mirror has no upstream configured",
+            )
+        })
+}
+
+fn oci_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::json(
+        status,
+        &serde_json::json!({ "errors": [{ "code": code, "message": message }] }),
+    )
+}
+
+fn record(u: Usage) {
+    if let Err(e) = meter_usage(u) {
+        log::error(&format!("cannot meter: {e}"));
+    }
+}
+
+fn evidence(digest: &str) -> Vec<u8> {
+    hex::decode(digest.trim_start_matches("sha256:")).unwrap_or_default()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Notes that `digest` was just used (for least-recently-used eviction).
+fn touch(digest: &str) {
+    if let Err(e) = kv::set_json(&format!("atime/{digest}"), &now_us()) {
+        log::warn(&format!("cannot record the access time of {digest}: {e}"));
+    }
+}
+
+/// The blob `digest` from the store, or 404.
+fn serve_or_404(digest: &str) -> HttpResponse {
+    if let Err(e) = blobs::stat(digest) {
+        return match e {
+            BlobError::InvalidDigest(m) => HttpResponse::text(400, &m),
+            _ => HttpResponse::text(404, &format!("{digest} is not stored")),
+        };
+    }
+    hit(digest, OCTET_STREAM)
+}
+
+fn hit(digest: &str, content_type: &str) -> HttpResponse {
+    touch(digest);
+    record(
+        Usage::new("cache-hits", 1)
+            .subject(digest)
+            .evidence(evidence(digest)),
+    );
+    HttpResponse::blob(200, content_type, digest)
+}
+
+/// A blob request: a hit from the store, or a miss pulled from `url`.
+fn blob(digest: &str, url: &str, headers: &[(String, String)], content_type: &str) -> HttpResponse {
+    match blobs::stat(digest) {
+        Ok(_) => return hit(digest, content_type),
+        Err(BlobError::InvalidDigest(m)) => return HttpResponse::text(400, &m),
+        Err(_) => {}
+    }
+    match fetch_with_eviction(url, digest, headers) {
+        Ok(size) => {
+            stored(digest, size);
+            touch(digest);
+            record(
+                Usage::new("cache-misses", 1)
+                    .subject(digest)
+                    .evidence(evidence(digest)),
+            );
+            HttpResponse::blob(200, content_type, digest)
+        }
+        Err(BlobError::TooLarge(quota)) => pass_through(digest, url, headers, content_type, quota),
+        Err(e) => miss_failed(digest, e),
+    }
+}
+
+fn miss_failed(digest: &str, e: BlobError) -> HttpResponse {
+    match e {
+        BlobError::OriginStatus(404) => {
+            HttpResponse::text(404, &format!("{digest} is not at the origin"))
+        }
+        BlobError::DigestMismatch(actual) => {
+            log::warn(&format!(
+                "origin sent bytes hashing to {actual} for {digest}; not stored"
+            ));
+            HttpResponse::text(502, &format!("the origin's bytes do not match {digest}"))
+        }
+        BlobError::InvalidDigest(m) => HttpResponse::text(400, &m),
+        other => {
+            log::warn(&format!("cannot pull {digest}: {other}"));
+            HttpResponse::text(
+                502,
+                &format!("cannot pull {digest} from the origin: {other}"),
+            )
+        }
+    }
+}
+
+/// `fetch_into`, evicting least recently used blobs when the quota is in
+/// the way.
+fn fetch_with_eviction(
+    url: &str,
+    digest: &str,
+    headers: &[(String, String)],
+) -> Result<u64, BlobError> {
+    for _ in 0..4 {
+        match blobs::fetch_into(url, digest, headers) {
+            Ok(stat) => return Ok(stat.size),
+            Err(BlobError::QuotaExceeded(needed)) => evict(needed, digest)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(BlobError::Io("the store stayed full after evicting".into()))
+}
+
+/// Stores `bytes` (already fetched) as `digest`, evicting when needed.
+fn put_with_eviction(digest: &str, bytes: &[u8]) -> Result<u64, BlobError> {
+    for _ in 0..4 {
+        match blobs::put(digest, bytes) {
+            Ok(stat) => return Ok(stat.size),
+            Err(BlobError::QuotaExceeded(needed)) => evict(needed, digest)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(BlobError::Io("the store stayed full after evicting".into()))
+}
+
+/// Deletes least recently used blobs (never `keep`) until `needed` bytes
+/// are free.
+fn evict(needed: u64, keep: &str) -> Result<(), BlobError> {
+    let mut stored = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = blobs::list(after.as_deref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.digest.clone());
+        stored.extend(page);
+    }
+    let mut by_age: Vec<(u64, String, u64)> = stored
+        .into_iter()
+        .filter(|b| b.digest != keep)
+        .map(|b| {
+            let atime = kv::get_json::<u64>(&format!("atime/{}", b.digest))
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            (atime, b.digest, b.size)
+        })
+        .collect();
+    by_age.sort();
+    let mut freed = 0;
+    for (_, digest, size) in by_age {
+        if freed >= needed {
+            break;
+        }
+        if blobs::delete(&digest)? {
+            freed += size;
+            log::info(&format!("evicted {digest} ({size} bytes)"));
+        }
+        let _ = kv::delete(&format!("atime/{digest}"));
+        let _ = kv::delete(&format!("root/{digest}"));
+        let _ = kv::delete(&format!("type/{digest}"));
+    }
+    Ok(())
+}
+
+/// Computes and keeps the chunk Merkle root of a newly stored blob, and
+/// commits it through metering.
+fn stored(digest: &str, size: u64) {
+    let root = match chunk_leaves(digest, size, None) {
+        Ok((leaves, _)) => merkle::root(&leaves),
+        Err(e) => {
+            log::warn(&format!("cannot hash {digest} into chunks: {e}"));
+            return;
+        }
+    };
+    if let Err(e) = kv::set(&format!("root/{digest}"), hex::encode(root).as_bytes()) {
+        log::warn(&format!("cannot keep the root of {digest}: {e}"));
+    }
+    record(
+        Usage::new("blobs-stored", size)
+            .subject(digest)
+            .evidence(root.to_vec()),
+    );
+}
+
+/// The chunk leaves of the stored blob, and the bytes of chunk `want`.
+fn chunk_leaves(
+    digest: &str,
+    size: u64,
+    want: Option<u64>,
+) -> Result<(Vec<merkle::Hash>, Option<Vec<u8>>), String> {
+    let count = merkle::chunk_count(size);
+    let mut leaves = Vec::with_capacity(count as usize);
+    let mut wanted = None;
+    for i in 0..count {
+        let bytes = blobs::read_range(digest, i * merkle::CHUNK, merkle::CHUNK as u32)
+            .map_err(|e| e.to_string())?;
+        leaves.push(merkle::leaf(&bytes));
+        if want == Some(i) {
+            wanted = Some(bytes);
+        }
+    }
+    Ok((leaves, wanted))
+}
+
+/// A blob bigger than the whole quota: fetched through the plugin and
+/// served without storing it.
+fn pass_through(
+    digest: &str,
+    url: &str,
+    headers: &[(String, String)],
+    content_type: &str,
+    quota: u64,
+) -> HttpResponse {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let response = match outbound_http::get(url, &headers) {
+        Ok(r) => r,
+        Err(e) => return HttpResponse::text(502, &format!("cannot pull {digest}: {e}")),
+    };
+    if response.status != 200 {
+        return HttpResponse::text(
+            502,
+            &format!("the origin answered {} for {digest}", response.status),
+        );
+    }
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&response.body)));
+    if actual != digest {
+        return miss_failed(digest, BlobError::DigestMismatch(actual));
+    }
+    log::info(&format!(
+        "{digest} ({} bytes) is larger than the quota of {quota} bytes; served without storing",
+        response.body.len()
+    ));
+    record(
+        Usage::new("cache-misses", 1)
+            .subject(digest)
+            .evidence(evidence(digest)),
+    );
+    HttpResponse::bytes(200, content_type, response.body)
+}
+
+/// A manifest request: by digest it is cached like a blob; by tag it is
+/// resolved upstream at most once per `tag_ttl_ms`.
+fn manifest(req: &HttpRequest, name: &str, reference: &str) -> HttpResponse {
+    let accept = req.header("accept").unwrap_or(MANIFEST_TYPES).to_string();
+    let digest = if reference.starts_with("sha256:") {
+        reference.to_string()
+    } else {
+        match resolve_tag(name, reference, &accept) {
+            Ok(d) => d,
+            Err(r) => return r,
+        }
+    };
+    let content_type = kv::get(&format!("type/{digest}"))
+        .ok()
+        .flatten()
+        .and_then(|t| String::from_utf8(t).ok());
+    if let (true, Some(t)) = (blobs::has(&digest), &content_type) {
+        return hit(&digest, t).with_header("docker-content-digest", &digest);
+    }
+    let url = match upstream(&format!("/v2/{name}/manifests/{digest}")) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match fetch_manifest(&url, &digest, &accept) {
+        Ok(t) => HttpResponse::blob(200, &t, &digest).with_header("docker-content-digest", &digest),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TagEntry {
+    digest: String,
+    fetched_us: u64,
+}
+
+/// The digest `name:tag` points to: from kv while fresh, else upstream
+/// (which also stores the manifest).
+fn resolve_tag(name: &str, tag: &str, accept: &str) -> Result<String, HttpResponse> {
+    let key = format!("tag/{name}:{tag}");
+    let ttl_ms = config::parse::<u64>("tag_ttl_ms")
+        .ok()
+        .flatten()
+        .unwrap_or(DEFAULT_TAG_TTL_MS);
+    if let Ok(Some(entry)) = kv::get_json::<TagEntry>(&key)
+        && now_us().saturating_sub(entry.fetched_us) < ttl_ms * 1000
+        && blobs::has(&entry.digest)
+    {
+        return Ok(entry.digest);
+    }
+    let url = upstream(&format!("/v2/{name}/manifests/{tag}"))?;
+    let response = outbound_http::get(&url, &[("accept", accept)])
+        .map_err(|e| oci_error(502, "UNKNOWN", &format!("cannot reach the upstream: {e}")))?;
+    if response.status != 200 {
+        return Err(upstream_answer(response));
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&response.body)));
+    let content_type = response
+        .header("content-type")
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    keep_manifest(&digest, &content_type, &response.body)
+        .map_err(|e| oci_error(502, "UNKNOWN", &format!("cannot store the manifest: {e}")))?;
+    let entry = TagEntry {
+        digest: digest.clone(),
+        fetched_us: now_us(),
+    };
+    if let Err(e) = kv::set_json(&key, &entry) {
+        log::warn(&format!("cannot remember tag {name}:{tag}: {e}"));
+    }
+    Ok(digest)
+}
+
+/// Fetches the manifest `digest` upstream, checks and stores it; returns
+/// its media type.
+fn fetch_manifest(url: &str, digest: &str, accept: &str) -> Result<String, HttpResponse> {
+    let response = outbound_http::get(url, &[("accept", accept)])
+        .map_err(|e| oci_error(502, "UNKNOWN", &format!("cannot reach the upstream: {e}")))?;
+    if response.status != 200 {
+        return Err(upstream_answer(response));
+    }
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&response.body)));
+    if actual != digest {
+        return Err(miss_failed(digest, BlobError::DigestMismatch(actual)));
+    }
+    let content_type = response
+        .header("content-type")
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    keep_manifest(digest, &content_type, &response.body).map_err(|e| miss_failed(digest, e))?;
+    record(
+        Usage::new("cache-misses", 1)
+            .subject(digest)
+            .evidence(evidence(digest)),
+    );
+    Ok(content_type)
+}
+
+/// The upstream's non-200 answer, passed on to the client.
+fn upstream_answer(response: outbound_http::OutboundResponse) -> HttpResponse {
+    let content_type = response
+        .header("content-type")
+        .unwrap_or("application/json")
+        .to_string();
+    HttpResponse::bytes(response.status, &content_type, response.body)
+}
+
+fn keep_manifest(digest: &str, content_type: &str, body: &[u8]) -> Result<(), BlobError> {
+    let fresh = !blobs::has(digest);
+    let size = put_with_eviction(digest, body)?;
+    if fresh {
+        stored(digest, size);
+    }
+    touch(digest);
+    kv::set(&format!("type/{digest}"), content_type.as_bytes())
+        .map_err(|e| BlobError::Io(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use depin_plugin_sdk::Body;
+    use depin_plugin_sdk::testing::{TestHost, sha256_digest};
+
+    use super::*;
+
+    fn host(quota: u64) -> TestHost {
+        let host = TestHost::install(&[("origin", "http://origin.test/b")]);
+        host.enable_blobs(quota);
+        host.declare_units(&["cache-hits", "cache-misses", "blobs-stored", "byte-seconds"]);
+        host
+    }
+
+    fn get(path: &str) -> HttpResponse {
+        StorageCache::handle_http(HttpRequest::new("GET", path))
+    }
+
+    #[test]
+    fn a_miss_is_pulled_once_then_served_from_the_store() {
+        let host = host(1 << 20);
+        let bytes = vec![7u8; 1000];
+        let digest = sha256_digest(&bytes);
+        host.serve_url(
+            &format!("http://origin.test/b/{digest}"),
+            200,
+            bytes.clone(),
+        );
+        for _ in 0..2 {
+            let r = get(&format!("/blobs/{digest}"));
+            assert_eq!(r.status, 200);
+            assert!(matches!(&r.body, Body::Blob(b) if b.digest == digest));
+        }
+        assert_eq!(host.fetched().len(), 1);
+        assert_eq!(host.blob(&digest), Some(bytes));
+        assert_eq!(host.total("cache-misses"), 1);
+        assert_eq!(host.total("cache-hits"), 1);
+        assert_eq!(host.total("blobs-stored"), 1000);
+        assert!(host.kv(&format!("root/{digest}")).is_some());
+    }
+
+    #[test]
+    fn wrong_bytes_are_a_502_and_nothing_is_kept() {
+        let host = host(1 << 20);
+        let digest = sha256_digest(b"wanted");
+        host.serve_url(
+            &format!("http://origin.test/b/{digest}"),
+            200,
+            b"other".to_vec(),
+        );
+        assert_eq!(get(&format!("/blobs/{digest}")).status, 502);
+        assert_eq!(host.blob(&digest), None);
+        assert_eq!(host.total("cache-misses"), 0);
+    }
+
+    #[test]
+    fn init_refuses_unknown_keys_and_a_missing_blob_store() {
+        let _host = TestHost::install(&[]);
+        assert!(
+            StorageCache::init(vec![])
+                .unwrap_err()
+                .contains("[plugin.blobs]")
+        );
+        let host = TestHost::install(&[]);
+        host.enable_blobs(10);
+        let e = StorageCache::init(vec![("orign".into(), "x".into())]).unwrap_err();
+        assert!(e.contains("unknown config key `orign`"), "{e}");
+        assert!(StorageCache::init(vec![("upstream".into(), "ftp://x".into())]).is_err());
+        assert!(StorageCache::init(vec![("tag_ttl_ms".into(), "5000".into())]).is_ok());
+    }
+}

@@ -1,0 +1,506 @@
+//! The storage-cache plugin end to end: a real registry (`docker-registry`)
+//! and a small counting origin behind the gateway, a real registry client
+//! (`skopeo`) and a real HTTP client in front of it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use depin_e2e::registry::{Origin, Registry, pseudo_random, sha256_digest};
+use depin_e2e::{Home, PluginSpec, plugin};
+use depin_gateway::RunningGateway;
+use depin_gateway::ledger::LedgerReader;
+use depin_gateway::runtime::contract::{Challenge, Proof};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A gateway home with the storage-cache plugin at `/`, allowed to reach
+/// `origins`, with `quota` bytes of blob store and `config` lines.
+fn cache_home(origins: &[String], quota: u64, config: String) -> Home {
+    cache_home_with(origins, "", quota, config)
+}
+
+/// [`cache_home`] with extra lines for `[plugin.outbound]`.
+fn cache_home_with(origins: &[String], outbound: &str, quota: u64, config: String) -> Home {
+    let allow: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
+    let table = format!(
+        "[plugin.blobs]\nquota_bytes = {quota}\n[plugin.outbound]\nhttp = [{}]\n{outbound}\n",
+        allow.join(", ")
+    );
+    let spec = PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
+        .table(table.leak())
+        .config(config.leak());
+    Home::new(&[spec], "")
+}
+
+fn blob_file(home: &Home, digest: &str) -> PathBuf {
+    home.data_dir()
+        .join("blobs/cache/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("request");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+async fn skopeo_copy(gateway: SocketAddr, image: &str, dest: &Path) {
+    let src = format!("docker://{gateway}/{image}");
+    let dest = format!("dir:{}", dest.display());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--src-tls-verify=false",
+                &src,
+                &dest,
+            ])
+            .output()
+            .expect("run skopeo (apt-get install skopeo)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_an_image_through_the_mirror_and_a_second_pull_never_reaches_the_origin() {
+    let registry = Registry::start().await;
+    let layers = vec![pseudo_random(700 * 1024, 1), pseudo_random(3000, 2)];
+    let (manifest, config, layer_digests) = registry.push_image("demo/app", "v1", &layers).await;
+    let home = cache_home(
+        &[registry.url()],
+        64 << 20,
+        format!("upstream = \"{}\"\n", registry.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let out = tempfile::tempdir().unwrap();
+
+    skopeo_copy(gw.http_addr, "demo/app:v1", &out.path().join("first")).await;
+    for digest in layer_digests.iter().chain([&config]) {
+        let file = out
+            .path()
+            .join("first")
+            .join(digest.trim_start_matches("sha256:"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(&sha256_digest(&bytes), digest);
+        assert!(blob_file(&home, digest).exists(), "{digest} not cached");
+    }
+    let pulled = std::fs::read(out.path().join("first/manifest.json")).unwrap();
+    assert_eq!(sha256_digest(&pulled), manifest);
+    let origin_requests = registry.requests("/v2/demo/app/");
+    assert!(origin_requests >= 4, "{origin_requests}");
+
+    skopeo_copy(gw.http_addr, "demo/app:v1", &out.path().join("second")).await;
+    for digest in layer_digests.iter().chain([&config]) {
+        let file = out
+            .path()
+            .join("second")
+            .join(digest.trim_start_matches("sha256:"));
+        assert_eq!(&sha256_digest(&std::fs::read(file).unwrap()), digest);
+    }
+    assert_eq!(
+        registry.requests("/v2/demo/app/"),
+        origin_requests,
+        "the second pull reached the origin"
+    );
+    // A registry client's version check and an unknown repository.
+    assert_eq!(call(gw.http_addr, "GET", "/v2/", &[]).await.0, 200);
+    let (status, _, _) = call(gw.http_addr, "GET", "/v2/demo/nothing/manifests/v1", &[]).await;
+    assert_eq!(status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_blobs_answer_range_head_and_if_none_match() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let bytes = pseudo_random(100_000, 3);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let home = cache_home(
+        &[origin.url()],
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.http_addr;
+    let path = format!("/blobs/{digest}");
+
+    let (status, headers, body) = call(addr, "GET", &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), bytes.as_slice());
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{digest}\""));
+    assert_eq!(headers["content-length"], "100000");
+
+    let (status, headers, body) = call(addr, "GET", &path, &[("range", "bytes=10-19")]).await;
+    assert_eq!(status, 206);
+    assert_eq!(headers["content-range"], "bytes 10-19/100000");
+    assert_eq!(body.as_ref(), &bytes[10..20]);
+
+    let (status, headers, body) = call(addr, "GET", &path, &[("range", "bytes=-5")]).await;
+    assert_eq!(status, 206);
+    assert_eq!(headers["content-range"], "bytes 99995-99999/100000");
+    assert_eq!(body.as_ref(), &bytes[99_995..]);
+
+    let (status, headers, body) = call(addr, "HEAD", &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], "100000");
+    assert!(body.is_empty());
+
+    let (status, _, body) = call(addr, "GET", &path, &[("if-none-match", &etag)]).await;
+    assert_eq!(status, 304);
+    assert!(body.is_empty());
+
+    let (status, headers, _) = call(addr, "GET", &path, &[("range", "bytes=100000-")]).await;
+    assert_eq!(status, 416);
+    assert_eq!(headers["content-range"], "bytes */100000");
+
+    assert_eq!(origin.total(), 1, "hits must not reach the origin");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_get_502_and_nothing_is_stored_and_traversal_gets_400() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let claimed = sha256_digest(b"the bytes the client wants");
+    origin.serve(
+        &format!("/b/{claimed}"),
+        b"something else entirely".to_vec(),
+    );
+    let home = cache_home(
+        &[origin.url()],
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.http_addr;
+
+    let (status, _, _) = call(addr, "GET", &format!("/blobs/{claimed}"), &[]).await;
+    assert_eq!(status, 502);
+    assert!(!blob_file(&home, &claimed).exists());
+    let tmp = home.data_dir().join("blobs/cache/tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temp file left"
+    );
+
+    for path in [
+        "/blobs/sha256:..%2F..%2Fledger.redb",
+        "/blobs/../../ledger.redb",
+        "/blobs/sha256:../../../etc/passwd",
+        "/v2/demo/app/blobs/sha256:..%2f..",
+        "/v2/../x/manifests/latest",
+    ] {
+        let (status, _, body) = call(addr, "GET", path, &[]).await;
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, _, _) = call(addr, "GET", &format!("/blobs/{}", sha256_digest(b"x")), &[]).await;
+    assert_eq!(status, 404, "missing at the origin");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_digest_cause_one_origin_fetch() {
+    let origin = Origin::start(Duration::from_millis(300)).await;
+    let bytes = pseudo_random(200_000, 4);
+    let digest = sha256_digest(&bytes);
+    let origin_path = format!("/b/{digest}");
+    origin.serve(&origin_path, bytes.clone());
+    let home = cache_home(
+        &[origin.url()],
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let path = format!("/blobs/{digest}");
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let path = path.clone();
+            let addr = gw.http_addr;
+            tokio::spawn(async move { call(addr, "GET", &path, &[]).await })
+        })
+        .collect();
+    for c in calls {
+        let (status, _, body) = c.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.as_ref(), bytes.as_slice());
+    }
+    assert_eq!(origin.hits(&origin_path), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_recently_used_blob_is_evicted_and_oversized_blobs_pass_through() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let blobs: Vec<(String, Vec<u8>)> = (10..13)
+        .map(|seed| {
+            let b = pseudo_random(100_000, seed);
+            (sha256_digest(&b), b)
+        })
+        .collect();
+    let big = pseudo_random(300_000, 20);
+    let big_digest = sha256_digest(&big);
+    for (d, b) in blobs.iter().chain([&(big_digest.clone(), big.clone())]) {
+        origin.serve(&format!("/b/{d}"), b.clone());
+    }
+    let home = cache_home(
+        &[origin.url()],
+        250_000,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let get = |d: &String| {
+        let path = format!("/blobs/{d}");
+        let addr = gw.http_addr;
+        async move { call(addr, "GET", &path, &[]).await }
+    };
+    let (a, b, c) = (&blobs[0].0, &blobs[1].0, &blobs[2].0);
+    assert_eq!(get(a).await.0, 200);
+    assert_eq!(get(b).await.0, 200);
+    assert_eq!(get(a).await.0, 200); // a is now more recent than b
+    let (status, _, body) = get(c).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), blobs[2].1.as_slice());
+    assert!(blob_file(&home, a).exists(), "a was used recently");
+    assert!(
+        !blob_file(&home, b).exists(),
+        "b was the least recently used"
+    );
+    assert!(blob_file(&home, c).exists());
+
+    let (status, _, body) = get(&big_digest).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), big.as_slice());
+    assert!(
+        !blob_file(&home, &big_digest).exists(),
+        "larger than the quota"
+    );
+    assert!(blob_file(&home, a).exists() && blob_file(&home, c).exists());
+    gw.shutdown().await;
+}
+
+fn challenge(digest: &str, chunk: u64, nonce: &[u8], root: &str, size: u64) -> Challenge {
+    Challenge {
+        id: format!("c-{chunk}"),
+        kind: "chunk-possession".into(),
+        nonce: nonce.to_vec(),
+        params: serde_json::to_vec(&serde_json::json!({
+            "digest": digest, "chunk": chunk, "root": root, "size": size,
+        }))
+        .unwrap(),
+    }
+}
+
+async fn prove_and_verify(gw: &RunningGateway, prove: &Challenge, verify: &Challenge) -> bool {
+    let rid = "proof".into();
+    let cache = &gw.plugins[0];
+    let proof: Proof = cache
+        .prove(&rid, prove.clone())
+        .await
+        .result
+        .expect("call")
+        .expect("prove");
+    let mut proof = proof;
+    proof.challenge_id = verify.id.clone();
+    cache
+        .verify(&rid, verify.clone(), proof)
+        .await
+        .result
+        .expect("call")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn possession_proofs_verify_and_fail_on_corruption_wrong_nonce_or_wrong_chunk() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let bytes = pseudo_random(600 * 1024, 5);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let home = cache_home(
+        &[origin.url()],
+        4 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    assert_eq!(
+        call(gw.http_addr, "GET", &format!("/blobs/{digest}"), &[])
+            .await
+            .0,
+        200
+    );
+    gw.shutdown().await;
+
+    // The root the plugin committed in the ledger when it stored the blob.
+    let mut root = None;
+    LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            if r.unit == "blobs-stored" && r.subject.as_deref() == Some(digest.as_str()) {
+                assert_eq!(r.quantity, bytes.len() as u64);
+                root = r.evidence.map(hex::encode);
+            }
+            true
+        })
+        .unwrap();
+    let root = root.expect("a blobs-stored record with the root as evidence");
+    let size = bytes.len() as u64;
+
+    let gw = RunningGateway::start(&home.config())
+        .await
+        .expect("restart");
+    let c1 = challenge(&digest, 1, b"nonce-1", &root, size);
+    assert!(prove_and_verify(&gw, &c1, &c1).await, "an honest proof");
+    let c2 = challenge(&digest, 2, b"nonce-1", &root, size);
+    assert!(
+        prove_and_verify(&gw, &c2, &c2).await,
+        "the short last chunk"
+    );
+    let other_nonce = challenge(&digest, 1, b"nonce-2", &root, size);
+    assert!(
+        !prove_and_verify(&gw, &c1, &other_nonce).await,
+        "wrong nonce"
+    );
+    let other_chunk = challenge(&digest, 0, b"nonce-1", &root, size);
+    assert!(
+        !prove_and_verify(&gw, &c1, &other_chunk).await,
+        "wrong chunk"
+    );
+
+    // Corrupt one byte of chunk 1 on disk: its proof no longer verifies.
+    let file = blob_file(&home, &digest);
+    let mut on_disk = std::fs::read(&file).unwrap();
+    on_disk[300 * 1024] ^= 0xff;
+    std::fs::write(&file, on_disk).unwrap();
+    assert!(!prove_and_verify(&gw, &c1, &c1).await, "corrupted chunk");
+    // A blob that is gone cannot be proven at all.
+    std::fs::remove_file(&file).unwrap();
+    let gone = gw.plugins[0]
+        .prove(&"p".into(), c1.clone())
+        .await
+        .result
+        .unwrap();
+    assert!(gone.is_err());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origins_are_reached_with_rustls_and_unlisted_origins_are_denied() {
+    let origin = Origin::start_tls(Duration::ZERO).await;
+    let bytes = pseudo_random(50_000, 6);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_file, origin.ca_pem.as_deref().unwrap()).unwrap();
+    let home = cache_home_with(
+        &[origin.url()],
+        &format!("http_ca_file = \"{}\"", ca_file.display()),
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{digest}"), &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.as_ref(), bytes.as_slice());
+    assert_eq!(origin.total(), 1);
+    gw.shutdown().await;
+
+    // The same origin, not on the allow-list: refused before connecting.
+    let home = cache_home(&[], 1 << 20, format!("origin = \"{}/b\"\n", origin.url()));
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let other = sha256_digest(b"other");
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{other}"), &[]).await;
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("allow-list"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(origin.total(), 1, "a denied origin must not be contacted");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_misses_stored_bytes_served_bytes_and_byte_seconds_are_metered() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let bytes = pseudo_random(30_000, 7);
+    let digest = sha256_digest(&bytes);
+    origin.serve(&format!("/b/{digest}"), bytes.clone());
+    let table = format!(
+        "tick_interval_ms = 100\n[plugin.blobs]\nquota_bytes = 1000000\n\
+         [plugin.outbound]\nhttp = [\"{}\"]\n",
+        origin.url()
+    );
+    let spec = PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
+        .table(table.leak())
+        .config(format!("origin = \"{}/b\"\n", origin.url()).leak());
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let path = format!("/blobs/{digest}");
+    assert_eq!(call(gw.http_addr, "GET", &path, &[]).await.0, 200);
+    assert_eq!(call(gw.http_addr, "GET", &path, &[]).await.0, 200);
+    let (status, _, _) = call(gw.http_addr, "GET", &path, &[("range", "bytes=0-9")]).await;
+    assert_eq!(status, 206);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.shutdown().await;
+
+    let mut total = std::collections::BTreeMap::<(String, String), u64>::new();
+    let mut subjects = Vec::new();
+    LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            let source = format!("{:?}", r.source).to_lowercase();
+            if r.unit.starts_with("cache-") {
+                subjects.push((r.subject.clone(), r.evidence.clone()));
+            }
+            *total.entry((source, r.unit)).or_default() += r.quantity;
+            true
+        })
+        .unwrap();
+    let get = |source: &str, unit: &str| {
+        total
+            .get(&(source.to_string(), unit.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(get("plugin", "cache-misses"), 1);
+    assert_eq!(get("plugin", "cache-hits"), 2);
+    assert_eq!(get("plugin", "blobs-stored"), bytes.len() as u64);
+    assert!(get("plugin", "byte-seconds") > 0, "{total:?}");
+    let served = 2 * bytes.len() as u64 + 10;
+    assert!(get("host", "bytes-out") >= served, "{total:?}");
+    assert!(get("host", "bytes-out") < served + 3000, "{total:?}");
+    let evidence = hex::decode(digest.trim_start_matches("sha256:")).unwrap();
+    for (subject, ev) in subjects {
+        assert_eq!(subject.as_deref(), Some(digest.as_str()));
+        assert_eq!(ev.as_deref(), Some(evidence.as_slice()));
+    }
+}

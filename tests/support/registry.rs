@@ -1,0 +1,409 @@
+//! Real origins for the storage-cache tests: Debian's `docker-registry`
+//! (an OCI distribution registry) on a loopback port with its own temp
+//! storage, and a small HTTP origin that serves fixed bodies and counts
+//! requests. Both stop when dropped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A `docker-registry` process serving on a free loopback port.
+pub struct Registry {
+    child: Child,
+    pub addr: SocketAddr,
+    access_log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Registry {
+    /// Starts the registry and waits until `GET /v2/` answers.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("write registry config");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        let stdout = child.stdout.take().expect("stdout");
+        let access_log = Arc::new(Mutex::new(Vec::new()));
+        let sink = access_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let registry = Self {
+            child,
+            addr,
+            access_log,
+            _dir: dir,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _, _)) = registry.request("GET", "/v2/", &[], Bytes::new()).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        registry
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Access-log lines of requests whose path starts with `prefix`.
+    pub fn requests(&self, prefix: &str) -> usize {
+        self.access_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!(" {prefix}")))
+            .count()
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path_or_url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+        let uri = if path_or_url.starts_with("http") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.url())
+        };
+        let mut req = hyper::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .client
+            .request(req.body(Full::new(body)).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, body))
+    }
+
+    /// Pushes a blob to `name` (monolithic upload); returns its digest.
+    pub async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
+        let digest = sha256_digest(bytes);
+        let (status, headers, body) = self
+            .request(
+                "POST",
+                &format!("/v2/{name}/blobs/uploads/"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .expect("start upload");
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+        let location = headers["location"].to_str().unwrap().to_string();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let (status, _, body) = self
+            .request(
+                "PUT",
+                &format!("{location}{sep}digest={digest}"),
+                &[("content-type", "application/octet-stream")],
+                Bytes::copy_from_slice(bytes),
+            )
+            .await
+            .expect("finish upload");
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        digest
+    }
+
+    /// Pushes an OCI image `name:tag` with one layer per entry of `layers`
+    /// (each an uncompressed tar holding one file). Returns the manifest's
+    /// digest, the config's digest and the layers' digests.
+    pub async fn push_image(
+        &self,
+        name: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+    ) -> (String, String, Vec<String>) {
+        let mut layer_digests = Vec::new();
+        let mut descriptors = Vec::new();
+        for (i, content) in layers.iter().enumerate() {
+            let tar = tar_with_one_file(&format!("file{i}.bin"), content);
+            let digest = self.push_blob(name, &tar).await;
+            descriptors.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": digest,
+                "size": tar.len(),
+            }));
+            layer_digests.push(digest);
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": layer_digests },
+        })
+        .to_string();
+        let config_digest = self.push_blob(name, config.as_bytes()).await;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": descriptors,
+        })
+        .to_string();
+        let (status, _, body) = self
+            .request(
+                "PUT",
+                &format!("/v2/{name}/manifests/{tag}"),
+                &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+                Bytes::from(manifest.clone()),
+            )
+            .await
+            .expect("push manifest");
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        (
+            sha256_digest(manifest.as_bytes()),
+            config_digest,
+            layer_digests,
+        )
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A ustar archive with one regular file.
+pub fn tar_with_one_file(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(format!("{:011o}\0", content.len()).as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend_from_slice(content);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+    tar.extend_from_slice(&[0u8; 1024]);
+    tar
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so blobs differ per seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 origin on a loopback port: answers `GET <path>` with
+/// the body registered for it (404 otherwise), after an optional delay,
+/// and counts the requests per path. Stops when dropped.
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// The PEM certificate to trust, for an origin started with
+    /// [`Origin::start_tls`].
+    pub ca_pem: Option<String>,
+    scheme: &'static str,
+    bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    /// A plain-HTTP origin.
+    pub async fn start(delay: Duration) -> Self {
+        Self::start_with(delay, None).await
+    }
+
+    /// An HTTPS origin (rustls) with a fresh self-signed certificate for
+    /// 127.0.0.1, generated here; trust [`Origin::ca_pem`] to reach it.
+    pub async fn start_tls(delay: Duration) -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+            .expect("generate a test certificate");
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server TLS config");
+        let mut origin = Self::start_with(
+            delay,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await;
+        origin.ca_pem = Some(certified.cert.pem());
+        origin
+    }
+
+    async fn start_with(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let bodies: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let total = Arc::new(AtomicUsize::new(0));
+        let (b, h, t) = (bodies.clone(), hits.clone(), total.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (b, h, t) = (b.clone(), h.clone(), t.clone());
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let served = Served {
+                        bodies: b,
+                        hits: h,
+                        total: t,
+                        delay,
+                    };
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                served.answer_one(stream).await;
+                            }
+                        }
+                        None => served.answer_one(stream).await,
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            ca_pem: None,
+            scheme,
+            bodies,
+            hits,
+            total,
+            task,
+        }
+    }
+
+    /// `http://<addr>` or `https://<addr>`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// Serves `body` at `path`.
+    pub fn serve(&self, path: &str, body: Vec<u8>) {
+        self.bodies.lock().unwrap().insert(path.to_string(), body);
+    }
+
+    /// Requests received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received in all.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Served {
+    bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Served {
+    /// One request per connection: read the head, answer, close.
+    async fn answer_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        self.total.fetch_add(1, Ordering::SeqCst);
+        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        tokio::time::sleep(self.delay).await;
+        let body = self.bodies.lock().unwrap().get(&path).cloned();
+        let (status, body) = match body {
+            Some(body) => ("200 OK", body),
+            None => ("404 Not Found", b"not here".to_vec()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
+    }
+}
