@@ -26,6 +26,8 @@ pub enum StartError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Plugin(#[from] crate::runtime::LoadError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -55,10 +57,13 @@ impl RunningGateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
         let ledger = Ledger::open(&config.data_dir)?;
-        let runtime = Arc::new(Runtime::new(
-            &config.runtime,
-            Some(&config.data_dir.join("compiled")),
-        )?);
+        let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?;
+        if config.plugins.iter().any(|p| p.jobs.is_some()) {
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?;
+            runtime = runtime.with_jobs(Arc::new(jobs));
+        }
+        let runtime = Arc::new(runtime);
         let mut plugins = Vec::new();
         let mut routed = Vec::new();
         for p in &config.plugins {

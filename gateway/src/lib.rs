@@ -7,6 +7,7 @@ pub mod config;
 pub mod gateway;
 pub mod identity;
 pub mod ingress;
+pub mod jobs;
 pub mod ledger;
 pub mod runtime;
 pub mod telemetry;

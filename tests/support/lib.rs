@@ -50,6 +50,28 @@ pub fn plugin(file_stem: &str) -> PathBuf {
     path
 }
 
+/// Builds the job modules of `tests/jobs` for wasm32-wasip1 once per test
+/// process and returns the bytes of `name`'s module, e.g. `job_module("sha256")`.
+pub fn job_module(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = workspace();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target_dir = root.join("target");
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--profile", "plugin", "--target", "wasm32-wasip1"])
+            .args(["-p", "test-jobs", "--bins"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .expect("run cargo to build the test job modules");
+        assert!(status.success(), "building the test job modules failed (is the wasm32-wasip1 target installed? `rustup target add wasm32-wasip1`)");
+        target_dir.join("wasm32-wasip1/plugin")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A `[[plugin]]` table for a test configuration.
 pub struct PluginSpec {
     pub name: &'static str,

@@ -9,7 +9,11 @@ use wasmtime::component::Component;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "resource-plugin",
-    imports: { default: trappable },
+    imports: {
+        "depin:plugin/jobs.put-module": async | trappable,
+        "depin:plugin/jobs.run": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });
 
@@ -44,7 +48,7 @@ pub const REQUIRED_EXPORTS: [&str; 8] = [
 ];
 
 /// Interfaces of the contract a plugin may import.
-pub const CONTRACT_IMPORTS: [&str; 5] = ["types", "metering", "kv", "log", "config"];
+pub const CONTRACT_IMPORTS: [&str; 6] = ["types", "metering", "kv", "log", "config", "jobs"];
 
 /// What a component imports and exports, by name.
 #[derive(Debug, Clone, Default, serde::Serialize)]

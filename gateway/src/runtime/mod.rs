@@ -30,6 +30,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
+    jobs: Option<Arc<crate::jobs::JobEngine>>,
 }
 
 /// Why the runtime could not start.
@@ -65,6 +66,7 @@ impl Runtime {
             cache_dir: cache_dir.map(Path::to_path_buf),
             tick,
             ticker_stop,
+            jobs: None,
         })
     }
 
@@ -76,6 +78,17 @@ impl Runtime {
     /// Compiles the component at `path`, or loads it from the compile cache.
     pub fn compile(&self, path: &Path) -> Result<(Component, String, CacheOutcome), String> {
         cache::compile(&self.engine, self.cache_dir.as_deref(), path)
+    }
+
+    /// Offers the `jobs` capability, backed by `jobs`, to plugins that have
+    /// a `[plugin.jobs]` table.
+    pub fn with_jobs(mut self, jobs: Arc<crate::jobs::JobEngine>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    pub(crate) fn jobs(&self) -> Option<&Arc<crate::jobs::JobEngine>> {
+        self.jobs.as_ref()
     }
 
     pub(crate) fn linker(&self) -> &Linker<CallState> {

@@ -3,6 +3,7 @@
 //! plugin as WIT errors; host faults trap the call and are logged.
 
 mod config;
+pub(crate) mod jobs;
 mod kv;
 mod log;
 mod metering;
