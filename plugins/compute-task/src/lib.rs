@@ -303,7 +303,7 @@ fn run(job: queue::Job) -> Result<(), String> {
     let result = jobs::run(
         &job.module,
         &input,
-        job.fuel,
+        job.fuel_limit,
         job.memory_mb,
         Some(&job.submitter),
     );

@@ -58,8 +58,8 @@ pub struct Job {
     pub state: State,
     /// `sha256:<hex>` of the module.
     pub module: String,
-    /// Fuel limit.
-    pub fuel: u64,
+    /// The most fuel the job may use.
+    pub fuel_limit: u64,
     pub memory_mb: u32,
     pub priority: u8,
     pub submitter: String,
@@ -143,7 +143,7 @@ pub fn enqueue(s: Submission, queue_limit: u32) -> Result<Job, EnqueueError> {
         id: id.clone(),
         state: State::Queued,
         module: s.module,
-        fuel: s.fuel,
+        fuel_limit: s.fuel,
         memory_mb: s.memory_mb,
         priority: s.priority,
         submitter: s.submitter,
