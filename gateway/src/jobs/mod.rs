@@ -88,6 +88,7 @@ pub struct JobEngine {
     root: PathBuf,
     linked: Mutex<HashMap<String, InstancePre<JobState>>>,
     workers: Semaphore,
+    metered: bool,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -102,11 +103,22 @@ impl JobEngine {
     /// Opens (creating if needed) the job store at `root`. At most
     /// `workers` jobs run at once; more wait their turn.
     pub fn open(root: &Path, workers: usize) -> Result<Self, JobsError> {
+        Self::open_with(root, workers, true)
+    }
+
+    /// Like [`open`](Self::open) but without fuel metering: jobs have no
+    /// fuel limit and report 0 fuel. Only for measuring what metering
+    /// costs; the gateway never uses it.
+    pub fn open_unmetered(root: &Path, workers: usize) -> Result<Self, JobsError> {
+        Self::open_with(root, workers, false)
+    }
+
+    fn open_with(root: &Path, workers: usize, metered: bool) -> Result<Self, JobsError> {
         let fail = |problem: String| JobsError {
             root: root.to_path_buf(),
             problem,
         };
-        let engine = sandbox::engine().map_err(|e| fail(format!("{e:#}")))?;
+        let engine = sandbox::engine(metered).map_err(|e| fail(format!("{e:#}")))?;
         let linker = sandbox::linker(&engine).map_err(|e| fail(format!("{e:#}")))?;
         for dir in ["modules", "compiled"] {
             std::fs::create_dir_all(root.join(dir)).map_err(|e| fail(e.to_string()))?;
@@ -117,6 +129,7 @@ impl JobEngine {
             root: root.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
             workers: Semaphore::new(workers.max(1)),
+            metered,
         })
     }
 
@@ -181,7 +194,7 @@ impl JobEngine {
         let module = module.to_string();
         tokio::task::spawn_blocking(move || {
             let pre = this.linked_module(&plugin, &module).map_err(no_fuel)?;
-            sandbox::run(&this.engine, &pre, input, limits)
+            sandbox::run(&this.engine, this.metered, &pre, input, limits)
         })
         .await
         .map_err(|e| no_fuel(JobError::Host(format!("the job task failed: {e}"))))?

@@ -10,10 +10,12 @@ use super::{JobError, JobFailure, JobOutput};
 /// Builds the job engine. Everything that could make two runs of the same
 /// job differ is off: NaNs are canonicalized, relaxed SIMD (whose results
 /// may depend on the CPU) is off, there are no threads or shared memories.
-/// Fuel is on: it is both the job's budget and its attested cost.
-pub fn engine() -> wasmtime::Result<Engine> {
+/// With `metered`, fuel is on: it is both the job's budget and its
+/// attested cost. (Unmetered engines exist only to measure what metering
+/// costs.)
+pub fn engine(metered: bool) -> wasmtime::Result<Engine> {
     let mut c = Config::new();
-    c.consume_fuel(true);
+    c.consume_fuel(metered);
     c.cranelift_nan_canonicalization(true);
     c.wasm_relaxed_simd(false);
     c.relaxed_simd_deterministic(true);
@@ -83,6 +85,7 @@ impl ResourceLimiter for JobLimiter {
 /// Limits of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunLimits {
+    /// Fuel budget; ignored (and 0 reported) by an unmetered engine.
     pub fuel: u64,
     pub memory_bytes: usize,
     pub max_output: usize,
@@ -92,6 +95,7 @@ pub struct RunLimits {
 /// the calling thread for as long as the job runs (bounded by its fuel).
 pub fn run(
     engine: &Engine,
+    metered: bool,
     pre: &InstancePre<JobState>,
     input: Vec<u8>,
     limits: RunLimits,
@@ -110,14 +114,19 @@ pub fn run(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store
-        .set_fuel(limits.fuel)
-        .map_err(|e| failure(JobError::Host(format!("{e:#}")), 0))?;
+    if metered {
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| failure(JobError::Host(format!("{e:#}")), 0))?;
+    }
     let result = pre.instantiate(&mut store).and_then(|instance| {
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call(&mut store, ())
     });
-    let fuel = limits.fuel - store.get_fuel().unwrap_or(0);
+    let fuel = match store.get_fuel() {
+        Ok(left) => limits.fuel - left,
+        Err(_) => 0,
+    };
     let state = store.into_data();
     let exit_code = match result {
         Ok(()) => 0,
