@@ -48,21 +48,34 @@ fn algorithms() -> Vec<Algorithm> {
     ]
 }
 
-/// Runs `f` repeatedly for at least `budget` (and 3 times at least);
-/// returns runs per second.
-async fn rate<F, Fut>(budget: Duration, mut f: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    f().await; // warm up
-    let started = Instant::now();
-    let mut n = 0u32;
-    while n < 3 || started.elapsed() < budget {
-        f().await;
-        n += 1;
+/// Runs the variants in interleaved rounds (one run of each per round,
+/// so load drifts on a shared machine hit all of them alike) for at least
+/// `budget` and 5 rounds; returns runs per second of each.
+async fn rates<'a>(budget: Duration, variants: &mut [&mut dyn FnMut() -> Run<'a>]) -> Vec<f64> {
+    for v in variants.iter_mut() {
+        v().await; // warm up
     }
-    f64::from(n) / started.elapsed().as_secs_f64()
+    let mut spent = vec![Duration::ZERO; variants.len()];
+    let started = Instant::now();
+    let mut rounds = 0u32;
+    while rounds < 5 || started.elapsed() < budget {
+        for (v, t) in variants.iter_mut().zip(&mut spent) {
+            let s = Instant::now();
+            v().await;
+            *t += s.elapsed();
+        }
+        rounds += 1;
+    }
+    spent
+        .iter()
+        .map(|t| f64::from(rounds) / t.as_secs_f64())
+        .collect()
+}
+
+type Run<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+fn boxed<'a>(f: impl std::future::Future<Output = ()> + 'a) -> Run<'a> {
+    Box::pin(f)
 }
 
 fn open(dir: &Path, metered: bool) -> Arc<JobEngine> {
@@ -107,25 +120,33 @@ pub async fn jobs_vs_native(budget: Duration) {
             .expect("the job finishes");
         assert_eq!(first.output, expected, "{}: job and native agree", a.name);
 
-        let native = rate(budget, || async {
-            std::hint::black_box((a.native)(std::hint::black_box(&a.input)));
-        })
-        .await;
-        let job = rate(budget, || async {
-            let out = metered
-                .run(PLUGIN, &digest, a.input.clone(), limits)
-                .await
-                .expect("the job finishes");
-            assert_eq!(out.fuel, first.fuel, "deterministic fuel");
-        })
-        .await;
-        let free = rate(budget, || async {
-            unmetered
-                .run(PLUGIN, &digest, a.input.clone(), limits)
-                .await
-                .expect("the job finishes");
-        })
-        .await;
+        let input = &a.input;
+        let native_fn = a.native;
+        let (m, u, d) = (&metered, &unmetered, &digest);
+        let expected_fuel = first.fuel;
+        let mut native = move || {
+            boxed(async move {
+                std::hint::black_box(native_fn(std::hint::black_box(input)));
+            })
+        };
+        let mut job = move || {
+            boxed(async move {
+                let out = m
+                    .run(PLUGIN, d, input.clone(), limits)
+                    .await
+                    .expect("the job finishes");
+                assert_eq!(out.fuel, expected_fuel, "deterministic fuel");
+            })
+        };
+        let mut free = move || {
+            boxed(async move {
+                u.run(PLUGIN, d, input.clone(), limits)
+                    .await
+                    .expect("the job finishes");
+            })
+        };
+        let r = rates(budget, &mut [&mut native, &mut job, &mut free]).await;
+        let (native, job, free) = (r[0], r[1], r[2]);
         println!(
             "   {:<36} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x {:>8.1}% {:>14}",
             a.name,

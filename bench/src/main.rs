@@ -62,7 +62,7 @@ async fn main() {
         start_to_ready().await;
     }
     if run("5") {
-        compute::jobs_vs_native(Duration::from_secs(secs.min(3))).await;
+        compute::jobs_vs_native(Duration::from_secs(secs * 2)).await;
     }
 }
 
