@@ -158,6 +158,25 @@ pub async fn jobs_vs_native(budget: Duration) {
             first.fuel
         );
     }
+    let tiny = metered
+        .put_module(PLUGIN, job_module("exit7"), 4 << 20)
+        .await
+        .expect("a valid module");
+    let m = &metered;
+    let t = &tiny;
+    let mut empty = move || {
+        boxed(async move {
+            let out = m
+                .run(PLUGIN, t, Vec::new(), limits)
+                .await
+                .expect("the job finishes");
+            assert_eq!(out.exit_code, 7);
+        })
+    };
+    let per_job = 1e6 / rates(budget / 4, &mut [&mut empty]).await[0];
+    println!(
+        "   fixed cost of one job (worker hand-off, fresh store, instantiate; a module that prints a line): {per_job:.0} µs"
+    );
     println!(
         "   native÷job: how many times faster native Rust is; fuel cost: extra time of a metered run over an unmetered one\n"
     );
