@@ -61,14 +61,14 @@ pub fn job_module(name: &str) -> Vec<u8> {
         let target_dir = root.join("target");
         let status = Command::new(cargo)
             .current_dir(&root)
-            // Release (opt-level 3), as the native side of the benchmark.
-            .args(["build", "--release", "--target", "wasm32-wasip1"])
+            // opt-level 3, as the native side of the benchmark.
+            .args(["build", "--profile", "job", "--target", "wasm32-wasip1"])
             .args(["-p", "test-jobs", "--bins"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test job modules");
         assert!(status.success(), "building the test job modules failed (is the wasm32-wasip1 target installed? `rustup target add wasm32-wasip1`)");
-        target_dir.join("wasm32-wasip1/release")
+        target_dir.join("wasm32-wasip1/job")
     });
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
