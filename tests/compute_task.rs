@@ -5,11 +5,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use depin_e2e::{Home, HttpClient, PluginSpec, job_module, plugin};
+use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, job_module, plugin};
 use depin_gateway::RunningGateway;
 use depin_gateway::ledger::{LedgerReader, Source, UsageRecord};
 use depin_gateway::runtime::contract::{Challenge, Proof};
 use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
 /// The compute plugin at `/c`, draining its queue every 50 ms when `ticks`.
 fn home(ticks: bool, queue_limit: u32) -> Home {
@@ -403,4 +405,42 @@ async fn canary_proofs_verify_by_re_execution_and_forgeries_do_not() {
             .unwrap()
     );
     gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_and_finished_jobs_survive_kill_9() {
+    let home = home(false, 100);
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    let sha = upload(&http, "sha256").await;
+    let a = submit(&http, &format!("module={sha}"), "before the crash").await;
+    let b = submit(&http, &format!("module={sha}&priority=7"), "also before").await;
+    gw.kill_9();
+
+    // Back up with ticks on: both queued jobs run.
+    let text = std::fs::read_to_string(&home.config_path).unwrap();
+    let ticking = text.replacen("[plugin.jobs]", "tick_interval_ms = 50\n[plugin.jobs]", 1);
+    std::fs::write(&home.config_path, ticking).unwrap();
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    for (id, input) in [(&a, "before the crash"), (&b, "also before")] {
+        let job = finished(&http, id).await;
+        assert_eq!(
+            job["output"],
+            test_jobs::sha256_hex(input.as_bytes()),
+            "{job}"
+        );
+    }
+    gw.kill_9();
+
+    // And once more: the finished jobs and their outputs are still there.
+    let gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    let done = json(&http.get("/c/jobs?state=done").await.body);
+    assert_eq!(done["jobs"], serde_json::json!([a, b]));
+    let raw = http.get(&format!("/c/jobs/{b}/output")).await;
+    assert_eq!(
+        raw.body.as_ref(),
+        test_jobs::sha256_hex(b"also before").as_bytes()
+    );
 }

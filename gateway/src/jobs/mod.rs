@@ -87,7 +87,7 @@ pub struct JobEngine {
     linker: Linker<JobState>,
     root: PathBuf,
     linked: Mutex<HashMap<String, InstancePre<JobState>>>,
-    workers: Semaphore,
+    workers: Arc<Semaphore>,
     metered: bool,
 }
 
@@ -128,7 +128,7 @@ impl JobEngine {
             linker,
             root: root.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
-            workers: Semaphore::new(workers.max(1)),
+            workers: Arc::new(Semaphore::new(workers.max(1))),
             metered,
         })
     }
@@ -149,10 +149,20 @@ impl JobEngine {
         }
         let this = self.clone();
         let plugin = plugin.to_string();
-        let _permit = self.workers.acquire().await.expect("never closed");
-        tokio::task::spawn_blocking(move || this.put_module_blocking(&plugin, &wasm))
+        // The permit moves into the worker: a caller that gives up waiting
+        // does not free the worker's slot before the work is done.
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| ModuleError::Store(format!("the compile task failed: {e}")))?
+            .expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.put_module_blocking(&plugin, &wasm)
+        })
+        .await
+        .map_err(|e| ModuleError::Store(format!("the compile task failed: {e}")))?
     }
 
     fn put_module_blocking(&self, plugin: &str, wasm: &[u8]) -> Result<String, ModuleError> {
@@ -188,11 +198,17 @@ impl JobEngine {
         limits: RunLimits,
     ) -> Result<JobOutput, JobFailure> {
         let no_fuel = |error| JobFailure { error, fuel: 0 };
-        let _permit = self.workers.acquire().await.expect("never closed");
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let this = self.clone();
         let plugin = plugin.to_string();
         let module = module.to_string();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pre = this.linked_module(&plugin, &module).map_err(no_fuel)?;
             sandbox::run(&this.engine, this.metered, &pre, input, limits)
         })
@@ -330,13 +346,14 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The evidence hash of a finished job: `sha256(module digest || 0x00 ||
-/// sha256(input) || sha256(output))`. The host attaches it to its
-/// `job-fuel` record; a plugin can attach the same hash to its own claim.
-pub fn evidence(module: &str, input: &[u8], output: &[u8]) -> [u8; 32] {
+/// sha256(input) || sha256(output))`, from the input's sha256. The host
+/// attaches it to its `job-fuel` record; a plugin can attach the same hash
+/// to its own claim.
+pub fn evidence(module: &str, input_sha256: &[u8; 32], output: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(module.as_bytes());
     h.update([0]);
-    h.update(Sha256::digest(input));
+    h.update(input_sha256);
     h.update(Sha256::digest(output));
     h.finalize().into()
 }

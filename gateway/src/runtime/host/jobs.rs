@@ -3,6 +3,7 @@
 //! runs on a worker thread. The fuel it consumed is recorded as a host
 //! record that survives whatever the plugin does next.
 
+use sha2::{Digest, Sha256};
 use wasmtime::Result;
 
 use crate::jobs::{JobError as EngineError, ModuleError as EngineModuleError, RunLimits};
@@ -95,14 +96,15 @@ impl Host for CallState {
             memory_bytes: (memory_mb as usize) << 20,
             max_output: caps.max_output_bytes as usize,
         };
+        let input_sha256: [u8; 32] = Sha256::digest(&input).into();
         let result = jobs
             .engine
-            .run(&self.plugin.name, &module, input.clone(), limits)
+            .run(&self.plugin.name, &module, input, limits)
             .await;
         let (consumed, evidence) = match &result {
             Ok(out) => (
                 out.fuel,
-                Some(crate::jobs::evidence(&module, &input, &out.output).to_vec()),
+                Some(crate::jobs::evidence(&module, &input_sha256, &out.output).to_vec()),
             ),
             Err(f) => (f.fuel, None),
         };
