@@ -444,3 +444,22 @@ async fn queued_and_finished_jobs_survive_kill_9() {
         test_jobs::sha256_hex(b"also before").as_bytes()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_jobs_table_the_plugin_refuses_to_load_and_says_why() {
+    let home = Home::new(
+        &[PluginSpec::new(
+            "compute",
+            plugin("compute_task_plugin"),
+            "/c",
+        )],
+        "",
+    );
+    let e = RunningGateway::start(&home.config())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("plugin `compute`"), "{e}");
+    assert!(e.contains("add a [plugin.jobs] table"), "{e}");
+}
