@@ -8,7 +8,11 @@ CARGO ?= cargo
 CONFIG ?= deploy/gateway.toml
 WASM_TARGET := wasm32-wasip2
 # Every plugin component the gateway and its tests use.
-PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin -p storage-cache-plugin
+PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin
+PLUGINS += -p storage-cache-plugin
+PLUGINS += -p compute-task-plugin
+# Job modules (WASI preview 1) of the compute-task tests and benchmark.
+JOB_TARGET := wasm32-wasip1
 
 .PHONY: run test plugins gateway wasm-target bench lint clean
 
@@ -21,6 +25,7 @@ test: plugins
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup target list --installed | grep -qx $(JOB_TARGET) || rustup target add $(JOB_TARGET)
 
 plugins: wasm-target
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(PLUGINS)

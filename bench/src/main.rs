@@ -10,6 +10,9 @@
 //! 3. Durable usage records/s: 64 concurrent writers with group commit vs
 //!    one fsync per record.
 //! 4. Start-to-ready with the compile cache cold vs warm.
+//! 5. Compute jobs vs native Rust, fuel on vs off (see `compute.rs`).
+
+mod compute;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,6 +60,9 @@ async fn main() {
     }
     if run("4") {
         start_to_ready().await;
+    }
+    if run("5") {
+        compute::jobs_vs_native(Duration::from_secs(secs * 2)).await;
     }
 }
 

@@ -137,6 +137,9 @@ pub struct PluginConfig {
     /// default.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Caps of the `jobs` capability; the plugin gets the capability only
+    /// when this table is present.
+    pub jobs: Option<JobsConfig>,
 }
 
 /// `[plugin.blobs]`: a content-addressed blob store under
@@ -186,6 +189,35 @@ pub fn parse_http_origin(origin: &str) -> Result<(String, String, u16), String> 
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
     Ok((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// `[plugin.jobs]`: the caps of one plugin's deterministic jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Most fuel one job may be given.
+    pub max_fuel: u64,
+    /// Most linear memory one job may be given, in MiB.
+    pub max_memory_mb: u64,
+    /// Largest output one job may write, in bytes.
+    pub max_output_bytes: u64,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: u64,
+    /// Most jobs the plugin keeps queued (passed to the plugin; its queue
+    /// answers 429 past it).
+    pub queue_limit: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_fuel: 10_000_000_000,
+            max_memory_mb: 64,
+            max_output_bytes: 1 << 20,
+            max_module_bytes: 4 << 20,
+            queue_limit: 1000,
+        }
+    }
 }
 
 /// Sandbox limits of one plugin.
@@ -381,6 +413,9 @@ impl GatewayConfig {
                     return Err((key(&format!("outbound.http[{j}]")), problem));
                 }
             }
+            if let Some(j) = &p.jobs {
+                validate_jobs(j).map_err(|(k, problem)| (key(&format!("jobs.{k}")), problem))?;
+            }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
                     return Err((
@@ -424,6 +459,28 @@ fn config_value_string(v: &toml::Value) -> Option<String> {
         toml::Value::Boolean(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+fn validate_jobs(j: &JobsConfig) -> Result<(), (String, String)> {
+    positive("max_fuel", j.max_fuel)?;
+    positive("max_memory_mb", j.max_memory_mb)?;
+    positive("max_output_bytes", j.max_output_bytes)?;
+    positive("max_module_bytes", j.max_module_bytes)?;
+    positive("queue_limit", j.queue_limit)?;
+    for (key, value, most) in [
+        ("max_memory_mb", j.max_memory_mb, 4096),
+        ("max_output_bytes", j.max_output_bytes, 64 << 20),
+        ("max_module_bytes", j.max_module_bytes, 64 << 20),
+        ("queue_limit", j.queue_limit, 1_000_000),
+    ] {
+        if value > most {
+            return Err((
+                key.into(),
+                format!("{value} is above the maximum of {most}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), (String, String)> {
@@ -560,6 +617,25 @@ mod tests {
         let e = parse("[http]\nmax_header_bytes = 100\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("http.max_header_bytes"), "{e}");
         assert!(e.problem.contains("8192"), "{e}");
+    }
+
+    #[test]
+    fn jobs_table_is_optional_and_checked() {
+        let base = "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+        assert!(parse(base).unwrap().plugins[0].jobs.is_none());
+        let c = parse(&format!("{base}[plugin.jobs]\nmax_fuel = 5\n")).unwrap();
+        let j = c.plugins[0].jobs.as_ref().unwrap();
+        assert_eq!((j.max_fuel, j.max_memory_mb), (5, 64));
+        let e = parse(&format!("{base}[plugin.jobs]\nmax_memory_mb = 5000\n")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("plugin[0].jobs.max_memory_mb"),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[plugin.jobs]\nqueue_limit = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].jobs.queue_limit"), "{e}");
+        let e = parse(&format!("{base}[plugin.jobs]\nfuel = 1\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].jobs.fuel"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum StartError {
     Epochs(#[from] crate::epochs::EpochStoreError),
     #[error(transparent)]
     Tls(#[from] crate::upstream::tls::TlsError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -61,10 +63,14 @@ impl RunningGateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
         let ledger = Ledger::open(&config.data_dir)?;
-        let runtime = Arc::new(
-            Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
-                .with_blob_root(config.data_dir.join("blobs")),
-        );
+        let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
+            .with_blob_root(config.data_dir.join("blobs"));
+        if config.plugins.iter().any(|p| p.jobs.is_some()) {
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?;
+            runtime = runtime.with_jobs(Arc::new(jobs));
+        }
+        let runtime = Arc::new(runtime);
         let mut plugins = Vec::new();
         let mut routed = Vec::new();
         for p in &config.plugins {

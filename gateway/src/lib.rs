@@ -9,6 +9,7 @@ pub mod epochs;
 pub mod gateway;
 pub mod identity;
 pub mod ingress;
+pub mod jobs;
 pub mod ledger;
 pub mod proofs;
 pub mod rewards;

@@ -88,6 +88,13 @@ pub use bindings::depin::plugin::types::{
     UnitInfo, Usage,
 };
 
+/// Deterministic WebAssembly jobs (`depin:plugin/jobs`) for plugins with a
+/// `[plugin.jobs]` table: store a WASI preview-1 module, run it on an input
+/// with a fuel and memory limit, get its output and the fuel it used. Jobs
+/// run only inside the gateway; the native [`testing::TestHost`] does not
+/// provide them (calling them natively panics).
+pub use bindings::depin::plugin::jobs;
+
 #[doc(hidden)]
 pub mod __private {
     pub use wit_bindgen;

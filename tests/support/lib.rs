@@ -42,6 +42,7 @@ pub fn plugin(file_stem: &str) -> PathBuf {
             .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
             .args(["-p", "template-plugin", "-p", "hostile-plugin", "-p", "other-world-plugin"])
             .args(["-p", "storage-cache-plugin"])
+            .args(["-p", "compute-task-plugin"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test plugins");
@@ -51,6 +52,29 @@ pub fn plugin(file_stem: &str) -> PathBuf {
     let path = dir.join(format!("{file_stem}.wasm"));
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Builds the job modules of `tests/jobs` for wasm32-wasip1 once per test
+/// process and returns the bytes of `name`'s module, e.g. `job_module("sha256")`.
+pub fn job_module(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = workspace();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target_dir = root.join("target");
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            // opt-level 3, as the native side of the benchmark.
+            .args(["build", "--profile", "job", "--target", "wasm32-wasip1"])
+            .args(["-p", "test-jobs", "--bins"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .expect("run cargo to build the test job modules");
+        assert!(status.success(), "building the test job modules failed (is the wasm32-wasip1 target installed? `rustup target add wasm32-wasip1`)");
+        target_dir.join("wasm32-wasip1/job")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A `[[plugin]]` table for a test configuration.

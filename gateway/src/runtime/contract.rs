@@ -12,6 +12,8 @@ wasmtime::component::bindgen!({
     imports: {
         "depin:plugin/blobs.fetch-into": async | trappable,
         "depin:plugin/outbound-http.fetch": async | trappable,
+        "depin:plugin/jobs.put-module": async | trappable,
+        "depin:plugin/jobs.run": async | trappable,
         default: trappable,
     },
     exports: { default: async },
@@ -48,7 +50,7 @@ pub const REQUIRED_EXPORTS: [&str; 8] = [
 ];
 
 /// Interfaces of the contract a plugin may import.
-pub const CONTRACT_IMPORTS: [&str; 7] = [
+pub const CONTRACT_IMPORTS: [&str; 8] = [
     "types",
     "metering",
     "kv",
@@ -56,6 +58,7 @@ pub const CONTRACT_IMPORTS: [&str; 7] = [
     "config",
     "blobs",
     "outbound-http",
+    "jobs",
 ];
 
 /// What a component imports and exports, by name.

@@ -31,6 +31,7 @@ pub struct Runtime {
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     blob_root: Option<PathBuf>,
+    jobs: Option<Arc<crate::jobs::JobEngine>>,
 }
 
 /// Why the runtime could not start.
@@ -67,6 +68,7 @@ impl Runtime {
             tick,
             ticker_stop,
             blob_root: None,
+            jobs: None,
         })
     }
 
@@ -90,6 +92,17 @@ impl Runtime {
     /// Compiles the component at `path`, or loads it from the compile cache.
     pub fn compile(&self, path: &Path) -> Result<(Component, String, CacheOutcome), String> {
         cache::compile(&self.engine, self.cache_dir.as_deref(), path)
+    }
+
+    /// Offers the `jobs` capability, backed by `jobs`, to plugins that have
+    /// a `[plugin.jobs]` table.
+    pub fn with_jobs(mut self, jobs: Arc<crate::jobs::JobEngine>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    pub(crate) fn jobs(&self) -> Option<&Arc<crate::jobs::JobEngine>> {
+        self.jobs.as_ref()
     }
 
     pub(crate) fn linker(&self) -> &Linker<CallState> {

@@ -36,6 +36,15 @@ pub struct PluginShared {
     pub blobs: Option<Arc<BlobStore>>,
     /// The plugin's outbound HTTP allow-list and connection pool.
     pub(crate) outbound_http: Arc<HttpOutbound>,
+    /// The `jobs` capability, when the plugin has a `[plugin.jobs]` table.
+    pub(crate) jobs: Option<PluginJobs>,
+}
+
+/// One plugin's access to the job engine, with its caps.
+#[derive(Debug, Clone)]
+pub(crate) struct PluginJobs {
+    pub(crate) engine: Arc<crate::jobs::JobEngine>,
+    pub(crate) limits: crate::config::JobsConfig,
 }
 
 impl PluginShared {
@@ -184,6 +193,12 @@ impl LoadedPlugin {
                 &cfg.outbound.http,
                 cfg.outbound.http_ca_file.as_deref(),
             )?),
+            jobs: cfg.jobs.clone().and_then(|limits| {
+                Some(PluginJobs {
+                    engine: runtime.jobs()?.clone(),
+                    limits,
+                })
+            }),
         };
         let mut plugin = LoadedPlugin {
             shared: Arc::new(shared),
@@ -332,12 +347,16 @@ impl LoadedPlugin {
         };
         let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0));
         let wall = started.elapsed();
-        let state = store.into_data();
+        let mut state = store.into_data();
+        let mut records = std::mem::take(&mut state.host_records);
         match result {
             Ok(value) => CallOutcome {
                 result: Ok(value),
                 effects: CallEffects {
-                    records: state.usage,
+                    records: {
+                        records.append(&mut state.usage);
+                        records
+                    },
                     kv: state.kv_writes,
                 },
                 fuel,
@@ -355,7 +374,10 @@ impl LoadedPlugin {
                 );
                 CallOutcome {
                     result: Err(error),
-                    effects: CallEffects::default(),
+                    effects: CallEffects {
+                        records,
+                        ..CallEffects::default()
+                    },
                     fuel,
                     wall,
                 }

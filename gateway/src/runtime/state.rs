@@ -23,6 +23,9 @@ pub struct CallState {
     pub(crate) limiter: CallLimiter,
     /// Plugin-claimed records buffered until the call succeeds.
     pub(crate) usage: Vec<NewRecord>,
+    /// Host-attested records of work done for the call (job fuel); kept
+    /// even when the call fails.
+    pub(crate) host_records: Vec<NewRecord>,
     /// Key-value writes buffered until the call succeeds.
     pub(crate) kv_writes: BTreeMap<String, KvWrite>,
     pub(crate) kv_write_bytes: usize,
@@ -53,6 +56,7 @@ impl CallState {
                 memory_cap_hit: false,
             },
             usage: Vec::new(),
+            host_records: Vec::new(),
             kv_writes: BTreeMap::new(),
             kv_write_bytes: 0,
             ticks: 0,

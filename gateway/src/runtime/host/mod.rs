@@ -4,6 +4,7 @@
 
 mod blobs;
 mod config;
+pub(crate) mod jobs;
 mod kv;
 mod log;
 mod metering;

@@ -1,0 +1,359 @@
+//! Deterministic WebAssembly jobs: a module store keyed by digest, a
+//! compile cache, upload-time validation, and a bounded pool of workers
+//! that run jobs in the nested sandbox ([`sandbox`]) off the async
+//! executor.
+//!
+//! A job is a WASI preview-1 command module: it reads its input on stdin,
+//! writes its output on stdout and may exit with a status. The same module
+//! and input always give the same output, exit status and fuel.
+
+mod sandbox;
+mod validate;
+pub mod wasi;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::{Engine, InstancePre, Linker, Module};
+
+use sandbox::JobState;
+pub use sandbox::RunLimits;
+
+/// What a finished job produced. A non-zero exit status is still a
+/// finished job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutput {
+    pub output: Vec<u8>,
+    /// Fuel the job consumed, measured by the host.
+    pub fuel: u64,
+    pub exit_code: u32,
+}
+
+/// Why a job did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("no module {0} was uploaded")]
+    UnknownModule(String),
+    #[error("the job ran out of fuel (limit {0})")]
+    FuelExhausted(u64),
+    #[error("the job exceeded its memory limit of {0} bytes")]
+    MemoryLimit(u64),
+    #[error("the job's output exceeded its limit of {0} bytes")]
+    OutputTooLarge(u64),
+    #[error("the job trapped: {0}")]
+    Trap(String),
+    #[error("host failure: {0}")]
+    Host(String),
+}
+
+/// A job that did not finish, and the fuel it burned before it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub error: JobError,
+    pub fuel: u64,
+}
+
+/// Why a module was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    #[error("the module is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("invalid job module: {0}")]
+    Invalid(String),
+    #[error("cannot store the module: {0}")]
+    Store(String),
+}
+
+/// The job engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the job engine ({}): {problem}", root.display())]
+pub struct JobsError {
+    pub root: PathBuf,
+    pub problem: String,
+}
+
+/// Linked modules kept in memory.
+const MEMORY_CACHE_ENTRIES: usize = 64;
+
+/// The job engine shared by every plugin with a `[plugin.jobs]` table.
+/// Modules live under `<root>/modules/<plugin>/`, so plugins never see each
+/// other's modules; compiled code lives under `<root>/compiled/`.
+pub struct JobEngine {
+    engine: Engine,
+    linker: Linker<JobState>,
+    root: PathBuf,
+    linked: Mutex<HashMap<String, InstancePre<JobState>>>,
+    workers: Arc<Semaphore>,
+    metered: bool,
+}
+
+impl std::fmt::Debug for JobEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEngine")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobEngine {
+    /// Opens (creating if needed) the job store at `root`. At most
+    /// `workers` jobs run at once; more wait their turn.
+    pub fn open(root: &Path, workers: usize) -> Result<Self, JobsError> {
+        Self::open_with(root, workers, true)
+    }
+
+    /// Like [`open`](Self::open) but without fuel metering: jobs have no
+    /// fuel limit and report 0 fuel. Only for measuring what metering
+    /// costs; the gateway never uses it.
+    pub fn open_unmetered(root: &Path, workers: usize) -> Result<Self, JobsError> {
+        Self::open_with(root, workers, false)
+    }
+
+    fn open_with(root: &Path, workers: usize, metered: bool) -> Result<Self, JobsError> {
+        let fail = |problem: String| JobsError {
+            root: root.to_path_buf(),
+            problem,
+        };
+        let engine = sandbox::engine(metered).map_err(|e| fail(format!("{e:#}")))?;
+        let linker = sandbox::linker(&engine).map_err(|e| fail(format!("{e:#}")))?;
+        for dir in ["modules", "compiled"] {
+            std::fs::create_dir_all(root.join(dir)).map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(Self {
+            engine,
+            linker,
+            root: root.to_path_buf(),
+            linked: Mutex::new(HashMap::new()),
+            workers: Arc::new(Semaphore::new(workers.max(1))),
+            metered,
+        })
+    }
+
+    /// Validates, compiles and durably stores a module for `plugin`; returns
+    /// its digest, `sha256:<hex>`. Storing a module twice is not an error.
+    pub async fn put_module(
+        self: &Arc<Self>,
+        plugin: &str,
+        wasm: Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<String, ModuleError> {
+        if wasm.len() > max_bytes {
+            return Err(ModuleError::TooLarge {
+                size: wasm.len(),
+                limit: max_bytes,
+            });
+        }
+        let this = self.clone();
+        let plugin = plugin.to_string();
+        // The permit moves into the worker: a caller that gives up waiting
+        // does not free the worker's slot before the work is done.
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.put_module_blocking(&plugin, &wasm)
+        })
+        .await
+        .map_err(|e| ModuleError::Store(format!("the compile task failed: {e}")))?
+    }
+
+    fn put_module_blocking(&self, plugin: &str, wasm: &[u8]) -> Result<String, ModuleError> {
+        validate::header(wasm)?;
+        let digest = digest(wasm);
+        let module = Module::from_binary(&self.engine, wasm)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        validate::shape(&module)?;
+        self.save_compiled(&digest, &module);
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let path = self.module_path(plugin, &digest);
+        if !path.exists() {
+            write_durably(&path, wasm).map_err(ModuleError::Store)?;
+        }
+        self.remember(plugin, &digest, pre);
+        Ok(digest)
+    }
+
+    /// Whether `plugin` has stored the module `digest`.
+    pub fn has_module(&self, plugin: &str, digest: &str) -> bool {
+        valid_digest(digest) && self.module_path(plugin, digest).exists()
+    }
+
+    /// Runs one job of `plugin` on a worker thread and waits for it.
+    pub async fn run(
+        self: &Arc<Self>,
+        plugin: &str,
+        module: &str,
+        input: Vec<u8>,
+        limits: RunLimits,
+    ) -> Result<JobOutput, JobFailure> {
+        let no_fuel = |error| JobFailure { error, fuel: 0 };
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let this = self.clone();
+        let plugin = plugin.to_string();
+        let module = module.to_string();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pre = this.linked_module(&plugin, &module).map_err(no_fuel)?;
+            sandbox::run(&this.engine, this.metered, &pre, input, limits)
+        })
+        .await
+        .map_err(|e| no_fuel(JobError::Host(format!("the job task failed: {e}"))))?
+    }
+
+    /// The linked module, from memory, the compile cache or the store.
+    fn linked_module(&self, plugin: &str, digest: &str) -> Result<InstancePre<JobState>, JobError> {
+        let key = format!("{plugin}/{digest}");
+        if let Some(pre) = self.linked.lock().expect("not poisoned").get(&key) {
+            return Ok(pre.clone());
+        }
+        if !self.has_module(plugin, digest) {
+            return Err(JobError::UnknownModule(digest.to_string()));
+        }
+        let wasm = std::fs::read(self.module_path(plugin, digest))
+            .map_err(|e| JobError::Host(format!("cannot read module {digest}: {e}")))?;
+        let module = self
+            .compiled(digest, &wasm)
+            .map_err(|e| JobError::Host(e.to_string()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| JobError::Host(format!("{e:#}")))?;
+        self.remember(plugin, digest, pre.clone());
+        Ok(pre)
+    }
+
+    fn remember(&self, plugin: &str, digest: &str, pre: InstancePre<JobState>) {
+        let mut linked = self.linked.lock().expect("not poisoned");
+        if linked.len() >= MEMORY_CACHE_ENTRIES
+            && let Some(evict) = linked.keys().next().cloned()
+        {
+            linked.remove(&evict);
+        }
+        linked.insert(format!("{plugin}/{digest}"), pre);
+    }
+
+    /// Compiles `wasm`, or loads its compiled code from the on-disk cache
+    /// (keyed by digest and the engine's compatibility hash).
+    fn compiled(&self, digest: &str, wasm: &[u8]) -> Result<Module, ModuleError> {
+        let cached = self.compiled_path(digest);
+        if cached.exists() {
+            // SAFETY: written by `Module::serialize` of an engine with the same
+            // compatibility hash, in the gateway's own data directory, under
+            // a name bound to the source digest.
+            match unsafe { Module::deserialize_file(&self.engine, &cached) } {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled job module");
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let module = Module::from_binary(&self.engine, wasm)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        self.save_compiled(digest, &module);
+        Ok(module)
+    }
+
+    fn save_compiled(&self, digest: &str, module: &Module) {
+        let path = self.compiled_path(digest);
+        if path.exists() {
+            return;
+        }
+        match module.serialize() {
+            Ok(bytes) => {
+                if let Err(e) = write_durably(&path, &bytes) {
+                    tracing::warn!(error = %e, "cannot write the job compile cache");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled job module"),
+        }
+    }
+
+    fn compiled_path(&self, digest: &str) -> PathBuf {
+        self.root.join("compiled").join(format!(
+            "{}-{}.cwasm",
+            hex_of(digest),
+            engine_key(&self.engine)
+        ))
+    }
+
+    fn module_path(&self, plugin: &str, digest: &str) -> PathBuf {
+        self.root
+            .join("modules")
+            .join(plugin)
+            .join(format!("{}.wasm", hex_of(digest)))
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Whether `digest` is `sha256:` and 64 lower-case hex digits.
+pub fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.trim_start_matches("sha256:")
+}
+
+fn engine_key(engine: &Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Writes `bytes` to a temporary file, syncs it and renames it into place,
+/// so `path` is either absent or complete.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let dir = path.parent().expect("a file inside a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })
+}
+
+/// The evidence hash of a finished job: `sha256(module digest || 0x00 ||
+/// sha256(input) || sha256(output))`, from the input's sha256. The host
+/// attaches it to its `job-fuel` record; a plugin can attach the same hash
+/// to its own claim.
+pub fn evidence(module: &str, input_sha256: &[u8; 32], output: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(module.as_bytes());
+    h.update([0]);
+    h.update(input_sha256);
+    h.update(Sha256::digest(output));
+    h.finalize().into()
+}
