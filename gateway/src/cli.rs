@@ -307,6 +307,8 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             limits: PluginLimits::default(),
             tick_interval_ms: None,
             config: Default::default(),
+            udp: None,
+            outbound: Default::default(),
         };
         let compiled = runtime
             .compile(file)

@@ -124,6 +124,30 @@ pub struct PluginConfig {
     /// import). Values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// UDP ingress: datagrams to `listen` go to the plugin's
+    /// `handle-datagram`. No UDP ingress when absent.
+    pub udp: Option<UdpConfig>,
+    /// Where the plugin may send traffic; nowhere by default.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// A plugin's UDP ingress socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Address to bind, e.g. `0.0.0.0:1700`; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// A plugin's outbound allow-lists. Everything not listed is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// `host:port` addresses the plugin may send UDP datagrams to (the
+    /// `outbound-udp` import), written exactly as the plugin names them.
+    #[serde(default)]
+    pub udp: Vec<String>,
 }
 
 /// Sandbox limits of one plugin.
@@ -302,6 +326,11 @@ impl GatewayConfig {
                     "must be greater than 0 (omit it for no fuel limit)".into(),
                 ));
             }
+            for (j, target) in p.outbound.udp.iter().enumerate() {
+                if let Err(problem) = validate_host_port(target) {
+                    return Err((key(&format!("outbound.udp[{j}]")), problem));
+                }
+            }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
                     return Err((
@@ -367,6 +396,33 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("`{name}` may only contain a-z, 0-9, `-` and `_`"));
     }
     Ok(())
+}
+
+/// Checks a `host:port` target: a host name or IP (IPv6 in brackets) and a
+/// port from 1 to 65535.
+pub fn validate_host_port(target: &str) -> Result<(), String> {
+    let Some((host, port)) = target.rsplit_once(':') else {
+        return Err(format!("`{target}` must be `host:port`"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("`{target}`: port must be 1 to 65535")),
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if plain || host.parse::<std::net::Ipv6Addr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{target}`: `{host}` is not a host name or IP address"
+        ))
+    }
 }
 
 fn validate_route(route: &str) -> Result<(), String> {
@@ -501,5 +557,26 @@ mod tests {
             parse("[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n[plugin.config]\nx = [1]\n")
                 .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].config.x"), "{e}");
+    }
+
+    #[test]
+    fn udp_ingress_and_outbound_allow_list_are_parsed_and_checked() {
+        let base = "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+        let c = parse(&format!(
+            "{base}[plugin.udp]\nlisten = \"127.0.0.1:1700\"\n\
+             [plugin.outbound]\nudp = [\"lns.example:1700\", \"[::1]:1680\"]\n"
+        ))
+        .unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(p.udp.as_ref().unwrap().listen.port(), 1700);
+        assert_eq!(p.outbound.udp, ["lns.example:1700", "[::1]:1680"]);
+        let e = parse(&format!("{base}[plugin.outbound]\nudp = [\"nohost\"]\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.udp[0]"), "{e}");
+        let e = parse(&format!("{base}[plugin.outbound]\nudp = [\"a b:1\"]\n")).unwrap_err();
+        assert!(e.problem.contains("not a host name"), "{e}");
+        let e = parse(&format!("{base}[plugin.outbound]\nudpp = []\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.udpp"), "{e}");
+        let e = parse(&format!("{base}[plugin.udp]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].udp.listen"), "{e}");
     }
 }

@@ -6,3 +6,9 @@ pub use crate::bindings::depin::plugin::{config, kv, log, metering};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::testing::native::{config, kv, log, metering};
+
+#[cfg(target_arch = "wasm32")]
+pub use crate::bindings::depin::plugin::outbound_udp;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use crate::testing::native::outbound_udp;

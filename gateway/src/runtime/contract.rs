@@ -44,7 +44,8 @@ pub const REQUIRED_EXPORTS: [&str; 8] = [
 ];
 
 /// Interfaces of the contract a plugin may import.
-pub const CONTRACT_IMPORTS: [&str; 5] = ["types", "metering", "kv", "log", "config"];
+pub const CONTRACT_IMPORTS: [&str; 6] =
+    ["types", "metering", "kv", "log", "config", "outbound-udp"];
 
 /// What a component imports and exports, by name.
 #[derive(Debug, Clone, Default, serde::Serialize)]

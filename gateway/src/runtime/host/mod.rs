@@ -6,6 +6,7 @@ mod config;
 mod kv;
 mod log;
 mod metering;
+pub mod outbound_udp;
 
 use super::contract::depin::plugin::types;
 use super::state::CallState;
