@@ -134,7 +134,9 @@ impl RunningGateway {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        self.udp.clear();
+        for u in self.udp.drain(..) {
+            u.stop().await;
+        }
         self.ledger.close();
         tracing::info!("gateway stopped");
     }

@@ -161,6 +161,19 @@ impl UdpIngress {
         }))
     }
 
+    /// Stops receiving and waits until no call of this plugin's UDP side
+    /// is running (calls in progress are cancelled).
+    pub async fn stop(mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.append(&mut self.relay.session_tasks.lock().expect("session tasks"));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
     /// The plugin's configured name.
     pub fn plugin(&self) -> &str {
         &self.plugin
