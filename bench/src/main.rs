@@ -10,6 +10,10 @@
 //! 3. Durable usage records/s: 64 concurrent writers with group commit vs
 //!    one fsync per record.
 //! 4. Start-to-ready with the compile cache cold vs warm.
+//! 5. Hotspot relay packets/s and added latency: gateway vs a native relay
+//!    doing the same parsing (`relay.rs`).
+
+mod relay;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,6 +61,9 @@ async fn main() {
     }
     if run("4") {
         start_to_ready().await;
+    }
+    if run("5") {
+        relay::relay_vs_native(Duration::from_secs(secs)).await;
     }
 }
 

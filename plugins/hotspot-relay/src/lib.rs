@@ -26,7 +26,7 @@
 pub mod airtime;
 pub mod gwmp;
 pub mod proof;
-mod relay;
+pub mod relay;
 
 use depin_plugin_sdk::{
     Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
