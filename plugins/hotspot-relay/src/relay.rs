@@ -384,3 +384,113 @@ pub fn status() -> Value {
     }
     json!({ "dropped": dropped, "forwarders": forwarders })
 }
+
+#[cfg(test)]
+mod tests {
+    use depin_plugin_sdk::testing::TestHost;
+
+    use super::*;
+
+    const UPSTREAM: &str = "10.0.0.1:1700";
+    const FORWARDER: &str = "192.0.2.7:40000";
+
+    fn host() -> TestHost {
+        let host = TestHost::install(&[("upstream", UPSTREAM), ("dedupe_window_ms", "5000")]);
+        host.allow_udp(&[UPSTREAM]);
+        host
+    }
+
+    fn push(phy: &[u8]) -> Datagram {
+        let body = json!({ "rxpk": [{
+            "data": BASE64.encode(phy), "size": phy.len(), "datr": "SF7BW125",
+            "codr": "4/5", "freq": 868.1, "rssi": -60, "lsnr": 9.0,
+        }]});
+        let mut payload = vec![2, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        payload.extend_from_slice(body.to_string().as_bytes());
+        Datagram {
+            peer: FORWARDER.into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_push_is_acked_relayed_on_the_forwarders_session_and_metered() {
+        let host = host();
+        let out = handle(push(b"\x40abc"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].peer.as_str(), out[0].payload.as_slice()),
+            (FORWARDER, &[2, 0, 9, 1][..])
+        );
+        let sent = host.take_udp_sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].0.as_str(), sent[0].2.as_str()),
+            (UPSTREAM, "0102030405060708")
+        );
+        assert_eq!(sent[0].1, push(b"\x40abc").payload, "relayed unchanged");
+        assert_eq!(host.total(units::UPLINK_PACKETS), 1);
+        assert_eq!(host.total(units::PAYLOAD_BYTES), 4);
+    }
+
+    #[test]
+    fn the_dedupe_window_moves_with_tick() {
+        let host = host();
+        tick(1_000);
+        handle(push(b"\x40same"));
+        tick(4_000);
+        handle(push(b"\x40same"));
+        assert_eq!(host.total(units::UPLINK_PACKETS), 1, "within the window");
+        tick(7_000);
+        handle(push(b"\x40same"));
+        assert_eq!(host.total(units::UPLINK_PACKETS), 2, "past the window");
+    }
+
+    #[test]
+    fn a_refused_upstream_send_is_logged_and_the_forwarder_still_gets_its_ack() {
+        let host = TestHost::install(&[("upstream", "203.0.113.9:1700")]);
+        host.allow_udp(&[UPSTREAM]);
+        assert_eq!(handle(push(b"\x40x")).len(), 1);
+        assert!(host.take_udp_sent().is_empty());
+        assert!(
+            host.logs().iter().any(|(_, m)| m.contains("NotAllowed")),
+            "{:?}",
+            host.logs()
+        );
+    }
+
+    #[test]
+    fn drops_are_counted_per_reason_and_summed_in_status() {
+        let _host = host();
+        for d in [vec![2u8], vec![9, 0, 0, 0], vec![2, 0, 0, 0x42]] {
+            handle(Datagram {
+                peer: FORWARDER.into(),
+                payload: d,
+            });
+        }
+        handle(Datagram {
+            peer: "192.0.2.8:1".into(),
+            payload: vec![2],
+        });
+        let s = status();
+        assert_eq!(
+            s["dropped"],
+            json!({ "short": 2, "version": 1, "unknown-type": 1 })
+        );
+    }
+
+    #[test]
+    fn a_downlink_for_an_unknown_forwarder_is_dropped_not_metered() {
+        let host = host();
+        host.set_arrived_on(Some("0102030405060708"));
+        let mut payload = vec![2, 0, 5, 3];
+        payload.extend_from_slice(br#"{"txpk":{"data":"YAE=","size":2}}"#);
+        let out = handle(Datagram {
+            peer: UPSTREAM.into(),
+            payload,
+        });
+        assert!(out.is_empty());
+        assert_eq!(host.total(units::DOWNLINKS), 0);
+        assert_eq!(status()["dropped"]["unknown-forwarder"], 1);
+    }
+}
