@@ -75,3 +75,74 @@ impl Host for CallState {
         Ok(self.outbound_udp.arrived_on.as_deref().map(str::to_string))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::config::PluginLimits;
+    use crate::ledger::Ledger;
+    use crate::runtime::PluginShared;
+
+    fn call(dir: &std::path::Path, allowed: &[&str]) -> CallState {
+        let shared = PluginShared {
+            name: "relay".into(),
+            config: BTreeMap::new(),
+            limits: PluginLimits::default(),
+            memory_cap_bytes: 1 << 20,
+            units: BTreeSet::new(),
+            outbound_udp: allowed.iter().map(|s| s.to_string()).collect(),
+        };
+        let ledger = Ledger::open(dir).expect("ledger");
+        CallState::new(Arc::new(shared), ledger, "t".into(), 10)
+    }
+
+    #[test]
+    fn sends_are_checked_against_the_allow_list_and_queued_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = call(dir.path(), &["127.0.0.1:1680", "lns.example:1700"]);
+        // The generated error type has no PartialEq; compare its Debug form.
+        let send = |s: &mut CallState, target: &str, session: &str, len: usize| {
+            let r = s.send(target.into(), vec![7; len], session.into());
+            format!("{:?}", r.expect("no trap"))
+        };
+        assert_eq!(
+            send(&mut s, "127.0.0.1:1680", "a", 3),
+            "Err(SendError::Unavailable)",
+            "only handle-datagram calls may send"
+        );
+        s.outbound_udp.enabled = true;
+        assert_eq!(send(&mut s, "127.0.0.1:1680", "a", 3), "Ok(())");
+        assert_eq!(send(&mut s, "lns.example:1700", "b", 1), "Ok(())");
+        assert_eq!(
+            send(&mut s, "127.0.0.1:1681", "a", 3),
+            "Err(SendError::NotAllowed(\"127.0.0.1:1681\"))"
+        );
+        assert!(send(&mut s, "127.0.0.1:1680", "", 3).starts_with("Err(SendError::Invalid("));
+        assert_eq!(
+            send(&mut s, "127.0.0.1:1680", "a", MAX_PAYLOAD_BYTES + 1),
+            format!("Err(SendError::TooLarge({MAX_PAYLOAD_BYTES}))")
+        );
+        let queued: Vec<_> = s
+            .outbound_udp
+            .queued
+            .iter()
+            .map(|q| (q.target.as_str(), &*q.session, q.payload.len()))
+            .collect();
+        assert_eq!(
+            queued,
+            [("127.0.0.1:1680", "a", 3), ("lns.example:1700", "b", 1)]
+        );
+        for _ in queued.len()..MAX_SENDS_PER_CALL {
+            assert_eq!(send(&mut s, "127.0.0.1:1680", "a", 1), "Ok(())");
+        }
+        assert_eq!(
+            send(&mut s, "127.0.0.1:1680", "a", 1),
+            format!("Err(SendError::TooMany({MAX_SENDS_PER_CALL}))")
+        );
+        assert_eq!(s.arrived_on().unwrap(), None);
+        s.outbound_udp.arrived_on = Some("a".into());
+        assert_eq!(s.arrived_on().unwrap().as_deref(), Some("a"));
+    }
+}
