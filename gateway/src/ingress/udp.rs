@@ -8,9 +8,10 @@
 //! if the commit fails nothing is sent.
 //!
 //! Ordering: datagrams from one source (one forwarder address, or one
-//! upstream session) are handled one at a time, in arrival order; datagrams
-//! from different sources run concurrently, on up to [`LANES`] calls at once
-//! per plugin.
+//! upstream session) are handled one at a time, in arrival order (a call
+//! sees the committed kv writes of the previous one); datagrams from
+//! different sources run concurrently, on up to [`LANES`] calls at once per
+//! plugin.
 //!
 //! Where answers may go: the datagrams a call returns leave the ingress
 //! socket, and only to addresses that sent to that socket within
@@ -37,10 +38,13 @@ use crate::ledger::{Ledger, NewRecord};
 use crate::runtime::contract::Datagram;
 use crate::runtime::{LoadedPlugin, QueuedDatagram};
 
-/// Calls of one plugin that may run at once (one per lane).
-pub const LANES: usize = 16;
+/// Lanes per plugin: calls of one plugin that may run (or wait for their
+/// commit) at once. Each lane waits for its commit before its next call, so
+/// lanes, not CPU, bound throughput when fsync is slow: many lanes let group
+/// commit share one fsync among many datagrams.
+pub const LANES: usize = 128;
 /// Datagrams waiting per lane; more are dropped, as a full socket would.
-pub const LANE_QUEUE: usize = 1024;
+pub const LANE_QUEUE: usize = 128;
 /// How long an address that sent to the ingress socket may be answered.
 pub const PEER_TTL: Duration = Duration::from_secs(600);
 /// Most upstream sessions (sockets) one plugin may open.
