@@ -269,8 +269,9 @@ fn meter_uplink(settings: &Settings, eui: &str, up: &Uplink, clock: u64) {
     }
     let hash = hex::encode(up.hash);
     let seen_key = format!("seen/{hash}");
+    // Stamp 0: seen before the first tick ever; the next tick restamps it.
     if let Some(first) = read_u64(&seen_key)
-        && clock.saturating_sub(first) <= settings.dedupe_window_ms
+        && (first == 0 || clock.saturating_sub(first) <= settings.dedupe_window_ms)
     {
         return;
     }
@@ -348,18 +349,32 @@ pub fn tick(now_ms: u64) {
         log::warn(&format!("cannot advance the clock: {e:?}"));
         return;
     }
+    // Entries stamped 0 were made before the first tick ever: they are
+    // as young as this tick.
     for key in kv::list_keys("seen/", TICK_SCAN).unwrap_or_default() {
-        if read_u64(&key).is_none_or(|t| now_ms.saturating_sub(t) > settings.dedupe_window_ms) {
-            let _ = kv::delete(&key);
+        match read_u64(&key) {
+            Some(0) => {
+                let _ = kv::set(&key, now_ms.to_string().as_bytes());
+            }
+            Some(t) if now_ms.saturating_sub(t) <= settings.dedupe_window_ms => {}
+            _ => {
+                let _ = kv::delete(&key);
+            }
         }
     }
     for key in kv::list_keys("pkt/", TICK_SCAN).unwrap_or_default() {
-        let at = kv::get_json::<Value>(&key)
-            .ok()
-            .flatten()
-            .and_then(|v| v["at"].as_u64());
-        if at.is_none_or(|t| now_ms.saturating_sub(t) > PROOF_RETENTION_MS) {
-            let _ = kv::delete(&key);
+        let mut record = kv::get_json::<Value>(&key).ok().flatten();
+        match record.as_ref().and_then(|v| v["at"].as_u64()) {
+            Some(0) => {
+                if let Some(r) = record.as_mut() {
+                    r["at"] = json!(now_ms);
+                    let _ = kv::set_json(&key, r);
+                }
+            }
+            Some(t) if now_ms.saturating_sub(t) <= PROOF_RETENTION_MS => {}
+            _ => {
+                let _ = kv::delete(&key);
+            }
         }
     }
 }
@@ -431,6 +446,22 @@ mod tests {
         assert_eq!(sent[0].1, push(b"\x40abc").payload, "relayed unchanged");
         assert_eq!(host.total(units::UPLINK_PACKETS), 1);
         assert_eq!(host.total(units::PAYLOAD_BYTES), 4);
+    }
+
+    #[test]
+    fn packets_seen_before_the_first_tick_are_not_forgotten_by_it() {
+        let host = host();
+        handle(push(b"\x40early"));
+        tick(1_700_000_000_000);
+        handle(push(b"\x40early"));
+        assert_eq!(host.total(units::UPLINK_PACKETS), 1);
+        assert!(
+            host.kv(&format!(
+                "pkt/{}",
+                hex::encode(Sha256::digest(b"\x40early"))
+            ))
+            .is_some()
+        );
     }
 
     #[test]
