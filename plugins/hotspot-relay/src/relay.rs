@@ -6,6 +6,7 @@
 //! | `fwd/<eui>` | the forwarder's address for downlinks (from its PULL_DATA) |
 //! | `seen/<sha256>` | the clock when a PHY payload was first metered |
 //! | `pkt/<sha256>` | what a proof of that packet reveals (see `proof`) |
+//! | `exp/<time>/<sha256>`, `pexp/<time>/<sha256>` | expiry indexes of `seen/` and `pkt/`, oldest first |
 //! | `clock` | Unix ms of the last tick |
 //! | `drop/<reason>/<source>` | datagrams dropped for `reason` from `source` |
 //!
@@ -28,6 +29,10 @@ pub const DEFAULT_DEDUPE_WINDOW_MS: u64 = 10_000;
 pub const PROOF_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Most keys one tick examines per prefix.
 const TICK_SCAN: u32 = 10_000;
+/// Expiry index of `seen/`: `exp/<time>/<sha256>`.
+const SEEN_INDEX: &str = "exp/";
+/// Expiry index of `pkt/`: `pexp/<time>/<sha256>`.
+const PROOF_INDEX: &str = "pexp/";
 
 /// Base64 as packet forwarders write it: padding optional.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -287,7 +292,9 @@ fn meter_uplink(settings: &Settings, eui: &str, up: &Uplink, clock: u64) {
     }
     let record = json!({ "eui": eui, "meta": up.meta, "at": clock });
     let writes = kv::set(&seen_key, clock.to_string().as_bytes())
-        .and_then(|()| kv::set_json(&format!("pkt/{hash}"), &record));
+        .and_then(|()| kv::set(&index_key(SEEN_INDEX, clock, &hash), b""))
+        .and_then(|()| kv::set_json(&format!("pkt/{hash}"), &record))
+        .and_then(|()| kv::set(&index_key(PROOF_INDEX, clock, &hash), b""));
     if let Err(e) = writes {
         log::warn(&format!("cannot record packet {hash}: {e:?}"));
     }
@@ -340,7 +347,8 @@ fn count_drop(reason: &str, source: &str) {
 }
 
 /// Advances the clock and forgets what is past the dedupe window (and past
-/// the proof retention).
+/// the proof retention). Expiry indexes are ordered by time, so a tick
+/// stops at the first entry still young enough and never rescans them.
 pub fn tick(now_ms: u64) {
     let Ok(settings) = Settings::load() else {
         return;
@@ -349,34 +357,59 @@ pub fn tick(now_ms: u64) {
         log::warn(&format!("cannot advance the clock: {e:?}"));
         return;
     }
-    // Entries stamped 0 were made before the first tick ever: they are
-    // as young as this tick.
-    for key in kv::list_keys("seen/", TICK_SCAN).unwrap_or_default() {
-        match read_u64(&key) {
-            Some(0) => {
-                let _ = kv::set(&key, now_ms.to_string().as_bytes());
-            }
-            Some(t) if now_ms.saturating_sub(t) <= settings.dedupe_window_ms => {}
-            _ => {
-                let _ = kv::delete(&key);
-            }
+    expire(SEEN_INDEX, now_ms, settings.dedupe_window_ms, |hash, t| {
+        let key = format!("seen/{hash}");
+        if read_u64(&key) == Some(t) {
+            let _ = if t == 0 {
+                kv::set(&key, now_ms.to_string().as_bytes())
+            } else {
+                kv::delete(&key)
+            };
         }
-    }
-    for key in kv::list_keys("pkt/", TICK_SCAN).unwrap_or_default() {
-        let mut record = kv::get_json::<Value>(&key).ok().flatten();
-        match record.as_ref().and_then(|v| v["at"].as_u64()) {
-            Some(0) => {
-                if let Some(r) = record.as_mut() {
-                    r["at"] = json!(now_ms);
-                    let _ = kv::set_json(&key, r);
-                }
-            }
-            Some(t) if now_ms.saturating_sub(t) <= PROOF_RETENTION_MS => {}
-            _ => {
-                let _ = kv::delete(&key);
-            }
+    });
+    expire(PROOF_INDEX, now_ms, PROOF_RETENTION_MS, |hash, t| {
+        let key = format!("pkt/{hash}");
+        let Some(mut record) = kv::get_json::<Value>(&key).ok().flatten() else {
+            return;
+        };
+        if record["at"].as_u64() == Some(t) {
+            let _ = if t == 0 {
+                record["at"] = json!(now_ms);
+                kv::set_json(&key, &record)
+            } else {
+                kv::delete(&key)
+            };
         }
+    });
+}
+
+/// Walks the index `prefix` (`<prefix><time, 20 digits>/<hash>`) from the
+/// oldest entry: entries older than `keep_ms` are removed and `f(hash, time)`
+/// told; entries stamped 0 (made before the first tick ever) are restamped
+/// with `now_ms` and `f(hash, 0)` told.
+fn expire(prefix: &str, now_ms: u64, keep_ms: u64, mut f: impl FnMut(&str, u64)) {
+    for key in kv::list_keys(prefix, TICK_SCAN).unwrap_or_default() {
+        let Some((t, hash)) = key[prefix.len()..].split_once('/') else {
+            let _ = kv::delete(&key);
+            continue;
+        };
+        let Ok(t) = t.parse::<u64>() else {
+            let _ = kv::delete(&key);
+            continue;
+        };
+        if t != 0 && now_ms.saturating_sub(t) <= keep_ms {
+            break;
+        }
+        let _ = kv::delete(&key);
+        if t == 0 {
+            let _ = kv::set(&index_key(prefix, now_ms, hash), b"");
+        }
+        f(hash, t);
     }
+}
+
+fn index_key(prefix: &str, t: u64, hash: &str) -> String {
+    format!("{prefix}{t:020}/{hash}")
 }
 
 /// Drop counts by reason and the known forwarders, for `GET /status`.
@@ -475,6 +508,31 @@ mod tests {
         tick(7_000);
         handle(push(b"\x40same"));
         assert_eq!(host.total(units::UPLINK_PACKETS), 2, "past the window");
+    }
+
+    #[test]
+    fn tick_expires_oldest_first_and_stops_at_the_first_young_entry() {
+        let host = host();
+        tick(1_000);
+        handle(push(b"\x40old"));
+        tick(5_000);
+        handle(push(b"\x40new"));
+        tick(9_000);
+        let old = hex::encode(Sha256::digest(b"\x40old"));
+        let new = hex::encode(Sha256::digest(b"\x40new"));
+        assert!(host.kv(&format!("seen/{old}")).is_none(), "past the window");
+        assert!(
+            host.kv(&format!("seen/{new}")).is_some(),
+            "within the window"
+        );
+        assert_eq!(
+            kv::list_keys("exp/", 10).unwrap(),
+            [format!("exp/{:020}/{new}", 5_000)]
+        );
+        assert!(
+            host.kv(&format!("pkt/{old}")).is_some(),
+            "provable for a day"
+        );
     }
 
     #[test]
