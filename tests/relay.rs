@@ -43,10 +43,18 @@ fn free_udp_port() -> SocketAddr {
     s.local_addr().expect("addr")
 }
 
-/// A network server: the `semtech-udp` server runtime.
+/// A network server: the `semtech-udp` server runtime. The free port can be
+/// taken by a parallel test between the probe and the bind; then try another.
 async fn network_server() -> (SocketAddr, UdpRuntime) {
-    let addr = free_udp_port();
-    (addr, UdpRuntime::new(addr).await.expect("network server"))
+    let mut last = None;
+    for _ in 0..20 {
+        let addr = free_udp_port();
+        match UdpRuntime::new(addr).await {
+            Ok(ns) => return (addr, ns),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("network server: {last:?}");
 }
 
 /// A packet forwarder's socket, speaking through `semtech-udp`'s encoder.
