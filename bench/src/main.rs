@@ -11,8 +11,11 @@
 //!    one fsync per record.
 //! 4. Start-to-ready with the compile cache cold vs warm.
 //! 5. Compute jobs vs native Rust, fuel on vs off (see `compute.rs`).
+//! 6. Hotspot relay packets/s and added latency: gateway vs a native relay
+//!    doing the same parsing (`relay.rs`).
 
 mod compute;
+mod relay;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,6 +66,9 @@ async fn main() {
     }
     if run("5") {
         compute::jobs_vs_native(Duration::from_secs(secs * 2)).await;
+    }
+    if run("6") {
+        relay::relay_vs_native(Duration::from_secs(secs)).await;
     }
 }
 

@@ -140,6 +140,17 @@ pub struct PluginConfig {
     /// Caps of the `jobs` capability; the plugin gets the capability only
     /// when this table is present.
     pub jobs: Option<JobsConfig>,
+    /// UDP ingress: datagrams to `listen` go to the plugin's
+    /// `handle-datagram`. No UDP ingress when absent.
+    pub udp: Option<UdpConfig>,
+}
+
+/// A plugin's UDP ingress socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Address to bind, e.g. `0.0.0.0:1700`; port 0 picks a free port.
+    pub listen: SocketAddr,
 }
 
 /// `[plugin.blobs]`: a content-addressed blob store under
@@ -164,6 +175,10 @@ pub struct OutboundConfig {
     /// system's roots (relative to the configuration file).
     #[serde(default)]
     pub http_ca_file: Option<PathBuf>,
+    /// `host:port` addresses the plugin may send UDP datagrams to (the
+    /// `outbound-udp` import), written exactly as the plugin names them.
+    #[serde(default)]
+    pub udp: Vec<String>,
 }
 
 /// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
@@ -416,6 +431,11 @@ impl GatewayConfig {
             if let Some(j) = &p.jobs {
                 validate_jobs(j).map_err(|(k, problem)| (key(&format!("jobs.{k}")), problem))?;
             }
+            for (j, target) in p.outbound.udp.iter().enumerate() {
+                if let Err(problem) = validate_host_port(target) {
+                    return Err((key(&format!("outbound.udp[{j}]")), problem));
+                }
+            }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {
                     return Err((
@@ -503,6 +523,33 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("`{name}` may only contain a-z, 0-9, `-` and `_`"));
     }
     Ok(())
+}
+
+/// Checks a `host:port` target: a host name or IP (IPv6 in brackets) and a
+/// port from 1 to 65535.
+pub fn validate_host_port(target: &str) -> Result<(), String> {
+    let Some((host, port)) = target.rsplit_once(':') else {
+        return Err(format!("`{target}` must be `host:port`"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("`{target}`: port must be 1 to 65535")),
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if plain || host.parse::<std::net::Ipv6Addr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{target}`: `{host}` is not a host name or IP address"
+        ))
+    }
 }
 
 fn validate_route(route: &str) -> Result<(), String> {
@@ -687,5 +734,26 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("plugin[0].blobs.quota_bytes"));
         let e = parse(&format!("{plugin}[plugin.blobs]\nquota = 5\n")).unwrap_err();
         assert!(e.to_string().contains("unknown field `quota`"), "{e}");
+    }
+
+    #[test]
+    fn udp_ingress_and_outbound_allow_list_are_parsed_and_checked() {
+        let base = "[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+        let c = parse(&format!(
+            "{base}[plugin.udp]\nlisten = \"127.0.0.1:1700\"\n\
+             [plugin.outbound]\nudp = [\"lns.example:1700\", \"[::1]:1680\"]\n"
+        ))
+        .unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(p.udp.as_ref().unwrap().listen.port(), 1700);
+        assert_eq!(p.outbound.udp, ["lns.example:1700", "[::1]:1680"]);
+        let e = parse(&format!("{base}[plugin.outbound]\nudp = [\"nohost\"]\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.udp[0]"), "{e}");
+        let e = parse(&format!("{base}[plugin.outbound]\nudp = [\"a b:1\"]\n")).unwrap_err();
+        assert!(e.problem.contains("not a host name"), "{e}");
+        let e = parse(&format!("{base}[plugin.outbound]\nudpp = []\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.udpp"), "{e}");
+        let e = parse(&format!("{base}[plugin.udp]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].udp.listen"), "{e}");
     }
 }

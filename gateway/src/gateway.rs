@@ -54,6 +54,8 @@ pub struct RunningGateway {
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     tickers: Vec<JoinHandle<()>>,
+    /// UDP sockets and lanes of the plugins that have them.
+    udp: Vec<crate::ingress::udp::UdpIngress>,
     _runtime: Arc<Runtime>,
 }
 
@@ -94,6 +96,12 @@ impl RunningGateway {
                 tickers.push(tokio::spawn(ticker));
             }
         }
+        let mut udp = Vec::new();
+        for (p, loaded) in config.plugins.iter().zip(&plugins) {
+            let started =
+                crate::ingress::udp::UdpIngress::start(loaded.clone(), p, ledger.clone()).await?;
+            udp.extend(started);
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -125,6 +133,7 @@ impl RunningGateway {
             stop,
             server: Some(server),
             tickers,
+            udp,
             _runtime: runtime,
         })
     }
@@ -140,8 +149,21 @@ impl RunningGateway {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        for u in self.udp.drain(..) {
+            u.stop().await;
+        }
         self.ledger.close();
         tracing::info!("gateway stopped");
+    }
+}
+
+impl RunningGateway {
+    /// The bound UDP ingress address of `plugin`, if it has one.
+    pub fn udp_addr(&self, plugin: &str) -> Option<SocketAddr> {
+        self.udp
+            .iter()
+            .find(|u| u.plugin() == plugin)
+            .and_then(|u| u.listen_addr())
     }
 }
 

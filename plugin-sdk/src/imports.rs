@@ -6,3 +6,9 @@ pub use crate::bindings::depin::plugin::{blobs, config, kv, log, metering, outbo
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::testing::native::{blobs, config, kv, log, metering, outbound_http};
+
+#[cfg(target_arch = "wasm32")]
+pub use crate::bindings::depin::plugin::outbound_udp;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use crate::testing::native::outbound_udp;

@@ -424,6 +424,28 @@ impl bindings::depin::plugin::outbound_http::OutboundResponse {
     }
 }
 
+/// UDP datagrams to the upstream addresses allow-listed for this plugin
+/// (`[plugin.outbound] udp` in `gateway.toml`).
+pub mod outbound_udp {
+    pub use crate::bindings::depin::plugin::outbound_udp::SendError;
+    use crate::imports::outbound_udp as host;
+
+    /// Queues `payload` for `target` (`host:port`, exactly as allow-listed)
+    /// from the host's socket for `session`. It is sent after the call's
+    /// effects are committed, and only if the call succeeds. Answers that
+    /// come back on that socket arrive at `handle_datagram` with `target`'s
+    /// address as the peer, and [`arrived_on`] returning `session`.
+    pub fn send(target: &str, payload: &[u8], session: &str) -> Result<(), SendError> {
+        host::send(target, payload, session)
+    }
+
+    /// The upstream session whose socket received the datagram being
+    /// handled; `None` when it arrived on the plugin's UDP ingress socket.
+    pub fn arrived_on() -> Option<String> {
+        host::arrived_on()
+    }
+}
+
 /// The plugin's `config` table from `gateway.toml`.
 pub mod config {
     use crate::imports::config as host;

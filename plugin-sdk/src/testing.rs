@@ -22,6 +22,9 @@ struct State {
     origins: BTreeMap<String, (u16, Vec<u8>)>,
     /// URLs requested from `origins`, in order.
     fetched: Vec<String>,
+    udp_allowed: Vec<String>,
+    udp_sent: Vec<(String, Vec<u8>, String)>,
+    udp_arrived_on: Option<String>,
 }
 
 thread_local! {
@@ -83,6 +86,23 @@ impl TestHost {
     /// The stored value of `key`.
     pub fn kv(&self, key: &str) -> Option<Vec<u8>> {
         self.0.borrow().kv.get(key).cloned()
+    }
+
+    /// Allow `outbound_udp::send` to these targets, as `[plugin.outbound]
+    /// udp` does in the gateway.
+    pub fn allow_udp(&self, targets: &[&str]) {
+        self.0.borrow_mut().udp_allowed = targets.iter().map(|t| t.to_string()).collect();
+    }
+
+    /// The datagrams queued through `outbound_udp::send` since the last
+    /// call of this method: `(target, payload, session)`.
+    pub fn take_udp_sent(&self) -> Vec<(String, Vec<u8>, String)> {
+        std::mem::take(&mut self.0.borrow_mut().udp_sent)
+    }
+
+    /// What `outbound_udp::arrived_on` returns from now on.
+    pub fn set_arrived_on(&self, session: Option<&str>) {
+        self.0.borrow_mut().udp_arrived_on = session.map(str::to_string);
     }
 
     /// Every log message so far.
@@ -371,6 +391,31 @@ pub mod native {
                     body,
                 })
             })
+        }
+    }
+
+    pub mod outbound_udp {
+        use super::super::with;
+        use crate::outbound_udp::SendError;
+
+        pub fn send(target: &str, payload: &[u8], session: &str) -> Result<(), SendError> {
+            with(|s| {
+                if !s.udp_allowed.iter().any(|t| t == target) {
+                    return Err(SendError::NotAllowed(target.to_string()));
+                }
+                if session.is_empty() || session.len() > 64 {
+                    return Err(SendError::Invalid(
+                        "session name must be 1 to 64 bytes".into(),
+                    ));
+                }
+                s.udp_sent
+                    .push((target.to_string(), payload.to_vec(), session.to_string()));
+                Ok(())
+            })
+        }
+
+        pub fn arrived_on() -> Option<String> {
+            with(|s| s.udp_arrived_on.clone())
         }
     }
 

@@ -43,6 +43,7 @@ pub fn plugin(file_stem: &str) -> PathBuf {
             .args(["-p", "template-plugin", "-p", "hostile-plugin", "-p", "other-world-plugin"])
             .args(["-p", "storage-cache-plugin"])
             .args(["-p", "compute-task-plugin"])
+            .args(["-p", "hotspot-relay-plugin"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test plugins");

@@ -50,7 +50,7 @@ pub const REQUIRED_EXPORTS: [&str; 8] = [
 ];
 
 /// Interfaces of the contract a plugin may import.
-pub const CONTRACT_IMPORTS: [&str; 8] = [
+pub const CONTRACT_IMPORTS: [&str; 9] = [
     "types",
     "metering",
     "kv",
@@ -59,6 +59,7 @@ pub const CONTRACT_IMPORTS: [&str; 8] = [
     "blobs",
     "outbound-http",
     "jobs",
+    "outbound-udp",
 ];
 
 /// What a component imports and exports, by name.

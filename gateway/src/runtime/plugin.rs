@@ -38,6 +38,8 @@ pub struct PluginShared {
     pub(crate) outbound_http: Arc<HttpOutbound>,
     /// The `jobs` capability, when the plugin has a `[plugin.jobs]` table.
     pub(crate) jobs: Option<PluginJobs>,
+    /// `host:port` targets the plugin may send datagrams to.
+    pub outbound_udp: BTreeSet<String>,
 }
 
 /// One plugin's access to the job engine, with its caps.
@@ -199,6 +201,7 @@ impl LoadedPlugin {
                     limits,
                 })
             }),
+            outbound_udp: cfg.outbound.udp.iter().cloned().collect(),
         };
         let mut plugin = LoadedPlugin {
             shared: Arc::new(shared),
@@ -262,6 +265,31 @@ impl LoadedPlugin {
     ) -> CallOutcome<Vec<Datagram>> {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move { p.call_handle_datagram(s, &d).await })
+        })
+        .await
+    }
+
+    /// Calls `handle-datagram` for a datagram that arrived on the ingress
+    /// socket (`arrived_on` none) or on an upstream session's socket. The
+    /// call may queue datagrams through `outbound-udp`; they are returned
+    /// with its answer, to be sent after its effects are committed.
+    pub async fn handle_datagram_on(
+        &self,
+        request_id: &Arc<str>,
+        d: Datagram,
+        arrived_on: Option<Arc<str>>,
+    ) -> CallOutcome<(Vec<Datagram>, Vec<super::QueuedDatagram>)> {
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(async move {
+                let udp = &mut s.data_mut().outbound_udp;
+                udp.enabled = true;
+                udp.arrived_on = arrived_on;
+                let replies = p.call_handle_datagram(&mut *s, &d).await?;
+                Ok((
+                    replies,
+                    std::mem::take(&mut s.data_mut().outbound_udp.queued),
+                ))
+            })
         })
         .await
     }

@@ -33,6 +33,8 @@ pub struct CallState {
     pub(crate) ticks: u64,
     pub(crate) max_ticks: u64,
     pub(crate) deadline_hit: bool,
+    /// Datagrams queued through `outbound-udp`, and where this one came from.
+    pub(crate) outbound_udp: super::host::outbound_udp::UdpCallState,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -62,6 +64,7 @@ impl CallState {
             ticks: 0,
             max_ticks,
             deadline_hit: false,
+            outbound_udp: Default::default(),
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

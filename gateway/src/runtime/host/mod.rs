@@ -9,6 +9,7 @@ mod kv;
 mod log;
 mod metering;
 pub(crate) mod outbound_http;
+pub mod outbound_udp;
 
 use super::contract::depin::plugin::types;
 use super::state::CallState;

@@ -3,10 +3,14 @@
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
 //! trapping (none of which may be kept), `/ok` answers 200. Its `prove`
 //! never returns for challenge kind `loop` and traps for `panic`.
+//!
+//! Datagrams: `panic` traps; `to <ip:port>` answers to that address instead
+//! of the sender; `send <host:port>` asks `outbound-udp` to send there and
+//! answers with the result; anything else is echoed back.
 
 use depin_plugin_sdk::{
-    Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, export_plugin,
-    kv, meter,
+    Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
+    export_plugin, kv, meter, outbound_udp,
 };
 
 struct Hostile;
@@ -59,6 +63,28 @@ impl Plugin for Hostile {
             }
             "panic" => panic!("asked to panic in prove"),
             other => Err(format!("no challenge kind `{other}`")),
+        }
+    }
+
+    fn handle_datagram(d: Datagram) -> Vec<Datagram> {
+        let text = String::from_utf8_lossy(&d.payload).into_owned();
+        let answer = |peer: &str, payload: Vec<u8>| {
+            vec![Datagram {
+                peer: peer.to_string(),
+                payload,
+            }]
+        };
+        if text == "panic" {
+            let _ = meter("calls", 1);
+            panic!("asked to panic on a datagram");
+        } else if let Some(addr) = text.strip_prefix("to ") {
+            answer(addr, b"hello".to_vec())
+        } else if let Some(target) = text.strip_prefix("send ") {
+            let result = outbound_udp::send(target, b"upstream", "s1");
+            answer(&d.peer, format!("{result:?}").into_bytes())
+        } else {
+            let _ = meter("calls", 1);
+            answer(&d.peer, d.payload)
         }
     }
 }

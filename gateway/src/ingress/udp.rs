@@ -1,0 +1,461 @@
+//! UDP ingress: one socket per plugin (`[plugin.udp] listen`), and the
+//! plugin's upstream sockets (`outbound-udp`), one per session.
+//!
+//! The path of one datagram reads top to bottom: receive → pick a lane →
+//! call `handle-datagram` → check where the answers may go → commit usage
+//! (host-attested bytes in and out, wall time, fuel, and what the plugin
+//! recorded) → send. Nothing is sent before the call's effects are durable;
+//! if the commit fails nothing is sent.
+//!
+//! Ordering: datagrams from one source (one forwarder address, or one
+//! upstream session) are handled one at a time, in arrival order (a call
+//! sees the committed kv writes of the previous one); datagrams from
+//! different sources run concurrently, on up to [`LANES`] calls at once per
+//! plugin.
+//!
+//! Where answers may go: the datagrams a call returns leave the ingress
+//! socket, and only to addresses that sent to that socket within
+//! [`PEER_TTL`] (so a plugin cannot use the gateway to reach arbitrary
+//! hosts); queued `outbound-udp` datagrams leave the session's socket, to
+//! the allow-listed target. Datagrams arriving on a session socket from any
+//! address that is not allow-listed are dropped before the plugin sees them.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::PluginConfig;
+use crate::gateway::StartError;
+use crate::ingress::http::units;
+use crate::ledger::{Ledger, NewRecord};
+use crate::runtime::contract::Datagram;
+use crate::runtime::{LoadedPlugin, QueuedDatagram};
+
+/// Lanes per plugin: calls of one plugin that may run (or wait for their
+/// commit) at once. Each lane waits for its commit before its next call, so
+/// lanes, not CPU, bound throughput when fsync is slow: many lanes let group
+/// commit share one fsync among many datagrams.
+pub const LANES: usize = 128;
+/// Datagrams waiting per lane; more are dropped, as a full socket would.
+pub const LANE_QUEUE: usize = 128;
+/// How long an address that sent to the ingress socket may be answered.
+pub const PEER_TTL: Duration = Duration::from_secs(600);
+/// Most upstream sessions (sockets) one plugin may open.
+pub const MAX_SESSIONS: usize = 1024;
+/// Largest datagram received.
+const MAX_DATAGRAM: usize = 65_535;
+/// Most remembered peers before expired ones are purged.
+const MAX_PEERS: usize = 65_536;
+
+/// The UDP side of one plugin while the gateway runs. Dropping it stops its
+/// sockets and lanes.
+pub struct UdpIngress {
+    plugin: Arc<str>,
+    listen_addr: Option<SocketAddr>,
+    relay: Arc<Relay>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// An upstream socket is per session name and address family (IPv6?).
+type SessionKey = (Arc<str>, bool);
+
+/// A datagram cleared to leave: from which socket, to whom, what.
+type Outgoing = (Arc<UdpSocket>, SocketAddr, Vec<u8>);
+
+/// One datagram waiting for its call.
+struct Inbound {
+    peer: SocketAddr,
+    payload: Vec<u8>,
+    /// The upstream session whose socket received it; none for ingress.
+    session: Option<Arc<str>>,
+}
+
+/// What the lanes of one plugin share.
+struct Relay {
+    plugin: Arc<LoadedPlugin>,
+    ledger: Arc<Ledger>,
+    ingress: Option<Arc<UdpSocket>>,
+    lanes: Vec<mpsc::Sender<Inbound>>,
+    /// Addresses that sent to the ingress socket, and when last.
+    peers: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Allow-listed targets as configured, with their resolved addresses.
+    targets: Mutex<HashMap<String, Vec<SocketAddr>>>,
+    /// Every resolved allow-listed address: the only sources accepted on
+    /// session sockets.
+    sources: Mutex<HashSet<SocketAddr>>,
+    /// Upstream sockets by (session, IPv6?).
+    sessions: Mutex<HashMap<SessionKey, Arc<UdpSocket>>>,
+    /// Receive loops of the session sockets.
+    session_tasks: Mutex<Vec<JoinHandle<()>>>,
+    calls: AtomicU64,
+}
+
+impl UdpIngress {
+    /// Binds the plugin's ingress socket (if configured), resolves its
+    /// allow-list and starts its lanes. `None` when the plugin has neither
+    /// UDP ingress nor outbound UDP targets. An allow-listed host that does
+    /// not resolve now is logged and tried again on each send to it.
+    pub async fn start(
+        plugin: Arc<LoadedPlugin>,
+        cfg: &PluginConfig,
+        ledger: Arc<Ledger>,
+    ) -> Result<Option<Self>, StartError> {
+        if cfg.udp.is_none() && cfg.outbound.udp.is_empty() {
+            return Ok(None);
+        }
+        let (ingress, listen_addr) = match &cfg.udp {
+            Some(u) => {
+                let listen_err = |source| StartError::Listen {
+                    addr: u.listen,
+                    source,
+                };
+                let socket = UdpSocket::bind(u.listen).await.map_err(listen_err)?;
+                let addr = socket.local_addr().map_err(listen_err)?;
+                (Some(Arc::new(socket)), Some(addr))
+            }
+            None => (None, None),
+        };
+        let mut lanes = Vec::with_capacity(LANES);
+        let mut receivers = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            lanes.push(tx);
+            receivers.push(rx);
+        }
+        let relay = Arc::new(Relay {
+            plugin,
+            ledger,
+            ingress,
+            lanes,
+            peers: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashSet::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_tasks: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+        });
+        for target in &cfg.outbound.udp {
+            relay.resolve(target).await;
+        }
+        let mut tasks: Vec<JoinHandle<()>> = receivers
+            .into_iter()
+            .map(|rx| tokio::spawn(relay.clone().serve_lane(rx)))
+            .collect();
+        if let Some(socket) = relay.ingress.clone() {
+            tasks.push(tokio::spawn(relay.clone().receive_ingress(socket)));
+        }
+        tracing::info!(
+            plugin = %cfg.name,
+            udp_addr = %listen_addr.map_or("-".to_string(), |a| a.to_string()),
+            upstreams = cfg.outbound.udp.len(),
+            "udp ingress ready"
+        );
+        Ok(Some(Self {
+            plugin: cfg.name.as_str().into(),
+            listen_addr,
+            relay,
+            tasks,
+        }))
+    }
+
+    /// Stops receiving and waits until no call of this plugin's UDP side
+    /// is running (calls in progress are cancelled).
+    pub async fn stop(mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.append(&mut self.relay.session_tasks.lock().expect("session tasks"));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// The plugin's configured name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// The bound ingress address (useful with port 0), if the plugin has one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+}
+
+impl Drop for UdpIngress {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self
+            .relay
+            .session_tasks
+            .lock()
+            .expect("session tasks")
+            .iter()
+        {
+            t.abort();
+        }
+    }
+}
+
+impl Relay {
+    /// Receive phase, ingress socket: remember the peer, hand the datagram
+    /// to its lane.
+    async fn receive_ingress(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, peer) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on some
+                    // systems; the socket itself is still good.
+                    tracing::debug!(plugin = %self.plugin.name(), error = %e, "udp receive failed");
+                    continue;
+                }
+            };
+            self.remember_peer(peer);
+            self.enqueue(Inbound {
+                peer,
+                payload: buf[..n].to_vec(),
+                session: None,
+            });
+        }
+    }
+
+    /// Receive phase, session socket: only allow-listed sources get in.
+    async fn receive_session(self: Arc<Self>, socket: Arc<UdpSocket>, session: Arc<str>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, peer) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(plugin = %self.plugin.name(), session = %session, error = %e, "udp receive failed");
+                    continue;
+                }
+            };
+            if !self.sources.lock().expect("sources").contains(&peer) {
+                tracing::debug!(plugin = %self.plugin.name(), session = %session, %peer, "dropped a datagram from an address that is not allow-listed");
+                continue;
+            }
+            self.enqueue(Inbound {
+                peer,
+                payload: buf[..n].to_vec(),
+                session: Some(session.clone()),
+            });
+        }
+    }
+
+    /// Route phase: same source, same lane, so one source is handled in order.
+    fn enqueue(&self, inbound: Inbound) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match &inbound.session {
+            Some(s) => s.hash(&mut h),
+            None => inbound.peer.hash(&mut h),
+        }
+        let lane = (h.finish() % self.lanes.len() as u64) as usize;
+        if self.lanes[lane].try_send(inbound).is_err() {
+            tracing::debug!(plugin = %self.plugin.name(), lane, "udp lane full; datagram dropped");
+        }
+    }
+
+    fn remember_peer(&self, peer: SocketAddr) {
+        let now = Instant::now();
+        let mut peers = self.peers.lock().expect("peers");
+        if peers.len() >= MAX_PEERS {
+            peers.retain(|_, seen| now.duration_since(*seen) < PEER_TTL);
+        }
+        if peers.len() < MAX_PEERS {
+            peers.insert(peer, now);
+        }
+    }
+
+    fn may_answer(&self, peer: &SocketAddr) -> bool {
+        self.peers
+            .lock()
+            .expect("peers")
+            .get(peer)
+            .is_some_and(|seen| seen.elapsed() < PEER_TTL)
+    }
+
+    async fn serve_lane(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
+        while let Some(inbound) = rx.recv().await {
+            self.handle(inbound).await;
+        }
+    }
+
+    /// Call, check, commit, send: one datagram.
+    async fn handle(self: &Arc<Self>, inbound: Inbound) {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = format!("udp-{n}").into();
+        let bytes_in = inbound.payload.len() as u64;
+        let datagram = Datagram {
+            peer: inbound.peer.to_string(),
+            payload: inbound.payload,
+        };
+        let outcome = self
+            .plugin
+            .handle_datagram_on(&id, datagram, inbound.session)
+            .await;
+        // A failed call was logged by the runtime; it sends nothing.
+        let (replies, queued) = outcome.result.unwrap_or_default();
+        let mut sends = Vec::with_capacity(replies.len() + queued.len());
+        for reply in replies {
+            if let Some(send) = self.check_reply(&id, reply) {
+                sends.push(send);
+            }
+        }
+        for q in queued {
+            if let Some(send) = self.check_upstream(&id, q).await {
+                sends.push(send);
+            }
+        }
+        let bytes_out: u64 = sends.iter().map(|s| s.2.len() as u64).sum();
+        let mut effects = outcome.effects;
+        let host = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, &id);
+        effects.records.splice(
+            0..0,
+            [
+                host(units::BYTES_IN, bytes_in),
+                host(units::BYTES_OUT, bytes_out),
+                host(units::WALL_TIME_US, outcome.wall.as_micros() as u64),
+                host(units::FUEL, outcome.fuel),
+            ],
+        );
+        if let Err(e) = self
+            .ledger
+            .commit(self.plugin.name().clone(), effects)
+            .await
+        {
+            tracing::error!(plugin = %self.plugin.name(), request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
+            return;
+        }
+        for (socket, to, payload) in sends {
+            if let Err(e) = socket.send_to(&payload, to).await {
+                tracing::debug!(plugin = %self.plugin.name(), request_id = %id, %to, error = %e, "udp send failed");
+            }
+        }
+    }
+
+    /// A returned datagram may leave the ingress socket to a recent peer.
+    fn check_reply(&self, id: &str, reply: Datagram) -> Option<Outgoing> {
+        let refuse = |why: &str| {
+            tracing::warn!(plugin = %self.plugin.name(), request_id = %id, peer = %reply.peer, "answer dropped: {why}");
+        };
+        let Some(socket) = self.ingress.clone() else {
+            refuse("the plugin has no UDP ingress socket ([plugin.udp] listen)");
+            return None;
+        };
+        let Ok(peer) = reply.peer.parse::<SocketAddr>() else {
+            refuse("peer is not ip:port");
+            return None;
+        };
+        if !self.may_answer(&peer) {
+            refuse("peer has not sent to this plugin's UDP socket recently");
+            return None;
+        }
+        Some((socket, peer, reply.payload))
+    }
+
+    /// A queued upstream datagram leaves its session's socket.
+    async fn check_upstream(self: &Arc<Self>, id: &str, q: QueuedDatagram) -> Option<Outgoing> {
+        let Some(to) = self.resolve(&q.target).await else {
+            tracing::warn!(plugin = %self.plugin.name(), request_id = %id, target = %q.target, "upstream datagram dropped: the target does not resolve");
+            return None;
+        };
+        match self.session_socket(&q.session, to) {
+            Ok(socket) => Some((socket, to, q.payload)),
+            Err(problem) => {
+                tracing::warn!(plugin = %self.plugin.name(), request_id = %id, session = %q.session, "upstream datagram dropped: {problem}");
+                None
+            }
+        }
+    }
+
+    /// The first address of an allow-listed target, resolving it (again)
+    /// if it did not resolve before.
+    async fn resolve(&self, target: &str) -> Option<SocketAddr> {
+        if let Some(addr) = self
+            .targets
+            .lock()
+            .expect("targets")
+            .get(target)
+            .and_then(|a| a.first().copied())
+        {
+            return Some(addr);
+        }
+        let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(target));
+        let addrs: Vec<SocketAddr> = match lookup.await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(plugin = %self.plugin.name(), %target, error = %e, "cannot resolve an allow-listed UDP target");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(plugin = %self.plugin.name(), %target, "resolving an allow-listed UDP target timed out");
+                return None;
+            }
+        };
+        let first = addrs.first().copied()?;
+        self.sources
+            .lock()
+            .expect("sources")
+            .extend(addrs.iter().copied());
+        self.targets
+            .lock()
+            .expect("targets")
+            .insert(target.to_string(), addrs);
+        Some(first)
+    }
+
+    /// The session's socket for `to`'s address family, opened on first use:
+    /// on loopback when `to` is loopback, on all interfaces otherwise.
+    fn session_socket(
+        self: &Arc<Self>,
+        session: &Arc<str>,
+        to: SocketAddr,
+    ) -> Result<Arc<UdpSocket>, String> {
+        let key = (session.clone(), to.is_ipv6());
+        let mut sessions = self.sessions.lock().expect("sessions");
+        if let Some(s) = sessions.get(&key) {
+            return Ok(s.clone());
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(format!(
+                "the plugin already has {MAX_SESSIONS} upstream sessions"
+            ));
+        }
+        let ip: IpAddr = match (to.ip().is_loopback(), to.is_ipv6()) {
+            (true, false) => Ipv4Addr::LOCALHOST.into(),
+            (true, true) => Ipv6Addr::LOCALHOST.into(),
+            (false, false) => Ipv4Addr::UNSPECIFIED.into(),
+            (false, true) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|e| format!("cannot open an upstream socket: {e}"))?;
+        let socket = Arc::new(
+            UdpSocket::from_std(std_socket)
+                .map_err(|e| format!("cannot open an upstream socket: {e}"))?,
+        );
+        sessions.insert(key, socket.clone());
+        drop(sessions);
+        let receive = tokio::spawn(
+            self.clone()
+                .receive_session(socket.clone(), session.clone()),
+        );
+        self.session_tasks
+            .lock()
+            .expect("session tasks")
+            .push(receive);
+        tracing::debug!(plugin = %self.plugin.name(), %session, "upstream session opened");
+        Ok(socket)
+    }
+}
