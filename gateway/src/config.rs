@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod ops;
+pub use ops::{AdminConfig, ReloadConfig, TlsConfig};
+
 /// The whole gateway configuration, as loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,11 @@ pub struct GatewayConfig {
     /// The resource plugins, one table each.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
+    /// The admin listener; off when absent.
+    pub admin: Option<AdminConfig>,
+    /// Hot reload of the plugins.
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 /// Log output format.
@@ -51,7 +59,7 @@ pub enum LogFormat {
 }
 
 /// Limits of the HTTP ingress.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Largest request body accepted; larger bodies get 413.
@@ -65,6 +73,8 @@ pub struct HttpConfig {
     pub call_timeout_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Serve over TLS; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -75,12 +85,13 @@ impl Default for HttpConfig {
             max_headers: 64,
             call_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
 
 /// Limits of the WebAssembly runtime as a whole.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Instances that may exist at once across all plugins (the size of the
@@ -103,7 +114,7 @@ impl Default for RuntimeConfig {
 }
 
 /// One `[[plugin]]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name; namespaces the plugin's key-value store and its ledger
@@ -127,7 +138,7 @@ pub struct PluginConfig {
 }
 
 /// Sandbox limits of one plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
     /// Linear memory cap per call, in MiB.
@@ -228,6 +239,12 @@ impl GatewayConfig {
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
         }
+        if let Some(tls) = &mut self.http.tls {
+            tls.resolve_paths(base);
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.resolve_paths(base);
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -241,6 +258,13 @@ impl GatewayConfig {
         }
         positive("http.max_headers", h.max_headers as u64)?;
         positive("http.call_timeout_ms", h.call_timeout_ms)?;
+        if let Some(tls) = &h.tls {
+            tls.validate()?;
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
+        }
+        self.reload.validate()?;
         let r = &self.runtime;
         positive("runtime.max_instances", u64::from(r.max_instances))?;
         positive("runtime.max_memory_mb", r.max_memory_mb)?;

@@ -2,12 +2,16 @@
 //! plugins and meters the service they provide into a durable, hash-chained
 //! usage ledger.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod identity;
 pub mod ingress;
 pub mod ledger;
+pub mod metrics;
+pub mod plugin_table;
+pub mod reload;
 pub mod runtime;
 pub mod telemetry;
 
