@@ -357,3 +357,18 @@ async fn certificate_rotation_while_a_client_keeps_requesting_loses_nothing() {
     );
     gw.shutdown().await;
 }
+
+#[test]
+fn shipped_deployment_configurations_are_valid() {
+    let root = depin_e2e::workspace();
+    for file in [
+        "deploy/gateway.toml",
+        "deploy/systemd/gateway.toml",
+        "deploy/docker/gateway.toml",
+        "deploy/kubernetes/base/gateway.toml",
+    ] {
+        if let Err(e) = depin_gateway::config::GatewayConfig::load(&root.join(file)) {
+            panic!("{e}");
+        }
+    }
+}
