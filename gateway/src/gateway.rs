@@ -80,6 +80,7 @@ impl RunningGateway {
         source: Option<&Path>,
     ) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
+        crate::otel::init_from_env();
         let ledger = Ledger::open(&config.data_dir)?;
         let runtime = Arc::new(Runtime::new(
             &config.runtime,
@@ -187,6 +188,7 @@ impl RunningGateway {
             let _ = server.await;
         }
         self.ledger.close();
+        crate::otel::flush();
         tracing::info!("gateway stopped");
     }
 }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod ingress;
 pub mod ledger;
 pub mod metrics;
+pub mod otel;
 pub mod plugin_table;
 pub mod reload;
 pub mod runtime;

@@ -172,6 +172,8 @@ impl HttpIngress {
                 &format!("no plugin serves {path}"),
             );
         };
+        let method = req.method().clone();
+        let started_at = std::time::SystemTime::now();
         let span = tracing::info_span!(
             "call",
             plugin = %plugin.name(),
@@ -198,6 +200,20 @@ impl HttpIngress {
             span.record("bytes_out", facts.bytes_out);
             if let Some(kind) = facts.error {
                 span.record("error", kind);
+            }
+            if crate::otel::enabled() {
+                crate::otel::record_call(crate::otel::CallSpan {
+                    plugin: plugin.name(),
+                    method: method.as_str(),
+                    route: &path,
+                    request_id: &request_id,
+                    status: response.status().as_u16(),
+                    error: facts.error,
+                    fuel: facts.fuel,
+                    bytes_in: facts.bytes_in,
+                    bytes_out: facts.bytes_out,
+                    started: started_at,
+                });
             }
             crate::metrics::global().record_call(
                 plugin.name(),

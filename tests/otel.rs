@@ -1,0 +1,168 @@
+//! OpenTelemetry: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, every call's span
+//! reaches an OTLP/HTTP receiver that decodes the real protobuf. This file is
+//! its own test process, because the exporter is configured once per process
+//! from the environment.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
+use depin_gateway::RunningGateway;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::net::TcpListener;
+
+/// Every span the receiver decoded, with its resource's service name.
+type Received = Arc<Mutex<Vec<(String, Span)>>>;
+
+/// A minimal OTLP/HTTP trace receiver on a loopback port: decodes each
+/// `POST /v1/traces` body as `ExportTraceServiceRequest`.
+async fn start_receiver() -> (std::net::SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        let ok = req.uri().path() == "/v1/traces"
+                            && req.headers()["content-type"] == "application/x-protobuf";
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let status = match ExportTraceServiceRequest::decode(body) {
+                            Ok(export) if ok => {
+                                let mut sink = sink.lock().unwrap();
+                                for rs in export.resource_spans {
+                                    let service = rs
+                                        .resource
+                                        .as_ref()
+                                        .and_then(|r| string_attr(&r.attributes, "service.name"))
+                                        .unwrap_or_default();
+                                    for ss in rs.scope_spans {
+                                        for span in ss.spans {
+                                            sink.push((service.clone(), span));
+                                        }
+                                    }
+                                }
+                                200
+                            }
+                            _ => 400,
+                        };
+                        let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/x-protobuf"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    match attr(attrs, key)? {
+        Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attrs, key)? {
+        Value::IntValue(i) => Some(*i),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_traces_arrive_at_a_receiver_with_one_span_per_call() {
+    let (receiver, received) = start_receiver().await;
+    // SAFETY: set before anything in this process reads the environment
+    // (the only test of this process).
+    unsafe {
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+        std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    }
+    let spec =
+        PluginSpec::new("traced", plugin("template_plugin"), "/t").config("greeting = \"hello\"");
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = http.get("/t/hello?name=otel").await;
+        assert_eq!(r.status, 200);
+        ids.push(r.request_id());
+    }
+    assert_eq!(http.get("/t/missing").await.status, 404);
+    gw.shutdown().await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = received.lock().unwrap().clone();
+        if spans.len() >= 4 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(spans.len(), 4, "spans received: {spans:?}");
+    for (service, span) in &spans {
+        assert_eq!(service, "depin-gateway");
+        assert_eq!(span.name, "GET traced");
+        assert_eq!(
+            string_attr(&span.attributes, "depin.plugin").as_deref(),
+            Some("traced")
+        );
+        assert!(int_attr(&span.attributes, "depin.fuel").unwrap() > 0);
+        assert!(int_attr(&span.attributes, "depin.bytes_in").unwrap() > 0);
+        assert!(int_attr(&span.attributes, "depin.bytes_out").unwrap() > 0);
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    let mut statuses: Vec<i64> = spans
+        .iter()
+        .map(|(_, s)| int_attr(&s.attributes, "http.response.status_code").unwrap())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 404]);
+    for id in ids {
+        assert!(
+            spans.iter().any(
+                |(_, s)| string_attr(&s.attributes, "depin.request_id").as_deref()
+                    == Some(id.as_str())
+            ),
+            "no span for request {id}"
+        );
+    }
+    assert!(
+        spans.iter().any(|(_, s)| {
+            string_attr(&s.attributes, "url.path").as_deref() == Some("/t/hello")
+        })
+    );
+}
