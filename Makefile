@@ -10,7 +10,7 @@ WASM_TARGET := wasm32-wasip2
 # Every plugin component the gateway and its tests use.
 PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin
 
-.PHONY: run test plugins gateway wasm-target bench lint clean
+.PHONY: run test plugins gateway wasm-target bench bench-ops lint clean
 
 run: plugins gateway
 	@test -f data/device.key || ./target/release/depin-gateway keygen --config $(CONFIG)
@@ -30,6 +30,10 @@ gateway:
 
 bench: plugins
 	$(CARGO) run --release -p depin-bench
+
+# TLS vs plain and OTLP tracing on vs off (issue 8); runs the release binary.
+bench-ops: plugins gateway
+	$(CARGO) run --release -p depin-bench --bin depin-bench-ops
 
 lint:
 	$(CARGO) fmt --all --check
