@@ -1,5 +1,6 @@
 //! OpenTelemetry: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, every call's span
-//! reaches an OTLP/HTTP receiver that decodes the real protobuf. This file is
+//! and the call metrics reach an OTLP/HTTP receiver that decodes the real
+//! protobuf. This file is
 //! its own test process, because the exporter is configured once per process
 //! from the environment.
 
@@ -13,35 +14,61 @@ use depin_gateway::RunningGateway;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
 
 /// Every span the receiver decoded, with its resource's service name.
 type Received = Arc<Mutex<Vec<(String, Span)>>>;
+/// Every metric the receiver decoded, in arrival order.
+type ReceivedMetrics = Arc<Mutex<Vec<Metric>>>;
 
 /// A minimal OTLP/HTTP trace receiver on a loopback port: decodes each
 /// `POST /v1/traces` body as `ExportTraceServiceRequest`.
-async fn start_receiver() -> (std::net::SocketAddr, Received) {
+async fn start_receiver() -> (std::net::SocketAddr, Received, ReceivedMetrics) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received: Received = Arc::default();
+    let metrics: ReceivedMetrics = Arc::default();
     let sink = received.clone();
+    let metric_sink = metrics.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let sink = sink.clone();
+            let metric_sink = metric_sink.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let sink = sink.clone();
+                    let metric_sink = metric_sink.clone();
                     async move {
-                        let ok = req.uri().path() == "/v1/traces"
-                            && req.headers()["content-type"] == "application/x-protobuf";
+                        let path = req.uri().path().to_string();
+                        let protobuf = req.headers()["content-type"] == "application/x-protobuf";
                         let body = req.into_body().collect().await.unwrap().to_bytes();
+                        if path == "/v1/metrics" && protobuf {
+                            let status = match ExportMetricsServiceRequest::decode(body) {
+                                Ok(export) => {
+                                    let mut sink = metric_sink.lock().unwrap();
+                                    for rm in export.resource_metrics {
+                                        for sm in rm.scope_metrics {
+                                            sink.extend(sm.metrics);
+                                        }
+                                    }
+                                    200
+                                }
+                                Err(_) => 400,
+                            };
+                            let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            return Ok::<_, Infallible>(r);
+                        }
+                        let ok = path == "/v1/traces" && protobuf;
                         let status = match ExportTraceServiceRequest::decode(body) {
                             Ok(export) if ok => {
                                 let mut sink = sink.lock().unwrap();
@@ -76,7 +103,7 @@ async fn start_receiver() -> (std::net::SocketAddr, Received) {
             });
         }
     });
-    (addr, received)
+    (addr, received, metrics)
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -102,8 +129,8 @@ fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otlp_traces_arrive_at_a_receiver_with_one_span_per_call() {
-    let (receiver, received) = start_receiver().await;
+async fn otlp_traces_and_metrics_arrive_at_a_receiver_one_span_per_call() {
+    let (receiver, received, metrics) = start_receiver().await;
     // SAFETY: set before anything in this process reads the environment
     // (the only test of this process).
     unsafe {
@@ -165,4 +192,39 @@ async fn otlp_traces_arrive_at_a_receiver_with_one_span_per_call() {
             string_attr(&s.attributes, "url.path").as_deref() == Some("/t/hello")
         })
     );
+
+    // Metrics: flushed at shutdown; the last export of `depin.calls` holds
+    // the cumulative count per status.
+    let calls = |status: i64| -> i64 {
+        let metrics = metrics.lock().unwrap();
+        let Some(m) = metrics.iter().rev().find(|m| m.name == "depin.calls") else {
+            return -1;
+        };
+        let Some(Data::Sum(sum)) = &m.data else {
+            panic!("depin.calls is not a sum: {m:?}");
+        };
+        sum.data_points
+            .iter()
+            .filter(|p| int_attr(&p.attributes, "status") == Some(status))
+            .filter(|p| string_attr(&p.attributes, "plugin").as_deref() == Some("traced"))
+            .map(|p| match p.value {
+                Some(number_data_point::Value::AsInt(v)) => v,
+                _ => panic!("not an integer point: {p:?}"),
+            })
+            .sum()
+    };
+    assert_eq!((calls(200), calls(404)), (3, 1));
+    let names: Vec<String> = metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    for name in [
+        "depin.call.duration",
+        "depin.call.fuel",
+        "depin.ledger.commit.group_size",
+    ] {
+        assert!(names.iter().any(|n| n == name), "no {name} in {names:?}");
+    }
 }

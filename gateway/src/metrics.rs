@@ -142,6 +142,9 @@ pub struct Metrics {
     plugins: Mutex<BTreeMap<Arc<str>, PluginCounters>>,
     ledger: Mutex<Ledger>,
     reloads: Mutex<Reloads>,
+    /// Reports waiting in the upstream outbox; `None` until the outbox
+    /// reports it (it is not exported before).
+    outbox_depth: Mutex<Option<u64>>,
 }
 
 /// The registry every part of the gateway records into.
@@ -166,11 +169,13 @@ impl Metrics {
                 group_size: Histogram::new(&GROUP_BUCKETS),
             }),
             reloads: Mutex::new(Reloads::default()),
+            outbox_depth: Mutex::new(None),
         }
     }
 
     /// Counts one call of `plugin`.
     pub fn record_call(&self, plugin: &Arc<str>, call: CallObservation) {
+        crate::otel::export_call(plugin, &call);
         let mut plugins = self.plugins.lock().expect("metrics lock");
         let c = match plugins.get_mut(plugin) {
             Some(c) => c,
@@ -190,6 +195,7 @@ impl Metrics {
 
     /// Counts one ledger transaction that committed `group_size` calls.
     pub fn record_ledger_commit(&self, group_size: usize, took: Duration) {
+        crate::otel::export_ledger_commit(group_size, took);
         let mut l = self.ledger.lock().expect("metrics lock");
         l.commit_seconds.observe(took.as_secs_f64());
         l.group_size.observe(group_size as f64);
@@ -203,6 +209,13 @@ impl Metrics {
         } else {
             r.failed += 1;
         }
+    }
+
+    /// Sets the number of reports waiting in the upstream outbox (the
+    /// `depin_outbox_depth` gauge). For the outbox worker to call whenever
+    /// the depth changes.
+    pub fn set_outbox_depth(&self, depth: u64) {
+        *self.outbox_depth.lock().expect("metrics lock") = Some(depth);
     }
 
     /// A copy of one plugin's counters (`None` before its first call).
@@ -312,6 +325,15 @@ impl Metrics {
         );
         let _ = writeln!(out, "depin_reloads_total{{result=\"ok\"}} {}", r.ok);
         let _ = writeln!(out, "depin_reloads_total{{result=\"failed\"}} {}", r.failed);
+        if let Some(depth) = *self.outbox_depth.lock().expect("metrics lock") {
+            header(
+                &mut out,
+                "depin_outbox_depth",
+                "gauge",
+                "Reports waiting in the upstream outbox.",
+            );
+            let _ = writeln!(out, "depin_outbox_depth {depth}");
+        }
         out
     }
 }
@@ -367,5 +389,8 @@ mod tests {
         assert!(text.contains("depin_calls_total{plugin=\"a\\\"b\",status=\"500\"} 1\n"));
         assert!(text.contains("depin_call_errors_total{plugin=\"a\\\"b\",kind=\"trap\"} 1\n"));
         assert!(text.contains("depin_call_fuel_total{plugin=\"a\\\"b\"} 20\n"));
+        assert!(!text.contains("depin_outbox_depth"));
+        m.set_outbox_depth(3);
+        assert!(m.render_prometheus().contains("depin_outbox_depth 3\n"));
     }
 }
