@@ -8,7 +8,6 @@
 //! logged and the previous pair stays in use.
 
 use std::convert::Infallible;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -18,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
@@ -70,18 +71,14 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         path: path.to_path_buf(),
         problem,
     };
-    let cert_file =
-        std::fs::File::open(cert).map_err(|e| fail(cert, format!("cannot read: {e}")))?;
-    let chain = rustls_pemfile::certs(&mut BufReader::new(cert_file))
-        .collect::<Result<Vec<_>, _>>()
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| fail(cert, format!("not a PEM certificate chain: {e}")))?;
     if chain.is_empty() {
         return Err(fail(cert, "holds no PEM certificate".into()));
     }
-    let key_file = std::fs::File::open(key).map_err(|e| fail(key, format!("cannot read: {e}")))?;
-    let der = rustls_pemfile::private_key(&mut BufReader::new(key_file))
-        .map_err(|e| fail(key, format!("not a PEM private key: {e}")))?
-        .ok_or_else(|| fail(key, "holds no PEM private key".into()))?;
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| fail(key, format!("not a PEM private key: {e}")))?;
     CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
         fail(
             key,
@@ -242,5 +239,53 @@ impl HttpIngress {
             .timer(TokioTimer::new())
             .max_header_list_size(self.limits.max_header_bytes.max(8192) as u32);
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn a_matching_pair_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "a");
+        assert_eq!(load_pair(&c, &k).unwrap().cert.len(), 1);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = write_pair(dir.path(), "a");
+        let (_, other_key) = write_pair(dir.path(), "b");
+        let e = load_pair(&c, &other_key).unwrap_err();
+        assert_eq!(e.path, other_key);
+        assert!(e.to_string().contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "a");
+        let missing = dir.path().join("missing.crt");
+        assert_eq!(load_pair(&missing, &k).unwrap_err().path, missing);
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(load_pair(&c, &empty).unwrap_err().path, empty);
     }
 }
