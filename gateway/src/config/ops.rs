@@ -119,3 +119,57 @@ impl ReloadConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::GatewayConfig;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<GatewayConfig, crate::config::ConfigError> {
+        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
+    }
+
+    #[test]
+    fn operations_tables_are_off_by_default() {
+        let c = parse("").unwrap();
+        assert!(c.http.tls.is_none());
+        assert!(c.admin.is_none());
+        assert!(!c.reload.watch);
+    }
+
+    #[test]
+    fn tls_and_token_paths_resolve_against_the_file() {
+        let c = parse(
+            "[http.tls]\ncert = \"tls/c.pem\"\nkey = \"/abs/k.pem\"\n[admin]\ntoken_file = \"t\"\n",
+        )
+        .unwrap();
+        let tls = c.http.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/depin/tls/c.pem"));
+        assert_eq!(tls.key, Path::new("/abs/k.pem"));
+        assert_eq!(tls.poll_ms, 2_000);
+        let admin = c.admin.unwrap();
+        assert_eq!(admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(admin.token_file.unwrap(), Path::new("/etc/depin/t"));
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        let e = parse("[admin]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("admin.token_file"));
+        assert!(e.problem.contains("0.0.0.0:9090"), "{e}");
+        assert!(parse("[admin]\nlisten = \"127.0.0.1:9090\"\n").is_ok());
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let e = parse("[http.tls]\ncert = \"c\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("http.tls"));
+        assert!(e.problem.contains("missing field `key`"), "{e}");
+        let e = parse("[admin]\ntoken = \"x\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("admin.token"));
+        let e = parse("[reload]\npoll_ms = 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("reload.poll_ms"));
+        let e = parse("[http.tls]\ncert = \"c\"\nkey = \"k\"\npoll_ms = 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("http.tls.poll_ms"));
+    }
+}
