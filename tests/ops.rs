@@ -372,3 +372,36 @@ fn shipped_deployment_configurations_are_valid() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_configuration_changes_are_reloaded_without_a_signal() {
+    let home = Home::new(
+        &[template("hello")],
+        "[reload]\nwatch = true\npoll_ms = 50\n",
+    );
+    let gw = RunningGateway::start_with_source(&home.config(), Some(&home.config_path))
+        .await
+        .expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    assert_eq!(http.get("/t/hello?name=x").await.text(), "hello, x");
+    // Let the first modification time settle into the watcher's view.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let original = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(
+        &home.config_path,
+        original.replace("greeting = \"hello\"", "greeting = \"howdy\""),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get("/t/hello?name=x").await;
+        assert_eq!(r.status, 200);
+        if r.text() == "howdy, x" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.table().snapshot().generation, 2);
+    gw.shutdown().await;
+}
