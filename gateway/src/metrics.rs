@@ -251,7 +251,7 @@ impl Metrics {
             &mut out,
             "depin_call_errors_total",
             "counter",
-            "Failed plugin calls by kind (trap, deadline, memory, fuel, busy, host, timeout, ledger).",
+            "Failed plugin calls by kind (trap, deadline, memory, fuel, busy, host, timeout, ledger, request).",
         );
         for (p, c) in &plugins {
             for (kind, n) in &c.errors_by_kind {
