@@ -15,7 +15,7 @@ PLUGINS += -p hotspot-relay-plugin
 # Job modules (WASI preview 1) of the compute-task tests and benchmark.
 JOB_TARGET := wasm32-wasip1
 
-.PHONY: run test plugins gateway wasm-target bench lint clean
+.PHONY: run test plugins gateway wasm-target bench bench-ops lint clean
 
 run: plugins gateway
 	@test -f data/device.key || ./target/release/depin-gateway keygen --config $(CONFIG)
@@ -36,6 +36,10 @@ gateway:
 
 bench: plugins
 	$(CARGO) run --release -p depin-bench
+
+# TLS vs plain and OTLP tracing on vs off (issue 8); runs the release binary.
+bench-ops: plugins gateway
+	$(CARGO) run --release -p depin-bench --bin depin-bench-ops
 
 lint:
 	$(CARGO) fmt --all --check

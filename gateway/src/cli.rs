@@ -244,12 +244,32 @@ fn cmd_run(config_path: &Path, log_format: Option<LogFormat>) -> anyhow::Result<
         );
     }
     runtime()?.block_on(async {
-        let gateway = crate::RunningGateway::start(&config).await?;
-        wait_for_signal().await;
+        // Installed before the gateway reports ready, so an early SIGHUP
+        // reloads instead of ending the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        let gateway = crate::RunningGateway::start_with_source(&config, Some(config_path)).await?;
+        wait_for_signal_reloading_on_hangup(&gateway, hup).await;
         tracing::info!("shutting down");
         gateway.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Waits for SIGTERM or SIGINT; on each SIGHUP, reloads the plugins (a
+/// refused reload is logged and reported by the gateway).
+async fn wait_for_signal_reloading_on_hangup(
+    gateway: &crate::RunningGateway,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = async {
+            while hup.recv().await.is_some() {
+                let _ = gateway.reload("sighup").await;
+            }
+        } => {}
+    }
 }
 
 async fn wait_for_signal() {

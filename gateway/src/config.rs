@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod ops;
+pub use ops::{AdminConfig, ReloadConfig, TlsConfig};
+
 /// The whole gateway configuration, as loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +46,11 @@ pub struct GatewayConfig {
     /// The collector that receives epoch reports; reports stay local
     /// without it.
     pub upstream: Option<crate::upstream::UpstreamConfig>,
+    /// The admin listener; off when absent.
+    pub admin: Option<AdminConfig>,
+    /// Hot reload of the plugins.
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 /// Log output format.
@@ -57,7 +65,7 @@ pub enum LogFormat {
 }
 
 /// Limits of the HTTP ingress.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Largest request body accepted; larger bodies get 413.
@@ -71,6 +79,8 @@ pub struct HttpConfig {
     pub call_timeout_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Serve over TLS; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -81,12 +91,13 @@ impl Default for HttpConfig {
             max_headers: 64,
             call_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
 
 /// Limits of the WebAssembly runtime as a whole.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Instances that may exist at once across all plugins (the size of the
@@ -110,7 +121,7 @@ impl Default for RuntimeConfig {
 
 /// One `[[plugin]]` table. `Default` gives a plugin with no route, no
 /// capabilities and default limits, for code that loads a component by hand.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name; namespaces the plugin's key-value store and its ledger
@@ -146,7 +157,7 @@ pub struct PluginConfig {
 }
 
 /// A plugin's UDP ingress socket.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UdpConfig {
     /// Address to bind, e.g. `0.0.0.0:1700`; port 0 picks a free port.
@@ -155,7 +166,7 @@ pub struct UdpConfig {
 
 /// `[plugin.blobs]`: a content-addressed blob store under
 /// `<data_dir>/blobs/<plugin name>/`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobsConfig {
     /// Most bytes the store may hold; a write past it is refused.
@@ -163,7 +174,7 @@ pub struct BlobsConfig {
 }
 
 /// `[plugin.outbound]`: the allow-lists of the outbound imports.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Origins the plugin may fetch from over HTTP(S), e.g.
@@ -207,7 +218,7 @@ pub fn parse_http_origin(origin: &str) -> Result<(String, String, u16), String> 
 }
 
 /// `[plugin.jobs]`: the caps of one plugin's deterministic jobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
     /// Most fuel one job may be given.
@@ -236,7 +247,7 @@ impl Default for JobsConfig {
 }
 
 /// Sandbox limits of one plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
     /// Linear memory cap per call, in MiB.
@@ -342,6 +353,12 @@ impl GatewayConfig {
         if let Some(u) = &mut self.upstream {
             u.resolve_paths(&resolve);
         }
+        if let Some(tls) = &mut self.http.tls {
+            tls.resolve_paths(base);
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.resolve_paths(base);
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -355,6 +372,13 @@ impl GatewayConfig {
         }
         positive("http.max_headers", h.max_headers as u64)?;
         positive("http.call_timeout_ms", h.call_timeout_ms)?;
+        if let Some(tls) = &h.tls {
+            tls.validate()?;
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
+        }
+        self.reload.validate()?;
         let r = &self.runtime;
         positive("runtime.max_instances", u64::from(r.max_instances))?;
         positive("runtime.max_memory_mb", r.max_memory_mb)?;

@@ -2,6 +2,7 @@
 //! runtime, plugins, ingress — and takes it down again in order.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,11 @@ use crate::identity::DeviceKey;
 use crate::ingress::http::{HttpIngress, units};
 use crate::ledger::{Ledger, NewRecord};
 use crate::runtime::{LoadedPlugin, Runtime};
+
+use crate::admin::AdminApi;
+use crate::ingress::tls::TlsIngress;
+use crate::plugin_table::PluginTable;
+use crate::reload::{ReloadError, ReloadReport, Reloader};
 
 /// Why the gateway did not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +37,13 @@ pub enum StartError {
     #[error(transparent)]
     Epochs(#[from] crate::epochs::EpochStoreError),
     #[error(transparent)]
-    Tls(#[from] crate::upstream::tls::TlsError),
+    UpstreamTls(#[from] crate::upstream::tls::TlsError),
     #[error(transparent)]
     Jobs(#[from] crate::jobs::JobsError),
+    #[error(transparent)]
+    Tls(#[from] crate::ingress::tls::TlsError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -48,14 +58,20 @@ pub struct RunningGateway {
     pub http_addr: SocketAddr,
     /// The device's gateway id.
     pub gateway_id: String,
-    /// The loaded plugins, in configuration order.
+    /// The plugins loaded at start, in configuration order (reloads
+    /// change [`RunningGateway::table`], not this).
     pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The bound admin address, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// The TLS side of the ingress, when `[http.tls]` is configured.
+    pub tls: Option<Arc<TlsIngress>>,
     ledger: Arc<Ledger>,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     tickers: Vec<JoinHandle<()>>,
     /// UDP sockets and lanes of the plugins that have them.
     udp: Vec<crate::ingress::udp::UdpIngress>,
+    reloader: Arc<Reloader>,
     _runtime: Arc<Runtime>,
 }
 
@@ -63,7 +79,18 @@ impl RunningGateway {
     /// Starts everything in `config`. Fails before serving anything if the
     /// key, the ledger or any plugin is not right.
     pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
+        Self::start_with_source(config, None).await
+    }
+
+    /// Like [`RunningGateway::start`]; `source` is the file `config` came
+    /// from, re-read by reloads (without it, a reload re-reads the
+    /// components of `config`).
+    pub async fn start_with_source(
+        config: &GatewayConfig,
+        source: Option<&Path>,
+    ) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
+        crate::otel::init_from_env();
         let ledger = Ledger::open(&config.data_dir)?;
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
             .with_blob_root(config.data_dir.join("blobs"));
@@ -73,33 +100,31 @@ impl RunningGateway {
             runtime = runtime.with_jobs(Arc::new(jobs));
         }
         let runtime = Arc::new(runtime);
-        let mut plugins = Vec::new();
-        let mut routed = Vec::new();
-        for p in &config.plugins {
-            let loaded = LoadedPlugin::load(&runtime, p, ledger.clone()).await?;
-            tracing::info!(
-                plugin = %p.name,
-                digest = %loaded.digest,
-                version = %loaded.info.version,
-                kind = crate::runtime::contract::kind_name(loaded.info.kind),
-                route = p.route.as_deref().unwrap_or("-"),
-                compiled = ?loaded.cache,
-                "plugin loaded"
-            );
-            routed.push((p.normalized_route(), loaded.clone()));
-            plugins.push(loaded);
-        }
-        let mut tickers = Vec::new();
-        for (p, loaded) in config.plugins.iter().zip(&plugins) {
-            if let Some(ms) = p.tick_interval_ms {
-                let ticker = ticks(loaded.clone(), ledger.clone(), Duration::from_millis(ms));
-                tickers.push(tokio::spawn(ticker));
+        let reloader = Reloader::start(runtime.clone(), ledger.clone(), config, source).await?;
+        let plugins: Vec<Arc<LoadedPlugin>> = reloader
+            .table()
+            .snapshot()
+            .plugins
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        let tls = match &config.http.tls {
+            Some(t) => Some(Arc::new(TlsIngress::new(t)?)),
+            None => None,
+        };
+        let gateway_id = key.gateway_id();
+        let admin = match &config.admin {
+            Some(a) => {
+                Some(AdminApi::bind(a, gateway_id.clone(), ledger.clone(), reloader.clone()).await?)
             }
-        }
+            None => None,
+        };
+        let mut tickers = Vec::new();
         let mut udp = Vec::new();
-        for (p, loaded) in config.plugins.iter().zip(&plugins) {
+        for p in &config.plugins {
             let started =
-                crate::ingress::udp::UdpIngress::start(loaded.clone(), p, ledger.clone()).await?;
+                crate::ingress::udp::UdpIngress::start(reloader.table().clone(), p, ledger.clone())
+                    .await?;
             udp.extend(started);
         }
         let listener =
@@ -114,28 +139,69 @@ impl RunningGateway {
             source,
         })?;
         let ingress = Arc::new(HttpIngress::new(
-            &routed,
+            reloader.table().clone(),
             ledger.clone(),
             config.http.clone(),
         ));
         let (stop, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(ingress.serve(listener, stop_rx.clone()));
+        let server = match &tls {
+            Some(t) => {
+                tickers.push(tokio::spawn(t.clone().watch_files(stop_rx.clone())));
+                tokio::spawn(ingress.serve_tls(listener, t.clone(), stop_rx.clone()))
+            }
+            None => tokio::spawn(ingress.serve(listener, stop_rx.clone())),
+        };
+        let mut admin_addr = None;
+        if let Some((api, listener)) = admin {
+            admin_addr = listener.local_addr().ok();
+            tickers.push(tokio::spawn(api.serve(listener, stop_rx.clone())));
+        }
+        if config.reload.watch {
+            let every = Duration::from_millis(config.reload.poll_ms);
+            tickers.push(tokio::spawn(
+                reloader.clone().watch_files(every, stop_rx.clone()),
+            ));
+        }
         tickers.extend(crate::epochs::start(
-            config, &key, &ledger, &plugins, &stop_rx,
+            config,
+            &key,
+            &ledger,
+            reloader.table(),
+            &stop_rx,
         )?);
-        let gateway_id = key.gateway_id();
-        tracing::info!(http_addr = %http_addr, gateway_id = %gateway_id, plugins = plugins.len(), "gateway ready");
+        tracing::info!(
+            http_addr = %http_addr,
+            admin_addr = admin_addr.map(|a| a.to_string()),
+            tls = tls.is_some(),
+            gateway_id = %gateway_id,
+            plugins = plugins.len(),
+            "gateway ready"
+        );
         Ok(Self {
             http_addr,
             gateway_id,
             plugins,
+            admin_addr,
+            tls,
             ledger,
             stop,
             server: Some(server),
             tickers,
             udp,
+            reloader,
             _runtime: runtime,
         })
+    }
+
+    /// The plugin table every ingress reads per call.
+    pub fn table(&self) -> &Arc<PluginTable> {
+        self.reloader.table()
+    }
+
+    /// Validates and swaps in the plugins of the (re-read) configuration; on
+    /// error the current plugins keep serving. See [`crate::reload`].
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload(trigger).await
     }
 
     /// Stops accepting, lets in-flight requests finish (within the grace
@@ -146,6 +212,7 @@ impl RunningGateway {
             t.abort();
             let _ = t.await;
         }
+        self.reloader.stop_tickers().await;
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
@@ -153,6 +220,7 @@ impl RunningGateway {
             u.stop().await;
         }
         self.ledger.close();
+        crate::otel::flush();
         tracing::info!("gateway stopped");
     }
 }
@@ -181,7 +249,7 @@ impl Drop for RunningGateway {
 
 /// Calls a plugin's `tick` export every `every`, committing what it
 /// records and writes, with the host's measurements (subject `tick`).
-async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every: Duration) {
+pub(crate) async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let id: Arc<str> = "tick".into();

@@ -2,6 +2,7 @@
 //! plugins and meters the service they provide into a durable, hash-chained
 //! usage ledger.
 
+pub mod admin;
 pub mod blobstore;
 pub mod cli;
 pub mod config;
@@ -11,7 +12,11 @@ pub mod identity;
 pub mod ingress;
 pub mod jobs;
 pub mod ledger;
+pub mod metrics;
+pub mod otel;
+pub mod plugin_table;
 pub mod proofs;
+pub mod reload;
 pub mod rewards;
 pub mod runtime;
 pub mod telemetry;

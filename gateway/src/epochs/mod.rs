@@ -291,7 +291,7 @@ pub fn start(
     config: &crate::config::GatewayConfig,
     key: &DeviceKey,
     ledger: &Arc<Ledger>,
-    plugins: &[Arc<crate::runtime::LoadedPlugin>],
+    plugins: &Arc<crate::plugin_table::PluginTable>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::StartError> {
     let policy = match &config.epochs.policy {
@@ -313,8 +313,10 @@ pub fn start(
         }
     }
     let kinds = plugins
+        .snapshot()
+        .plugins
         .iter()
-        .map(|p| {
+        .map(|(_, p)| {
             let kind = crate::runtime::contract::kind_name(p.info.kind);
             (p.name().to_string(), kind.to_string())
         })
@@ -338,10 +340,7 @@ pub fn start(
             store: store.clone(),
             ledger: ledger.clone(),
             key,
-            plugins: plugins
-                .iter()
-                .map(|p| (p.name().to_string(), p.clone()))
-                .collect(),
+            plugins: plugins.clone(),
         });
         tasks.push(tokio::spawn(responder.run(stop.clone())));
         tasks.push(tokio::spawn(crate::upstream::sender::run(

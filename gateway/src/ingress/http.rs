@@ -23,6 +23,8 @@ use tracing::Instrument;
 
 use crate::config::HttpConfig;
 use crate::ledger::{CallEffects, Ledger, NewRecord};
+use crate::metrics::CallObservation;
+use crate::plugin_table::PluginTable;
 use crate::runtime::LoadedPlugin;
 use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
 
@@ -65,50 +67,34 @@ impl RequestIds {
 
 /// The routing table and limits of the ingress.
 pub struct HttpIngress {
-    /// (normalized prefix, plugin), longest prefix first.
-    routes: Vec<(String, Arc<LoadedPlugin>)>,
+    /// The plugins and their routes, read per request (hot reload swaps it).
+    table: Arc<PluginTable>,
     ledger: Arc<Ledger>,
-    limits: HttpConfig,
+    pub(crate) limits: HttpConfig,
     ids: RequestIds,
 }
 
-type HttpBody = http_body_util::Either<Full<Bytes>, blob_body::BlobBody>;
+pub(crate) type HttpBody = http_body_util::Either<Full<Bytes>, blob_body::BlobBody>;
+
+/// What the host learned about a call besides its response.
+#[derive(Default)]
+struct CallFacts {
+    error: Option<&'static str>,
+    fuel: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
 
 impl HttpIngress {
-    /// Builds the routing table from the plugins that have a route.
-    pub fn new(
-        plugins: &[(Option<String>, Arc<LoadedPlugin>)],
-        ledger: Arc<Ledger>,
-        limits: HttpConfig,
-    ) -> Self {
-        let mut routes: Vec<(String, Arc<LoadedPlugin>)> = plugins
-            .iter()
-            .filter_map(|(route, p)| Some((route.clone()?, p.clone())))
-            .collect();
-        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    /// An ingress that routes each request through the current plugins of
+    /// `table`.
+    pub fn new(table: Arc<PluginTable>, ledger: Arc<Ledger>, limits: HttpConfig) -> Self {
         Self {
-            routes,
+            table,
             ledger,
             limits,
             ids: RequestIds::default(),
         }
-    }
-
-    /// The plugin for `path` and the path below its prefix.
-    fn route<'a>(&self, path: &'a str) -> Option<(&Arc<LoadedPlugin>, &'a str)> {
-        self.routes.iter().find_map(|(prefix, plugin)| {
-            if prefix == "/" {
-                return Some((plugin, path));
-            }
-            let rest = path.strip_prefix(prefix.as_str())?;
-            if rest.is_empty() {
-                Some((plugin, "/"))
-            } else if rest.starts_with('/') {
-                Some((plugin, rest))
-            } else {
-                None
-            }
-        })
     }
 
     /// Serves connections from `listener` until `shutdown` turns true, then
@@ -174,17 +160,22 @@ impl HttpIngress {
         b
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<HttpBody> {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<HttpBody> {
         let request_id = self.ids.next();
         let path = req.uri().path().to_string();
-        let Some((plugin, sub_path)) = self.route(&path) else {
+        let Some((plugin, sub_path)) = self.table.route(&path) else {
             return error_response(
                 StatusCode::NOT_FOUND,
                 &request_id,
                 &format!("no plugin serves {path}"),
             );
         };
-        let plugin = plugin.clone();
+        let method = req.method().clone();
+        let started_at = std::time::SystemTime::now();
         let span = tracing::info_span!(
             "call",
             plugin = %plugin.name(),
@@ -194,14 +185,49 @@ impl HttpIngress {
             %peer,
             status = tracing::field::Empty,
             duration_us = tracing::field::Empty,
+            fuel = tracing::field::Empty,
+            bytes_in = tracing::field::Empty,
+            bytes_out = tracing::field::Empty,
+            error = tracing::field::Empty,
         );
-        let sub_path = sub_path.to_string();
         async move {
             let started = Instant::now();
-            let response = self.call_phases(&plugin, req, sub_path, &request_id).await;
+            let (response, facts) = self.call_phases(&plugin, req, sub_path, &request_id).await;
+            let latency = started.elapsed();
             let span = tracing::Span::current();
             span.record("status", response.status().as_u16());
-            span.record("duration_us", started.elapsed().as_micros() as u64);
+            span.record("duration_us", latency.as_micros() as u64);
+            span.record("fuel", facts.fuel);
+            span.record("bytes_in", facts.bytes_in);
+            span.record("bytes_out", facts.bytes_out);
+            if let Some(kind) = facts.error {
+                span.record("error", kind);
+            }
+            if crate::otel::enabled() {
+                crate::otel::record_call(crate::otel::CallSpan {
+                    plugin: plugin.name(),
+                    method: method.as_str(),
+                    route: &path,
+                    request_id: &request_id,
+                    status: response.status().as_u16(),
+                    error: facts.error,
+                    fuel: facts.fuel,
+                    bytes_in: facts.bytes_in,
+                    bytes_out: facts.bytes_out,
+                    started: started_at,
+                });
+            }
+            crate::metrics::global().record_call(
+                plugin.name(),
+                CallObservation {
+                    status: response.status().as_u16(),
+                    error: facts.error,
+                    latency,
+                    fuel: facts.fuel,
+                    bytes_in: facts.bytes_in,
+                    bytes_out: facts.bytes_out,
+                },
+            );
             tracing::debug!(status = response.status().as_u16(), "request done");
             response
         }
@@ -215,11 +241,17 @@ impl HttpIngress {
         req: Request<Incoming>,
         sub_path: String,
         request_id: &Arc<str>,
-    ) -> Response<HttpBody> {
+    ) -> (Response<HttpBody>, CallFacts) {
         // Phase: read the request.
         let request = match self.read_request(req, sub_path).await {
             Ok(r) => r,
-            Err((status, message)) => return error_response(status, request_id, &message),
+            Err((status, message)) => {
+                let facts = CallFacts {
+                    error: Some("request"),
+                    ..CallFacts::default()
+                };
+                return (error_response(status, request_id, &message), facts);
+            }
         };
         let bytes_in = request_size(&request);
         let conditional = blob_body::Conditional::of(&request);
@@ -230,7 +262,7 @@ impl HttpIngress {
         let outcome = tokio::time::timeout(timeout, plugin.handle_http(request_id, request)).await;
 
         // Phase: build the response and the call's records.
-        let (response, effects, fuel, wall) = match outcome {
+        let (response, effects, fuel, wall, error) = match outcome {
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = self.limits.call_timeout_ms,
@@ -244,9 +276,11 @@ impl HttpIngress {
                         self.limits.call_timeout_ms
                     ),
                 );
-                (r, CallEffects::default(), 0, started.elapsed())
+                let error = Some("timeout");
+                (r, CallEffects::default(), 0, started.elapsed(), error)
             }
             Ok(o) => {
+                let error = o.result.as_ref().err().map(|e| e.kind());
                 let response = match o.result {
                     Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
                         plugin.shared.blobs.as_deref(),
@@ -267,23 +301,32 @@ impl HttpIngress {
                         )
                     }
                 };
-                (response, o.effects, o.fuel, o.wall)
+                (response, o.effects, o.fuel, o.wall, error)
             }
         };
 
         // Phase: commit usage, then respond.
-        let records = host_records(request_id, bytes_in, response_size(&response), wall, fuel);
+        let bytes_out = response_size(&response);
+        let records = host_records(request_id, bytes_in, bytes_out, wall, fuel);
         let mut effects = effects;
         effects.records.splice(0..0, records);
+        let mut facts = CallFacts {
+            error,
+            fuel,
+            bytes_in,
+            bytes_out,
+        };
         match self.ledger.commit(plugin.name().clone(), effects).await {
-            Ok(_) => response,
+            Ok(_) => (response, facts),
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit usage; withholding the response");
-                error_response(
+                facts.error = Some("ledger");
+                let r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     request_id,
                     "the usage ledger is unavailable; the request had no effect",
-                )
+                );
+                (r, facts)
             }
         }
     }
@@ -345,7 +388,7 @@ impl HttpIngress {
     }
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone: treat it as a stop too.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

@@ -1,4 +1,5 @@
 //! Where traffic enters the gateway.
 
 pub mod http;
+pub mod tls;
 pub mod udp;

@@ -35,8 +35,9 @@ use crate::config::PluginConfig;
 use crate::gateway::StartError;
 use crate::ingress::http::units;
 use crate::ledger::{Ledger, NewRecord};
+use crate::plugin_table::PluginTable;
+use crate::runtime::QueuedDatagram;
 use crate::runtime::contract::Datagram;
-use crate::runtime::{LoadedPlugin, QueuedDatagram};
 
 /// Lanes per plugin: calls of one plugin that may run (or wait for their
 /// commit) at once. Each lane waits for its commit before its next call, so
@@ -79,7 +80,10 @@ struct Inbound {
 
 /// What the lanes of one plugin share.
 struct Relay {
-    plugin: Arc<LoadedPlugin>,
+    /// The plugin's name, looked up in `table` per datagram so that UDP
+    /// follows reloads.
+    name: Arc<str>,
+    table: Arc<PluginTable>,
     ledger: Arc<Ledger>,
     ingress: Option<Arc<UdpSocket>>,
     lanes: Vec<mpsc::Sender<Inbound>>,
@@ -103,7 +107,7 @@ impl UdpIngress {
     /// UDP ingress nor outbound UDP targets. An allow-listed host that does
     /// not resolve now is logged and tried again on each send to it.
     pub async fn start(
-        plugin: Arc<LoadedPlugin>,
+        table: Arc<PluginTable>,
         cfg: &PluginConfig,
         ledger: Arc<Ledger>,
     ) -> Result<Option<Self>, StartError> {
@@ -130,7 +134,8 @@ impl UdpIngress {
             receivers.push(rx);
         }
         let relay = Arc::new(Relay {
-            plugin,
+            name: cfg.name.as_str().into(),
+            table,
             ledger,
             ingress,
             lanes,
@@ -217,7 +222,7 @@ impl Relay {
                 Err(e) => {
                     // ICMP errors of earlier sends surface here on some
                     // systems; the socket itself is still good.
-                    tracing::debug!(plugin = %self.plugin.name(), error = %e, "udp receive failed");
+                    tracing::debug!(plugin = %self.name, error = %e, "udp receive failed");
                     continue;
                 }
             };
@@ -237,12 +242,12 @@ impl Relay {
             let (n, peer) = match socket.recv_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(plugin = %self.plugin.name(), session = %session, error = %e, "udp receive failed");
+                    tracing::debug!(plugin = %self.name, session = %session, error = %e, "udp receive failed");
                     continue;
                 }
             };
             if !self.sources.lock().expect("sources").contains(&peer) {
-                tracing::debug!(plugin = %self.plugin.name(), session = %session, %peer, "dropped a datagram from an address that is not allow-listed");
+                tracing::debug!(plugin = %self.name, session = %session, %peer, "dropped a datagram from an address that is not allow-listed");
                 continue;
             }
             self.enqueue(Inbound {
@@ -262,7 +267,7 @@ impl Relay {
         }
         let lane = (h.finish() % self.lanes.len() as u64) as usize;
         if self.lanes[lane].try_send(inbound).is_err() {
-            tracing::debug!(plugin = %self.plugin.name(), lane, "udp lane full; datagram dropped");
+            tracing::debug!(plugin = %self.name, lane, "udp lane full; datagram dropped");
         }
     }
 
@@ -300,8 +305,11 @@ impl Relay {
             peer: inbound.peer.to_string(),
             payload: inbound.payload,
         };
-        let outcome = self
-            .plugin
+        let Some(plugin) = self.table.get(&self.name) else {
+            tracing::warn!(plugin = %self.name, "datagram dropped: the plugin is no longer loaded");
+            return;
+        };
+        let outcome = plugin
             .handle_datagram_on(&id, datagram, inbound.session)
             .await;
         // A failed call was logged by the runtime; it sends nothing.
@@ -331,15 +339,15 @@ impl Relay {
         );
         if let Err(e) = self
             .ledger
-            .commit(self.plugin.name().clone(), effects)
+            .commit(Arc::clone(&self.name), effects)
             .await
         {
-            tracing::error!(plugin = %self.plugin.name(), request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
+            tracing::error!(plugin = %self.name, request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
             return;
         }
         for (socket, to, payload) in sends {
             if let Err(e) = socket.send_to(&payload, to).await {
-                tracing::debug!(plugin = %self.plugin.name(), request_id = %id, %to, error = %e, "udp send failed");
+                tracing::debug!(plugin = %self.name, request_id = %id, %to, error = %e, "udp send failed");
             }
         }
     }
@@ -347,7 +355,7 @@ impl Relay {
     /// A returned datagram may leave the ingress socket to a recent peer.
     fn check_reply(&self, id: &str, reply: Datagram) -> Option<Outgoing> {
         let refuse = |why: &str| {
-            tracing::warn!(plugin = %self.plugin.name(), request_id = %id, peer = %reply.peer, "answer dropped: {why}");
+            tracing::warn!(plugin = %self.name, request_id = %id, peer = %reply.peer, "answer dropped: {why}");
         };
         let Some(socket) = self.ingress.clone() else {
             refuse("the plugin has no UDP ingress socket ([plugin.udp] listen)");
@@ -367,13 +375,13 @@ impl Relay {
     /// A queued upstream datagram leaves its session's socket.
     async fn check_upstream(self: &Arc<Self>, id: &str, q: QueuedDatagram) -> Option<Outgoing> {
         let Some(to) = self.resolve(&q.target).await else {
-            tracing::warn!(plugin = %self.plugin.name(), request_id = %id, target = %q.target, "upstream datagram dropped: the target does not resolve");
+            tracing::warn!(plugin = %self.name, request_id = %id, target = %q.target, "upstream datagram dropped: the target does not resolve");
             return None;
         };
         match self.session_socket(&q.session, to) {
             Ok(socket) => Some((socket, to, q.payload)),
             Err(problem) => {
-                tracing::warn!(plugin = %self.plugin.name(), request_id = %id, session = %q.session, "upstream datagram dropped: {problem}");
+                tracing::warn!(plugin = %self.name, request_id = %id, session = %q.session, "upstream datagram dropped: {problem}");
                 None
             }
         }
@@ -395,11 +403,11 @@ impl Relay {
         let addrs: Vec<SocketAddr> = match lookup.await {
             Ok(Ok(addrs)) => addrs.collect(),
             Ok(Err(e)) => {
-                tracing::warn!(plugin = %self.plugin.name(), %target, error = %e, "cannot resolve an allow-listed UDP target");
+                tracing::warn!(plugin = %self.name, %target, error = %e, "cannot resolve an allow-listed UDP target");
                 return None;
             }
             Err(_) => {
-                tracing::warn!(plugin = %self.plugin.name(), %target, "resolving an allow-listed UDP target timed out");
+                tracing::warn!(plugin = %self.name, %target, "resolving an allow-listed UDP target timed out");
                 return None;
             }
         };
@@ -455,7 +463,7 @@ impl Relay {
             .lock()
             .expect("session tasks")
             .push(receive);
-        tracing::debug!(plugin = %self.plugin.name(), %session, "upstream session opened");
+        tracing::debug!(plugin = %self.name, %session, "upstream session opened");
         Ok(socket)
     }
 }

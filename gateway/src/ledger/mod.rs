@@ -343,6 +343,7 @@ fn writer_loop(db: &Database, mut head: Head, rx: &mpsc::Receiver<WriterMsg>) {
         match write_group(db, head, &group) {
             Ok((new_head, receipts)) => {
                 head = new_head;
+                crate::metrics::global().record_ledger_commit(n, started.elapsed());
                 tracing::trace!(
                     group_size = n,
                     head = head.seq,

@@ -5,7 +5,6 @@
 //! A plugin that fails, traps or runs past its CPU deadline fails only that
 //! challenge: the gateway posts a signed "could not answer" with the reason.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use super::{Answer, ChallengeSpec, InclusionProof};
 use crate::epochs::{EpochStore, merkle};
 use crate::identity::DeviceKey;
 use crate::ledger::{GENESIS_HASH, Ledger};
-use crate::runtime::LoadedPlugin;
 use crate::upstream::sender::{CollectorClient, DeliveryError};
 
 /// How long one long-poll waits at the collector for a challenge.
@@ -28,7 +26,8 @@ pub struct Responder {
     pub store: Arc<EpochStore>,
     pub ledger: Arc<Ledger>,
     pub key: Arc<DeviceKey>,
-    pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// The current plugins (followed across reloads).
+    pub plugins: Arc<crate::plugin_table::PluginTable>,
 }
 
 impl Responder {

@@ -1,0 +1,272 @@
+//! The admin API, on a listener of its own (`[admin]`, loopback by
+//! default):
+//!
+//! | endpoint | token | answers |
+//! |---|---|---|
+//! | `GET /healthz` | no | 200 while the process serves |
+//! | `GET /readyz` | no | 200 when the ledger is readable and plugins are loaded, else 503 |
+//! | `GET /metrics` | yes (unless `open_metrics`) | Prometheus text |
+//! | `GET /v1/status` | yes | gateway id, version, uptime, plugins, ledger head, last reload |
+//! | `POST /v1/plugins/reload` | yes | 200 with the reload report, or 409 with the error (old plugins keep serving) |
+//!
+//! With `token_file` set, the token endpoints require
+//! `Authorization: Bearer <token>` and answer 401 otherwise.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AdminConfig;
+use crate::ingress::http::stopped;
+use crate::ledger::Ledger;
+use crate::reload::Reloader;
+
+/// Why the admin listener did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin.token_file {path}: {problem}")]
+    Token { path: String, problem: String },
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the admin API reports on and acts on.
+pub struct AdminApi {
+    gateway_id: String,
+    started: Instant,
+    ledger: Arc<Ledger>,
+    reloader: Arc<Reloader>,
+    token: Option<String>,
+    open_metrics: bool,
+}
+
+type AdminBody = Full<Bytes>;
+
+impl AdminApi {
+    /// Reads the token file (if any) and binds the listener. Fails if the
+    /// token file is missing or empty, so a typo never leaves the API open.
+    pub async fn bind(
+        config: &AdminConfig,
+        gateway_id: String,
+        ledger: Arc<Ledger>,
+        reloader: Arc<Reloader>,
+    ) -> Result<(Arc<Self>, TcpListener), AdminError> {
+        let token = match &config.token_file {
+            None => None,
+            Some(path) => {
+                let fail = |problem: String| AdminError::Token {
+                    path: path.display().to_string(),
+                    problem,
+                };
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(fail("is empty".into()));
+                }
+                Some(token)
+            }
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AdminError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let api = Arc::new(Self {
+            gateway_id,
+            started: Instant::now(),
+            ledger,
+            reloader,
+            token,
+            open_metrics: config.open_metrics,
+        });
+        Ok((api, listener))
+    }
+
+    /// Serves until `shutdown` turns true. Admin requests are short; open
+    /// connections are dropped at shutdown.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let connections = shutdown.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let this = self.clone();
+                        let mut stop = connections.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req| {
+                                let this = this.clone();
+                                async move { Ok::<_, Infallible>(this.handle(req).await) }
+                            });
+                            let conn = http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(Duration::from_secs(10))
+                                .serve_connection(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stopped(&mut stop) => {}
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let path = req.uri().path();
+        let needs_token = match path {
+            "/healthz" | "/readyz" => false,
+            "/metrics" => !self.open_metrics,
+            _ => true,
+        };
+        if needs_token && !self.authorized(&req) {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": "missing or wrong bearer token" }),
+            );
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match (req.method(), path) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain"),
+            (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                &crate::metrics::global().render_prometheus(),
+                "text/plain; version=0.0.4",
+            ),
+            (&Method::GET, "/v1/status") => json(StatusCode::OK, self.status()),
+            (&Method::POST, "/v1/plugins/reload") => match self.reloader.reload("admin").await {
+                Ok(report) => json(
+                    StatusCode::OK,
+                    serde_json::to_value(report).unwrap_or_default(),
+                ),
+                Err(e) => json(
+                    StatusCode::CONFLICT,
+                    serde_json::json!({
+                        "error": e.to_string(),
+                        "generation": self.reloader.table().snapshot().generation,
+                    }),
+                ),
+            },
+            (_, "/healthz" | "/readyz" | "/metrics" | "/v1/status" | "/v1/plugins/reload") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": format!("{} is not allowed on {path}", req.method()) }),
+            ),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": format!("no admin endpoint {path}") }),
+            ),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    fn readiness(&self) -> Response<AdminBody> {
+        let ledger = self.ledger.head();
+        let set = self.reloader.table().snapshot();
+        let ready = ledger.is_ok();
+        let body = serde_json::json!({
+            "ready": ready,
+            "ledger": match &ledger { Ok(_) => "open".to_string(), Err(e) => e.to_string() },
+            "plugins": set.plugins.len(),
+            "generation": set.generation,
+            "upstream": "not required",
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, body)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let set = self.reloader.table().snapshot();
+        let metrics = crate::metrics::global();
+        let plugins: Vec<serde_json::Value> = set
+            .plugins
+            .iter()
+            .map(|(cfg, p)| {
+                let counters = metrics.plugin(&cfg.name);
+                serde_json::json!({
+                    "name": cfg.name,
+                    "route": cfg.route,
+                    "digest": p.digest,
+                    "version": p.info.version,
+                    "kind": crate::runtime::contract::kind_name(p.info.kind),
+                    "calls": counters.as_ref().map_or(0, |c| c.calls()),
+                    "errors": counters.as_ref().map_or(0, |c| c.errors()),
+                })
+            })
+            .collect();
+        let head = self.ledger.head().ok().map(|h| h.seq);
+        serde_json::json!({
+            "gateway_id": self.gateway_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "generation": set.generation,
+            "plugins": plugins,
+            "ledger_head_seq": head,
+            "last_reload": self.reloader.last_report(),
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, body: &str, content_type: &'static str) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<AdminBody> {
+    text(status, &body.to_string(), "application/json")
+}

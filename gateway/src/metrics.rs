@@ -1,0 +1,396 @@
+//! The gateway's metrics: calls, errors by kind, latency, fuel and bytes per
+//! plugin; ledger commit latency and group size; reloads. One process-wide
+//! registry (`global()`), rendered as Prometheus text on the admin
+//! listener's `/metrics`.
+//!
+//! Recording a call takes one short uncontended lock; nothing is exported
+//! unless someone reads it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the ledger group-size histogram buckets.
+const GROUP_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A Prometheus histogram with fixed buckets.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), plus one for +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c;
+            let le = self
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// What one call of a plugin came to, as the ingress saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallObservation {
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// Why the call failed, when it did: a `CallError::kind`, `timeout`
+    /// (the wall-clock budget ran out) or `ledger` (usage not committed).
+    pub error: Option<&'static str>,
+    /// From routing to the response.
+    pub latency: Duration,
+    pub fuel: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Counters of one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginCounters {
+    pub calls_by_status: BTreeMap<u16, u64>,
+    pub errors_by_kind: BTreeMap<&'static str, u64>,
+    latency: Histogram,
+    pub fuel: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl PluginCounters {
+    fn new() -> Self {
+        Self {
+            calls_by_status: BTreeMap::new(),
+            errors_by_kind: BTreeMap::new(),
+            latency: Histogram::new(&LATENCY_BUCKETS),
+            fuel: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// All calls, whatever their status.
+    pub fn calls(&self) -> u64 {
+        self.calls_by_status.values().sum()
+    }
+
+    /// Calls that failed, whatever the kind.
+    pub fn errors(&self) -> u64 {
+        self.errors_by_kind.values().sum()
+    }
+}
+
+#[derive(Debug)]
+struct Ledger {
+    commit_seconds: Histogram,
+    group_size: Histogram,
+}
+
+/// Outcome counts of hot reloads.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
+}
+
+/// The process-wide metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    plugins: Mutex<BTreeMap<Arc<str>, PluginCounters>>,
+    ledger: Mutex<Ledger>,
+    reloads: Mutex<Reloads>,
+    /// Reports waiting in the upstream outbox; `None` until the outbox
+    /// reports it (it is not exported before).
+    outbox_depth: Mutex<Option<u64>>,
+}
+
+/// The registry every part of the gateway records into.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            plugins: Mutex::new(BTreeMap::new()),
+            ledger: Mutex::new(Ledger {
+                commit_seconds: Histogram::new(&LATENCY_BUCKETS),
+                group_size: Histogram::new(&GROUP_BUCKETS),
+            }),
+            reloads: Mutex::new(Reloads::default()),
+            outbox_depth: Mutex::new(None),
+        }
+    }
+
+    /// Counts one call of `plugin`.
+    pub fn record_call(&self, plugin: &Arc<str>, call: CallObservation) {
+        crate::otel::export_call(plugin, &call);
+        let mut plugins = self.plugins.lock().expect("metrics lock");
+        let c = match plugins.get_mut(plugin) {
+            Some(c) => c,
+            None => plugins
+                .entry(plugin.clone())
+                .or_insert_with(PluginCounters::new),
+        };
+        *c.calls_by_status.entry(call.status).or_default() += 1;
+        if let Some(kind) = call.error {
+            *c.errors_by_kind.entry(kind).or_default() += 1;
+        }
+        c.latency.observe(call.latency.as_secs_f64());
+        c.fuel += call.fuel;
+        c.bytes_in += call.bytes_in;
+        c.bytes_out += call.bytes_out;
+    }
+
+    /// Counts one ledger transaction that committed `group_size` calls.
+    pub fn record_ledger_commit(&self, group_size: usize, took: Duration) {
+        crate::otel::export_ledger_commit(group_size, took);
+        let mut l = self.ledger.lock().expect("metrics lock");
+        l.commit_seconds.observe(took.as_secs_f64());
+        l.group_size.observe(group_size as f64);
+    }
+
+    /// Counts one hot reload attempt.
+    pub fn record_reload(&self, ok: bool) {
+        let mut r = self.reloads.lock().expect("metrics lock");
+        if ok {
+            r.ok += 1;
+        } else {
+            r.failed += 1;
+        }
+    }
+
+    /// Sets the number of reports waiting in the upstream outbox (the
+    /// `depin_outbox_depth` gauge). For the outbox worker to call whenever
+    /// the depth changes.
+    pub fn set_outbox_depth(&self, depth: u64) {
+        *self.outbox_depth.lock().expect("metrics lock") = Some(depth);
+    }
+
+    /// A copy of one plugin's counters (`None` before its first call).
+    pub fn plugin(&self, name: &str) -> Option<PluginCounters> {
+        self.plugins
+            .lock()
+            .expect("metrics lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Everything, in the Prometheus text exposition format (0.0.4).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let plugins = self.plugins.lock().expect("metrics lock").clone();
+
+        header(
+            &mut out,
+            "depin_calls_total",
+            "counter",
+            "Plugin calls by HTTP status.",
+        );
+        for (p, c) in &plugins {
+            for (status, n) in &c.calls_by_status {
+                let _ = writeln!(
+                    out,
+                    "depin_calls_total{{plugin=\"{}\",status=\"{status}\"}} {n}",
+                    escape(p)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "depin_call_errors_total",
+            "counter",
+            "Failed plugin calls by kind (trap, deadline, memory, fuel, busy, host, timeout, ledger, request).",
+        );
+        for (p, c) in &plugins {
+            for (kind, n) in &c.errors_by_kind {
+                let _ = writeln!(
+                    out,
+                    "depin_call_errors_total{{plugin=\"{}\",kind=\"{kind}\"}} {n}",
+                    escape(p)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "depin_call_duration_seconds",
+            "histogram",
+            "Time from routing a request to its response, including the ledger commit.",
+        );
+        for (p, c) in &plugins {
+            c.latency.render(
+                &mut out,
+                "depin_call_duration_seconds",
+                &format!("plugin=\"{}\"", escape(p)),
+            );
+        }
+        for (name, help, value) in [
+            (
+                "depin_call_fuel_total",
+                "WebAssembly fuel consumed by calls.",
+                (|c: &PluginCounters| c.fuel) as fn(&PluginCounters) -> u64,
+            ),
+            (
+                "depin_call_bytes_in_total",
+                "Request bytes received by calls.",
+                |c| c.bytes_in,
+            ),
+            (
+                "depin_call_bytes_out_total",
+                "Response bytes sent by calls.",
+                |c| c.bytes_out,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for (p, c) in &plugins {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", escape(p), value(c));
+            }
+        }
+        {
+            let l = self.ledger.lock().expect("metrics lock");
+            header(
+                &mut out,
+                "depin_ledger_commit_duration_seconds",
+                "histogram",
+                "Time of one ledger transaction (write and fsync).",
+            );
+            l.commit_seconds
+                .render(&mut out, "depin_ledger_commit_duration_seconds", "");
+            header(
+                &mut out,
+                "depin_ledger_commit_group_size",
+                "histogram",
+                "Calls committed together in one ledger transaction.",
+            );
+            l.group_size
+                .render(&mut out, "depin_ledger_commit_group_size", "");
+        }
+        let r = *self.reloads.lock().expect("metrics lock");
+        header(
+            &mut out,
+            "depin_reloads_total",
+            "counter",
+            "Hot reload attempts by result.",
+        );
+        let _ = writeln!(out, "depin_reloads_total{{result=\"ok\"}} {}", r.ok);
+        let _ = writeln!(out, "depin_reloads_total{{result=\"failed\"}} {}", r.failed);
+        if let Some(depth) = *self.outbox_depth.lock().expect("metrics lock") {
+            header(
+                &mut out,
+                "depin_outbox_depth",
+                "gauge",
+                "Reports waiting in the upstream outbox.",
+            );
+            let _ = writeln!(out, "depin_outbox_depth {depth}");
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_in_inf() {
+        let mut h = Histogram::new(&GROUP_BUCKETS);
+        for v in [1.0, 3.0, 3.0, 1000.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"4\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_count 4\n"), "{out}");
+        assert!(out.contains("x_sum 1007\n"), "{out}");
+    }
+
+    #[test]
+    fn calls_are_counted_by_plugin_status_and_error_kind() {
+        let m = Metrics::new();
+        let p: Arc<str> = "a\"b".into();
+        let call = |status, error| CallObservation {
+            status,
+            error,
+            latency: Duration::from_millis(2),
+            fuel: 10,
+            bytes_in: 5,
+            bytes_out: 7,
+        };
+        m.record_call(&p, call(200, None));
+        m.record_call(&p, call(500, Some("trap")));
+        let c = m.plugin("a\"b").unwrap();
+        assert_eq!((c.calls(), c.errors(), c.fuel), (2, 1, 20));
+        let text = m.render_prometheus();
+        assert!(text.contains("depin_calls_total{plugin=\"a\\\"b\",status=\"500\"} 1\n"));
+        assert!(text.contains("depin_call_errors_total{plugin=\"a\\\"b\",kind=\"trap\"} 1\n"));
+        assert!(text.contains("depin_call_fuel_total{plugin=\"a\\\"b\"} 20\n"));
+        assert!(!text.contains("depin_outbox_depth"));
+        m.set_outbox_depth(3);
+        assert!(m.render_prometheus().contains("depin_outbox_depth 3\n"));
+    }
+}

@@ -1,0 +1,319 @@
+//! Hot reload of the plugins, on SIGHUP, the admin call, or (opt-in) when
+//! the configuration or a component file changes.
+//!
+//! A reload first builds and validates the whole new generation: it parses
+//! the configuration, then loads every plugin whose table or component
+//! changed (compile, contract check, `describe`, `init`). Only if all of it
+//! succeeds does it swap the [`PluginTable`] in one step; calls in flight
+//! finish on the old version and no call fails. Otherwise the old
+//! generation keeps serving and the error is logged, counted, kept for
+//! `/v1/status` and returned to the caller.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{GatewayConfig, PluginConfig};
+use crate::ledger::Ledger;
+use crate::plugin_table::{PluginSet, PluginTable};
+use crate::runtime::{LoadError, LoadedPlugin, Runtime};
+
+/// The outcome of the latest reload, as `/v1/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Unix time of the attempt, in milliseconds.
+    pub at_ms: u64,
+    /// Whether the new generation was swapped in.
+    pub ok: bool,
+    /// The generation serving after the attempt.
+    pub generation: u64,
+    /// Plugins that were (re)loaded; unchanged plugins are kept as they are.
+    pub reloaded: Vec<String>,
+    /// Plugins that are gone.
+    pub removed: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub needs_restart: Vec<String>,
+    /// Why the reload was refused, when it was.
+    pub error: Option<String>,
+}
+
+/// Why a reload was refused. The old generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+}
+
+struct Current {
+    config: GatewayConfig,
+    tickers: Vec<JoinHandle<()>>,
+}
+
+/// Owns the plugin generations: builds them, swaps them in, runs their
+/// tickers.
+pub struct Reloader {
+    runtime: Arc<Runtime>,
+    ledger: Arc<Ledger>,
+    table: Arc<PluginTable>,
+    /// The configuration file re-read on reload; without one, a reload
+    /// re-reads the components of the configuration the gateway started with.
+    source: Option<PathBuf>,
+    /// Serializes reloads.
+    current: tokio::sync::Mutex<Current>,
+    last: Mutex<Option<ReloadReport>>,
+}
+
+impl Reloader {
+    /// Loads the first generation of `config`'s plugins and starts their
+    /// tickers.
+    pub async fn start(
+        runtime: Arc<Runtime>,
+        ledger: Arc<Ledger>,
+        config: &GatewayConfig,
+        source: Option<&Path>,
+    ) -> Result<Arc<Self>, LoadError> {
+        let mut plugins = Vec::new();
+        for p in &config.plugins {
+            let loaded = LoadedPlugin::load(&runtime, p, ledger.clone()).await?;
+            log_loaded(p, &loaded);
+            plugins.push((p.clone(), loaded));
+        }
+        let set = PluginSet::new(1, plugins);
+        let tickers = spawn_tickers(&set, &ledger);
+        Ok(Arc::new(Self {
+            runtime,
+            ledger,
+            table: Arc::new(PluginTable::new(set)),
+            source: source.map(Path::to_path_buf),
+            current: tokio::sync::Mutex::new(Current {
+                config: config.clone(),
+                tickers,
+            }),
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// The table the ingresses read.
+    pub fn table(&self) -> &Arc<PluginTable> {
+        &self.table
+    }
+
+    /// The latest reload's outcome, if there was one.
+    pub fn last_report(&self) -> Option<ReloadReport> {
+        self.last.lock().expect("reload report lock").clone()
+    }
+
+    /// Validates and swaps in a new generation (see the module docs).
+    /// `trigger` names the cause in the log (`sighup`, `admin`, `watch`).
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
+        let mut current = self.current.lock().await;
+        let attempt = self.build(&current.config).await;
+        let old = self.table.snapshot();
+        let report = match attempt {
+            Ok((config, set, reloaded, needs_restart)) => {
+                let removed: Vec<String> = old
+                    .plugins
+                    .iter()
+                    .map(|(c, _)| c.name.clone())
+                    .filter(|n| !config.plugins.iter().any(|p| &p.name == n))
+                    .collect();
+                for t in current.tickers.drain(..) {
+                    t.abort();
+                }
+                current.tickers = spawn_tickers(&set, &self.ledger);
+                let generation = set.generation;
+                self.table.swap(set);
+                current.config = config;
+                tracing::info!(
+                    trigger,
+                    generation,
+                    reloaded = ?reloaded,
+                    removed = ?removed,
+                    "plugins reloaded"
+                );
+                if !needs_restart.is_empty() {
+                    tracing::warn!(settings = ?needs_restart, "changed settings take effect after a restart");
+                }
+                Ok(ReloadReport {
+                    at_ms: now_ms(),
+                    ok: true,
+                    generation,
+                    reloaded,
+                    removed,
+                    needs_restart,
+                    error: None,
+                })
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "reload refused; the previous plugins keep serving");
+                Err(e)
+            }
+        };
+        crate::metrics::global().record_reload(report.is_ok());
+        let shown = match &report {
+            Ok(r) => r.clone(),
+            Err(e) => ReloadReport {
+                at_ms: now_ms(),
+                ok: false,
+                generation: old.generation,
+                reloaded: Vec::new(),
+                removed: Vec::new(),
+                needs_restart: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        *self.last.lock().expect("reload report lock") = Some(shown);
+        report
+    }
+
+    /// Builds the next generation without touching the current one.
+    async fn build(
+        &self,
+        running: &GatewayConfig,
+    ) -> Result<(GatewayConfig, PluginSet, Vec<String>, Vec<String>), ReloadError> {
+        let config = match &self.source {
+            Some(path) => GatewayConfig::load(path)?,
+            None => running.clone(),
+        };
+        let needs_restart = restart_only_changes(running, &config);
+        let old = self.table.snapshot();
+        let mut plugins = Vec::new();
+        let mut reloaded = Vec::new();
+        for p in &config.plugins {
+            let unchanged = old.plugins.iter().find(|(c, loaded)| {
+                c == p && file_digest(&p.component).as_deref() == Some(loaded.digest.as_str())
+            });
+            let loaded = match unchanged {
+                Some((_, loaded)) => loaded.clone(),
+                None => {
+                    let loaded = LoadedPlugin::load(&self.runtime, p, self.ledger.clone()).await?;
+                    log_loaded(p, &loaded);
+                    reloaded.push(p.name.clone());
+                    loaded
+                }
+            };
+            plugins.push((p.clone(), loaded));
+        }
+        let set = PluginSet::new(old.generation + 1, plugins);
+        Ok((config, set, reloaded, needs_restart))
+    }
+
+    /// Reloads whenever the configuration file or a plugin's component
+    /// changes (checked every `every`), until `stop` turns true.
+    pub async fn watch_files(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
+        let mut seen = self.stamps().await;
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = crate::ingress::http::stopped(&mut stop) => return,
+            }
+            let now = self.stamps().await;
+            if now != seen {
+                // Errors are logged and reported by `reload`; the next
+                // change of the files triggers another attempt.
+                let _ = self.reload("watch").await;
+                seen = self.stamps().await;
+            }
+        }
+    }
+
+    async fn stamps(&self) -> Vec<Option<SystemTime>> {
+        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let current = self.current.lock().await;
+        let mut files: Vec<Option<SystemTime>> = current
+            .config
+            .plugins
+            .iter()
+            .map(|p| stamp(&p.component))
+            .collect();
+        if let Some(source) = &self.source {
+            files.push(stamp(source));
+        }
+        files
+    }
+
+    /// Stops the tickers (at shutdown).
+    pub async fn stop_tickers(&self) {
+        let mut current = self.current.lock().await;
+        for t in current.tickers.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        if let Ok(current) = self.current.try_lock() {
+            for t in &current.tickers {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn log_loaded(p: &PluginConfig, loaded: &LoadedPlugin) {
+    tracing::info!(
+        plugin = %p.name,
+        digest = %loaded.digest,
+        version = %loaded.info.version,
+        kind = crate::runtime::contract::kind_name(loaded.info.kind),
+        route = p.route.as_deref().unwrap_or("-"),
+        compiled = ?loaded.cache,
+        "plugin loaded"
+    );
+}
+
+fn spawn_tickers(set: &PluginSet, ledger: &Arc<Ledger>) -> Vec<JoinHandle<()>> {
+    set.plugins
+        .iter()
+        .filter_map(|(cfg, loaded)| {
+            let every = Duration::from_millis(cfg.tick_interval_ms?);
+            Some(tokio::spawn(crate::gateway::ticks(
+                loaded.clone(),
+                ledger.clone(),
+                every,
+            )))
+        })
+        .collect()
+}
+
+/// `sha256:<hex>` of a file, as `LoadedPlugin::digest` spells it.
+fn file_digest(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).ok()?;
+    Some(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+}
+
+/// Settings a reload cannot apply to a running gateway.
+fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut check = |key: &str, same: bool| {
+        if !same {
+            changed.push(key.to_string());
+        }
+    };
+    check("listen", old.listen == new.listen);
+    check("data_dir", old.data_dir == new.data_dir);
+    check("key_path", old.key_path == new.key_path);
+    check("log_format", old.log_format == new.log_format);
+    check("http", old.http == new.http);
+    check("runtime", old.runtime == new.runtime);
+    check("admin", old.admin == new.admin);
+    check("reload", old.reload == new.reload);
+    changed
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
