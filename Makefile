@@ -8,7 +8,7 @@ CARGO ?= cargo
 CONFIG ?= deploy/gateway.toml
 WASM_TARGET := wasm32-wasip2
 # Every plugin component the gateway and its tests use.
-PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin
+PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin -p sensor-aggregator-plugin
 
 .PHONY: run test plugins gateway wasm-target bench lint clean
 

@@ -307,6 +307,7 @@ fn cmd_inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             limits: PluginLimits::default(),
             tick_interval_ms: None,
             config: Default::default(),
+            mqtt: None,
         };
         let compiled = runtime
             .compile(file)

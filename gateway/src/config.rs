@@ -124,6 +124,9 @@ pub struct PluginConfig {
     /// import). Values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Subscribe to an MQTT broker and deliver its messages to the
+    /// plugin's `handle-message` export.
+    pub mqtt: Option<crate::ingress::mqtt::MqttConfig>,
 }
 
 /// Sandbox limits of one plugin.
@@ -227,6 +230,9 @@ impl GatewayConfig {
         self.key_path = self.key_path.as_deref().map(resolve);
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
+            if let Some(mqtt) = &mut plugin.mqtt {
+                mqtt.resolve_paths(base);
+            }
         }
     }
 
@@ -301,6 +307,10 @@ impl GatewayConfig {
                     key("limits.fuel"),
                     "must be greater than 0 (omit it for no fuel limit)".into(),
                 ));
+            }
+            if let Some(mqtt) = &p.mqtt {
+                mqtt.validate()
+                    .map_err(|(k, problem)| (key(&format!("mqtt.{k}")), problem))?;
             }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {

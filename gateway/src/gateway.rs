@@ -26,6 +26,8 @@ pub enum StartError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Plugin(#[from] crate::runtime::LoadError),
+    #[error(transparent)]
+    Mqtt(#[from] crate::ingress::mqtt::MqttSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -99,6 +101,18 @@ impl RunningGateway {
             config.http.clone(),
         ));
         let (stop, stop_rx) = watch::channel(false);
+        // MQTT subscribers stop with the tickers (abort) and on `stop`.
+        let subscriptions: Vec<_> = config
+            .plugins
+            .iter()
+            .zip(&plugins)
+            .filter_map(|(p, loaded)| Some((p.mqtt.clone()?, loaded.clone())))
+            .collect();
+        tickers.extend(crate::ingress::mqtt::start(
+            &subscriptions,
+            &ledger,
+            &stop_rx,
+        )?);
         let server = tokio::spawn(ingress.serve(listener, stop_rx));
         let gateway_id = key.gateway_id();
         tracing::info!(http_addr = %http_addr, gateway_id = %gateway_id, plugins = plugins.len(), "gateway ready");

@@ -39,6 +39,7 @@ pub fn plugin(file_stem: &str) -> PathBuf {
             .current_dir(&root)
             .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
             .args(["-p", "template-plugin", "-p", "hostile-plugin", "-p", "other-world-plugin"])
+            .args(["-p", "sensor-aggregator-plugin"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test plugins");

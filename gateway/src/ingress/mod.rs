@@ -1,3 +1,4 @@
 //! Where traffic enters the gateway.
 
 pub mod http;
+pub mod mqtt;

@@ -1,0 +1,159 @@
+//! The plugin's kv layout. `|` separates key parts: it appears neither in
+//! device ids nor in SenML names. Windows are zero-padded so keys sort in
+//! time order.
+//!
+//! ```text
+//! device|<id>                  provisioning (JSON)
+//! seq|<id>                     last accepted sequence number
+//! pack|<id>|<seq>              signature (64 bytes) || pack bytes, kept for proofs
+//! agg|<id>|<name>|<window>     aggregate (JSON)
+//! win|<window>|<id>            the window's leaves of this device: (seq u64 BE, index u32 BE, leaf 32)*
+//! open|<window>                a window with leaves and no root yet
+//! root|<window>                the window's Merkle root (JSON), set when the window closes
+//! stats|accepted               readings accepted
+//! stats|rejected|<reason>      packs or readings refused for <reason>
+//! ```
+
+use std::collections::BTreeMap;
+
+use depin_plugin_sdk::{KvError, kv};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+pub const ACCEPTED_KEY: &str = "stats|accepted";
+
+/// A provisioned device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// The names this device may report, each with its allowed range.
+    pub names: BTreeMap<String, Range>,
+}
+
+/// Inclusive bounds on numeric values; absent bounds are open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+impl Device {
+    pub fn verifying_key(&self) -> Result<VerifyingKey, String> {
+        crate::ingest::parse_key(&self.public_key)
+    }
+}
+
+/// The window's Merkle root, committed at window close.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRoot {
+    pub window: u64,
+    /// Hex.
+    pub root: String,
+    pub leaves: u64,
+}
+
+/// One leaf of a window, as stored under `win|`.
+pub struct WindowEntry {
+    pub seq: u64,
+    pub index: u32,
+    pub leaf: [u8; 32],
+}
+
+impl WindowEntry {
+    pub const LEN: usize = 44;
+
+    pub fn encode(seq: u64, index: u32, leaf: &[u8; 32]) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&seq.to_be_bytes());
+        out[8..12].copy_from_slice(&index.to_be_bytes());
+        out[12..].copy_from_slice(leaf);
+        out
+    }
+
+    pub fn decode_all(bytes: &[u8]) -> Vec<WindowEntry> {
+        bytes
+            .chunks_exact(Self::LEN)
+            .map(|c| WindowEntry {
+                seq: u64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
+                index: u32::from_be_bytes(c[8..12].try_into().expect("4 bytes")),
+                leaf: c[12..].try_into().expect("32 bytes"),
+            })
+            .collect()
+    }
+}
+
+pub fn device_key(id: &str) -> String {
+    format!("device|{id}")
+}
+
+pub fn seq_key(id: &str) -> String {
+    format!("seq|{id}")
+}
+
+pub fn pack_key(id: &str, seq: u64) -> String {
+    format!("pack|{id}|{seq:020}")
+}
+
+pub fn aggregate_prefix(id: &str) -> String {
+    format!("agg|{id}|")
+}
+
+pub fn aggregate_key(id: &str, name: &str, window: u64) -> String {
+    format!("agg|{id}|{name}|{window:020}")
+}
+
+pub fn window_prefix(window: u64) -> String {
+    format!("win|{window:020}|")
+}
+
+pub fn window_key(window: u64, id: &str) -> String {
+    format!("win|{window:020}|{id}")
+}
+
+pub fn open_key(window: u64) -> String {
+    format!("open|{window:020}")
+}
+
+pub fn root_key(window: u64) -> String {
+    format!("root|{window:020}")
+}
+
+pub fn rejected_key(reason: &str) -> String {
+    format!("stats|rejected|{reason}")
+}
+
+/// The device's provisioning, if any.
+pub fn device(id: &str) -> Result<Option<Device>, KvError> {
+    match kv::get(&device_key(id))? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| KvError::Store(format!("device `{id}` is stored corrupt: {e}"))),
+    }
+}
+
+/// The last accepted sequence number (0 when none).
+pub fn last_seq(id: &str) -> Result<u64, KvError> {
+    Ok(kv::get_json(&seq_key(id))?.unwrap_or(0))
+}
+
+/// Every leaf of `window` with its device, in key order (the tree's order).
+pub fn window_leaves(window: u64) -> Result<Vec<(String, WindowEntry)>, KvError> {
+    let prefix = window_prefix(window);
+    let mut out = Vec::new();
+    for key in kv::list_keys(&prefix, 10_000)? {
+        let device = key[prefix.len()..].to_string();
+        let bytes = kv::get(&key)?.unwrap_or_default();
+        out.extend(
+            WindowEntry::decode_all(&bytes)
+                .into_iter()
+                .map(|e| (device.clone(), e)),
+        );
+    }
+    Ok(out)
+}
