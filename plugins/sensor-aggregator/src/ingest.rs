@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use depin_plugin_sdk::{KvError, Usage, kv, meter_usage};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::envelope::SignedPack;
 use crate::merkle;
@@ -113,18 +114,37 @@ pub fn ingest(
     settings: &Settings,
 ) -> Result<Outcome, KvError> {
     let mut writes = Writes::default();
+    let call = call_id(&pack);
     let outcome = check_and_apply(pack, now_ms, settings, &mut writes)?;
     for (reason, n) in &outcome.rejected_readings {
-        writes.add_counter(&store::rejected_key(reason), u64::from(*n))?;
+        writes.count(reason, &call, u64::from(*n));
     }
     if let Some(reason) = outcome.rejected_pack {
-        writes.add_counter(&store::rejected_key(reason), 1)?;
+        writes.count(reason, &call, 1);
     }
     if outcome.accepted > 0 {
-        writes.add_counter(store::ACCEPTED_KEY, u64::from(outcome.accepted))?;
+        writes.count(store::ACCEPTED, &call, u64::from(outcome.accepted));
     }
     writes.flush();
     Ok(outcome)
+}
+
+/// A key suffix unique to this call: the clock in nanoseconds and a hash
+/// of what arrived.
+fn call_id(pack: &Result<SignedPack, String>) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    match pack {
+        Ok(p) => {
+            h.update(p.device.as_bytes());
+            h.update(p.seq.to_be_bytes());
+            h.update(&p.pack);
+        }
+        Err(e) => h.update(e.as_bytes()),
+    }
+    format!("{nanos:024}-{}", hex::encode(&h.finalize()[..8]))
 }
 
 fn check_and_apply(
@@ -273,11 +293,12 @@ impl Writes {
         self.kv.insert(key, value);
     }
 
-    fn add_counter(&mut self, key: &str, n: u64) -> Result<(), KvError> {
-        let current: u64 = kv::get_json(key)?.unwrap_or(0);
+    /// Counters are never read and written back by a pack: each call adds
+    /// its own delta key, which `tick` folds into the total. Concurrent calls
+    /// therefore never lose each other's counts.
+    fn count(&mut self, counter: &str, call: &str, n: u64) {
         self.kv
-            .insert(key.to_string(), (current + n).to_string().into_bytes());
-        Ok(())
+            .insert(store::delta_key(counter, call), n.to_string().into_bytes());
     }
 
     /// A write the host refuses (a limit) fails the whole call, so that

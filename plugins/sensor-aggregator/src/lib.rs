@@ -88,6 +88,15 @@ impl Plugin for SensorAggregator {
         let Ok(settings) = Settings::load() else {
             return;
         };
+        for counter in Reason::ALL
+            .map(Reason::name)
+            .into_iter()
+            .chain([store::ACCEPTED])
+        {
+            if let Err(e) = store::fold_counter(counter) {
+                log::warn(&format!("folding counter `{counter}` failed: {e:?}"));
+            }
+        }
         if let Err(e) = close_windows(now_ms as i64, &settings) {
             log::warn(&format!(
                 "closing windows failed; retrying on the next tick: {e}"
@@ -341,17 +350,16 @@ fn get_aggregates(req: &HttpRequest, s: &Settings) -> HttpResponse {
 }
 
 fn get_stats() -> HttpResponse {
-    let read = |key: &str| kv::get_json::<u64>(key).map(|v| v.unwrap_or(0));
     let mut rejected = BTreeMap::new();
     for r in Reason::ALL {
-        match read(&store::rejected_key(r.name())) {
+        match store::counter(r.name()) {
             Ok(n) => {
                 rejected.insert(r.name(), n);
             }
             Err(e) => return HttpResponse::json(503, &error(&format!("store failure: {e:?}"))),
         }
     }
-    match read(store::ACCEPTED_KEY) {
+    match store::counter(store::ACCEPTED) {
         Ok(accepted) => HttpResponse::json(
             200,
             &serde_json::json!({ "accepted": accepted, "rejected": rejected }),

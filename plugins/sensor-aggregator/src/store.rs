@@ -10,8 +10,8 @@
 //! win|<window>|<id>            the window's leaves of this device: (seq u64 BE, index u32 BE, leaf 32)*
 //! open|<window>                a window with leaves and no root yet
 //! root|<window>                the window's Merkle root (JSON), set when the window closes
-//! stats|accepted               readings accepted
-//! stats|rejected|<reason>      packs or readings refused for <reason>
+//! total|<counter>              a counter's folded total (counters: `accepted`, each rejection reason)
+//! delta|<counter>|<call>       one call's addition to a counter, folded into the total by `tick`
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,7 +20,8 @@ use depin_plugin_sdk::{KvError, kv};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-pub const ACCEPTED_KEY: &str = "stats|accepted";
+/// The counter of accepted readings; the others are named by rejection reason.
+pub const ACCEPTED: &str = "accepted";
 
 /// A provisioned device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,8 +124,50 @@ pub fn root_key(window: u64) -> String {
     format!("root|{window:020}")
 }
 
-pub fn rejected_key(reason: &str) -> String {
-    format!("stats|rejected|{reason}")
+pub fn total_key(counter: &str) -> String {
+    format!("total|{counter}")
+}
+
+pub fn delta_prefix(counter: &str) -> String {
+    format!("delta|{counter}|")
+}
+
+pub fn delta_key(counter: &str, call: &str) -> String {
+    format!("delta|{counter}|{call}")
+}
+
+/// Most delta keys read or folded at once.
+const DELTA_BATCH: u32 = 10_000;
+
+/// A counter's value: its total plus the deltas not yet folded. Retries
+/// when a fold commits while it reads, so it never double counts or misses.
+pub fn counter(name: &str) -> Result<u64, KvError> {
+    loop {
+        let before: u64 = kv::get_json(&total_key(name))?.unwrap_or(0);
+        let mut pending = 0;
+        for key in kv::list_keys(&delta_prefix(name), DELTA_BATCH)? {
+            pending += kv::get_json::<u64>(&key)?.unwrap_or(0);
+        }
+        let after: u64 = kv::get_json(&total_key(name))?.unwrap_or(0);
+        if before == after {
+            return Ok(before + pending);
+        }
+    }
+}
+
+/// Folds up to one batch of a counter's deltas into its total. Only `tick`
+/// calls this (ticks of a plugin never overlap), so the total has one writer.
+pub fn fold_counter(name: &str) -> Result<(), KvError> {
+    let mut total: u64 = kv::get_json(&total_key(name))?.unwrap_or(0);
+    let keys = kv::list_keys(&delta_prefix(name), DELTA_BATCH)?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for key in keys {
+        total += kv::get_json::<u64>(&key)?.unwrap_or(0);
+        kv::delete(&key)?;
+    }
+    kv::set_json(&total_key(name), &total)
 }
 
 /// The device's provisioning, if any.
