@@ -10,6 +10,7 @@
 //! 3. Durable usage records/s: 64 concurrent writers with group commit vs
 //!    one fsync per record.
 //! 4. Start-to-ready with the compile cache cold vs warm.
+//! 5. Sensor readings accepted/s by HTTP and MQTT vs native (`sensors.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+
+mod sensors;
 
 // The same allocator as the gateway binary, for both sides of every ratio.
 #[global_allocator]
@@ -57,6 +60,9 @@ async fn main() {
     }
     if run("4") {
         start_to_ready().await;
+    }
+    if run("5") {
+        sensors::run(Duration::from_secs(secs)).await;
     }
 }
 

@@ -85,7 +85,8 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    fn add(&mut self, r: &Reading) {
+    /// Adds one accepted reading.
+    pub fn add(&mut self, r: &Reading) {
         self.count += 1;
         if let Some(x) = r.value.number() {
             self.numeric += 1;
