@@ -469,3 +469,67 @@ async fn proof_of_inclusion_round_trips_and_forgeries_fail() {
         .unwrap();
     assert!(found, "the window's root is in the ledger");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_can_be_reached_over_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    // A CA and a server certificate for 127.0.0.1, made for this test.
+    let certs = tempfile::tempdir().unwrap();
+    // The broker may drop root privileges before it reads them.
+    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = certs.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let cert_file = write("server.pem", server.pem());
+    let key_file = write("server.key", server_key.serialize_pem());
+
+    // A plain listener for the test's publisher, a TLS one for the gateway.
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca_file.display(),
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    let table = format!(
+        "[plugin.mqtt]\nhost = \"127.0.0.1\"\nport = {tls_port}\nclient_id = \"gw-tls\"\n\
+         topics = [\"sensors/+/packs\"]\n[plugin.mqtt.tls]\nca_file = \"{}\"\n",
+        ca_file.display()
+    );
+    let home = home(Box::leak(table.into_boxed_str()));
+    let gw = RunningGateway::start(&home.config()).await.unwrap();
+    let http = HttpClient::new(gw.http_addr);
+    let sensor = Sensor::new("dev-t", 7);
+    provision(&http, &sensor).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seq = 1;
+    loop {
+        broker.mosquitto_pub(
+            "sensors/dev-t/packs",
+            &sensor.mqtt_payload(seq, temp_pack(&[5.0]).as_bytes()),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if stats(&http).await["accepted"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no message arrived over TLS");
+        seq += 1;
+    }
+    gw.shutdown().await;
+}

@@ -28,13 +28,19 @@ impl Mosquitto {
     /// Starts a broker on `port` (anonymous, no persistence) and waits until
     /// it accepts connections.
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, "")
+    }
+
+    /// Like `start_on`, with `extra` lines appended to the broker's
+    /// configuration (more listeners, TLS files).
+    pub fn start_with(port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 10000\nlog_dest stderr\n"
+                 max_queued_messages 10000\nlog_dest stderr\n{extra}"
             ),
         )
         .expect("write mosquitto.conf");

@@ -460,6 +460,28 @@ mod tests {
     }
 
     #[test]
+    fn bad_mqtt_keys_are_named_with_the_file() {
+        let text = "[[plugin]]\nname = \"s\"\ncomponent = \"s.wasm\"\n\
+                    [plugin.mqtt]\nhost = \"127.0.0.1\"\ntopics = [\"a/#\"]\nqos = 2\n";
+        let e = crate::config::GatewayConfig::parse(Path::new("/etc/gw.toml"), text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].mqtt.qos"), "{e}");
+        assert!(e.to_string().starts_with("/etc/gw.toml"), "{e}");
+        let typo = text.replace("qos = 2", "qso = 1");
+        let e = crate::config::GatewayConfig::parse(Path::new("/etc/gw.toml"), &typo).unwrap_err();
+        assert!(e.problem.contains("unknown field `qso`"), "{e}");
+    }
+
+    #[test]
+    fn the_example_configuration_subscribes_the_sensor_plugin() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
+        let config = crate::config::GatewayConfig::load(&path).unwrap();
+        let sensors = config.plugins.iter().find(|p| p.name == "sensors").unwrap();
+        let mqtt = sensors.mqtt.as_ref().unwrap();
+        assert_eq!((mqtt.qos, mqtt.topics.len()), (1, 1));
+        assert!(options(mqtt, &sensors.name).is_ok());
+    }
+
+    #[test]
     fn missing_ca_file_is_named() {
         let mut c = cfg(&["a"]);
         c.tls = Some(MqttTls {
