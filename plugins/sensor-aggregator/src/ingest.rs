@@ -22,7 +22,7 @@ pub enum Reason {
     UnknownDevice,
     /// The signature does not match the device's key.
     BadSignature,
-    /// The sequence number is not above the last accepted one.
+    /// The sequence number was used before, or is too far below the highest.
     Replayed,
     /// The reading's time is too far in the future or the past.
     BadTimestamp,
@@ -181,13 +181,15 @@ fn check_and_apply(
             ),
         ));
     }
-    let last = store::last_seq(&pack.device)?;
-    if pack.seq <= last {
+    let mut used = store::seq_window(&pack.device)?;
+    if !used.accept(pack.seq) {
         return Ok(refuse(
             Reason::Replayed,
             format!(
-                "sequence {} is not above the last accepted {last}",
-                pack.seq
+                "sequence {} was used before or is more than {} below the highest, {}",
+                pack.seq,
+                store::SEQ_WINDOW - 1,
+                used.last
             ),
         ));
     }
@@ -195,7 +197,7 @@ fn check_and_apply(
     // its content turns out to be.
     writes.set(
         store::seq_key(&pack.device),
-        pack.seq.to_string().into_bytes(),
+        serde_json::to_vec(&used).expect("window serializes"),
     );
     let readings = match senml::resolve(&pack.pack, now_ms) {
         Ok(r) => r,

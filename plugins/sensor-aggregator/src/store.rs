@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! device|<id>                  provisioning (JSON)
-//! seq|<id>                     last accepted sequence number
+//! seq|<id>                     used sequence numbers: the highest and a 64-wide window below it (JSON)
 //! pack|<id>|<seq>              signature (64 bytes) || pack bytes, kept for proofs
 //! agg|<id>|<name>|<window>     aggregate (JSON)
 //! win|<window>|<id>            the window's leaves of this device: (seq u64 BE, index u32 BE, leaf 32)*
@@ -180,9 +180,45 @@ pub fn device(id: &str) -> Result<Option<Device>, KvError> {
     }
 }
 
-/// The last accepted sequence number (0 when none).
-pub fn last_seq(id: &str) -> Result<u64, KvError> {
-    Ok(kv::get_json(&seq_key(id))?.unwrap_or(0))
+/// Sequence numbers a device has used: the highest, and which of the 63
+/// below it were seen too (MQTT brokers may reorder QoS 1 messages, so a
+/// late lower number is accepted once, like IPsec's anti-replay window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqWindow {
+    pub last: u64,
+    /// Bit i set: `last - i` was accepted (bit 0 is `last` itself).
+    pub seen: u64,
+}
+
+/// How far below the highest sequence number a late pack is still accepted.
+pub const SEQ_WINDOW: u64 = 64;
+
+impl SeqWindow {
+    /// Marks `seq` used; `false` when it was used before or is too old.
+    pub fn accept(&mut self, seq: u64) -> bool {
+        if seq > self.last {
+            let shift = seq - self.last;
+            self.seen = if shift >= SEQ_WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.last = seq;
+            return true;
+        }
+        let age = self.last - seq;
+        if age >= SEQ_WINDOW || self.seen & (1 << age) != 0 {
+            return false;
+        }
+        self.seen |= 1 << age;
+        true
+    }
+}
+
+/// The device's used sequence numbers.
+pub fn seq_window(id: &str) -> Result<SeqWindow, KvError> {
+    Ok(kv::get_json(&seq_key(id))?.unwrap_or_default())
 }
 
 /// Every leaf of `window` with its device, in key order (the tree's order).

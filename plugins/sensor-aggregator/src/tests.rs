@@ -89,13 +89,14 @@ fn each_rejection_reason_is_counted() {
     assert_eq!(send(pack_request("dev-1", 1, &key(2), ok)), 401);
     assert_eq!(send(pack_request("dev-1", 5, &key(1), ok)), 200);
     assert_eq!(send(pack_request("dev-1", 5, &key(1), ok)), 409);
-    assert_eq!(send(pack_request("dev-1", 4, &key(1), ok)), 409);
-    assert_eq!(send(pack_request("dev-1", 6, &key(1), "[{\"n\":")), 400);
+    assert_eq!(send(pack_request("dev-1", 200, &key(1), ok)), 200);
+    assert_eq!(send(pack_request("dev-1", 100, &key(1), ok)), 409);
+    assert_eq!(send(pack_request("dev-1", 201, &key(1), "[{\"n\":")), 400);
     let far = r#"[{"n":"temp","v":1,"t":4102444800}]"#; // 2100-01-01
-    let r = SensorAggregator::handle_http(pack_request("dev-1", 7, &key(1), far));
+    let r = SensorAggregator::handle_http(pack_request("dev-1", 202, &key(1), far));
     assert_eq!(body(&r)["rejected_readings"]["bad-timestamp"], 1);
     let hot = r#"[{"n":"temp","v":99},{"n":"humidity","v":1}]"#;
-    let r = SensorAggregator::handle_http(pack_request("dev-1", 8, &key(1), hot));
+    let r = SensorAggregator::handle_http(pack_request("dev-1", 203, &key(1), hot));
     assert_eq!(body(&r)["rejected_readings"]["out-of-range"], 2);
     let s = stats();
     for reason in [
@@ -108,8 +109,8 @@ fn each_rejection_reason_is_counted() {
     }
     assert_eq!(s["rejected"]["replayed"], 2);
     assert_eq!(s["rejected"]["out-of-range"], 2);
-    assert_eq!(s["accepted"], 1);
-    assert_eq!(host.total(UNIT_READINGS), 1);
+    assert_eq!(s["accepted"], 2);
+    assert_eq!(host.total(UNIT_READINGS), 2);
     // Folding the counters' deltas into totals changes no count.
     SensorAggregator::tick(now_ms() as u64);
     assert!(host.kv("total|replayed").is_some());
@@ -206,4 +207,18 @@ fn proof_round_trip_and_forgeries_fail() {
         !SensorAggregator::verify(other_nonce, p),
         "a proof is bound to its nonce"
     );
+}
+
+#[test]
+fn late_packs_within_the_window_count_once() {
+    let mut w = store::SeqWindow::default();
+    assert!(w.accept(3));
+    assert!(w.accept(5));
+    assert!(w.accept(4), "a reordered pack is accepted");
+    assert!(!w.accept(4), "but only once");
+    assert!(!w.accept(5));
+    assert!(w.accept(70));
+    assert!(w.accept(7), "63 below the highest is still in the window");
+    assert!(!w.accept(6), "64 below is not");
+    assert!(!w.accept(0));
 }
