@@ -224,7 +224,13 @@ async fn through_mqtt(duration: Duration) -> f64 {
             .await
             .expect("publish");
     }
+    let deadline = started + Duration::from_secs(120);
     while accepted(&http).await < target {
+        assert!(
+            Instant::now() < deadline,
+            "not every reading was accepted: {}",
+            http.get("/s/stats").await.text()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let rate = (target - READINGS as u64) as f64 / started.elapsed().as_secs_f64();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! device|<id>                  provisioning (JSON)
-//! seq|<id>                     used sequence numbers: the highest and a 64-wide window below it (JSON)
+//! seq|<id>                     used sequence numbers: the highest and a 1024-wide window below it (JSON)
 //! pack|<id>|<seq>              signature (64 bytes) || pack bytes, kept for proofs
 //! agg|<id>|<name>|<window>     aggregate (JSON)
 //! win|<window>|<id>            the window's leaves of this device: (seq u64 BE, index u32 BE, leaf 32)*
@@ -180,39 +180,60 @@ pub fn device(id: &str) -> Result<Option<Device>, KvError> {
     }
 }
 
-/// Sequence numbers a device has used: the highest, and which of the 63
-/// below it were seen too (MQTT brokers may reorder QoS 1 messages, so a
-/// late lower number is accepted once, like IPsec's anti-replay window).
+/// Sequence numbers a device has used: the highest, and which of the
+/// `SEQ_WINDOW - 1` below it were seen too. MQTT brokers may deliver QoS 1
+/// messages out of order, so a late lower number is accepted once (the
+/// anti-replay window of IPsec, RFC 4303 3.4.3, only wider).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqWindow {
     pub last: u64,
-    /// Bit i set: `last - i` was accepted (bit 0 is `last` itself).
-    pub seen: u64,
+    /// Bit `i` (word `i / 64`, bit `i % 64`) set: `last - i` was accepted.
+    pub seen: [u64; SEQ_WORDS],
 }
 
+const SEQ_WORDS: usize = 16;
+
 /// How far below the highest sequence number a late pack is still accepted.
-pub const SEQ_WINDOW: u64 = 64;
+pub const SEQ_WINDOW: u64 = 64 * SEQ_WORDS as u64;
 
 impl SeqWindow {
     /// Marks `seq` used; `false` when it was used before or is too old.
     pub fn accept(&mut self, seq: u64) -> bool {
         if seq > self.last {
-            let shift = seq - self.last;
-            self.seen = if shift >= SEQ_WINDOW {
-                0
-            } else {
-                self.seen << shift
-            };
-            self.seen |= 1;
+            self.age(seq - self.last);
             self.last = seq;
+            self.seen[0] |= 1;
             return true;
         }
         let age = self.last - seq;
-        if age >= SEQ_WINDOW || self.seen & (1 << age) != 0 {
+        if age >= SEQ_WINDOW {
             return false;
         }
-        self.seen |= 1 << age;
+        let (word, bit) = ((age / 64) as usize, age % 64);
+        if self.seen[word] & (1 << bit) != 0 {
+            return false;
+        }
+        self.seen[word] |= 1 << bit;
         true
+    }
+
+    /// Moves every mark `by` places older.
+    fn age(&mut self, by: u64) {
+        if by >= SEQ_WINDOW {
+            self.seen = [0; SEQ_WORDS];
+            return;
+        }
+        let (words, bits) = ((by / 64) as usize, (by % 64) as u32);
+        for i in (0..SEQ_WORDS).rev() {
+            let mut v = 0;
+            if i >= words {
+                v = self.seen[i - words] << bits;
+                if bits > 0 && i > words {
+                    v |= self.seen[i - words - 1] >> (64 - bits);
+                }
+            }
+            self.seen[i] = v;
+        }
     }
 }
 

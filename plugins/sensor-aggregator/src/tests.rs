@@ -89,14 +89,14 @@ fn each_rejection_reason_is_counted() {
     assert_eq!(send(pack_request("dev-1", 1, &key(2), ok)), 401);
     assert_eq!(send(pack_request("dev-1", 5, &key(1), ok)), 200);
     assert_eq!(send(pack_request("dev-1", 5, &key(1), ok)), 409);
-    assert_eq!(send(pack_request("dev-1", 200, &key(1), ok)), 200);
-    assert_eq!(send(pack_request("dev-1", 100, &key(1), ok)), 409);
-    assert_eq!(send(pack_request("dev-1", 201, &key(1), "[{\"n\":")), 400);
+    assert_eq!(send(pack_request("dev-1", 2000, &key(1), ok)), 200);
+    assert_eq!(send(pack_request("dev-1", 900, &key(1), ok)), 409);
+    assert_eq!(send(pack_request("dev-1", 2001, &key(1), "[{\"n\":")), 400);
     let far = r#"[{"n":"temp","v":1,"t":4102444800}]"#; // 2100-01-01
-    let r = SensorAggregator::handle_http(pack_request("dev-1", 202, &key(1), far));
+    let r = SensorAggregator::handle_http(pack_request("dev-1", 2002, &key(1), far));
     assert_eq!(body(&r)["rejected_readings"]["bad-timestamp"], 1);
     let hot = r#"[{"n":"temp","v":99},{"n":"humidity","v":1}]"#;
-    let r = SensorAggregator::handle_http(pack_request("dev-1", 203, &key(1), hot));
+    let r = SensorAggregator::handle_http(pack_request("dev-1", 2003, &key(1), hot));
     assert_eq!(body(&r)["rejected_readings"]["out-of-range"], 2);
     let s = stats();
     for reason in [
@@ -217,8 +217,19 @@ fn late_packs_within_the_window_count_once() {
     assert!(w.accept(4), "a reordered pack is accepted");
     assert!(!w.accept(4), "but only once");
     assert!(!w.accept(5));
-    assert!(w.accept(70));
-    assert!(w.accept(7), "63 below the highest is still in the window");
-    assert!(!w.accept(6), "64 below is not");
-    assert!(!w.accept(0));
+    assert!(w.accept(100));
+    assert!(!w.accept(3), "marks survive aging across words");
+    assert!(w.accept(2000));
+    assert!(
+        w.accept(2000 - 1023),
+        "1023 below the highest is still in the window"
+    );
+    assert!(!w.accept(2000 - 1024), "1024 below is not");
+    assert!(!w.accept(2000 - 1023));
+    // Every number in a shuffled range is accepted exactly once.
+    let mut w = store::SeqWindow::default();
+    let order: Vec<u64> = (1..=3000u64).map(|i| (i * 7919) % 3000 + 1).collect();
+    let first_pass = order.iter().filter(|s| w.accept(**s)).count();
+    assert!(order.iter().all(|s| !w.accept(*s)), "no number twice");
+    assert!(first_pass > 0);
 }
