@@ -12,6 +12,7 @@ PLUGINS := -p template-plugin -p hostile-plugin -p other-world-plugin
 PLUGINS += -p storage-cache-plugin
 PLUGINS += -p compute-task-plugin
 PLUGINS += -p hotspot-relay-plugin
+PLUGINS += -p sensor-aggregator-plugin
 # Job modules (WASI preview 1) of the compute-task tests and benchmark.
 JOB_TARGET := wasm32-wasip1
 

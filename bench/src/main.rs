@@ -13,9 +13,11 @@
 //! 5. Compute jobs vs native Rust, fuel on vs off (see `compute.rs`).
 //! 6. Hotspot relay packets/s and added latency: gateway vs a native relay
 //!    doing the same parsing (`relay.rs`).
+//! 7. Sensor readings accepted/s by HTTP and MQTT vs native (`sensors.rs`).
 
 mod compute;
 mod relay;
+mod sensors;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -69,6 +71,9 @@ async fn main() {
     }
     if run("6") {
         relay::relay_vs_native(Duration::from_secs(secs)).await;
+    }
+    if run("7") {
+        sensors::run(Duration::from_secs(secs)).await;
     }
 }
 

@@ -154,6 +154,9 @@ pub struct PluginConfig {
     /// UDP ingress: datagrams to `listen` go to the plugin's
     /// `handle-datagram`. No UDP ingress when absent.
     pub udp: Option<UdpConfig>,
+    /// Subscribe to an MQTT broker and deliver its messages to the
+    /// plugin's `handle-message` export.
+    pub mqtt: Option<crate::ingress::mqtt::MqttConfig>,
 }
 
 /// A plugin's UDP ingress socket.
@@ -348,6 +351,9 @@ impl GatewayConfig {
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
             plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
+            if let Some(mqtt) = &mut plugin.mqtt {
+                mqtt.resolve_paths(base);
+            }
         }
         self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
         if let Some(u) = &mut self.upstream {
@@ -459,6 +465,10 @@ impl GatewayConfig {
                 if let Err(problem) = validate_host_port(target) {
                     return Err((key(&format!("outbound.udp[{j}]")), problem));
                 }
+            }
+            if let Some(mqtt) = &p.mqtt {
+                mqtt.validate()
+                    .map_err(|(k, problem)| (key(&format!("mqtt.{k}")), problem))?;
             }
             for (k, v) in &p.config {
                 if config_value_string(v).is_none() {

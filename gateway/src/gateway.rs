@@ -44,6 +44,8 @@ pub enum StartError {
     Tls(#[from] crate::ingress::tls::TlsError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error(transparent)]
+    Mqtt(#[from] crate::ingress::mqtt::MqttSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -162,6 +164,18 @@ impl RunningGateway {
                 reloader.clone().watch_files(every, stop_rx.clone()),
             ));
         }
+        // MQTT subscribers stop with the tickers (abort) and on `stop`.
+        let subscriptions: Vec<_> = config
+            .plugins
+            .iter()
+            .filter_map(|p| Some((p.mqtt.clone()?, Arc::<str>::from(p.name.as_str()))))
+            .collect();
+        tickers.extend(crate::ingress::mqtt::start(
+            &subscriptions,
+            reloader.table(),
+            &ledger,
+            &stop_rx,
+        )?);
         tickers.extend(crate::epochs::start(
             config,
             &key,

@@ -309,6 +309,20 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String>
     check("runtime", old.runtime == new.runtime);
     check("admin", old.admin == new.admin);
     check("reload", old.reload == new.reload);
+    // The UDP and MQTT ingresses bind their sockets and sessions at start.
+    for p in &new.plugins {
+        let before = old.plugins.iter().find(|o| o.name == p.name);
+        let udp = before.map(|o| (&o.udp, &o.outbound.udp));
+        if udp.is_some_and(|u| u != (&p.udp, &p.outbound.udp))
+            || (before.is_none() && (p.udp.is_some() || !p.outbound.udp.is_empty()))
+        {
+            changed.push(format!("plugin {}: udp", p.name));
+        }
+        let mqtt = before.map(|o| &o.mqtt);
+        if mqtt.is_some_and(|m| m != &p.mqtt) || (before.is_none() && p.mqtt.is_some()) {
+            changed.push(format!("plugin {}: mqtt", p.name));
+        }
+    }
     changed
 }
 

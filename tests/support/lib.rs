@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub mod ops;
 pub mod registry;
+pub mod sensors;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -45,6 +46,7 @@ pub fn plugin(file_stem: &str) -> PathBuf {
             .args(["-p", "storage-cache-plugin"])
             .args(["-p", "compute-task-plugin"])
             .args(["-p", "hotspot-relay-plugin"])
+            .args(["-p", "sensor-aggregator-plugin"])
             .env("CARGO_TARGET_DIR", &target_dir)
             .status()
             .expect("run cargo to build the test plugins");

@@ -337,11 +337,7 @@ impl Relay {
                 host(units::FUEL, outcome.fuel),
             ],
         );
-        if let Err(e) = self
-            .ledger
-            .commit(Arc::clone(&self.name), effects)
-            .await
-        {
+        if let Err(e) = self.ledger.commit(Arc::clone(&self.name), effects).await {
             tracing::error!(plugin = %self.name, request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
             return;
         }

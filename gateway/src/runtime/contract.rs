@@ -33,7 +33,7 @@ pub fn kind_name(kind: ResourceKind) -> &'static str {
 }
 
 /// The contract this gateway speaks.
-pub const CONTRACT: &str = "depin:plugin@0.1.0";
+pub const CONTRACT: &str = "depin:plugin@0.1.1";
 const PACKAGE: &str = "depin:plugin";
 const VERSION_MAJOR_MINOR: &str = "0.1";
 
@@ -150,7 +150,7 @@ mod tests {
             imports: vec![
                 "wasi:cli/environment@0.2.0".into(),
                 "depin:plugin/kv@0.1.0".into(),
-                "depin:plugin/jobs@0.1.0".into(),
+                "depin:plugin/teleport@0.1.0".into(),
                 "acme:thing/x@1.0.0".into(),
                 "depin:plugin/kv@0.2.0".into(),
             ],
@@ -163,7 +163,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`depin:plugin/jobs@0.1.0`, which depin:plugin@0.1.0 does not define"),
+            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.1 does not define"),
             "{e}"
         );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");
