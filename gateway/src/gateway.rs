@@ -222,9 +222,15 @@ impl RunningGateway {
     /// period), then flushes and closes the ledger.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for t in self.tickers.drain(..) {
-            t.abort();
-            let _ = t.await;
+        // The ingresses and workers all watch `stop`; give them a moment to
+        // finish what they hold (an epoch close, a commit) before aborting
+        // the stragglers, so the ledger is really closed when this returns.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for mut t in self.tickers.drain(..) {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
         self.reloader.stop_tickers().await;
         if let Some(server) = self.server.take() {

@@ -163,10 +163,13 @@ async fn deliver_pending(
 ) -> Result<(), DeliveryError> {
     loop {
         let s = store.clone();
-        let next = tokio::task::spawn_blocking(move || s.outbox_first())
-            .await
-            .map_err(|e| DeliveryError::Store(e.to_string()))?
-            .map_err(|e| DeliveryError::Store(e.to_string()))?;
+        let (next, depth) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::epochs::EpochStoreError>((s.outbox_first()?, s.outbox_len()?))
+        })
+        .await
+        .map_err(|e| DeliveryError::Store(e.to_string()))?
+        .map_err(|e| DeliveryError::Store(e.to_string()))?;
+        crate::metrics::global().set_outbox_depth(depth);
         let Some((epoch, bytes)) = next else {
             return Ok(());
         };
