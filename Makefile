@@ -53,3 +53,9 @@ clean:
 # Epoch close over 1M records and collector report verification (issue 7).
 bench-epochs:
 	$(CARGO) run --release -p depin-bench --bin depin-bench-epochs
+
+.PHONY: bench-storage-cache
+# storage-cache hits (4 KiB, 16 MiB) vs nginx with wrk (issue 3); needs
+# Debian's nginx and wrk.
+bench-storage-cache: plugins
+	$(CARGO) run --release -p depin-bench --bin depin-bench-storage-cache
