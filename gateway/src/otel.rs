@@ -70,29 +70,34 @@ fn resource() -> Resource {
         .build()
 }
 
+/// Builds an exporter on a thread of its own: its blocking HTTP client must
+/// be built outside the async runtime. Logs why when it cannot be built.
+fn build_exporter<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    signal: &str,
+    build: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Option<T> {
+    match std::thread::spawn(build).join() {
+        Ok(Ok(e)) => Some(e),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "OTLP {signal} export not started");
+            None
+        }
+        Err(_) => {
+            tracing::error!("OTLP {signal} export not started: the exporter panicked");
+            None
+        }
+    }
+}
+
 fn start_metrics() -> Option<MetricsExport> {
     if !requested("METRICS") {
         return None;
     }
-    // The exporter's blocking HTTP client must be built outside the async
-    // runtime.
-    let built = std::thread::spawn(|| {
+    let exporter = build_exporter("metric", || {
         opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .build()
-    })
-    .join();
-    let exporter = match built {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "OTLP metric export not started");
-            return None;
-        }
-        Err(_) => {
-            tracing::error!("OTLP metric export not started: the exporter panicked");
-            return None;
-        }
-    };
+    })?;
     let provider = SdkMeterProvider::builder()
         .with_periodic_exporter(exporter)
         .with_resource(resource())
@@ -143,25 +148,11 @@ pub fn init_from_env() -> bool {
             if !requested("TRACES") {
                 return None;
             }
-            // The exporter's blocking HTTP client must be built outside the
-            // async runtime.
-            let built = std::thread::spawn(|| {
+            let exporter = build_exporter("trace", || {
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .build()
-            })
-            .join();
-            let exporter = match built {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "OTLP trace export not started");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::error!("OTLP trace export not started: the exporter panicked");
-                    return None;
-                }
-            };
+            })?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(resource())

@@ -182,6 +182,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a whole response.
+    pub async fn read(res: hyper::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -215,9 +226,24 @@ impl HttpClient {
         path: &str,
         body: impl Into<Bytes>,
     ) -> Result<Reply, String> {
-        let req = hyper::Request::builder()
+        self.send_with_headers(method, path, &[], body).await
+    }
+
+    /// Sends a request with `headers`.
+    pub async fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
+        let mut req = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
             .body(Full::new(body.into()))
             .map_err(|e| e.to_string())?;
         let res = self
@@ -225,13 +251,7 @@ impl HttpClient {
             .request(req)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(res).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -165,13 +165,7 @@ impl TlsConnection {
             }
         }
         .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(res).await
     }
 }
 

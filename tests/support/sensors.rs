@@ -6,11 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey};
-use http_body_util::{BodyExt, Full};
-
-use crate::{HttpClient, Reply};
 
 /// A `mosquitto` broker on 127.0.0.1, killed when dropped.
 pub struct Mosquitto {
@@ -163,38 +159,5 @@ impl Sensor {
             ("x-sequence".into(), seq.to_string()),
             ("x-signature".into(), self.sign(seq, pack)),
         ]
-    }
-}
-
-impl HttpClient {
-    /// Sends a request with `headers`.
-    pub async fn send_with_headers(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        body: impl Into<Bytes>,
-    ) -> Result<Reply, String> {
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        let req = req
-            .body(Full::new(body.into()))
-            .map_err(|e| e.to_string())?;
-        let res = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
     }
 }
