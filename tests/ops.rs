@@ -106,6 +106,17 @@ async fn admin_refuses_requests_without_the_token_and_metrics_count_the_calls() 
     assert_eq!(status["gateway_id"], gw.gateway_id.as_str());
     assert_eq!(status["plugins"][0]["name"], "metered");
     assert_eq!(status["plugins"][0]["calls"], 10);
+    let epoch = &status["current_epoch"];
+    let (start, end) = (
+        epoch["start_ms"].as_u64().unwrap(),
+        epoch["end_ms"].as_u64().unwrap(),
+    );
+    assert!(start < end, "{epoch}");
+    assert_eq!(
+        epoch["number"].as_u64().unwrap(),
+        start / (end - start),
+        "{epoch}"
+    );
     assert!(
         status["plugins"][0]["digest"]
             .as_str()

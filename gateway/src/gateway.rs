@@ -117,7 +117,17 @@ impl RunningGateway {
         let gateway_id = key.gateway_id();
         let admin = match &config.admin {
             Some(a) => {
-                Some(AdminApi::bind(a, gateway_id.clone(), ledger.clone(), reloader.clone()).await?)
+                let epoch_length_ms = config.epochs.length_ms;
+                Some(
+                    AdminApi::bind(
+                        a,
+                        gateway_id.clone(),
+                        ledger.clone(),
+                        reloader.clone(),
+                        epoch_length_ms,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };

@@ -54,6 +54,8 @@ pub struct AdminApi {
     reloader: Arc<Reloader>,
     token: Option<String>,
     open_metrics: bool,
+    /// `[epochs] length_ms`, for the current epoch in `/v1/status`.
+    epoch_length_ms: u64,
 }
 
 type AdminBody = Full<Bytes>;
@@ -66,6 +68,7 @@ impl AdminApi {
         gateway_id: String,
         ledger: Arc<Ledger>,
         reloader: Arc<Reloader>,
+        epoch_length_ms: u64,
     ) -> Result<(Arc<Self>, TcpListener), AdminError> {
         let token = match &config.token_file {
             None => None,
@@ -97,6 +100,7 @@ impl AdminApi {
             reloader,
             token,
             open_metrics: config.open_metrics,
+            epoch_length_ms,
         });
         Ok((api, listener))
     }
@@ -243,6 +247,11 @@ impl AdminApi {
             })
             .collect();
         let head = self.ledger.head().ok().map(|h| h.seq);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let length = self.epoch_length_ms.max(1);
+        let epoch = now_ms / length;
         serde_json::json!({
             "gateway_id": self.gateway_id,
             "version": env!("CARGO_PKG_VERSION"),
@@ -250,6 +259,11 @@ impl AdminApi {
             "generation": set.generation,
             "plugins": plugins,
             "ledger_head_seq": head,
+            "current_epoch": {
+                "number": epoch,
+                "start_ms": epoch * length,
+                "end_ms": (epoch + 1) * length,
+            },
             "last_reload": self.reloader.last_report(),
         })
     }
