@@ -621,13 +621,16 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// Parses `text` as if it were `/etc/depin/gateway.toml` (unit tests).
+#[cfg(test)]
+pub(crate) fn parse_test_config(text: &str) -> Result<GatewayConfig, ConfigError> {
+    GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
-        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
-    }
+    use parse_test_config as parse;
 
     #[test]
     fn minimal_config_gets_defaults_and_resolves_paths() {

@@ -30,28 +30,52 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs `cargo build --profile <profile> --target <target> <args>` in the
+/// workspace and returns the directory the artifacts land in.
+fn cargo_build(profile: &str, target: &str, args: &[&str]) -> PathBuf {
+    let root = workspace();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = root.join("target");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--profile", profile, "--target", target])
+        .args(args)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .expect("run cargo to build wasm test artifacts");
+    assert!(
+        status.success(),
+        "building {args:?} for {target} failed (is the target installed? `rustup target add {target}`)"
+    );
+    target_dir.join(target).join(profile)
+}
+
 /// Builds the plugin components once per test process (a no-op when
 /// `make test` has built them already) and returns the path of `crate_name`'s
 /// component, e.g. `plugin("template_plugin")`.
 pub fn plugin(file_stem: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let root = workspace();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target_dir = root.join("target");
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
-            .args(["-p", "template-plugin", "-p", "hostile-plugin", "-p", "other-world-plugin"])
-            .args(["-p", "storage-cache-plugin"])
-            .args(["-p", "compute-task-plugin"])
-            .args(["-p", "hotspot-relay-plugin"])
-            .args(["-p", "sensor-aggregator-plugin"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .expect("run cargo to build the test plugins");
-        assert!(status.success(), "building the test plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)");
-        target_dir.join("wasm32-wasip2/plugin")
+        cargo_build(
+            "plugin",
+            "wasm32-wasip2",
+            &[
+                "-p",
+                "template-plugin",
+                "-p",
+                "hostile-plugin",
+                "-p",
+                "other-world-plugin",
+                "-p",
+                "storage-cache-plugin",
+                "-p",
+                "compute-task-plugin",
+                "-p",
+                "hotspot-relay-plugin",
+                "-p",
+                "sensor-aggregator-plugin",
+            ],
+        )
     });
     let path = dir.join(format!("{file_stem}.wasm"));
     assert!(path.exists(), "{} was not built", path.display());
@@ -62,21 +86,9 @@ pub fn plugin(file_stem: &str) -> PathBuf {
 /// process and returns the bytes of `name`'s module, e.g. `job_module("sha256")`.
 pub fn job_module(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let root = workspace();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target_dir = root.join("target");
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            // opt-level 3, as the native side of the benchmark.
-            .args(["build", "--profile", "job", "--target", "wasm32-wasip1"])
-            .args(["-p", "test-jobs", "--bins"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .expect("run cargo to build the test job modules");
-        assert!(status.success(), "building the test job modules failed (is the wasm32-wasip1 target installed? `rustup target add wasm32-wasip1`)");
-        target_dir.join("wasm32-wasip1/job")
-    });
+    // Profile `job`: opt-level 3, as the native side of the benchmark.
+    let dir =
+        BUILT.get_or_init(|| cargo_build("job", "wasm32-wasip1", &["-p", "test-jobs", "--bins"]));
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -122,12 +122,8 @@ impl ReloadConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::GatewayConfig;
+    use crate::config::parse_test_config as parse;
     use std::path::Path;
-
-    fn parse(text: &str) -> Result<GatewayConfig, crate::config::ConfigError> {
-        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
-    }
 
     #[test]
     fn operations_tables_are_off_by_default() {

@@ -105,10 +105,7 @@ impl UpstreamConfig {
 mod tests {
     use super::*;
     use crate::config::GatewayConfig;
-
-    fn parse(text: &str) -> Result<GatewayConfig, crate::config::ConfigError> {
-        GatewayConfig::parse(Path::new("/etc/depin/gateway.toml"), text)
-    }
+    use crate::config::parse_test_config as parse;
 
     #[test]
     fn epochs_and_upstream_errors_name_the_key() {
