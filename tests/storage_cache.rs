@@ -270,10 +270,12 @@ async fn the_least_recently_used_blob_is_evicted_and_oversized_blobs_pass_throug
     for (d, b) in blobs.iter().chain([&(big_digest.clone(), big.clone())]) {
         origin.serve(&format!("/b/{d}"), b.clone());
     }
+    // Every hit calls the plugin, so access times are exact (reused hits
+    // refresh them only once per `hit_reuse_ms`).
     let home = cache_home(
         &[origin.url()],
         250_000,
-        format!("origin = \"{}/b\"\n", origin.url()),
+        format!("origin = \"{}/b\"\nhit_reuse_ms = 0\n", origin.url()),
     );
     let gw = RunningGateway::start(&home.config()).await.expect("start");
     let get = |d: &String| {
@@ -503,4 +505,108 @@ async fn hits_misses_stored_bytes_served_bytes_and_byte_seconds_are_metered() {
         assert_eq!(subject.as_deref(), Some(digest.as_str()));
         assert_eq!(ev.as_deref(), Some(evidence.as_slice()));
     }
+}
+
+/// Host-attested `fuel` records of the plugin `cache`, in ledger order: a
+/// reused answer costs no fuel, a plugin call always some.
+fn fuel_records(home: &Home) -> Vec<u64> {
+    let mut fuel = Vec::new();
+    LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            if r.plugin == "cache" && r.unit == "fuel" {
+                fuel.push(r.quantity);
+            }
+            true
+        })
+        .unwrap();
+    fuel
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_hits_are_answered_by_the_host_and_still_metered_each_time() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let bytes = pseudo_random(20_000, 31);
+    let digest = sha256_digest(&bytes);
+    let origin_path = format!("/b/{digest}");
+    origin.serve(&origin_path, bytes.clone());
+    let home = cache_home(
+        &[origin.url()],
+        1_000_000,
+        format!("origin = \"{}/b\"\nhit_reuse_ms = 400\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.http_addr;
+    let path = format!("/blobs/{digest}");
+
+    // A miss, then a hit the plugin marks reusable.
+    assert_eq!(call(addr, "GET", &path, &[]).await.0, 200);
+    let (status, headers, body) = call(addr, "GET", &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), bytes.as_slice());
+    assert!(
+        headers.get("depin-reuse-ms").is_none(),
+        "the host removes the marker"
+    );
+    // Repeats are answered by the host, with Range and If-None-Match.
+    for _ in 0..5 {
+        let (status, headers, body) = call(addr, "GET", &path, &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(body.as_ref(), bytes.as_slice());
+        assert!(headers.get("x-request-id").is_some());
+        assert!(headers.get("depin-reuse-ms").is_none());
+    }
+    let (status, headers, body) = call(addr, "GET", &path, &[("range", "bytes=10-19")]).await;
+    assert_eq!(status, 206);
+    assert_eq!(body.as_ref(), &bytes[10..20]);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 10-19/{}", bytes.len())
+    );
+    let etag = format!("\"{digest}\"");
+    let (status, _, body) = call(addr, "GET", &path, &[("if-none-match", &etag)]).await;
+    assert_eq!(status, 304);
+    assert!(body.is_empty());
+    // Another query is another request: the plugin answers it.
+    assert_eq!(call(addr, "GET", &format!("{path}?x=1"), &[]).await.0, 200);
+
+    // The blob disappears (say, deleted by hand): the host notices when
+    // it opens the file and calls the plugin, which pulls it again.
+    std::fs::remove_file(blob_file(&home, &digest)).unwrap();
+    let (status, _, body) = call(addr, "GET", &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), bytes.as_slice());
+    assert_eq!(origin.hits(&origin_path), 2, "pulled again after the loss");
+    // The reuse time runs out: the next request calls the plugin again.
+    assert_eq!(call(addr, "GET", &path, &[]).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(call(addr, "GET", &path, &[]).await.0, 200);
+    gw.shutdown().await;
+
+    // miss, hit (marked), 5 + range + 304 reused, query (plugin), miss after
+    // the loss (plugin), hit (marked), expired -> hit (plugin).
+    let fuel = fuel_records(&home);
+    let called: Vec<bool> = fuel.iter().map(|f| *f > 0).collect();
+    let mut expected = vec![true, true];
+    expected.extend([false; 7]);
+    expected.extend([true, true, true, true]);
+    assert_eq!(called, expected, "fuel per request: {fuel:?}");
+
+    // Every hit is metered, reused or not, with the digest as evidence.
+    let mut hits = 0;
+    let evidence = hex::decode(digest.trim_start_matches("sha256:")).unwrap();
+    LedgerReader::open(&home.data_dir())
+        .unwrap()
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            if r.unit == "cache-hits" {
+                assert_eq!(r.subject.as_deref(), Some(digest.as_str()));
+                assert_eq!(r.evidence.as_deref(), Some(evidence.as_slice()));
+                hits += r.quantity;
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(hits, 1 + 7 + 1 + 1 + 1, "every hit, reused or not");
 }

@@ -87,6 +87,8 @@ pub struct CallObservation {
     pub fuel: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Answered from a reusable plugin answer, without a plugin call.
+    pub reused: bool,
 }
 
 /// Counters of one plugin.
@@ -98,6 +100,8 @@ pub struct PluginCounters {
     pub fuel: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Requests answered from a reusable answer (no plugin call).
+    pub reused: u64,
 }
 
 impl PluginCounters {
@@ -109,6 +113,7 @@ impl PluginCounters {
             fuel: 0,
             bytes_in: 0,
             bytes_out: 0,
+            reused: 0,
         }
     }
 
@@ -191,6 +196,7 @@ impl Metrics {
         c.fuel += call.fuel;
         c.bytes_in += call.bytes_in;
         c.bytes_out += call.bytes_out;
+        c.reused += u64::from(call.reused);
     }
 
     /// Counts one ledger transaction that committed `group_size` calls.
@@ -291,6 +297,11 @@ impl Metrics {
                 "Response bytes sent by calls.",
                 |c| c.bytes_out,
             ),
+            (
+                "depin_call_reused_total",
+                "Requests answered from an answer the plugin marked reusable, without calling it.",
+                |c| c.reused,
+            ),
         ] {
             header(&mut out, name, "counter", help);
             for (p, c) in &plugins {
@@ -380,6 +391,7 @@ mod tests {
             fuel: 10,
             bytes_in: 5,
             bytes_out: 7,
+            reused: status == 200,
         };
         m.record_call(&p, call(200, None));
         m.record_call(&p, call(500, Some("trap")));
@@ -389,6 +401,7 @@ mod tests {
         assert!(text.contains("depin_calls_total{plugin=\"a\\\"b\",status=\"500\"} 1\n"));
         assert!(text.contains("depin_call_errors_total{plugin=\"a\\\"b\",kind=\"trap\"} 1\n"));
         assert!(text.contains("depin_call_fuel_total{plugin=\"a\\\"b\"} 20\n"));
+        assert!(text.contains("depin_call_reused_total{plugin=\"a\\\"b\"} 1\n"));
         assert!(!text.contains("depin_outbox_depth"));
         m.set_outbox_depth(3);
         assert!(m.render_prometheus().contains("depin_outbox_depth 3\n"));

@@ -44,6 +44,10 @@ impl HttpRequest {
     }
 }
 
+/// The response header that marks an answer reusable (see
+/// [`HttpResponse::reusable_for_ms`]); the host removes it.
+pub const REUSE_HEADER: &str = "depin-reuse-ms";
+
 impl HttpResponse {
     /// A response with a raw body and a content type.
     pub fn bytes(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
@@ -95,6 +99,22 @@ impl HttpResponse {
                 length,
             }),
         }
+    }
+
+    /// Lets the host answer the same request (method, path and query) with
+    /// this answer for the next `ms` milliseconds (at most 60 s) without
+    /// calling the plugin: it serves the same blob and records this call's
+    /// usage records again, each time, durably before the response. Only
+    /// blob answers with status 200 are reused; anything else the plugin did
+    /// in this call (kv writes, logs) is not repeated. Use it for answers
+    /// that depend on nothing but the path, such as content-addressed
+    /// blobs; a deleted blob ends the reuse. A reload forgets every reusable
+    /// answer.
+    pub fn reusable_for_ms(self, ms: u32) -> Self {
+        if ms == 0 {
+            return self;
+        }
+        self.with_header(REUSE_HEADER, &ms.to_string())
     }
 
     /// Adds a header.

@@ -79,6 +79,7 @@ pub mod bindings {
 
 mod http;
 mod imports;
+pub use http::REUSE_HEADER;
 pub mod testing;
 
 pub use bindings::depin::plugin::kv::KvError;

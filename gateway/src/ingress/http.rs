@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -27,6 +27,7 @@ use crate::metrics::CallObservation;
 use crate::plugin_table::PluginTable;
 use crate::runtime::LoadedPlugin;
 use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
+use crate::runtime::reuse;
 
 mod blob_body;
 
@@ -83,6 +84,8 @@ struct CallFacts {
     fuel: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Answered from a reusable plugin answer, without a plugin call.
+    reused: bool,
 }
 
 impl HttpIngress {
@@ -226,6 +229,7 @@ impl HttpIngress {
                     fuel: facts.fuel,
                     bytes_in: facts.bytes_in,
                     bytes_out: facts.bytes_out,
+                    reused: facts.reused,
                 },
             );
             tracing::debug!(status = response.status().as_u16(), "request done");
@@ -242,6 +246,12 @@ impl HttpIngress {
         sub_path: String,
         request_id: &Arc<str>,
     ) -> (Response<HttpBody>, CallFacts) {
+        // Phase: answer from a reusable plugin answer, when there is one.
+        let req = match self.reuse(plugin, req, &sub_path, request_id).await {
+            Ok(done) => return done,
+            Err(req) => req,
+        };
+
         // Phase: read the request.
         let request = match self.read_request(req, sub_path).await {
             Ok(r) => r,
@@ -255,6 +265,9 @@ impl HttpIngress {
         };
         let bytes_in = request_size(&request);
         let conditional = blob_body::Conditional::of(&request);
+        let reuse_key = (matches!(request.method.as_str(), "GET" | "HEAD")
+            && request.body.is_empty())
+        .then(|| reuse::key(&request.method, &request.path, &request.query));
 
         // Phase: call the plugin.
         let timeout = Duration::from_millis(self.limits.call_timeout_ms);
@@ -262,6 +275,7 @@ impl HttpIngress {
         let outcome = tokio::time::timeout(timeout, plugin.handle_http(request_id, request)).await;
 
         // Phase: build the response and the call's records.
+        let mut keep = None;
         let (response, effects, fuel, wall, error) = match outcome {
             Err(_) => {
                 tracing::warn!(
@@ -281,6 +295,12 @@ impl HttpIngress {
             }
             Ok(o) => {
                 let error = o.result.as_ref().err().map(|e| e.kind());
+                // The plugin's answer and claims, when it marked the answer
+                // reusable (kept once the call's records are durable).
+                keep = reuse_key.zip(o.result.as_ref().ok()).and_then(|(key, r)| {
+                    let ttl = reuse::requested(r)?;
+                    Some((key, r.clone(), o.effects.records.clone(), ttl))
+                });
                 let response = match o.result {
                     Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
                         plugin.shared.blobs.as_deref(),
@@ -310,12 +330,99 @@ impl HttpIngress {
         let records = host_records(request_id, bytes_in, bytes_out, wall, fuel);
         let mut effects = effects;
         effects.records.splice(0..0, records);
-        let mut facts = CallFacts {
+        let facts = CallFacts {
             error,
             fuel,
             bytes_in,
             bytes_out,
+            reused: false,
         };
+        let (response, facts) = self
+            .commit_then_respond(plugin, effects, response, facts, request_id)
+            .await;
+        if let Some((key, answer, claims, ttl)) = keep
+            && facts.error.is_none()
+            && (response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED)
+        {
+            plugin.reuse.insert(key, answer, claims, ttl);
+        }
+        (response, facts)
+    }
+
+    /// Answers `req` from the plugin's reusable answer for it: the same
+    /// blob, the same plugin-claimed records plus the host's own, durable
+    /// before the response, with no plugin call. Gives the request back
+    /// when there is no live answer (or its blob is gone), so the plugin is
+    /// called as usual.
+    async fn reuse(
+        &self,
+        plugin: &LoadedPlugin,
+        req: Request<Incoming>,
+        sub_path: &str,
+        request_id: &Arc<str>,
+    ) -> Result<(Response<HttpBody>, CallFacts), Request<Incoming>> {
+        use hyper::body::Body as _;
+        let head = req.method() == Method::HEAD;
+        if !(head || req.method() == Method::GET) || !req.body().is_end_stream() {
+            return Err(req);
+        }
+        let key = reuse::key(
+            req.method().as_str(),
+            sub_path,
+            req.uri().query().unwrap_or(""),
+        );
+        let Some(answer) = plugin.reuse.get(&key) else {
+            return Err(req);
+        };
+        // A header that is not visible ASCII: the plugin path answers 400.
+        let Some(bytes_in) = head_size(&req, sub_path) else {
+            return Err(req);
+        };
+        let started = Instant::now();
+        let conditional = blob_body::Conditional::of_headers(head, req.headers());
+        let response = blob_body::respond(
+            plugin.shared.blobs.as_deref(),
+            answer.response.clone(),
+            &conditional,
+            request_id,
+        );
+        if response.status() == StatusCode::NOT_FOUND || response.status().is_server_error() {
+            // The blob is gone (evicted, deleted) or unreadable: ask the plugin.
+            plugin.reuse.remove(&key);
+            return Err(req);
+        }
+        let bytes_out = response_size(&response);
+        let mut effects = CallEffects::default();
+        effects.records.extend(host_records(
+            request_id,
+            bytes_in,
+            bytes_out,
+            started.elapsed(),
+            0,
+        ));
+        effects.records.extend(answer.claims.iter().cloned());
+        let facts = CallFacts {
+            bytes_in,
+            bytes_out,
+            reused: true,
+            ..CallFacts::default()
+        };
+        Ok(self
+            .commit_then_respond(plugin, effects, response, facts, request_id)
+            .await)
+    }
+
+    /// Commits the call's effects, then gives back the response; a 503
+    /// instead when the ledger cannot take them (the request had no
+    /// effect).
+    async fn commit_then_respond(
+        &self,
+        plugin: &LoadedPlugin,
+        effects: CallEffects,
+        response: Response<HttpBody>,
+        mut facts: CallFacts,
+        request_id: &Arc<str>,
+    ) -> (Response<HttpBody>, CallFacts) {
         match self.ledger.commit(plugin.name().clone(), effects).await {
             Ok(_) => (response, facts),
             Err(e) => {
@@ -393,6 +500,17 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
+/// [`request_size`] of the request `req` would become, read off its head;
+/// `None` when a header value is not visible ASCII.
+fn head_size<B>(req: &Request<B>, path: &str) -> Option<u64> {
+    let mut head = req.method().as_str().len() + path.len() + req.uri().query().map_or(0, str::len);
+    for (name, value) in req.headers() {
+        value.to_str().ok()?;
+        head += name.as_str().len() + value.len() + 4;
+    }
+    Some(head as u64)
+}
+
 fn request_size(r: &HttpRequest) -> u64 {
     let head: usize = r.method.len()
         + r.path.len()
@@ -431,7 +549,7 @@ fn host_records(
 }
 
 /// Headers a plugin may not set: the host owns framing and the connection.
-const HOP_BY_HOP: [&str; 9] = [
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "content-length",
     "keep-alive",
@@ -441,6 +559,7 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
     "x-request-id",
+    reuse::REUSE_HEADER,
 ];
 
 fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody> {

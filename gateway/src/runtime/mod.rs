@@ -6,6 +6,7 @@ mod cache;
 pub mod contract;
 mod host;
 mod plugin;
+pub mod reuse;
 mod state;
 
 use std::path::{Path, PathBuf};

@@ -69,6 +69,9 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     pub shape: ComponentShape,
     pub cache: CacheOutcome,
+    /// Answers the plugin marked reusable (see [`super::reuse`]); empty
+    /// after every load, so a reload never serves the old plugin's answers.
+    pub reuse: super::reuse::ReuseTable,
     pre: ResourcePluginPre<CallState>,
     engine: wasmtime::Engine,
     ledger: Arc<Ledger>,
@@ -215,6 +218,7 @@ impl LoadedPlugin {
             path: cfg.component.clone(),
             shape,
             cache,
+            reuse: Default::default(),
             pre,
             engine: runtime.engine().clone(),
             ledger,

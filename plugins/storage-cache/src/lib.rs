@@ -16,8 +16,16 @@
 //!
 //! Configuration (`[plugin.config]`): `origin` (base URL for `/blobs/`),
 //! `upstream` (base URL of the upstream registry), `tag_ttl_ms` (default
-//! 60000). Both URLs must also be on the plugin's `[plugin.outbound] http`
-//! allow-list, and the plugin needs `[plugin.blobs]`.
+//! 60000), `hit_reuse_ms` (default 1000; 0 turns it off). Both URLs must
+//! also be on the plugin's `[plugin.outbound] http` allow-list, and the
+//! plugin needs `[plugin.blobs]`.
+//!
+//! A hit on a request named by digest is marked reusable for
+//! `hit_reuse_ms` ([`HttpResponse::reusable_for_ms`]): for that long the
+//! host answers repeats of the same request itself, recording a
+//! `cache-hits` claim for each, without calling the plugin. The access
+//! time used for eviction is then refreshed once per `hit_reuse_ms` rather
+//! than on every hit. Manifests named by tag are never reused.
 //!
 //! When a new blob does not fit the quota, the least recently used blobs are
 //! evicted (access times in kv); a blob bigger than the whole quota is
@@ -50,6 +58,9 @@ pub struct StorageCache;
 
 const OCTET_STREAM: &str = "application/octet-stream";
 const DEFAULT_TAG_TTL_MS: u64 = 60_000;
+const DEFAULT_HIT_REUSE_MS: u32 = 1_000;
+/// The host reuses an answer for at most a minute.
+const MAX_HIT_REUSE_MS: u32 = 60_000;
 /// Media types a registry client accepts for manifests, when it names none.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
@@ -87,9 +98,22 @@ impl Plugin for StorageCache {
                         .parse::<u64>()
                         .map_err(|e| format!("config `tag_ttl_ms` = `{value}`: {e}"))?;
                 }
+                "hit_reuse_ms" => {
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|ms| *ms <= MAX_HIT_REUSE_MS)
+                        .ok_or_else(|| {
+                            format!(
+                                "config `hit_reuse_ms` = `{value}` must be a number of \
+                                 milliseconds from 0 to {MAX_HIT_REUSE_MS}"
+                            )
+                        })?;
+                }
                 other => {
                     return Err(format!(
-                        "unknown config key `{other}` (known: origin, upstream, tag_ttl_ms)"
+                        "unknown config key `{other}` (known: origin, upstream, tag_ttl_ms, \
+                         hit_reuse_ms)"
                     ));
                 }
             }
@@ -243,7 +267,15 @@ fn serve_or_404(digest: &str) -> HttpResponse {
             _ => HttpResponse::text(404, &format!("{digest} is not stored")),
         };
     }
-    hit(digest, OCTET_STREAM)
+    hit(digest, OCTET_STREAM).reusable_for_ms(hit_reuse_ms())
+}
+
+/// How long a hit on a digest may be reused by the host.
+fn hit_reuse_ms() -> u32 {
+    config::parse::<u32>("hit_reuse_ms")
+        .ok()
+        .flatten()
+        .unwrap_or(DEFAULT_HIT_REUSE_MS)
 }
 
 fn hit(digest: &str, content_type: &str) -> HttpResponse {
@@ -259,7 +291,7 @@ fn hit(digest: &str, content_type: &str) -> HttpResponse {
 /// A blob request: a hit from the store, or a miss pulled from `url`.
 fn blob(digest: &str, url: &str, headers: &[(String, String)], content_type: &str) -> HttpResponse {
     match blobs::stat(digest) {
-        Ok(_) => return hit(digest, content_type),
+        Ok(_) => return hit(digest, content_type).reusable_for_ms(hit_reuse_ms()),
         Err(BlobError::InvalidDigest(m)) => return HttpResponse::text(400, &m),
         Err(_) => {}
     }
@@ -452,7 +484,8 @@ fn pass_through(
 /// resolved upstream at most once per `tag_ttl_ms`.
 fn manifest(req: &HttpRequest, name: &str, reference: &str) -> HttpResponse {
     let accept = req.header("accept").unwrap_or(MANIFEST_TYPES).to_string();
-    let digest = if reference.starts_with("sha256:") {
+    let by_digest = reference.starts_with("sha256:");
+    let digest = if by_digest {
         reference.to_string()
     } else {
         match resolve_tag(name, reference, &accept) {
@@ -465,7 +498,13 @@ fn manifest(req: &HttpRequest, name: &str, reference: &str) -> HttpResponse {
         .flatten()
         .and_then(|t| String::from_utf8(t).ok());
     if let (true, Some(t)) = (blobs::has(&digest), &content_type) {
-        return hit(&digest, t).with_header("docker-content-digest", &digest);
+        let answer = hit(&digest, t).with_header("docker-content-digest", &digest);
+        // A tag can move: only an answer named by digest is reusable.
+        return if by_digest {
+            answer.reusable_for_ms(hit_reuse_ms())
+        } else {
+            answer
+        };
     }
     let url = match upstream(&format!("/v2/{name}/manifests/{digest}")) {
         Ok(u) => u,

@@ -34,6 +34,22 @@ pub(super) struct Conditional {
 }
 
 impl Conditional {
+    /// The same, read off a request's head before it became an
+    /// `HttpRequest` (the answer is reused without a plugin call).
+    pub(super) fn of_headers(head: bool, headers: &hyper::HeaderMap) -> Self {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            head,
+            range: header(hyper::header::RANGE),
+            if_none_match: header(hyper::header::IF_NONE_MATCH),
+        }
+    }
+
     pub(super) fn of(req: &HttpRequest) -> Self {
         let header = |name: &str| {
             req.headers
