@@ -321,7 +321,9 @@ impl LoadedPlugin {
         .await
     }
 
-    /// Calls `prove`.
+    /// Calls `prove` without an ingress socket (`reply` answers
+    /// `unavailable`). The caller commits the outcome's effects; the
+    /// challenge responder uses [`LoadedPlugin::prove_with_replies`].
     pub async fn prove(
         &self,
         request_id: &Arc<str>,
