@@ -416,7 +416,15 @@ mod tests {
         assert_eq!(to, FORWARDER);
         let token = [resp[1], resp[2]];
         assert_eq!(host.take_udp_sent().len(), 1, "the PULL_DATA was relayed");
+        assert_eq!(
+            relay::status()["beacons"],
+            json!({ "pending": 1, "acknowledged": 0 })
+        );
         from_forwarder(5, token, ack_body.as_bytes());
+        assert_eq!(
+            relay::status()["beacons"],
+            json!({ "pending": 0, "acknowledged": 1 })
+        );
         assert!(
             host.take_udp_sent().is_empty(),
             "a beacon's TX_ACK is not relayed upstream"

@@ -16,7 +16,8 @@
 //! - The same PHY payload heard again within the dedupe window (by the same
 //!   or another forwarder) is relayed but metered once.
 //! - Anything malformed is dropped, never relayed or metered, and counted
-//!   by reason; `GET /status` shows the counts and the known forwarders.
+//!   by reason; `GET /status` shows the counts, the known forwarders and
+//!   the beacons waiting for or holding their TX_ACK.
 //! - Proofs (`prove`/`verify`): `relayed-packet` (the radio metadata of a
 //!   relayed packet, bound to the nonce; see [`proof`]) and `beacon` (the
 //!   forwarder transmits a payload derived from the nonce and acknowledges

@@ -426,7 +426,8 @@ pub fn index_key(prefix: &str, t: u64, hash: &str) -> String {
     format!("{prefix}{t:020}/{hash}")
 }
 
-/// Drop counts by reason and the known forwarders, for `GET /status`.
+/// Drop counts by reason, the known forwarders, and the beacons kept
+/// (waiting for their TX_ACK, or acknowledged), for `GET /status`.
 pub fn status() -> Value {
     let mut dropped = Map::new();
     for key in kv::list_keys("drop/", TICK_SCAN).unwrap_or_default() {
@@ -444,7 +445,19 @@ pub fn status() -> Value {
             );
         }
     }
-    json!({ "dropped": dropped, "forwarders": forwarders })
+    let (mut pending, mut acknowledged) = (0u64, 0u64);
+    for key in kv::list_keys("beacon/", TICK_SCAN).unwrap_or_default() {
+        match kv::get_json::<Value>(&key).ok().flatten() {
+            Some(state) if state["tx_ack"].is_string() => acknowledged += 1,
+            Some(_) => pending += 1,
+            None => {}
+        }
+    }
+    json!({
+        "dropped": dropped,
+        "forwarders": forwarders,
+        "beacons": { "pending": pending, "acknowledged": acknowledged },
+    })
 }
 
 #[cfg(test)]
