@@ -1,7 +1,8 @@
 //! The UDP ingress and `outbound-udp` with a plugin that misbehaves on
 //! request (the hostile test plugin): a trap affects only its datagram,
 //! answers go only to recent senders, sends outside the allow-list are
-//! refused and the plugin sees why, host-attested bytes are recorded.
+//! refused and the plugin sees why, host-attested bytes are recorded,
+//! `reply` reaches recent senders only.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -144,4 +145,58 @@ async fn outbound_sends_reach_allowed_upstreams_only_and_refusals_are_visible() 
         refused.contains("NotAllowed") && refused.contains("127.0.0.1:9"),
         "{refused}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_reach_recent_senders_before_the_answers_and_others_are_refused() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_home, gw) = gateway(upstream.local_addr().unwrap()).await;
+    let addr = gw.udp_addr("hostile").unwrap();
+    let asker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let mut buf = [0u8; 64];
+
+    // `other` never sent to the plugin: the plugin is told so, and nothing
+    // reaches it.
+    let refused = exchange(&asker, addr, format!("reply {other_addr}").as_bytes())
+        .await
+        .unwrap();
+    let refused = String::from_utf8(refused).unwrap();
+    assert!(
+        refused.contains("NotAllowed") && refused.contains(&other_addr.to_string()),
+        "{refused}"
+    );
+    assert!(
+        tokio::time::timeout(QUIET, other.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+
+    // Once it has sent, it can be replied to.
+    assert_eq!(
+        exchange(&other, addr, b"hi").await.as_deref(),
+        Some(&b"hi"[..])
+    );
+    let ok = exchange(&asker, addr, format!("reply {other_addr}").as_bytes()).await;
+    assert_eq!(ok.as_deref(), Some(&b"Ok(())"[..]));
+    let (n, from) = tokio::time::timeout(WAIT, other.recv_from(&mut buf))
+        .await
+        .expect("the reply")
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"replied"[..], addr));
+
+    // A reply leaves before the datagrams the call returns.
+    let me = asker.local_addr().unwrap();
+    assert_eq!(
+        exchange(&asker, addr, format!("reply {me}").as_bytes())
+            .await
+            .as_deref(),
+        Some(&b"replied"[..])
+    );
+    let (n, _) = tokio::time::timeout(WAIT, asker.recv_from(&mut buf))
+        .await
+        .expect("the answer")
+        .unwrap();
+    assert_eq!(&buf[..n], b"Ok(())");
 }

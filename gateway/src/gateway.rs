@@ -73,6 +73,8 @@ pub struct RunningGateway {
     tickers: Vec<JoinHandle<()>>,
     /// UDP sockets and lanes of the plugins that have them.
     udp: Vec<crate::ingress::udp::UdpIngress>,
+    /// Their ingress sockets, for `prove` calls that reply.
+    ingress_ports: crate::ingress::udp::IngressPorts,
     reloader: Arc<Reloader>,
     _runtime: Arc<Runtime>,
 }
@@ -186,11 +188,13 @@ impl RunningGateway {
             &ledger,
             &stop_rx,
         )?);
+        let ingress_ports = crate::ingress::udp::IngressPorts::of(&udp);
         tickers.extend(crate::epochs::start(
             config,
             &key,
             &ledger,
             reloader.table(),
+            &ingress_ports,
             &stop_rx,
         )?);
         tracing::info!(
@@ -212,6 +216,7 @@ impl RunningGateway {
             server: Some(server),
             tickers,
             udp,
+            ingress_ports,
             reloader,
             _runtime: runtime,
         })
@@ -256,6 +261,17 @@ impl RunningGateway {
 }
 
 impl RunningGateway {
+    /// Answers possession challenges as the challenge responder does:
+    /// `prove` with the current plugins, each call committed before the
+    /// datagrams it queued are sent, pending answers asked again.
+    pub fn prover(&self) -> crate::proofs::responder::Prover {
+        crate::proofs::responder::Prover::new(
+            self.reloader.table().clone(),
+            self.ledger.clone(),
+            self.ingress_ports.clone(),
+        )
+    }
+
     /// The bound UDP ingress address of `plugin`, if it has one.
     pub fn udp_addr(&self, plugin: &str) -> Option<SocketAddr> {
         self.udp

@@ -445,6 +445,16 @@ pub mod outbound_udp {
     pub fn arrived_on() -> Option<String> {
         host::arrived_on()
     }
+
+    /// Queues `payload` for `peer` (`ip:port`) from the plugin's UDP
+    /// ingress socket. The peer must have sent to that socket within the
+    /// last 10 minutes (`NotAllowed` otherwise). Allowed in
+    /// `handle_datagram` and `prove` (`Unavailable` elsewhere, and when the
+    /// plugin has no `[plugin.udp]`); sent after the call's effects are
+    /// committed, and only if the call succeeds.
+    pub fn reply(peer: &str, payload: &[u8]) -> Result<(), SendError> {
+        host::reply(peer, payload)
+    }
 }
 
 /// The plugin's `config` table from `gateway.toml`.

@@ -25,6 +25,9 @@ struct State {
     udp_allowed: Vec<String>,
     udp_sent: Vec<(String, Vec<u8>, String)>,
     udp_arrived_on: Option<String>,
+    /// Peers `reply` may reach (none: no ingress socket).
+    udp_peers: Option<Vec<String>>,
+    udp_replies: Vec<(String, Vec<u8>)>,
 }
 
 thread_local! {
@@ -98,6 +101,19 @@ impl TestHost {
     /// call of this method: `(target, payload, session)`.
     pub fn take_udp_sent(&self) -> Vec<(String, Vec<u8>, String)> {
         std::mem::take(&mut self.0.borrow_mut().udp_sent)
+    }
+
+    /// Gives the plugin a UDP ingress socket whose recent peers are
+    /// `peers`: `outbound_udp::reply` reaches them and refuses others.
+    /// Without it `reply` answers `Unavailable`.
+    pub fn set_recent_peers(&self, peers: &[&str]) {
+        self.0.borrow_mut().udp_peers = Some(peers.iter().map(|p| p.to_string()).collect());
+    }
+
+    /// The datagrams queued through `outbound_udp::reply` since the last
+    /// call of this method: `(peer, payload)`.
+    pub fn take_udp_replies(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.0.borrow_mut().udp_replies)
     }
 
     /// What `outbound_udp::arrived_on` returns from now on.
@@ -416,6 +432,17 @@ pub mod native {
 
         pub fn arrived_on() -> Option<String> {
             with(|s| s.udp_arrived_on.clone())
+        }
+
+        pub fn reply(peer: &str, payload: &[u8]) -> Result<(), SendError> {
+            with(|s| {
+                let peers = s.udp_peers.as_ref().ok_or(SendError::Unavailable)?;
+                if !peers.iter().any(|p| p == peer) {
+                    return Err(SendError::NotAllowed(peer.to_string()));
+                }
+                s.udp_replies.push((peer.to_string(), payload.to_vec()));
+                Ok(())
+            })
         }
     }
 

@@ -292,6 +292,7 @@ pub fn start(
     key: &DeviceKey,
     ledger: &Arc<Ledger>,
     plugins: &Arc<crate::plugin_table::PluginTable>,
+    udp: &crate::ingress::udp::IngressPorts,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::StartError> {
     let policy = match &config.epochs.policy {
@@ -340,7 +341,11 @@ pub fn start(
             store: store.clone(),
             ledger: ledger.clone(),
             key,
-            plugins: plugins.clone(),
+            prover: crate::proofs::responder::Prover::new(
+                plugins.clone(),
+                ledger.clone(),
+                udp.clone(),
+            ),
         });
         tasks.push(tokio::spawn(responder.run(stop.clone())));
         tasks.push(tokio::spawn(crate::upstream::sender::run(

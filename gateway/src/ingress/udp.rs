@@ -19,8 +19,12 @@
 //! hosts); queued `outbound-udp` datagrams leave the session's socket, to
 //! the allow-listed target. Datagrams arriving on a session socket from any
 //! address that is not allow-listed are dropped before the plugin sees them.
+//!
+//! The ingress socket and its recent peers are also reachable outside a
+//! datagram's call, as an [`IngressPort`]: a `prove` call may `reply` to a
+//! recent peer (a beacon to a packet forwarder), under the same rule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +40,8 @@ use crate::gateway::StartError;
 use crate::ingress::http::units;
 use crate::ledger::{Ledger, NewRecord};
 use crate::plugin_table::PluginTable;
-use crate::runtime::QueuedDatagram;
 use crate::runtime::contract::Datagram;
+use crate::runtime::{QueuedDatagram, RecentPeers};
 
 /// Lanes per plugin: calls of one plugin that may run (or wait for their
 /// commit) at once. Each lane waits for its commit before its next call, so
@@ -54,6 +58,92 @@ pub const MAX_SESSIONS: usize = 1024;
 const MAX_DATAGRAM: usize = 65_535;
 /// Most remembered peers before expired ones are purged.
 const MAX_PEERS: usize = 65_536;
+
+/// A plugin's UDP ingress socket and the addresses that sent to it
+/// recently: the only addresses the plugin may answer from it.
+pub struct IngressPort {
+    plugin: Arc<str>,
+    socket: Arc<UdpSocket>,
+    /// Addresses that sent to the socket, and when last.
+    peers: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl IngressPort {
+    fn remember(&self, peer: SocketAddr) {
+        let now = Instant::now();
+        let mut peers = self.peers.lock().expect("peers");
+        if peers.len() >= MAX_PEERS {
+            peers.retain(|_, seen| now.duration_since(*seen) < PEER_TTL);
+        }
+        if peers.len() < MAX_PEERS {
+            peers.insert(peer, now);
+        }
+    }
+
+    /// Keeps the datagrams that may leave this socket (to a recent peer,
+    /// `ip:port`); the others are logged with `request_id` and dropped.
+    pub fn clear(&self, request_id: &str, datagrams: Vec<Datagram>) -> Vec<(SocketAddr, Vec<u8>)> {
+        datagrams
+            .into_iter()
+            .filter_map(|d| {
+                let refuse = |why: &str| {
+                    tracing::warn!(plugin = %self.plugin, %request_id, peer = %d.peer, "answer dropped: {why}");
+                };
+                let Ok(peer) = d.peer.parse::<SocketAddr>() else {
+                    refuse("peer is not ip:port");
+                    return None;
+                };
+                if !self.may_answer(&peer) {
+                    refuse("peer has not sent to this plugin's UDP socket recently");
+                    return None;
+                }
+                Some((peer, d.payload))
+            })
+            .collect()
+    }
+
+    /// Sends cleared datagrams, in order. Failures are logged, not retried
+    /// (UDP).
+    pub async fn send(&self, request_id: &str, datagrams: Vec<(SocketAddr, Vec<u8>)>) {
+        for (to, payload) in datagrams {
+            if let Err(e) = self.socket.send_to(&payload, to).await {
+                tracing::debug!(plugin = %self.plugin, %request_id, %to, error = %e, "udp send failed");
+            }
+        }
+    }
+}
+
+impl RecentPeers for IngressPort {
+    fn may_answer(&self, peer: &SocketAddr) -> bool {
+        self.peers
+            .lock()
+            .expect("peers")
+            .get(peer)
+            .is_some_and(|seen| seen.elapsed() < PEER_TTL)
+    }
+}
+
+/// The ingress ports of the plugins that have one, by plugin name. Fixed
+/// while the gateway runs (`[plugin.udp]` changes need a restart).
+#[derive(Clone, Default)]
+pub struct IngressPorts(Arc<BTreeMap<String, Arc<IngressPort>>>);
+
+impl IngressPorts {
+    /// The ports of `ingresses`.
+    pub fn of(ingresses: &[UdpIngress]) -> Self {
+        Self(Arc::new(
+            ingresses
+                .iter()
+                .filter_map(|u| Some((u.plugin.to_string(), u.relay.ingress.clone()?)))
+                .collect(),
+        ))
+    }
+
+    /// The ingress port of `plugin`, if it has one.
+    pub fn get(&self, plugin: &str) -> Option<Arc<IngressPort>> {
+        self.0.get(plugin).cloned()
+    }
+}
 
 /// The UDP side of one plugin while the gateway runs. Dropping it stops its
 /// sockets and lanes.
@@ -85,10 +175,8 @@ struct Relay {
     name: Arc<str>,
     table: Arc<PluginTable>,
     ledger: Arc<Ledger>,
-    ingress: Option<Arc<UdpSocket>>,
+    ingress: Option<Arc<IngressPort>>,
     lanes: Vec<mpsc::Sender<Inbound>>,
-    /// Addresses that sent to the ingress socket, and when last.
-    peers: Mutex<HashMap<SocketAddr, Instant>>,
     /// Allow-listed targets as configured, with their resolved addresses.
     targets: Mutex<HashMap<String, Vec<SocketAddr>>>,
     /// Every resolved allow-listed address: the only sources accepted on
@@ -122,7 +210,12 @@ impl UdpIngress {
                 };
                 let socket = UdpSocket::bind(u.listen).await.map_err(listen_err)?;
                 let addr = socket.local_addr().map_err(listen_err)?;
-                (Some(Arc::new(socket)), Some(addr))
+                let port = IngressPort {
+                    plugin: cfg.name.as_str().into(),
+                    socket: Arc::new(socket),
+                    peers: Mutex::new(HashMap::new()),
+                };
+                (Some(Arc::new(port)), Some(addr))
             }
             None => (None, None),
         };
@@ -139,7 +232,6 @@ impl UdpIngress {
             ledger,
             ingress,
             lanes,
-            peers: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashSet::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -153,8 +245,8 @@ impl UdpIngress {
             .into_iter()
             .map(|rx| tokio::spawn(relay.clone().serve_lane(rx)))
             .collect();
-        if let Some(socket) = relay.ingress.clone() {
-            tasks.push(tokio::spawn(relay.clone().receive_ingress(socket)));
+        if let Some(port) = relay.ingress.clone() {
+            tasks.push(tokio::spawn(relay.clone().receive_ingress(port)));
         }
         tracing::info!(
             plugin = %cfg.name,
@@ -214,10 +306,10 @@ impl Drop for UdpIngress {
 impl Relay {
     /// Receive phase, ingress socket: remember the peer, hand the datagram
     /// to its lane.
-    async fn receive_ingress(self: Arc<Self>, socket: Arc<UdpSocket>) {
+    async fn receive_ingress(self: Arc<Self>, port: Arc<IngressPort>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let (n, peer) = match socket.recv_from(&mut buf).await {
+            let (n, peer) = match port.socket.recv_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors of earlier sends surface here on some
@@ -226,7 +318,7 @@ impl Relay {
                     continue;
                 }
             };
-            self.remember_peer(peer);
+            port.remember(peer);
             self.enqueue(Inbound {
                 peer,
                 payload: buf[..n].to_vec(),
@@ -271,25 +363,6 @@ impl Relay {
         }
     }
 
-    fn remember_peer(&self, peer: SocketAddr) {
-        let now = Instant::now();
-        let mut peers = self.peers.lock().expect("peers");
-        if peers.len() >= MAX_PEERS {
-            peers.retain(|_, seen| now.duration_since(*seen) < PEER_TTL);
-        }
-        if peers.len() < MAX_PEERS {
-            peers.insert(peer, now);
-        }
-    }
-
-    fn may_answer(&self, peer: &SocketAddr) -> bool {
-        self.peers
-            .lock()
-            .expect("peers")
-            .get(peer)
-            .is_some_and(|seen| seen.elapsed() < PEER_TTL)
-    }
-
     async fn serve_lane(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
         while let Some(inbound) = rx.recv().await {
             self.handle(inbound).await;
@@ -309,16 +382,26 @@ impl Relay {
             tracing::warn!(plugin = %self.name, "datagram dropped: the plugin is no longer loaded");
             return;
         };
+        let ingress = self
+            .ingress
+            .clone()
+            .map(|port| port as Arc<dyn RecentPeers>);
         let outcome = plugin
-            .handle_datagram_on(&id, datagram, inbound.session)
+            .handle_datagram_on(&id, datagram, inbound.session, ingress)
             .await;
         // A failed call was logged by the runtime; it sends nothing.
         let (replies, queued) = outcome.result.unwrap_or_default();
         let mut sends = Vec::with_capacity(replies.len() + queued.len());
-        for reply in replies {
-            if let Some(send) = self.check_reply(&id, reply) {
-                sends.push(send);
+        match &self.ingress {
+            Some(port) => sends.extend(
+                port.clear(&id, replies)
+                    .into_iter()
+                    .map(|(to, payload)| (port.socket.clone(), to, payload)),
+            ),
+            None if !replies.is_empty() => {
+                tracing::warn!(plugin = %self.name, request_id = %id, "answers dropped: the plugin has no UDP ingress socket ([plugin.udp] listen)");
             }
+            None => {}
         }
         for q in queued {
             if let Some(send) = self.check_upstream(&id, q).await {
@@ -346,26 +429,6 @@ impl Relay {
                 tracing::debug!(plugin = %self.name, request_id = %id, %to, error = %e, "udp send failed");
             }
         }
-    }
-
-    /// A returned datagram may leave the ingress socket to a recent peer.
-    fn check_reply(&self, id: &str, reply: Datagram) -> Option<Outgoing> {
-        let refuse = |why: &str| {
-            tracing::warn!(plugin = %self.name, request_id = %id, peer = %reply.peer, "answer dropped: {why}");
-        };
-        let Some(socket) = self.ingress.clone() else {
-            refuse("the plugin has no UDP ingress socket ([plugin.udp] listen)");
-            return None;
-        };
-        let Ok(peer) = reply.peer.parse::<SocketAddr>() else {
-            refuse("peer is not ip:port");
-            return None;
-        };
-        if !self.may_answer(&peer) {
-            refuse("peer has not sent to this plugin's UDP socket recently");
-            return None;
-        }
-        Some((socket, peer, reply.payload))
     }
 
     /// A queued upstream datagram leaves its session's socket.

@@ -4,21 +4,41 @@
 //!
 //! A plugin that fails, traps or runs past its CPU deadline fails only that
 //! challenge: the gateway posts a signed "could not answer" with the reason.
+//!
+//! Possession challenges may take two phases: a `prove` that answers with
+//! an error starting with [`PENDING_PREFIX`] has started something whose
+//! result arrives later (a beacon's acknowledgement); the [`Prover`] asks
+//! again every [`PENDING_RETRY`] until the plugin answers or
+//! [`PENDING_DEADLINE`] passes. The challenges of one poll are answered
+//! concurrently, so a pending one does not hold up the others.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{Answer, ChallengeSpec, InclusionProof};
 use crate::epochs::{EpochStore, merkle};
 use crate::identity::DeviceKey;
-use crate::ledger::{GENESIS_HASH, Ledger};
+use crate::ingress::http::units;
+use crate::ingress::udp::IngressPorts;
+use crate::ledger::{GENESIS_HASH, Ledger, NewRecord};
+use crate::plugin_table::PluginTable;
+use crate::runtime::RecentPeers;
 use crate::upstream::sender::{CollectorClient, DeliveryError};
 
 /// How long one long-poll waits at the collector for a challenge.
 pub const POLL_WAIT_MS: u64 = 20_000;
+/// A `prove` error starting with this means "call me again with the same
+/// challenge" (see the WIT documentation of `prove`).
+pub const PENDING_PREFIX: &str = "pending";
+/// How long a pending challenge is asked again before it is answered as
+/// not answered.
+pub const PENDING_DEADLINE: Duration = Duration::from_secs(10);
+/// The delay between two `prove` calls of a pending challenge.
+pub const PENDING_RETRY: Duration = Duration::from_millis(200);
 
 /// Answers challenges for one gateway.
 pub struct Responder {
@@ -26,8 +46,110 @@ pub struct Responder {
     pub store: Arc<EpochStore>,
     pub ledger: Arc<Ledger>,
     pub key: Arc<DeviceKey>,
+    /// Answers possession challenges with the current plugins.
+    pub prover: Prover,
+}
+
+/// What one `prove` call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The proof's payload.
+    Proved(Vec<u8>),
+    /// The plugin said `pending…`: ask again (its message).
+    Pending(String),
+    /// No proof: why.
+    Failed(String),
+}
+
+/// Runs plugins' `prove` for possession challenges. Each call's usage
+/// records and kv writes are committed (with a host `bytes-out` record for
+/// what it sends) before the datagrams it queued with `outbound-udp.reply`
+/// leave the plugin's UDP ingress socket; if the commit fails nothing is
+/// sent and the attempt fails.
+#[derive(Clone)]
+pub struct Prover {
     /// The current plugins (followed across reloads).
-    pub plugins: Arc<crate::plugin_table::PluginTable>,
+    pub plugins: Arc<PluginTable>,
+    pub ledger: Arc<Ledger>,
+    /// The plugins' UDP ingress sockets, for `reply`.
+    pub udp: IngressPorts,
+    /// How long a pending challenge is asked again ([`PENDING_DEADLINE`]).
+    pub pending_deadline: Duration,
+}
+
+impl Prover {
+    /// A prover with the default pending deadline.
+    pub fn new(plugins: Arc<PluginTable>, ledger: Arc<Ledger>, udp: IngressPorts) -> Self {
+        Self {
+            plugins,
+            ledger,
+            udp,
+            pending_deadline: PENDING_DEADLINE,
+        }
+    }
+
+    /// Answers `c`: calls `prove` until it answers something other than
+    /// pending, or the pending deadline passes.
+    pub async fn answer(&self, c: &ChallengeSpec) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + self.pending_deadline;
+        loop {
+            match self.prove_once(c).await {
+                Attempt::Proved(payload) => return Ok(payload),
+                Attempt::Failed(reason) => return Err(reason),
+                Attempt::Pending(message) => {
+                    if Instant::now() + PENDING_RETRY > deadline {
+                        return Err(format!(
+                            "still pending after {} ms: {message}",
+                            self.pending_deadline.as_millis()
+                        ));
+                    }
+                    tokio::time::sleep(PENDING_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// One `prove` call for `c`: call, commit, send.
+    pub async fn prove_once(&self, c: &ChallengeSpec) -> Attempt {
+        let Some(plugin) = self.plugins.get(&c.plugin) else {
+            return Attempt::Failed(format!("no plugin `{}` here", c.plugin));
+        };
+        let id: Arc<str> = format!("challenge-{}", c.id).into();
+        let port = self.udp.get(&c.plugin);
+        let ingress = port.clone().map(|p| p as Arc<dyn RecentPeers>);
+        let outcome = plugin.prove_with_replies(&id, c.to_wit(), ingress).await;
+        let (result, replies) = match outcome.result {
+            Ok((proof, replies)) => (Ok(proof), replies),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let sends = match &port {
+            Some(port) => port.clear(&id, replies),
+            None => Vec::new(),
+        };
+        let mut effects = outcome.effects;
+        let bytes_out: u64 = sends.iter().map(|(_, p)| p.len() as u64).sum();
+        if bytes_out > 0 {
+            effects
+                .records
+                .insert(0, NewRecord::host(units::BYTES_OUT, bytes_out, &id));
+        }
+        if !effects.is_empty()
+            && let Err(e) = self.ledger.commit(plugin.name().clone(), effects).await
+        {
+            tracing::error!(plugin = %c.plugin, error = %e, "cannot commit what `prove` wrote");
+            return Attempt::Failed(format!("cannot commit what `prove` wrote: {e}"));
+        }
+        if let Some(port) = &port {
+            port.send(&id, sends).await;
+        }
+        match result {
+            Ok(Ok(proof)) if proof.challenge_id == c.id => Attempt::Proved(proof.payload),
+            Ok(Ok(_)) => Attempt::Failed("the plugin's proof names another challenge".into()),
+            Ok(Err(message)) if message.starts_with(PENDING_PREFIX) => Attempt::Pending(message),
+            Ok(Err(message)) => Attempt::Failed(format!("`prove` refused: {message}")),
+            Err(e) => Attempt::Failed(format!("`prove` failed: {e}")),
+        }
+    }
 }
 
 impl Responder {
@@ -39,9 +161,12 @@ impl Responder {
             let wait = match self.poll().await {
                 Ok(challenges) => {
                     delay = 200;
+                    let mut answering = tokio::task::JoinSet::new();
                     for c in challenges {
-                        self.handle(c).await;
+                        let this = self.clone();
+                        answering.spawn(async move { this.handle(c).await });
                     }
+                    while answering.join_next().await.is_some() {}
                     None
                 }
                 Err(e) => {
@@ -87,7 +212,7 @@ impl Responder {
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()))
             }
-            "possession" => self.answer_possession(&c).await,
+            "possession" => self.prover.answer(&c).await,
             other => Err(format!("unknown challenge family `{other}`")),
         };
         let (answered, payload) = match result {
@@ -128,29 +253,6 @@ impl Responder {
             if !matches!(stored, Ok(Ok(()))) {
                 tracing::error!(challenge = %c.id, "cannot store a challenge result");
             }
-        }
-    }
-
-    async fn answer_possession(&self, c: &ChallengeSpec) -> Result<Vec<u8>, String> {
-        let plugin = self
-            .plugins
-            .get(&c.plugin)
-            .ok_or_else(|| format!("no plugin `{}` here", c.plugin))?;
-        let id: Arc<str> = format!("challenge-{}", c.id).into();
-        let outcome = plugin.prove(&id, c.to_wit()).await;
-        if !outcome.effects.is_empty()
-            && let Err(e) = self
-                .ledger
-                .commit(plugin.name().clone(), outcome.effects)
-                .await
-        {
-            tracing::error!(plugin = %c.plugin, error = %e, "cannot commit what `prove` wrote");
-        }
-        match outcome.result {
-            Ok(Ok(proof)) if proof.challenge_id == c.id => Ok(proof.payload),
-            Ok(Ok(_)) => Err("the plugin's proof names another challenge".into()),
-            Ok(Err(message)) => Err(format!("`prove` refused: {message}")),
-            Err(e) => Err(format!("`prove` failed: {e}")),
         }
     }
 }

@@ -33,7 +33,7 @@ pub fn kind_name(kind: ResourceKind) -> &'static str {
 }
 
 /// The contract this gateway speaks.
-pub const CONTRACT: &str = "depin:plugin@0.1.1";
+pub const CONTRACT: &str = "depin:plugin@0.1.2";
 const PACKAGE: &str = "depin:plugin";
 const VERSION_MAJOR_MINOR: &str = "0.1";
 
@@ -163,11 +163,63 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.1 does not define"),
+            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.2 does not define"),
             "{e}"
         );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");
         assert!(!e.contains("wasi:cli"), "{e}");
+    }
+
+    /// The binary of a component that imports one interface, `import`,
+    /// with the single function `get: func(key: string) -> option<string>`
+    /// (the `config.get` of every 0.1.x contract), and nothing else.
+    fn component_importing(import: &str) -> Vec<u8> {
+        let instance_type = [
+            &[0x42, 3][..],
+            // type 0: option<string>
+            &[0x01, 0x6b, 0x73],
+            // type 1: func(key: string) -> type 0
+            &[0x01, 0x40, 1, 3, b'k', b'e', b'y', 0x73, 0x00, 0x00],
+            // export "get": func of type 1
+            &[0x04, 0x00, 3, b'g', b'e', b't', 0x01, 0x01],
+        ]
+        .concat();
+        let mut types = vec![1];
+        types.extend_from_slice(&instance_type);
+        let mut imports = vec![1, 0x00, import.len() as u8];
+        imports.extend_from_slice(import.as_bytes());
+        // an instance of type 0
+        imports.extend_from_slice(&[0x05, 0x00]);
+        let mut out = b"\0asm\x0d\x00\x01\x00".to_vec();
+        for (id, body) in [(7u8, types), (10, imports)] {
+            out.push(id);
+            out.push(body.len() as u8);
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    #[test]
+    fn components_built_against_any_earlier_0_1_contract_still_link() {
+        let runtime = crate::runtime::Runtime::new(
+            &crate::config::RuntimeConfig {
+                max_instances: 4,
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("runtime");
+        let links = |version: &str| {
+            let name = format!("{PACKAGE}/config@{version}");
+            let component = Component::new(runtime.engine(), component_importing(&name))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            runtime.linker().instantiate_pre(&component).map(|_| ())
+        };
+        for version in ["0.1.0", "0.1.1", "0.1.2"] {
+            assert!(links(version).is_ok(), "{version}: {:?}", links(version));
+        }
+        assert!(links("0.2.0").is_err(), "0.2 is another contract");
+        assert!(CONTRACT.ends_with("@0.1.2"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use cache::CacheOutcome;
 pub use contract::{CONTRACT, ComponentShape};
-pub use host::outbound_udp::QueuedDatagram;
+pub use host::outbound_udp::{QueuedDatagram, RecentPeers};
 pub use plugin::{CallError, CallOutcome, LoadError, LoadedPlugin, PluginShared};
 
 use crate::config::RuntimeConfig;

@@ -16,6 +16,7 @@ use super::contract::{
     ResourcePlugin, ResourcePluginPre,
 };
 use super::host::outbound_http::HttpOutbound;
+use super::host::outbound_udp::RecentPeers;
 use super::state::CallState;
 use super::{CacheOutcome, Runtime};
 use crate::blobstore::BlobStore;
@@ -274,25 +275,30 @@ impl LoadedPlugin {
     }
 
     /// Calls `handle-datagram` for a datagram that arrived on the ingress
-    /// socket (`arrived_on` none) or on an upstream session's socket. The
-    /// call may queue datagrams through `outbound-udp`; they are returned
-    /// with its answer, to be sent after its effects are committed.
+    /// socket (`arrived_on` none) or on an upstream session's socket.
+    /// `ingress` is the plugin's ingress socket, if it has one. The call may
+    /// queue datagrams through `outbound-udp`; they are returned with its
+    /// answer, to be sent after its effects are committed: first the
+    /// answers for ingress peers (`reply`, then the returned ones), then
+    /// the upstream ones.
     pub async fn handle_datagram_on(
         &self,
         request_id: &Arc<str>,
         d: Datagram,
         arrived_on: Option<Arc<str>>,
+        ingress: Option<Arc<dyn RecentPeers>>,
     ) -> CallOutcome<(Vec<Datagram>, Vec<super::QueuedDatagram>)> {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move {
                 let udp = &mut s.data_mut().outbound_udp;
                 udp.enabled = true;
                 udp.arrived_on = arrived_on;
-                let replies = p.call_handle_datagram(&mut *s, &d).await?;
-                Ok((
-                    replies,
-                    std::mem::take(&mut s.data_mut().outbound_udp.queued),
-                ))
+                udp.ingress = ingress;
+                let returned = p.call_handle_datagram(&mut *s, &d).await?;
+                let udp = &mut s.data_mut().outbound_udp;
+                let mut replies = std::mem::take(&mut udp.replies);
+                replies.extend(returned);
+                Ok((replies, std::mem::take(&mut udp.queued)))
             })
         })
         .await
@@ -319,7 +325,9 @@ impl LoadedPlugin {
         .await
     }
 
-    /// Calls `prove`.
+    /// Calls `prove` without an ingress socket (`reply` answers
+    /// `unavailable`). The caller commits the outcome's effects; the
+    /// challenge responder uses [`LoadedPlugin::prove_with_replies`].
     pub async fn prove(
         &self,
         request_id: &Arc<str>,
@@ -327,6 +335,29 @@ impl LoadedPlugin {
     ) -> CallOutcome<Result<Proof, String>> {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move { p.call_prove(s, &c).await })
+        })
+        .await
+    }
+
+    /// Calls `prove` with the plugin's ingress socket (if it has one), so
+    /// the call may `reply` to the ingress's recent peers. Returns the
+    /// proof and the datagrams the call queued, to be sent after its
+    /// effects are committed.
+    pub async fn prove_with_replies(
+        &self,
+        request_id: &Arc<str>,
+        c: Challenge,
+        ingress: Option<Arc<dyn RecentPeers>>,
+    ) -> CallOutcome<(Result<Proof, String>, Vec<Datagram>)> {
+        self.call(request_id.clone(), move |p, s| {
+            Box::pin(async move {
+                s.data_mut().outbound_udp.ingress = ingress;
+                let proof = p.call_prove(&mut *s, &c).await?;
+                Ok((
+                    proof,
+                    std::mem::take(&mut s.data_mut().outbound_udp.replies),
+                ))
+            })
         })
         .await
     }

@@ -16,7 +16,14 @@
 //! - The same PHY payload heard again within the dedupe window (by the same
 //!   or another forwarder) is relayed but metered once.
 //! - Anything malformed is dropped, never relayed or metered, and counted
-//!   by reason; `GET /status` shows the counts and the known forwarders.
+//!   by reason; `GET /status` shows the counts, the known forwarders and
+//!   the beacons waiting for or holding their TX_ACK.
+//! - Proofs (`prove`/`verify`): `relayed-packet` (the radio metadata of a
+//!   relayed packet, bound to the nonce; see [`proof`]) and `beacon` (the
+//!   forwarder transmits a payload derived from the nonce and acknowledges
+//!   it with TX_ACK; two phases, see [`beacon`]). A beacon needs the
+//!   plugin's `[plugin.udp]` ingress: it leaves from that socket, to the
+//!   address the forwarder last sent PULL_DATA from.
 //!
 //! Configuration (`[plugin.config]`): `upstream` (required, `host:port`,
 //! also in `[plugin.outbound] udp`), `dedupe_window_ms` (default 10000).
@@ -24,6 +31,7 @@
 //! `tick_interval_ms`.
 
 pub mod airtime;
+pub mod beacon;
 pub mod gwmp;
 pub mod proof;
 pub mod relay;

@@ -8,8 +8,13 @@
 //!
 //! `verify` recomputes the binding, so a proof made for another nonce,
 //! another packet, or with altered metadata fails.
+//!
+//! `prove` and `verify` also dispatch `beacon` challenges to
+//! [`crate::beacon`].
 
 use depin_plugin_sdk::{Challenge, Proof, kv};
+
+use crate::beacon::{self, BEACON};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -38,11 +43,14 @@ fn binding(nonce: &[u8], hash: &[u8; 32], eui: &Value, meta: &Value) -> String {
     hex::encode(h.finalize())
 }
 
-/// Answers a `relayed-packet` challenge from what the relay kept.
+/// Answers a challenge: `relayed-packet` here, `beacon` in [`crate::beacon`].
 pub fn prove(c: Challenge) -> Result<Proof, String> {
+    if c.kind == BEACON {
+        return beacon::prove(c);
+    }
     if c.kind != RELAYED_PACKET {
         return Err(format!(
-            "challenge kind `{}` is not supported (supported: {RELAYED_PACKET})",
+            "challenge kind `{}` is not supported (supported: {RELAYED_PACKET}, {BEACON})",
             c.kind
         ));
     }
@@ -75,6 +83,9 @@ pub fn prove(c: Challenge) -> Result<Proof, String> {
 /// recomputes over the challenge's nonce, and the metadata names a
 /// frequency and a data rate.
 pub fn verify(c: &Challenge, p: &Proof) -> bool {
+    if c.kind == BEACON {
+        return beacon::verify(c, p);
+    }
     if c.kind != RELAYED_PACKET || p.challenge_id != c.id || c.nonce.is_empty() {
         return false;
     }

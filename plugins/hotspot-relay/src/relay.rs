@@ -6,7 +6,8 @@
 //! | `fwd/<eui>` | the forwarder's address for downlinks (from its PULL_DATA) |
 //! | `seen/<sha256>` | the clock when a PHY payload was first metered |
 //! | `pkt/<sha256>` | what a proof of that packet reveals (see `proof`) |
-//! | `exp/<time>/<sha256>`, `pexp/<time>/<sha256>` | expiry indexes of `seen/` and `pkt/`, oldest first |
+//! | `beacon/<eui>/<token>` | a beacon challenge's PULL_RESP and, once it came, its TX_ACK (see `beacon`) |
+//! | `exp/<time>/<sha256>`, `pexp/<time>/<sha256>`, `bexp/<time>/<eui>/<token>` | expiry indexes of `seen/`, `pkt/` and `beacon/`, oldest first |
 //! | `clock` | Unix ms of the last tick |
 //! | `drop/<reason>/<source>` | datagrams dropped for `reason` from `source` |
 //!
@@ -20,6 +21,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::airtime::{self, LoraParams};
+use crate::beacon;
 use crate::gwmp::{self, Kind, Packet};
 use crate::units;
 
@@ -35,7 +37,7 @@ const SEEN_INDEX: &str = "exp/";
 const PROOF_INDEX: &str = "pexp/";
 
 /// Base64 as packet forwarders write it: padding optional.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
+pub const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
@@ -148,7 +150,10 @@ fn from_forwarder(
             if !body.is_empty() {
                 json_object(body)?;
             }
-            relay_upstream(settings, &eui, &d.payload);
+            // The acknowledgement of a beacon the relay sent itself.
+            if !beacon::take_ack(&eui, p.token, &d.payload) {
+                relay_upstream(settings, &eui, &d.payload);
+            }
             Ok(Vec::new())
         }
         Kind::PushAck | Kind::PullResp | Kind::PullAck => Err("unexpected-type"),
@@ -313,7 +318,8 @@ fn reply(d: &Datagram, payload: Vec<u8>) -> Datagram {
     }
 }
 
-fn trim_body(body: &[u8]) -> &[u8] {
+/// `body` without the NUL bytes and white space some forwarders end it with.
+pub fn trim_body(body: &[u8]) -> &[u8] {
     let end = body
         .iter()
         .rposition(|b| !matches!(b, 0 | b' ' | b'\n' | b'\r' | b'\t'))
@@ -333,7 +339,8 @@ fn read_u64(key: &str) -> Option<u64> {
     std::str::from_utf8(&bytes).ok()?.parse().ok()
 }
 
-fn clock() -> u64 {
+/// Unix ms of the last tick (0 before the first).
+pub fn clock() -> u64 {
     read_u64("clock").unwrap_or(0)
 }
 
@@ -347,7 +354,7 @@ fn count_drop(reason: &str, source: &str) {
 }
 
 /// Advances the clock and forgets what is past the dedupe window (and past
-/// the proof retention). Expiry indexes are ordered by time, so a tick
+/// the proof and beacon retention). Expiry indexes are ordered by time, so a tick
 /// stops at the first entry still young enough and never rescans them.
 pub fn tick(now_ms: u64) {
     let Ok(settings) = Settings::load() else {
@@ -381,6 +388,12 @@ pub fn tick(now_ms: u64) {
             };
         }
     });
+    expire(
+        beacon::BEACON_INDEX,
+        now_ms,
+        beacon::BEACON_RETENTION_MS,
+        |eui_token, t| beacon::forget(eui_token, t, now_ms),
+    );
 }
 
 /// Walks the index `prefix` (`<prefix><time, 20 digits>/<hash>`) from the
@@ -408,11 +421,13 @@ fn expire(prefix: &str, now_ms: u64, keep_ms: u64, mut f: impl FnMut(&str, u64))
     }
 }
 
-fn index_key(prefix: &str, t: u64, hash: &str) -> String {
+/// The key of an expiry index entry: `<prefix><time, 20 digits>/<name>`.
+pub fn index_key(prefix: &str, t: u64, hash: &str) -> String {
     format!("{prefix}{t:020}/{hash}")
 }
 
-/// Drop counts by reason and the known forwarders, for `GET /status`.
+/// Drop counts by reason, the known forwarders, and the beacons kept
+/// (waiting for their TX_ACK, or acknowledged), for `GET /status`.
 pub fn status() -> Value {
     let mut dropped = Map::new();
     for key in kv::list_keys("drop/", TICK_SCAN).unwrap_or_default() {
@@ -430,7 +445,19 @@ pub fn status() -> Value {
             );
         }
     }
-    json!({ "dropped": dropped, "forwarders": forwarders })
+    let (mut pending, mut acknowledged) = (0u64, 0u64);
+    for key in kv::list_keys("beacon/", TICK_SCAN).unwrap_or_default() {
+        match kv::get_json::<Value>(&key).ok().flatten() {
+            Some(state) if state["tx_ack"].is_string() => acknowledged += 1,
+            Some(_) => pending += 1,
+            None => {}
+        }
+    }
+    json!({
+        "dropped": dropped,
+        "forwarders": forwarders,
+        "beacons": { "pending": pending, "acknowledged": acknowledged },
+    })
 }
 
 #[cfg(test)]

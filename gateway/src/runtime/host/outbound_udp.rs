@@ -1,11 +1,16 @@
-//! `depin:plugin/outbound-udp`: datagrams to allow-listed upstreams only.
-//! The allow-list is checked here, at the boundary; the datagrams are only
-//! queued. The UDP ingress sends them after the call's effects are committed.
+//! `depin:plugin/outbound-udp`: datagrams to allow-listed upstreams, and
+//! replies from the plugin's UDP ingress socket to its recent peers. The
+//! allow-list and the recent-peer rule are checked here, at the boundary;
+//! the datagrams are only queued. Whoever made the call (the UDP ingress,
+//! the challenge responder) sends them after the call's effects are
+//! committed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use wasmtime::Result;
 
+use crate::runtime::contract::Datagram;
 use crate::runtime::contract::depin::plugin::outbound_udp::{Host, SendError};
 use crate::runtime::state::CallState;
 
@@ -27,15 +32,45 @@ pub struct QueuedDatagram {
     pub payload: Vec<u8>,
 }
 
+/// A plugin's UDP ingress socket as a call sees it: whom it may answer.
+pub trait RecentPeers: Send + Sync {
+    /// Whether `peer` sent to the ingress socket recently enough to be
+    /// answered.
+    fn may_answer(&self, peer: &SocketAddr) -> bool;
+}
+
 /// The outbound-UDP part of a call's state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct UdpCallState {
-    /// Only `handle-datagram` calls may send.
+    /// Only `handle-datagram` calls may `send`.
     pub(crate) enabled: bool,
+    /// The plugin's ingress socket, for calls that may `reply` (none: the
+    /// export may not, or the plugin has no `[plugin.udp]`).
+    pub(crate) ingress: Option<Arc<dyn RecentPeers>>,
     /// The session whose socket received the datagram being handled.
     pub(crate) arrived_on: Option<Arc<str>>,
-    /// Datagrams queued by the call, in order.
+    /// Datagrams queued by the call for upstreams, in order.
     pub(crate) queued: Vec<QueuedDatagram>,
+    /// Datagrams queued by the call for ingress peers, in order.
+    pub(crate) replies: Vec<Datagram>,
+}
+
+impl std::fmt::Debug for UdpCallState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpCallState")
+            .field("enabled", &self.enabled)
+            .field("ingress", &self.ingress.is_some())
+            .field("arrived_on", &self.arrived_on)
+            .field("queued", &self.queued)
+            .field("replies", &self.replies.len())
+            .finish()
+    }
+}
+
+impl UdpCallState {
+    fn full(&self) -> bool {
+        self.queued.len() + self.replies.len() >= MAX_SENDS_PER_CALL
+    }
 }
 
 impl Host for CallState {
@@ -60,7 +95,7 @@ impl Host for CallState {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Ok(Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32)));
         }
-        if self.outbound_udp.queued.len() >= MAX_SENDS_PER_CALL {
+        if self.outbound_udp.full() {
             return Ok(Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32)));
         }
         self.outbound_udp.queued.push(QueuedDatagram {
@@ -73,6 +108,28 @@ impl Host for CallState {
 
     fn arrived_on(&mut self) -> Result<Option<String>> {
         Ok(self.outbound_udp.arrived_on.as_deref().map(str::to_string))
+    }
+
+    fn reply(&mut self, peer: String, payload: Vec<u8>) -> Result<Result<(), SendError>> {
+        let Some(ingress) = &self.outbound_udp.ingress else {
+            return Ok(Err(SendError::Unavailable));
+        };
+        let Ok(addr) = peer.parse::<SocketAddr>() else {
+            return Ok(Err(SendError::Invalid(format!(
+                "peer `{peer}` is not ip:port"
+            ))));
+        };
+        if !ingress.may_answer(&addr) {
+            return Ok(Err(SendError::NotAllowed(peer)));
+        }
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Ok(Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32)));
+        }
+        if self.outbound_udp.full() {
+            return Ok(Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32)));
+        }
+        self.outbound_udp.replies.push(Datagram { peer, payload });
+        Ok(Ok(()))
     }
 }
 
@@ -149,5 +206,56 @@ mod tests {
         assert_eq!(s.arrived_on().unwrap(), None);
         s.outbound_udp.arrived_on = Some("a".into());
         assert_eq!(s.arrived_on().unwrap().as_deref(), Some("a"));
+    }
+
+    struct Peers(Vec<SocketAddr>);
+
+    impl RecentPeers for Peers {
+        fn may_answer(&self, peer: &SocketAddr) -> bool {
+            self.0.contains(peer)
+        }
+    }
+
+    #[test]
+    fn replies_go_only_to_recent_ingress_peers_and_share_the_per_call_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = call(dir.path(), &["127.0.0.1:1680"]);
+        let reply = |s: &mut CallState, peer: &str, len: usize| {
+            format!("{:?}", s.reply(peer.into(), vec![1; len]).expect("no trap"))
+        };
+        assert_eq!(
+            reply(&mut s, "127.0.0.1:40000", 3),
+            "Err(SendError::Unavailable)",
+            "no ingress socket for this call"
+        );
+        s.outbound_udp.ingress = Some(Arc::new(Peers(vec!["127.0.0.1:40000".parse().unwrap()])));
+        assert_eq!(reply(&mut s, "127.0.0.1:40000", 3), "Ok(())");
+        assert_eq!(
+            reply(&mut s, "127.0.0.1:40001", 3),
+            "Err(SendError::NotAllowed(\"127.0.0.1:40001\"))",
+            "never sent to the ingress"
+        );
+        assert!(reply(&mut s, "lns.example:1700", 3).starts_with("Err(SendError::Invalid("));
+        assert_eq!(
+            reply(&mut s, "127.0.0.1:40000", MAX_PAYLOAD_BYTES + 1),
+            format!("Err(SendError::TooLarge({MAX_PAYLOAD_BYTES}))")
+        );
+        s.outbound_udp.enabled = true;
+        for _ in 1..MAX_SENDS_PER_CALL {
+            assert_eq!(
+                format!(
+                    "{:?}",
+                    s.send("127.0.0.1:1680".into(), vec![1], "a".into())
+                        .unwrap()
+                ),
+                "Ok(())"
+            );
+        }
+        assert_eq!(
+            reply(&mut s, "127.0.0.1:40000", 1),
+            format!("Err(SendError::TooMany({MAX_SENDS_PER_CALL}))")
+        );
+        assert_eq!(s.outbound_udp.replies.len(), 1);
+        assert_eq!(s.outbound_udp.replies[0].peer, "127.0.0.1:40000");
     }
 }

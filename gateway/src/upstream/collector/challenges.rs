@@ -97,7 +97,16 @@ impl Verifiers {
                 component: t.component.clone(),
                 ..PluginConfig::default()
             };
-            let loaded = LoadedPlugin::load(&runtime, &cfg, ledger.clone()).await?;
+            // `verify` needs no gateway configuration, and the collector has
+            // none to give: the component is prepared (compiled, checked,
+            // linked, described) but its `init` is not called, so a plugin
+            // whose `init` requires settings (the relay's `upstream`) can
+            // still check proofs.
+            let compiled = runtime.compile(&t.component).map_err(anyhow::Error::msg)?;
+            let loaded = LoadedPlugin::prepare(&runtime, &cfg, ledger.clone(), compiled)
+                .await
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", t.component.display()))?;
             if loaded.digest != t.digest {
                 anyhow::bail!(
                     "{}: digest is {}, but challenges.possession pins {}",

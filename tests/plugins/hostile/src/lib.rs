@@ -82,6 +82,9 @@ impl Plugin for Hostile {
         } else if let Some(target) = text.strip_prefix("send ") {
             let result = outbound_udp::send(target, b"upstream", "s1");
             answer(&d.peer, format!("{result:?}").into_bytes())
+        } else if let Some(peer) = text.strip_prefix("reply ") {
+            let result = outbound_udp::reply(peer, b"replied");
+            answer(&d.peer, format!("{result:?}").into_bytes())
         } else {
             let _ = meter("calls", 1);
             answer(&d.peer, d.payload)
