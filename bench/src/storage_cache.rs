@@ -100,6 +100,45 @@ struct Wrk {
 }
 
 /// `wrk -t2 -c<conns> -d<secs>s <url>`, parsed.
+/// Totals of the gateway's ledger transactions, read from its metrics.
+struct LedgerGroups {
+    commits: f64,
+    calls: f64,
+    seconds: f64,
+}
+
+impl LedgerGroups {
+    fn now() -> Self {
+        let text = depin_gateway::metrics::global().render_prometheus();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            commits: value("depin_ledger_commit_group_size_count"),
+            calls: value("depin_ledger_commit_group_size_sum"),
+            seconds: value("depin_ledger_commit_duration_seconds_sum"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            commits: self.commits - before.commits,
+            calls: self.calls - before.calls,
+            seconds: self.seconds - before.seconds,
+        }
+    }
+
+    fn calls_per_commit(&self) -> f64 {
+        self.calls / self.commits.max(1.0)
+    }
+
+    fn micros_per_commit(&self) -> f64 {
+        self.seconds * 1e6 / self.commits.max(1.0)
+    }
+}
+
 async fn wrk(url: String, connections: u32, secs: u64) -> Wrk {
     let out = tokio::task::spawn_blocking(move || {
         Command::new("wrk")
@@ -149,7 +188,13 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("www");
     std::fs::create_dir_all(root.join("b")).unwrap();
-    let sizes = [(4 * 1024usize, "4 KiB", 64u32), (16 << 20, "16 MiB", 8)];
+    // (size, label, connection counts): small hits at several concurrency
+    // levels, because a durable answer's throughput grows with the number
+    // of requests that can share one fsync'd ledger transaction.
+    let sizes: [(usize, &str, &[u32]); 2] = [
+        (4 * 1024, "4 KiB", &[16, 64, 256]),
+        (16 << 20, "16 MiB", &[8]),
+    ];
     let mut digests = Vec::new();
     for (i, (size, _, _)) in sizes.iter().enumerate() {
         let bytes = pseudo_random(*size, 100 + i as u64);
@@ -183,29 +228,38 @@ async fn main() {
     }
 
     println!("cache hits, wrk -t2, keep-alive, {secs} s per row");
-    for ((_, label, conns), digest) in sizes.iter().zip(&digests) {
-        let n = wrk(format!("http://{}/b/{digest}", nginx.addr), *conns, secs).await;
-        let g = wrk(
-            format!("http://{}/blobs/{digest}", gw.http_addr),
-            *conns,
-            secs,
-        )
-        .await;
-        assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
-        println!(
-            "   {label:>6}, {conns:>2} conns  nginx   {:>9.0} req/s {:>8.1} MB/s",
-            n.rps, n.mb_per_s
-        );
-        println!(
-            "   {label:>6}, {conns:>2} conns  gateway {:>9.0} req/s {:>8.1} MB/s",
-            g.rps, g.mb_per_s
-        );
-        let target = if label.contains("KiB") { 0.5 } else { 0.7 };
-        println!(
-            "   ratio gateway/nginx at {label}: requests/s {:.2}x  MB/s {:.2}x  (target >= {target}x)\n",
-            g.rps / n.rps,
-            g.mb_per_s / n.mb_per_s
-        );
+    for ((_, label, conn_counts), digest) in sizes.iter().zip(&digests) {
+        for conns in *conn_counts {
+            let n = wrk(format!("http://{}/b/{digest}", nginx.addr), *conns, secs).await;
+            let before = LedgerGroups::now();
+            let g = wrk(
+                format!("http://{}/blobs/{digest}", gw.http_addr),
+                *conns,
+                secs,
+            )
+            .await;
+            let groups = LedgerGroups::now().since(&before);
+            assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
+            println!(
+                "   {label:>6}, {conns:>3} conns  nginx   {:>9.0} req/s {:>8.1} MB/s",
+                n.rps, n.mb_per_s
+            );
+            println!(
+                "   {label:>6}, {conns:>3} conns  gateway {:>9.0} req/s {:>8.1} MB/s",
+                g.rps, g.mb_per_s
+            );
+            println!(
+                "   {label:>6}, {conns:>3} conns  gateway ledger: {:.1} calls per fsync'd transaction, {:.0} µs per transaction",
+                groups.calls_per_commit(),
+                groups.micros_per_commit()
+            );
+            let target = if label.contains("KiB") { 0.5 } else { 0.7 };
+            println!(
+                "   ratio gateway/nginx at {label}, {conns} conns: requests/s {:.2}x  MB/s {:.2}x  (target >= {target}x)\n",
+                g.rps / n.rps,
+                g.mb_per_s / n.mb_per_s
+            );
+        }
     }
     let floor = wrk(format!("http://{}/t/hello", gw.http_addr), 64, secs).await;
     println!(

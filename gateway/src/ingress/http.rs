@@ -393,13 +393,13 @@ impl HttpIngress {
         }
         let bytes_out = response_size(&response);
         let mut effects = CallEffects::default();
-        effects.records.extend(host_records(
-            request_id,
-            bytes_in,
-            bytes_out,
-            started.elapsed(),
-            0,
-        ));
+        // No plugin ran, so no fuel was used: no `fuel` record.
+        let [bytes_in_record, bytes_out_record, wall_record, _fuel] =
+            host_records(request_id, bytes_in, bytes_out, started.elapsed(), 0);
+        effects.records.reserve(3 + answer.claims.len());
+        effects
+            .records
+            .extend([bytes_in_record, bytes_out_record, wall_record]);
         effects.records.extend(answer.claims.iter().cloned());
         let facts = CallFacts {
             bytes_in,

@@ -322,6 +322,9 @@ fn now_ms() -> u64 {
 /// The writer: takes every queued commit into one transaction.
 fn writer_loop(db: &Database, mut head: Head, rx: &mpsc::Receiver<WriterMsg>) {
     let mut stop = false;
+    // The encoded records of a group, reused from group to group: a fresh
+    // buffer per transaction costs page faults under load.
+    let mut block = Vec::new();
     while !stop {
         let first = match rx.recv() {
             Ok(WriterMsg::Commit(c)) => c,
@@ -340,7 +343,7 @@ fn writer_loop(db: &Database, mut head: Head, rx: &mpsc::Receiver<WriterMsg>) {
         }
         let started = Instant::now();
         let n = group.len();
-        match write_group(db, head, &group) {
+        match write_group(db, head, &group, &mut block) {
             Ok((new_head, receipts)) => {
                 head = new_head;
                 crate::metrics::global().record_ledger_commit(n, started.elapsed());
@@ -377,11 +380,16 @@ fn write_group(
     db: &Database,
     head: Head,
     group: &[CommitRequest],
+    block: &mut Vec<u8>,
 ) -> Result<(Head, Vec<CommitReceipt>), LedgerError> {
     let txn = db.begin_write()?;
     let mut cursor = head;
     let mut receipts = Vec::with_capacity(group.len());
-    let mut block = Vec::with_capacity(group.len() * 4 * 160);
+    block.clear();
+    // Keep at most 4 MiB between transactions.
+    if block.capacity() > 4 << 20 {
+        block.shrink_to(4 << 20);
+    }
     let now = now_ms();
     {
         let mut kv = txn.open_table(KV)?;
@@ -395,7 +403,7 @@ fn write_group(
                 let seq = cursor.seq + 1;
                 let time_ms = if r.time_ms == 0 { now } else { r.time_ms };
                 record::encode_into(
-                    &mut block,
+                    block,
                     seq,
                     time_ms,
                     &c.plugin,
