@@ -210,9 +210,14 @@ async fn main() {
     let home = Home::new(
         &[
             PluginSpec::new("cache", plugin("storage_cache_plugin"), "/")
-                .table(table.leak())
+                .table(table.clone().leak())
                 .limits("cpu_ms = 5000")
                 .config(format!("origin = \"{origin}/b\"").leak()),
+            // The same plugin with reused answers off: every hit is a call.
+            PluginSpec::new("cache-calls", plugin("storage_cache_plugin"), "/calls")
+                .table(table.clone().leak())
+                .limits("cpu_ms = 5000")
+                .config(format!("origin = \"{origin}/b\"\nhit_reuse_ms = 0").leak()),
             // The per-request floor of any plugin call with a durable commit.
             PluginSpec::new("template", plugin("template_plugin"), "/t")
                 .config("greeting = \"hello\""),
@@ -226,6 +231,9 @@ async fn main() {
         let r = http.get(&format!("/blobs/{d}")).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    let r = http.get(&format!("/calls/blobs/{}", digests[0])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut reused_64 = 0.0;
 
     println!("cache hits, wrk -t2, keep-alive, {secs} s per row");
     for ((_, label, conn_counts), digest) in sizes.iter().zip(&digests) {
@@ -239,6 +247,9 @@ async fn main() {
             )
             .await;
             let groups = LedgerGroups::now().since(&before);
+            if *conns == 64 && label.contains("KiB") {
+                reused_64 = g.rps;
+            }
             assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
             println!(
                 "   {label:>6}, {conns:>3} conns  nginx   {:>9.0} req/s {:>8.1} MB/s",
@@ -261,6 +272,19 @@ async fn main() {
             );
         }
     }
+    let calls = wrk(
+        format!("http://{}/calls/blobs/{}", gw.http_addr, digests[0]),
+        64,
+        secs,
+    )
+    .await;
+    assert_eq!(calls.non_2xx, 0, "errors under load");
+    println!(
+        "    4 KiB,  64 conns  gateway, hit_reuse_ms = 0 (every hit calls the plugin) {:>9.0} req/s; \
+         reused answers are {:.2}x that",
+        calls.rps,
+        reused_64 / calls.rps
+    );
     let floor = wrk(format!("http://{}/t/hello", gw.http_addr), 64, secs).await;
     println!(
         "   reference: gateway, template plugin GET /t/hello, 64 conns {:>9.0} req/s \
