@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ledger::NewRecord;
+use crate::ledger::{NewRecord, Source};
 use crate::runtime::contract::{Body, HttpResponse};
 
 /// The response header a plugin sets to mark its answer reusable; its
@@ -87,15 +87,26 @@ impl ReuseTable {
     }
 
     /// Keeps `response` for `key` for `ttl`, with the call's plugin-claimed
-    /// records. Refused (returns false) when the answer carries too many
-    /// records or the table is full of live answers.
+    /// records (host-attested records among `records` measured work of that
+    /// call, which a repeat does not do, so they are not kept). Refused
+    /// (returns false) when the answer carries too many claims or the table
+    /// is full of live answers.
     pub fn insert(
         &self,
         key: String,
         mut response: HttpResponse,
-        claims: Vec<NewRecord>,
+        records: Vec<NewRecord>,
         ttl: Duration,
     ) -> bool {
+        let claims: Vec<NewRecord> = records
+            .into_iter()
+            .filter(|r| r.source == Source::Plugin)
+            .map(|mut r| {
+                // Timestamped at each commit, like the host's own records.
+                r.time_ms = 0;
+                r
+            })
+            .collect();
         if claims.len() > MAX_CLAIMS {
             return false;
         }
@@ -110,14 +121,6 @@ impl ReuseTable {
                 return false;
             }
         }
-        let claims = claims
-            .into_iter()
-            .map(|mut r| {
-                // Timestamped at each commit, like the host's own records.
-                r.time_ms = 0;
-                r
-            })
-            .collect();
         entries.insert(
             key,
             Arc::new(Reusable {
@@ -147,7 +150,6 @@ impl ReuseTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Source;
     use crate::runtime::contract::BlobRef;
 
     fn blob_answer(reuse: &str) -> HttpResponse {
@@ -200,15 +202,17 @@ mod tests {
     fn answers_are_kept_without_the_header_and_expire() {
         let t = ReuseTable::default();
         let k = key("GET", "/blobs/x", "");
+        let host = NewRecord::host("job-fuel", 7, "req");
         assert!(t.insert(
             k.clone(),
             blob_answer("50"),
-            vec![claim()],
+            vec![host, claim()],
             Duration::from_millis(50)
         ));
         let hit = t.get(&k).expect("kept");
         assert!(hit.response.headers.iter().all(|(k, _)| k != REUSE_HEADER));
-        assert_eq!(hit.claims.len(), 1);
+        assert_eq!(hit.claims.len(), 1, "host-attested records are not kept");
+        assert_eq!(hit.claims[0].source, Source::Plugin);
         assert_eq!(hit.claims[0].time_ms, 0, "re-stamped at each commit");
         assert!(t.get(&key("HEAD", "/blobs/x", "")).is_none());
         assert!(t.get(&key("GET", "/blobs/x", "a=1")).is_none());
