@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, file_digest, free_port};
+use depin_e2e::upstream::{
+    CollectorProcess, Pki, collector_config, file_digest, free_port, wait_for_verdicts,
+};
 use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
 use depin_gateway::RunningGateway;
 use depin_gateway::identity::DeviceKey;
@@ -759,25 +761,8 @@ async fn a_beacon_challenge_from_the_collector_is_answered_through_the_responder
         }
     });
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let verdicts = loop {
-        let (_, m) = https.request("GET", "/metrics", Vec::new()).await.unwrap();
-        let m = String::from_utf8_lossy(&m).into_owned();
-        let count = |verdict: &str| {
-            m.lines()
-                .find(|l| l.contains(&format!("verdict=\"{verdict}\"")))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        if count("passed") >= 1 {
-            break (count("passed"), count("failed"));
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no beacon was judged: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let verdicts =
+        wait_for_verdicts(&https, Duration::from_secs(90), |passed, _| passed >= 1).await;
     assert_eq!(verdicts.1, 0, "no beacon failed: {verdicts:?}");
     running.abort();
     let _ = running.await;

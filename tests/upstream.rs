@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, file_digest, free_port};
+use depin_e2e::upstream::{
+    CollectorProcess, Pki, collector_config, file_digest, free_port, wait_for_verdicts,
+};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::report::{EpochReport, EpochTotal, ProofOutcome};
@@ -171,22 +173,10 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
     wait_for_reports(&https, &id, 3).await;
     // challenges are answered and judged; their results go into the next
     // reports
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, m) = https.request("GET", "/metrics", Vec::new()).await.unwrap();
-        let m = String::from_utf8_lossy(&m).into_owned();
-        let count = |verdict: &str| {
-            m.lines()
-                .find(|l| l.contains(&format!("verdict=\"{verdict}\"")))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        if count("passed") >= 2 && count("failed") >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "challenges were not judged: {m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_verdicts(&https, Duration::from_secs(60), |passed, failed| {
+        passed >= 2 && failed >= 3
+    })
+    .await;
     // the hostile plugin's `prove` ran past its deadline and trapped...
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

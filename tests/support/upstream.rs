@@ -109,6 +109,39 @@ impl Pki {
     }
 }
 
+/// Polls the collector's `/metrics` until `done(passed, failed)` holds for
+/// its challenge verdict counters, and returns them; panics with the metrics
+/// after `timeout`.
+pub async fn wait_for_verdicts(
+    collector: &CollectorClient,
+    timeout: Duration,
+    done: impl Fn(u64, u64) -> bool,
+) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (_, m) = collector
+            .request("GET", "/metrics", Vec::new())
+            .await
+            .expect("collector metrics");
+        let m = String::from_utf8_lossy(&m).into_owned();
+        let count = |verdict: &str| {
+            m.lines()
+                .find(|l| l.contains(&format!("verdict=\"{verdict}\"")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let verdicts = (count("passed"), count("failed"));
+        if done(verdicts.0, verdicts.1) {
+            return verdicts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "challenges were not judged in time: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `sha256:<hex>` of a file, as plugin digests are written.
 pub fn file_digest(path: &Path) -> String {
     format!(
