@@ -129,7 +129,7 @@ struct LedgerLocation {
     /// Find the ledger through this configuration's `data_dir`.
     #[arg(long, short, conflicts_with = "data_dir")]
     config: Option<PathBuf>,
-    /// The data directory that holds `ledger.redb`.
+    /// The data directory that holds `ledger.redb` and `ledger.wal`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }

@@ -1,23 +1,29 @@
 //! The usage ledger: hash-chained usage records and the plugins' key-value
-//! data, in one redb database in the data directory.
+//! data, in one redb database in the data directory, with a write-ahead log
+//! in front of it.
 //!
 //! Guarantees:
 //! - `commit` returns only after the call's records and key-value writes are
 //!   durable (fsynced) — all of them or none of them.
 //! - Concurrent commits are grouped: one writer thread takes every pending
-//!   commit into one transaction, so N concurrent calls cost one fsync.
+//!   commit into one group, made durable with one contiguous write and one
+//!   fdatasync of the log (`wal.rs`). Logged groups are visible to readers
+//!   at once and are moved into redb in bulk (a checkpoint) every
+//!   `CHECKPOINT_AFTER` or `CHECKPOINT_BYTES`; opening the ledger replays
+//!   whatever the log holds beyond the last checkpoint.
 //! - Records are numbered from 1 without gaps and chained
 //!   (`hash = sha256(prev_hash || encoding)`); a crash at any moment leaves
-//!   the last committed transaction intact, so the chain never breaks.
+//!   every acknowledged group intact, so the chain never breaks.
 
 mod record;
 mod scan;
+mod wal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -25,13 +31,15 @@ pub use record::{
     DecodeError, FORMAT_VERSION, GENESIS_HASH, Hash, MAX_EVIDENCE_BYTES, MAX_SUBJECT_BYTES,
     NewRecord, Source, UsageRecord,
 };
+pub use wal::WAL_FILE;
 
 /// Records are stored in blocks, one block per commit group:
 /// seq of the block's first record -> entry*, where
 /// entry = u16 length of the encoding (big-endian) || hash (32) || encoding.
 /// One insert per group keeps the writer cheap under concurrency.
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_blocks");
-/// "head" -> last seq (8, big-endian) || last hash (32)
+/// "head" -> last seq (8, big-endian) || last hash (32);
+/// "wal" -> the log generation whose entries are not yet in redb (8).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (plugin, key) -> value
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
@@ -39,8 +47,15 @@ const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv
 /// File name of the ledger inside the data directory.
 pub const LEDGER_FILE: &str = "ledger.redb";
 
-/// Most commits taken into one transaction.
+/// Most commits taken into one group.
 const MAX_GROUP: usize = 1024;
+/// A checkpoint moves logged groups into redb this long after the first
+/// of them was logged...
+const CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
+/// ...or once this much is logged, whichever comes first.
+const CHECKPOINT_BYTES: u64 = 1 << 20;
+/// Consecutive record blocks are stored as one redb value up to this size.
+const MERGED_BLOCK_BYTES: usize = 256 << 10;
 
 /// A ledger failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,12 +117,113 @@ struct CommitRequest {
 enum WriterMsg {
     Commit(CommitRequest),
     Stop,
+    /// Test support: stop without a last checkpoint, as a crash would.
+    #[cfg(test)]
+    Abandon,
+}
+
+/// Commit groups that are durable in the log but not yet in redb.
+#[derive(Debug, Default, Clone)]
+struct Layer {
+    /// The chain head after the last group; `None` when there is none.
+    head: Option<Head>,
+    /// (sequence number of the first record, the records block), in order.
+    blocks: Vec<(u64, Arc<[u8]>)>,
+    /// plugin -> key -> value (`None` = deleted), last write wins.
+    kv: HashMap<Arc<str>, BTreeMap<String, Option<Vec<u8>>>>,
+}
+
+impl Layer {
+    fn add_block(&mut self, first: u64, block: &[u8], after: Head) {
+        if !block.is_empty() {
+            self.blocks.push((first, Arc::from(block)));
+        }
+        self.head = Some(after);
+    }
+
+    fn add_kv(&mut self, plugin: &Arc<str>, key: String, value: Option<Vec<u8>>) {
+        match self.kv.get_mut(plugin) {
+            Some(writes) => {
+                writes.insert(key, value);
+            }
+            None => {
+                self.kv
+                    .insert(plugin.clone(), BTreeMap::from([(key, value)]));
+            }
+        }
+    }
+
+    /// Adds the groups of `newer`, logged after this layer's.
+    fn absorb(&mut self, newer: Layer) {
+        self.blocks.extend(newer.blocks);
+        self.head = newer.head.or(self.head);
+        for (plugin, writes) in newer.kv {
+            self.kv.entry(plugin).or_default().extend(writes);
+        }
+    }
+}
+
+/// What readers see besides redb: the groups logged since the last
+/// checkpoint (`current`) and those a running checkpoint is storing.
+/// A checkpoint clears `applying` only after its redb transaction is
+/// committed, so a reader that finds nothing here finds it in redb.
+#[derive(Debug, Default)]
+struct Overlay {
+    current: Layer,
+    applying: Option<Arc<Layer>>,
+}
+
+impl Overlay {
+    /// Newest first.
+    fn layers(&self) -> impl Iterator<Item = &Layer> {
+        std::iter::once(&self.current).chain(self.applying.as_deref())
+    }
+
+    /// `Some(value)` when a logged write decides the key.
+    fn kv_get(&self, plugin: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        self.layers()
+            .find_map(|l| l.kv.get(plugin).and_then(|w| w.get(key)))
+            .cloned()
+    }
+
+    /// Logged writes to keys of `plugin` starting with `prefix`:
+    /// key -> whether it now exists.
+    fn kv_changes(&self, plugin: &str, prefix: &str) -> BTreeMap<String, bool> {
+        let mut changes = BTreeMap::new();
+        for layer in self.applying.as_deref().into_iter().chain([&self.current]) {
+            if let Some(writes) = layer.kv.get(plugin) {
+                for (k, v) in writes.range(prefix.to_string()..) {
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    changes.insert(k.clone(), v.is_some());
+                }
+            }
+        }
+        changes
+    }
+
+    fn head(&self) -> Option<Head> {
+        self.layers().find_map(|l| l.head)
+    }
+
+    /// Logged record blocks, oldest first.
+    fn blocks(&self) -> Vec<(u64, Arc<[u8]>)> {
+        let mut out: Vec<_> = self
+            .applying
+            .as_deref()
+            .map(|l| l.blocks.clone())
+            .unwrap_or_default();
+        out.extend(self.current.blocks.iter().cloned());
+        out
+    }
 }
 
 /// The open ledger. Cheap to share (`Arc`).
 pub struct Ledger {
     db: Arc<Database>,
     path: PathBuf,
+    overlay: Arc<Mutex<Overlay>>,
     tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -131,14 +247,14 @@ impl Head {
         hash: GENESIS_HASH,
     };
 
-    fn encode(&self) -> [u8; 40] {
+    pub(super) fn encode(&self) -> [u8; 40] {
         let mut out = [0; 40];
         out[..8].copy_from_slice(&self.seq.to_be_bytes());
         out[8..].copy_from_slice(&self.hash);
         out
     }
 
-    fn decode(b: &[u8]) -> Option<Head> {
+    pub(super) fn decode(b: &[u8]) -> Option<Head> {
         if b.len() != 40 {
             return None;
         }
@@ -155,32 +271,23 @@ impl Ledger {
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, LedgerError> {
         let path = data_dir.join(LEDGER_FILE);
         let db = open_db(&path, true)?;
-        let head = {
-            let txn = db.begin_write()?;
-            txn.open_table(BLOCKS)?;
-            txn.open_table(KV)?;
-            let head = {
-                let meta = txn.open_table(META)?;
-                meta.get("head")?.map(|v| Head::decode(v.value()))
-            };
-            txn.commit()?;
-            match head {
-                None => Head::GENESIS,
-                Some(Some(h)) => h,
-                Some(None) => {
-                    return Err(LedgerError::Open {
-                        path,
-                        message: "the chain head entry is corrupt".into(),
-                    });
-                }
-            }
-        };
+        let (head, generation) = recover(&db, data_dir)?;
+        let wal = wal::Wal::open(data_dir, generation)?;
         let db = Arc::new(db);
+        let overlay = Arc::new(Mutex::new(Overlay::default()));
         let (tx, rx) = mpsc::channel();
-        let writer_db = db.clone();
+        let writer = Writer {
+            db: db.clone(),
+            head,
+            wal,
+            overlay: overlay.clone(),
+            block: Vec::new(),
+            entry: Vec::new(),
+            pending_since: None,
+        };
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(&writer_db, head, &rx))
+            .spawn(move || writer.run(&rx))
             .map_err(|e| LedgerError::Open {
                 path: path.clone(),
                 message: e.to_string(),
@@ -188,6 +295,7 @@ impl Ledger {
         Ok(Arc::new(Self {
             db,
             path,
+            overlay,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         }))
@@ -226,6 +334,9 @@ impl Ledger {
 
     /// The committed value of a plugin's key.
     pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        if let Some(logged) = self.overlay().kv_get(plugin, key) {
+            return Ok(logged);
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
         Ok(table.get((plugin, key))?.map(|v| v.value().to_vec()))
@@ -238,23 +349,52 @@ impl Ledger {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, LedgerError> {
+        let changes = self.overlay().kv_changes(plugin, prefix);
+        // Each logged delete may hide one stored key.
+        let deleted = changes.values().filter(|exists| !**exists).count();
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
-        let mut keys = Vec::new();
+        let mut keys = BTreeSet::new();
         for entry in table.range((plugin, prefix)..)? {
             let (k, _) = entry?;
             let (p, key) = k.value();
-            if p != plugin || !key.starts_with(prefix) || keys.len() >= limit {
+            if p != plugin || !key.starts_with(prefix) || keys.len() >= limit + deleted {
                 break;
             }
-            keys.push(key.to_string());
+            keys.insert(key.to_string());
         }
-        Ok(keys)
+        for (key, exists) in changes {
+            if exists {
+                keys.insert(key);
+            } else {
+                keys.remove(&key);
+            }
+        }
+        Ok(keys.into_iter().take(limit).collect())
     }
 
     /// The chain head as committed.
     pub fn head(&self) -> Result<Head, LedgerError> {
+        if let Some(head) = self.overlay().head() {
+            return Ok(head);
+        }
         read_head(&self.db)
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().expect("ledger overlay lock")
+    }
+
+    /// Test support: stops the writer without its last checkpoint, leaving
+    /// the log as a crash would.
+    #[cfg(test)]
+    fn abandon(&self) {
+        if let Some(tx) = self.tx.lock().expect("ledger sender lock").take() {
+            let _ = tx.send(WriterMsg::Abandon);
+        }
+        if let Some(handle) = self.writer.lock().expect("ledger writer lock").take() {
+            let _ = handle.join();
+        }
     }
 
     /// Stops the writer after it has committed everything already queued.
@@ -298,6 +438,119 @@ fn open_db(path: &Path, create: bool) -> Result<Database, LedgerError> {
     })
 }
 
+/// Moves what the log holds beyond the last checkpoint into redb and
+/// starts a new log generation. Returns the chain head and the generation
+/// new log entries belong to.
+fn recover(db: &Database, data_dir: &Path) -> Result<(Head, u64), LedgerError> {
+    let head = read_head(db)?;
+    let generation = read_generation(db)?;
+    let path = data_dir.join(WAL_FILE);
+    let mut layer = Layer::default();
+    let mut cursor = head;
+    let mut groups = 0usize;
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            for logged in wal::read_entries(&bytes, generation) {
+                let records = block_entries(&logged.block).count() as u64;
+                if logged.before != cursor || logged.after.seq != cursor.seq + records {
+                    tracing::warn!(
+                        log = %path.display(),
+                        at_record = cursor.seq,
+                        "a ledger log entry does not continue the chain; replay stops there"
+                    );
+                    break;
+                }
+                layer.add_block(cursor.seq + 1, &logged.block, logged.after);
+                for (plugin, writes) in logged.kv {
+                    let plugin: Arc<str> = plugin.into();
+                    for (key, value) in writes {
+                        layer.add_kv(&plugin, key, value);
+                    }
+                }
+                cursor = logged.after;
+                groups += 1;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(LedgerError::Open {
+                path,
+                message: format!("cannot read the ledger log: {e}"),
+            });
+        }
+    }
+    store(db, &layer, generation + 1)?;
+    if groups > 0 {
+        tracing::info!(
+            groups,
+            records = cursor.seq - head.seq,
+            "ledger: replayed commit groups from the log"
+        );
+    }
+    Ok((cursor, generation + 1))
+}
+
+/// Stores `layer` in one durable redb transaction, with `generation` as the
+/// log generation still to replay.
+fn store(db: &Database, layer: &Layer, generation: u64) -> Result<(), LedgerError> {
+    let txn = db.begin_write()?;
+    {
+        let mut blocks = txn.open_table(BLOCKS)?;
+        let mut merged = Vec::new();
+        let mut first = 0;
+        for (seq, block) in &layer.blocks {
+            if !merged.is_empty() && merged.len() + block.len() > MERGED_BLOCK_BYTES {
+                blocks.insert(first, merged.as_slice())?;
+                merged.clear();
+            }
+            if merged.is_empty() {
+                first = *seq;
+            }
+            merged.extend_from_slice(block);
+        }
+        if !merged.is_empty() {
+            blocks.insert(first, merged.as_slice())?;
+        }
+        let mut kv = txn.open_table(KV)?;
+        for (plugin, writes) in &layer.kv {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => {
+                        kv.insert((&**plugin, key.as_str()), v.as_slice())?;
+                    }
+                    None => {
+                        kv.remove((&**plugin, key.as_str()))?;
+                    }
+                }
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        if let Some(head) = layer.head {
+            meta.insert("head", head.encode().as_slice())?;
+        }
+        meta.insert("wal", generation.to_be_bytes().as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn read_generation(db: &Database) -> Result<u64, LedgerError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    match meta.get("wal")? {
+        None => Ok(0),
+        Some(v) => {
+            v.value().try_into().map(u64::from_be_bytes).map_err(|_| {
+                LedgerError::Storage("the ledger log generation entry is corrupt".into())
+            })
+        }
+    }
+}
+
 fn read_head(db: &Database) -> Result<Head, LedgerError> {
     let txn = db.begin_read()?;
     let meta = match txn.open_table(META) {
@@ -319,37 +572,96 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The writer: takes every queued commit into one transaction.
-fn writer_loop(db: &Database, mut head: Head, rx: &mpsc::Receiver<WriterMsg>) {
-    let mut stop = false;
-    // The encoded records of a group, reused from group to group: a fresh
-    // buffer per transaction costs page faults under load.
-    let mut block = Vec::new();
-    while !stop {
-        let first = match rx.recv() {
-            Ok(WriterMsg::Commit(c)) => c,
-            Ok(WriterMsg::Stop) | Err(_) => break,
-        };
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(WriterMsg::Commit(c)) => group.push(c),
-                Ok(WriterMsg::Stop) => {
-                    stop = true;
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    /// The chain head including everything logged.
+    head: Head,
+    wal: wal::Wal,
+    overlay: Arc<Mutex<Overlay>>,
+    /// The encoded records of a group and the log entry, reused from group
+    /// to group: fresh buffers per group cost page faults under load.
+    block: Vec<u8>,
+    entry: Vec<u8>,
+    /// When the oldest group not yet checkpointed was logged.
+    pending_since: Option<Instant>,
+}
+
+impl Writer {
+    /// Takes every queued commit into one group, until stopped; then
+    /// checkpoints what is logged.
+    fn run(mut self, rx: &mpsc::Receiver<WriterMsg>) {
+        let mut stop = false;
+        // Only a test's abandon skips the last checkpoint.
+        #[cfg_attr(not(test), allow(unused_mut))]
+        let mut last_checkpoint = true;
+        while !stop {
+            let msg = match self.pending_since {
+                Some(since) => {
+                    let due = (since + CHECKPOINT_AFTER).saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(due) {
+                        Ok(m) => m,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = self.checkpoint();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            let first = match msg {
+                WriterMsg::Commit(c) => c,
+                WriterMsg::Stop => break,
+                #[cfg(test)]
+                WriterMsg::Abandon => {
+                    last_checkpoint = false;
                     break;
                 }
-                Err(_) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(WriterMsg::Commit(c)) => group.push(c),
+                    Ok(WriterMsg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    #[cfg(test)]
+                    Ok(WriterMsg::Abandon) => {
+                        stop = true;
+                        last_checkpoint = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+            if self.wal.used() >= CHECKPOINT_BYTES {
+                let _ = self.checkpoint();
             }
         }
+        if last_checkpoint {
+            let _ = self.checkpoint();
+        }
+        // Drain anything that raced with Stop.
+        while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
+            let _ = c.reply.send(Err(LedgerError::Closed));
+        }
+    }
+
+    fn commit(&mut self, mut group: Vec<CommitRequest>) {
         let started = Instant::now();
         let n = group.len();
-        match write_group(db, head, &group, &mut block) {
-            Ok((new_head, receipts)) => {
-                head = new_head;
+        match self.log_group(&mut group) {
+            Ok(receipts) => {
                 crate::metrics::global().record_ledger_commit(n, started.elapsed());
                 tracing::trace!(
                     group_size = n,
-                    head = head.seq,
+                    head = self.head.seq,
                     micros = started.elapsed().as_micros() as u64,
                     "ledger commit"
                 );
@@ -362,89 +674,159 @@ fn writer_loop(db: &Database, mut head: Head, rx: &mpsc::Receiver<WriterMsg>) {
                 for c in group {
                     let _ = c.reply.send(Err(e.clone()));
                 }
-                // The in-memory head is unchanged; re-read it in case the
-                // failure happened after a partial success elsewhere.
-                if let Ok(h) = read_head(db) {
-                    head = h;
-                }
             }
         }
     }
-    // Drain anything that raced with Stop.
-    while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
-        let _ = c.reply.send(Err(LedgerError::Closed));
+
+    /// Makes a group durable in the log (or, when it is larger than the
+    /// whole log, straight in redb) and visible to readers.
+    fn log_group(
+        &mut self,
+        group: &mut [CommitRequest],
+    ) -> Result<Vec<CommitReceipt>, LedgerError> {
+        let before = self.head;
+        let (after, receipts) = encode_group(before, group, &mut self.block)?;
+        wal::begin_entry(&mut self.entry, &before, &after, &self.block);
+        let writes = group.iter().map(|c| c.effects.kv.len()).sum();
+        wal::put_kv(
+            &mut self.entry,
+            writes,
+            group.iter().flat_map(|c| {
+                c.effects
+                    .kv
+                    .iter()
+                    .map(|(k, w)| (&*c.plugin, k.as_str(), w))
+            }),
+        );
+        if !self.wal.fits(self.entry.len()) {
+            self.checkpoint()?;
+        }
+        let mut layer = Layer::default();
+        layer.add_block(before.seq + 1, &self.block, after);
+        for c in group.iter_mut() {
+            for (key, write) in std::mem::take(&mut c.effects.kv) {
+                let value = match write {
+                    KvWrite::Set(v) => Some(v),
+                    KvWrite::Delete => None,
+                };
+                layer.add_kv(&c.plugin, key, value);
+            }
+        }
+        if wal::Wal::ever_fits(self.entry.len()) {
+            if let Err(e) = self.wal.append(&mut self.entry) {
+                // The entry may be partly on disk: a new generation makes
+                // sure it is never replayed.
+                let _ = self.checkpoint();
+                return Err(LedgerError::Storage(format!(
+                    "cannot write the ledger log: {e}"
+                )));
+            }
+            let mut overlay = self.overlay.lock().expect("ledger overlay lock");
+            overlay.current.absorb(layer);
+            self.pending_since.get_or_insert(Instant::now());
+        } else {
+            // Larger than the whole log (huge key-value writes): stored
+            // straight in redb, after everything logged before it.
+            let generation = self.wal.generation + 1;
+            store(&self.db, &layer, generation)?;
+            self.wal.restart(generation);
+        }
+        self.head = after;
+        Ok(receipts)
+    }
+
+    /// Moves every logged group into redb in one durable transaction and
+    /// starts the log again. On failure the groups stay logged and visible,
+    /// and the next checkpoint retries them.
+    fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        let frozen = {
+            let mut overlay = self.overlay.lock().expect("ledger overlay lock");
+            let current = std::mem::take(&mut overlay.current);
+            let frozen = match overlay.applying.take() {
+                Some(earlier) => {
+                    let mut all = (*earlier).clone();
+                    all.absorb(current);
+                    Arc::new(all)
+                }
+                None => Arc::new(current),
+            };
+            overlay.applying = Some(frozen.clone());
+            frozen
+        };
+        let started = Instant::now();
+        let generation = self.wal.generation + 1;
+        match store(&self.db, &frozen, generation) {
+            Ok(()) => {
+                self.wal.restart(generation);
+                self.overlay.lock().expect("ledger overlay lock").applying = None;
+                self.pending_since = None;
+                tracing::trace!(
+                    blocks = frozen.blocks.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "ledger checkpoint"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ledger checkpoint failed; the log keeps the groups");
+                // Retry later, not in a tight loop.
+                self.pending_since = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 }
 
-fn write_group(
-    db: &Database,
+/// Encodes and chains the records of a group into `block` (entries as
+/// stored in redb). Returns the chain head after them and each call's
+/// receipt.
+fn encode_group(
     head: Head,
     group: &[CommitRequest],
     block: &mut Vec<u8>,
 ) -> Result<(Head, Vec<CommitReceipt>), LedgerError> {
-    let txn = db.begin_write()?;
     let mut cursor = head;
     let mut receipts = Vec::with_capacity(group.len());
     block.clear();
-    // Keep at most 4 MiB between transactions.
+    // Keep at most 4 MiB between groups.
     if block.capacity() > 4 << 20 {
         block.shrink_to(4 << 20);
     }
     let now = now_ms();
-    {
-        let mut kv = txn.open_table(KV)?;
-        for c in group {
-            let first = cursor.seq + 1;
-            for r in &c.effects.records {
-                // entry = u16 length || hash || encoding; the length and hash
-                // are filled in once the encoding is written in place.
-                let entry = block.len();
-                block.extend_from_slice(&[0; 34]);
-                let seq = cursor.seq + 1;
-                let time_ms = if r.time_ms == 0 { now } else { r.time_ms };
-                record::encode_into(
-                    block,
-                    seq,
-                    time_ms,
-                    &c.plugin,
-                    &r.unit,
-                    r.quantity,
-                    r.source,
-                    r.subject.as_deref(),
-                    r.evidence.as_deref(),
-                );
-                let encoding = &block[entry + 34..];
-                let len = u16::try_from(encoding.len())
-                    .map_err(|_| LedgerError::Storage("a record is larger than 64 KiB".into()))?;
-                let hash = UsageRecord::chain_hash(&cursor.hash, encoding);
-                block[entry..entry + 2].copy_from_slice(&len.to_be_bytes());
-                block[entry + 2..entry + 34].copy_from_slice(&hash);
-                cursor = Head { seq, hash };
-            }
-            for (key, write) in &c.effects.kv {
-                match write {
-                    KvWrite::Set(v) => {
-                        kv.insert((&*c.plugin, key.as_str()), v.as_slice())?;
-                    }
-                    KvWrite::Delete => {
-                        kv.remove((&*c.plugin, key.as_str()))?;
-                    }
-                }
-            }
-            let seqs = (cursor.seq >= first).then_some((first, cursor.seq));
-            receipts.push(CommitReceipt {
-                seqs,
-                group_size: group.len(),
-            });
+    for c in group {
+        let first = cursor.seq + 1;
+        for r in &c.effects.records {
+            // entry = u16 length || hash || encoding; the length and hash
+            // are filled in once the encoding is written in place.
+            let entry = block.len();
+            block.extend_from_slice(&[0; 34]);
+            let seq = cursor.seq + 1;
+            let time_ms = if r.time_ms == 0 { now } else { r.time_ms };
+            record::encode_into(
+                block,
+                seq,
+                time_ms,
+                &c.plugin,
+                &r.unit,
+                r.quantity,
+                r.source,
+                r.subject.as_deref(),
+                r.evidence.as_deref(),
+            );
+            let encoding = &block[entry + 34..];
+            let len = u16::try_from(encoding.len())
+                .map_err(|_| LedgerError::Storage("a record is larger than 64 KiB".into()))?;
+            let hash = UsageRecord::chain_hash(&cursor.hash, encoding);
+            block[entry..entry + 2].copy_from_slice(&len.to_be_bytes());
+            block[entry + 2..entry + 34].copy_from_slice(&hash);
+            cursor = Head { seq, hash };
         }
-        if !block.is_empty() {
-            let mut blocks = txn.open_table(BLOCKS)?;
-            blocks.insert(head.seq + 1, block.as_slice())?;
-        }
-        let mut meta = txn.open_table(META)?;
-        meta.insert("head", cursor.encode().as_slice())?;
+        let seqs = (cursor.seq >= first).then_some((first, cursor.seq));
+        receipts.push(CommitReceipt {
+            seqs,
+            group_size: group.len(),
+        });
     }
-    txn.commit()?;
     Ok((cursor, receipts))
 }
 
@@ -514,9 +896,11 @@ impl LedgerReader {
                 message: "no ledger here (has the gateway run with this data_dir?)".into(),
             });
         }
-        Ok(Self {
-            db: open_db(&path, false)?,
-        })
+        let db = open_db(&path, false)?;
+        // What a gateway logged but did not checkpoint (it crashed or was
+        // killed) is replayed, as the gateway itself would on start.
+        recover(&db, data_dir)?;
+        Ok(Self { db })
     }
 
     /// Calls `f` with every record in sequence order: its position in the
@@ -785,6 +1169,141 @@ mod tests {
         let broken = report.broken.unwrap();
         assert_eq!(broken.seq, 3);
         assert!(broken.problem.contains("altered"), "{}", broken.problem);
+    }
+
+    fn records_of(ledger: &Ledger, from: u64) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        ledger
+            .scan_from(from, |_, r| {
+                seqs.push(r.seq);
+                true
+            })
+            .unwrap();
+        seqs
+    }
+
+    #[tokio::test]
+    async fn logged_groups_are_visible_before_and_after_their_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut e = effects(vec![rec("u", 1), rec("u", 2)]);
+        e.kv.insert("k/1".into(), KvWrite::Set(b"a".to_vec()));
+        e.kv.insert("k/2".into(), KvWrite::Set(b"b".to_vec()));
+        ledger.commit("p".into(), e).await.unwrap();
+        // Logged, not yet checkpointed: readers see it.
+        assert!(ledger.overlay().head().is_some(), "still in the log");
+        assert_eq!(ledger.head().unwrap().seq, 2);
+        assert_eq!(ledger.kv_get("p", "k/1").unwrap(), Some(b"a".to_vec()));
+        assert_eq!(records_of(&ledger, 1), vec![1, 2]);
+        // Checkpointed: the same from redb.
+        tokio::time::sleep(CHECKPOINT_AFTER * 3).await;
+        assert!(ledger.overlay().head().is_none(), "checkpointed");
+        assert_eq!(ledger.head().unwrap().seq, 2);
+        assert_eq!(ledger.kv_list("p", "k/", 10).unwrap(), vec!["k/1", "k/2"]);
+        // A logged delete hides a stored key; a logged set adds one.
+        let mut e = effects(vec![rec("u", 3)]);
+        e.kv.insert("k/1".into(), KvWrite::Delete);
+        e.kv.insert("k/0".into(), KvWrite::Set(b"z".to_vec()));
+        ledger.commit("p".into(), e).await.unwrap();
+        assert_eq!(ledger.kv_get("p", "k/1").unwrap(), None);
+        assert_eq!(ledger.kv_list("p", "k/", 10).unwrap(), vec!["k/0", "k/2"]);
+        assert_eq!(ledger.kv_list("p", "k/", 1).unwrap(), vec!["k/0"]);
+        assert_eq!(ledger.kv_list("q", "k/", 10).unwrap(), Vec::<String>::new());
+        // A scan spans redb and the log, without repeats.
+        assert_eq!(records_of(&ledger, 1), vec![1, 2, 3]);
+        assert_eq!(records_of(&ledger, 3), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_crash_loses_no_acknowledged_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let mut e = effects(vec![rec("u", i)]);
+            e.kv.insert(format!("k/{i}"), KvWrite::Set(vec![i as u8]));
+            ledger.commit("p".into(), e).await.unwrap();
+        }
+        ledger.abandon();
+        drop(ledger);
+        // The reader replays the log, as a restarted gateway would.
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (10, None));
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.kv_get("p", "k/9").unwrap(), Some(vec![9]));
+        assert_eq!(ledger.kv_list("p", "k/", 100).unwrap().len(), 10);
+        // The chain goes on from there, across another crash.
+        ledger
+            .commit("p".into(), effects(vec![rec("u", 10)]))
+            .await
+            .unwrap();
+        ledger.abandon();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, 11);
+        ledger.close();
+        drop(ledger);
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (11, None));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_log_entry_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for i in 0..3u64 {
+            ledger
+                .commit("p".into(), effects(vec![rec("u", i)]))
+                .await
+                .unwrap();
+        }
+        ledger.abandon();
+        drop(ledger);
+        // Damage the last byte of the third entry (the log is otherwise
+        // zeros after it).
+        let path = dir.path().join(WAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap();
+        bytes[end] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, 2, "the torn group is gone");
+        // Its place is taken by the next commit; the old bytes never return.
+        ledger
+            .commit("p".into(), effects(vec![rec("v", 7)]))
+            .await
+            .unwrap();
+        ledger.abandon();
+        drop(ledger);
+        let reader = LedgerReader::open(dir.path()).unwrap();
+        let report = reader.verify().unwrap();
+        assert_eq!((report.records, report.broken), (3, None));
+        let summary = reader.summary().unwrap();
+        assert_eq!(summary.iter().map(|t| t.records).sum::<u64>(), 3);
+        assert!(summary.iter().any(|t| t.unit == "v" && t.quantity == 7));
+    }
+
+    #[tokio::test]
+    async fn a_group_larger_than_the_log_goes_straight_to_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .commit("p".into(), effects(vec![rec("u", 1)]))
+            .await
+            .unwrap();
+        let mut e = effects(vec![rec("u", 2)]);
+        let big = vec![7u8; wal::WAL_BYTES as usize + 1];
+        e.kv.insert("big".into(), KvWrite::Set(big.clone()));
+        let receipt = ledger.commit("p".into(), e).await.unwrap();
+        assert_eq!(receipt.seqs, Some((2, 2)));
+        assert_eq!(ledger.kv_get("p", "big").unwrap(), Some(big));
+        ledger
+            .commit("p".into(), effects(vec![rec("u", 3)]))
+            .await
+            .unwrap();
+        ledger.abandon();
+        drop(ledger);
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (3, None));
     }
 
     #[tokio::test]

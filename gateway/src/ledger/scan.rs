@@ -14,28 +14,49 @@ impl Ledger {
         from_seq: u64,
         mut f: impl FnMut(Hash, UsageRecord) -> bool,
     ) -> Result<(), LedgerError> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(BLOCKS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        // redb's snapshot and the logged blocks are taken together, so no
+        // group falls between them (a checkpoint may put a group in both;
+        // it is read once).
+        let (txn, logged) = {
+            let overlay = self.overlay();
+            (self.db.begin_read()?, overlay.blocks())
         };
-        // The block holding `from_seq` starts at or before it.
-        let start = match table.range(..=from_seq)?.next_back() {
-            Some(entry) => entry?.0.value(),
-            None => from_seq,
-        };
-        for entry in table.range(start..)? {
-            let (k, v) = entry?;
-            for (seq, e) in (k.value()..).zip(block_entries(v.value())) {
-                if seq < from_seq {
+        // The next record to hand out.
+        let mut next = from_seq;
+        let mut visit = |first: u64, block: &[u8]| -> Result<bool, LedgerError> {
+            for (seq, e) in (first..).zip(block_entries(block)) {
+                if seq < next {
                     continue;
                 }
                 let (hash, enc) = e.map_err(|e| storage(seq, e))?;
                 let record = UsageRecord::decode(enc).map_err(|e| storage(seq, e))?;
+                next = seq + 1;
                 if !f(hash, record) {
-                    return Ok(());
+                    return Ok(false);
                 }
+            }
+            Ok(true)
+        };
+        match txn.open_table(BLOCKS) {
+            Ok(table) => {
+                // The block holding `from_seq` starts at or before it.
+                let start = match table.range(..=from_seq)?.next_back() {
+                    Some(entry) => entry?.0.value(),
+                    None => from_seq,
+                };
+                for entry in table.range(start..)? {
+                    let (k, v) = entry?;
+                    if !visit(k.value(), v.value())? {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for (first, block) in logged {
+            if !visit(first, &block)? {
+                return Ok(());
             }
         }
         Ok(())
