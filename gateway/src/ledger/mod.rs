@@ -640,7 +640,12 @@ impl Writer {
                 }
             }
             self.commit(group);
-            if self.wal.used() >= CHECKPOINT_BYTES {
+            // Also checked here: a steady stream of commits never lets the
+            // receive above time out.
+            let due = self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER);
+            if due || self.wal.used() >= CHECKPOINT_BYTES {
                 let _ = self.checkpoint();
             }
         }
