@@ -537,7 +537,9 @@ fn plugin_called_per_request(home: &Home) -> Vec<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_hits_are_answered_by_the_host_and_still_metered_each_time() {
     let origin = Origin::start(Duration::ZERO).await;
-    let bytes = pseudo_random(20_000, 31);
+    // Larger than the blobs the store keeps in memory, so the host opens
+    // the file each time (see the next test for small ones).
+    let bytes = pseudo_random(100_000, 31);
     let digest = sha256_digest(&bytes);
     let origin_path = format!("/b/{digest}");
     origin.serve(&origin_path, bytes.clone());
@@ -617,4 +619,60 @@ async fn repeated_hits_are_answered_by_the_host_and_still_metered_each_time() {
         })
         .unwrap();
     assert_eq!(hits, 1 + 7 + 1 + 1 + 1, "every hit, reused or not");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_reused_blobs_are_served_from_memory_and_forgotten_on_eviction() {
+    let origin = Origin::start(Duration::ZERO).await;
+    let a = pseudo_random(30_000, 41);
+    let b = pseudo_random(30_000, 42);
+    let (da, db) = (sha256_digest(&a), sha256_digest(&b));
+    let (oa, ob) = (format!("/b/{da}"), format!("/b/{db}"));
+    origin.serve(&oa, a.clone());
+    origin.serve(&ob, b.clone());
+    // Room for one of the two.
+    let home = cache_home(
+        &[origin.url()],
+        50_000,
+        format!("origin = \"{}/b\"\nhit_reuse_ms = 60000\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.http_addr;
+    let (pa, pb) = (format!("/blobs/{da}"), format!("/blobs/{db}"));
+    let get = |path: String| async move {
+        let (status, _, body) = call(addr, "GET", &path, &[]).await;
+        assert_eq!(status, 200);
+        body
+    };
+
+    // Miss, hit (marked reusable), two repeats (the second from memory).
+    for _ in 0..4 {
+        assert_eq!(get(pa.clone()).await.as_ref(), a.as_slice());
+    }
+    // b does not fit beside a: the plugin evicts a through the store, which
+    // forgets its copy in memory. The reused answer for a then finds no
+    // blob and the plugin pulls a again.
+    assert_eq!(origin.hits(&oa), 1);
+    assert_eq!(get(pb.clone()).await.as_ref(), b.as_slice());
+    assert_eq!(get(pa.clone()).await.as_ref(), a.as_slice());
+    // (A miss that must evict first pulls twice: the first pull is refused
+    // by the quota.)
+    let pulled = origin.hits(&oa);
+    assert!(pulled > 1, "a was pulled again after its eviction");
+    // A hit marked reusable, a repeat (kept in memory), then the file is
+    // removed behind the gateway's back: the repeat is still served, from
+    // memory, with the same bytes (content-addressed, so never stale).
+    assert_eq!(get(pa.clone()).await.as_ref(), a.as_slice());
+    assert_eq!(get(pa.clone()).await.as_ref(), a.as_slice());
+    std::fs::remove_file(blob_file(&home, &da)).unwrap();
+    assert_eq!(get(pa.clone()).await.as_ref(), a.as_slice());
+    assert_eq!(origin.hits(&oa), pulled);
+    gw.shutdown().await;
+
+    // a: miss, hit, 2 reused; b: miss; a: the failed reuse goes to the
+    // plugin (miss), hit, 2 reused.
+    assert_eq!(
+        plugin_called_per_request(&home),
+        [true, true, false, false, true, true, true, false, false]
+    );
 }

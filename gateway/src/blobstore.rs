@@ -94,6 +94,11 @@ struct Accounting {
     reserved: u64,
 }
 
+/// Largest blob [`BlobStore::open_hot`] keeps in memory.
+pub const HOT_BLOB_BYTES: u64 = 64 << 10;
+/// Most bytes of blobs a store keeps in memory.
+const HOT_BUDGET_BYTES: usize = 8 << 20;
+
 /// One plugin's blob store.
 pub struct BlobStore {
     dir: Dir,
@@ -101,6 +106,34 @@ pub struct BlobStore {
     quota: u64,
     accounting: Mutex<Accounting>,
     flights: Mutex<HashMap<BlobDigest, Arc<tokio::sync::Mutex<()>>>>,
+    hot: Mutex<Hot>,
+}
+
+/// Small blobs kept in memory for the answers the host repeats (see
+/// `runtime::reuse`). Blobs are content-addressed, so a kept copy is never
+/// stale; `delete` forgets it.
+#[derive(Default)]
+struct Hot {
+    blobs: HashMap<BlobDigest, bytes::Bytes>,
+    bytes: usize,
+    /// Counts deletes, so a read that raced with one is not kept.
+    deletes: u64,
+}
+
+/// A stored blob, opened.
+#[derive(Debug)]
+pub enum OpenedBlob {
+    File(std::fs::File, u64),
+    Memory(bytes::Bytes),
+}
+
+impl OpenedBlob {
+    pub fn size(&self) -> u64 {
+        match self {
+            OpenedBlob::File(_, size) => *size,
+            OpenedBlob::Memory(b) => b.len() as u64,
+        }
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -138,6 +171,7 @@ impl BlobStore {
             quota,
             accounting: Mutex::new(accounting),
             flights: Mutex::new(HashMap::new()),
+            hot: Mutex::new(Hot::default()),
         })
     }
 
@@ -176,6 +210,40 @@ impl BlobStore {
         }
     }
 
+    /// Like [`open_blob`](Self::open_blob), but a blob of at most
+    /// [`HOT_BLOB_BYTES`] is read once and then served from memory (up to
+    /// 8 MiB per store; when that is full the kept copies are dropped and
+    /// kept anew). For answers the host repeats many times a second.
+    pub fn open_hot(&self, digest: &BlobDigest) -> io::Result<Option<OpenedBlob>> {
+        let deletes = {
+            let hot = self.hot.lock().expect("hot blobs lock");
+            if let Some(b) = hot.blobs.get(digest) {
+                return Ok(Some(OpenedBlob::Memory(b.clone())));
+            }
+            hot.deletes
+        };
+        let Some((mut file, size)) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
+        if size > HOT_BLOB_BYTES {
+            return Ok(Some(OpenedBlob::File(file, size)));
+        }
+        let mut buf = vec![0u8; size as usize];
+        file.read_exact(&mut buf)?;
+        let bytes = bytes::Bytes::from(buf);
+        let mut hot = self.hot.lock().expect("hot blobs lock");
+        if hot.deletes == deletes {
+            if hot.bytes + bytes.len() > HOT_BUDGET_BYTES {
+                hot.blobs.clear();
+                hot.bytes = 0;
+            }
+            if hot.blobs.insert(digest.clone(), bytes.clone()).is_none() {
+                hot.bytes += bytes.len();
+            }
+        }
+        Ok(Some(OpenedBlob::Memory(bytes)))
+    }
+
     /// Up to `length` bytes of a stored blob from `offset`.
     pub fn read_range(
         &self,
@@ -195,6 +263,13 @@ impl BlobStore {
 
     /// Removes a stored blob; returns whether it was there.
     pub fn delete(&self, digest: &BlobDigest) -> io::Result<bool> {
+        {
+            let mut hot = self.hot.lock().expect("hot blobs lock");
+            hot.deletes += 1;
+            if let Some(b) = hot.blobs.remove(digest) {
+                hot.bytes -= b.len();
+            }
+        }
         let Some(size) = self.stat(digest)? else {
             return Ok(false);
         };
@@ -485,6 +560,34 @@ mod tests {
         assert!(s.delete(&BlobDigest::of(b"123456")).unwrap());
         put(&s, b"abcdef").unwrap();
         assert_eq!(s.usage().bytes, 6);
+    }
+
+    #[test]
+    fn small_blobs_are_kept_in_memory_until_deleted() {
+        let (_d, s) = store(1 << 20);
+        let small = put(&s, b"small blob").unwrap();
+        let large_bytes = vec![9u8; HOT_BLOB_BYTES as usize + 1];
+        let large = put(&s, &large_bytes).unwrap();
+        match s.open_hot(&large).unwrap().unwrap() {
+            OpenedBlob::File(_, size) => assert_eq!(size, large_bytes.len() as u64),
+            other => panic!("a large blob is read from its file: {other:?}"),
+        }
+        match s.open_hot(&small).unwrap().unwrap() {
+            OpenedBlob::Memory(b) => assert_eq!(b.as_ref(), b"small blob"),
+            other => panic!("{other:?}"),
+        }
+        // Kept: served even though its file is gone behind the store's back.
+        s.dir.remove_file(small.file()).unwrap();
+        assert!(matches!(
+            s.open_hot(&small).unwrap(),
+            Some(OpenedBlob::Memory(_))
+        ));
+        // Deleted through the store: forgotten at once.
+        let again = put(&s, b"small blob").unwrap();
+        assert!(s.delete(&again).unwrap());
+        assert!(s.open_hot(&small).unwrap().is_none());
+        let hot = s.hot.lock().unwrap();
+        assert_eq!((hot.blobs.len(), hot.bytes), (0, 0));
     }
 
     #[test]

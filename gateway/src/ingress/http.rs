@@ -307,6 +307,7 @@ impl HttpIngress {
                         r,
                         &conditional,
                         request_id,
+                        false,
                     ),
                     Ok(r) => plugin_response(r, request_id),
                     Err(e) => {
@@ -385,6 +386,7 @@ impl HttpIngress {
             answer.response.clone(),
             &conditional,
             request_id,
+            true,
         );
         if response.status() == StatusCode::NOT_FOUND || response.status().is_server_error() {
             // The blob is gone (evicted, deleted) or unreadable: ask the plugin.

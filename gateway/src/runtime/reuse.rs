@@ -6,9 +6,11 @@
 //! plugin. The records are durable before the response, as for any call.
 //!
 //! Only blob answers qualify: a blob is content-addressed, so the bytes
-//! behind the answer cannot change while it is reused, and a blob deleted
-//! in the meantime is noticed when the host opens it (the request then
-//! goes to the plugin). A reload starts with no reusable answers.
+//! behind the answer cannot change while it is reused. Small blobs are
+//! served from the copy the store keeps in memory (`BlobStore::open_hot`),
+//! which a delete through the store forgets; a larger blob deleted in the
+//! meantime is noticed when the host opens it (the request then goes to
+//! the plugin). A reload starts with no reusable answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

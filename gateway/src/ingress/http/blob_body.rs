@@ -17,7 +17,7 @@ use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{HttpBody, error_response, plugin_response};
-use crate::blobstore::{BlobDigest, BlobStore};
+use crate::blobstore::{BlobDigest, BlobStore, OpenedBlob};
 use crate::runtime::contract::{BlobRef, Body, HttpRequest, HttpResponse};
 
 /// Largest read per body frame.
@@ -65,12 +65,15 @@ impl Conditional {
     }
 }
 
-/// The response for a plugin answer with a blob body.
+/// The response for a plugin answer with a blob body. `hot`: the answer
+/// is repeated by the host, so a small blob is served from the copy the
+/// store keeps in memory ([`BlobStore::open_hot`]).
 pub(super) fn respond(
     store: Option<&BlobStore>,
     r: HttpResponse,
     cond: &Conditional,
     request_id: &std::sync::Arc<str>,
+    hot: bool,
 ) -> Response<HttpBody> {
     let Body::Blob(blob) = &r.body else {
         unreachable!("called for blob bodies only")
@@ -98,8 +101,15 @@ pub(super) fn respond(
             );
         }
     };
-    let (file, size) = match store.open_blob(&digest) {
-        Ok(Some(f)) => f,
+    let opened = if hot {
+        store.open_hot(&digest)
+    } else {
+        store
+            .open_blob(&digest)
+            .map(|o| o.map(|(file, size)| OpenedBlob::File(file, size)))
+    };
+    let blob = match opened {
+        Ok(Some(b)) => b,
         Ok(None) => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -116,6 +126,7 @@ pub(super) fn respond(
             );
         }
     };
+    let size = blob.size();
     // The entity: the slice of the blob the plugin named.
     let start = offset.min(size);
     let len = length.map_or(size - start, |l| l.min(size - start));
@@ -176,7 +187,7 @@ pub(super) fn respond(
         return response;
     }
     let (parts, _) = response.into_parts();
-    match open_body(file, start + from, count) {
+    match open_body(blob, start + from, count) {
         Ok(body) => Response::from_parts(parts, body),
         Err(e) => {
             tracing::error!(error = %e, "cannot read a blob");
@@ -189,11 +200,18 @@ pub(super) fn respond(
     }
 }
 
-/// The body for `count` bytes of `file` from `position`: read at once when
-/// small (one syscall beats a trip to the blocking pool), streamed
-/// otherwise.
-fn open_body(mut file: std::fs::File, position: u64, count: u64) -> io::Result<HttpBody> {
+/// The body for `count` bytes of `blob` from `position`: a slice of the
+/// copy in memory, or read from the file at once when small (one syscall
+/// beats a trip to the blocking pool), streamed otherwise.
+fn open_body(blob: OpenedBlob, position: u64, count: u64) -> io::Result<HttpBody> {
     use std::io::{Read, Seek};
+    let mut file = match blob {
+        OpenedBlob::Memory(bytes) => {
+            let slice = bytes.slice(position as usize..(position + count) as usize);
+            return Ok(Either::Left(http_body_util::Full::new(slice)));
+        }
+        OpenedBlob::File(file, _) => file,
+    };
     file.seek(io::SeekFrom::Start(position))?;
     if count <= SMALL {
         let mut bytes = vec![0u8; count as usize];
