@@ -132,7 +132,11 @@ pub(super) fn respond(
     let len = length.map_or(size - start, |l| l.min(size - start));
     let whole = start == 0 && len == size;
     let etag = if whole {
-        format!("\"{}\"", digest.as_str())
+        let mut tag = String::with_capacity(digest.as_str().len() + 2);
+        tag.push('"');
+        tag.push_str(digest.as_str());
+        tag.push('"');
+        tag
     } else {
         format!("\"{}:{start}-{}\"", digest.as_str(), start + len)
     };
