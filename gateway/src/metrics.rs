@@ -199,7 +199,8 @@ impl Metrics {
         c.reused += u64::from(call.reused);
     }
 
-    /// Counts one ledger transaction that committed `group_size` calls.
+    /// Counts one ledger commit group (one log write and fdatasync) of
+    /// `group_size` calls.
     pub fn record_ledger_commit(&self, group_size: usize, took: Duration) {
         crate::otel::export_ledger_commit(group_size, took);
         let mut l = self.ledger.lock().expect("metrics lock");

@@ -271,7 +271,7 @@ impl Ledger {
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, LedgerError> {
         let path = data_dir.join(LEDGER_FILE);
         let db = open_db(&path, true)?;
-        let (head, generation) = recover(&db, data_dir)?;
+        let (head, generation) = recover(&db, data_dir).map_err(|e| naming(&path, e))?;
         let wal = wal::Wal::open(data_dir, generation)?;
         let db = Arc::new(db);
         let overlay = Arc::new(Mutex::new(Overlay::default()));
@@ -436,6 +436,17 @@ fn open_db(path: &Path, create: bool) -> Result<Database, LedgerError> {
             message: other.to_string(),
         },
     })
+}
+
+/// A storage failure while opening, with the ledger's path.
+fn naming(path: &Path, e: LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Storage(message) => LedgerError::Open {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    }
 }
 
 /// Moves what the log holds beyond the last checkpoint into redb and
@@ -904,7 +915,7 @@ impl LedgerReader {
         let db = open_db(&path, false)?;
         // What a gateway logged but did not checkpoint (it crashed or was
         // killed) is replayed, as the gateway itself would on start.
-        recover(&db, data_dir)?;
+        recover(&db, data_dir).map_err(|e| naming(&path, e))?;
         Ok(Self { db })
     }
 
