@@ -9,8 +9,9 @@
 //!   commit into one group, made durable with one contiguous write and one
 //!   fdatasync of the log (`wal.rs`). Logged groups are visible to readers
 //!   at once and are moved into redb in bulk (a checkpoint) every
-//!   `CHECKPOINT_AFTER` or `CHECKPOINT_BYTES`; opening the ledger replays
-//!   whatever the log holds beyond the last checkpoint.
+//!   `CHECKPOINT_AFTER` or `CHECKPOINT_BYTES`, by a checkpoint thread while
+//!   the writer goes on logging in the log's other region; opening the
+//!   ledger replays whatever the log holds beyond the last checkpoint.
 //! - Records are numbered from 1 without gaps and chained
 //!   (`hash = sha256(prev_hash || encoding)`); a crash at any moment leaves
 //!   every acknowledged group intact, so the chain never breaks.
@@ -120,6 +121,17 @@ enum WriterMsg {
     /// Test support: stop without a last checkpoint, as a crash would.
     #[cfg(test)]
     Abandon,
+    /// Test support: from now on, freeze generations for checkpoints but
+    /// never store them, as if every checkpoint were cut short by a crash.
+    #[cfg(test)]
+    HoldCheckpoints,
+}
+
+/// Frozen groups for the checkpoint thread to store, with the log
+/// generation redb replays from once they are stored.
+struct CheckpointJob {
+    layer: Arc<Layer>,
+    generation: u64,
 }
 
 /// Commit groups that are durable in the log but not yet in redb.
@@ -163,10 +175,11 @@ impl Layer {
     }
 }
 
-/// What readers see besides redb: the groups logged since the last
-/// checkpoint (`current`) and those a running checkpoint is storing.
-/// A checkpoint clears `applying` only after its redb transaction is
-/// committed, so a reader that finds nothing here finds it in redb.
+/// What readers see besides redb: the groups logged in the current log
+/// generation (`current`) and those of the previous generation, frozen for
+/// a checkpoint that has not committed yet (`applying`). A checkpoint
+/// clears `applying` only after its redb transaction is committed, so a
+/// reader that finds nothing here finds it in redb.
 #[derive(Debug, Default)]
 struct Overlay {
     current: Layer,
@@ -276,6 +289,20 @@ impl Ledger {
         let db = Arc::new(db);
         let overlay = Arc::new(Mutex::new(Overlay::default()));
         let (tx, rx) = mpsc::channel();
+        let spawn_failed = |e: std::io::Error| LedgerError::Open {
+            path: path.clone(),
+            message: format!("cannot start a ledger thread: {e}"),
+        };
+        let (jobs, job_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn({
+                let db = db.clone();
+                let overlay = overlay.clone();
+                move || run_checkpoints(&db, &overlay, &job_rx, &done_tx)
+            })
+            .map_err(spawn_failed)?;
         let writer = Writer {
             db: db.clone(),
             head,
@@ -284,14 +311,18 @@ impl Ledger {
             block: Vec::new(),
             entry: Vec::new(),
             pending_since: None,
+            jobs: Some(jobs),
+            done,
+            checkpointer: Some(checkpointer),
+            checkpointing: false,
+            applying_generation: 0,
+            #[cfg(test)]
+            hold_checkpoints: false,
         };
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer.run(&rx))
-            .map_err(|e| LedgerError::Open {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(spawn_failed)?;
         Ok(Arc::new(Self {
             db,
             path,
@@ -397,6 +428,14 @@ impl Ledger {
         }
     }
 
+    /// Test support: see [`WriterMsg::HoldCheckpoints`].
+    #[cfg(test)]
+    fn hold_checkpoints(&self) {
+        if let Some(tx) = self.tx.lock().expect("ledger sender lock").as_ref() {
+            let _ = tx.send(WriterMsg::HoldCheckpoints);
+        }
+    }
+
     /// Stops the writer after it has committed everything already queued.
     /// Further commits fail with `Closed`.
     pub fn close(&self) {
@@ -461,7 +500,12 @@ fn recover(db: &Database, data_dir: &Path) -> Result<(Head, u64), LedgerError> {
     let mut groups = 0usize;
     match std::fs::read(&path) {
         Ok(bytes) => {
-            for logged in wal::read_entries(&bytes, generation) {
+            // The generation redb has not got, and the one logged while its
+            // checkpoint ran (see wal.rs).
+            let entries = wal::read_entries(&bytes, generation)
+                .into_iter()
+                .chain(wal::read_entries(&bytes, generation + 1));
+            for logged in entries {
                 let records = block_entries(&logged.block).count() as u64;
                 if logged.before != cursor || logged.after.seq != cursor.seq + records {
                     tracing::warn!(
@@ -490,7 +534,9 @@ fn recover(db: &Database, data_dir: &Path) -> Result<(Head, u64), LedgerError> {
             });
         }
     }
-    store(db, &layer, generation + 1)?;
+    // Past both generations that were replayable.
+    let generation = generation + 2;
+    store(db, &layer, generation)?;
     if groups > 0 {
         tracing::info!(
             groups,
@@ -498,7 +544,7 @@ fn recover(db: &Database, data_dir: &Path) -> Result<(Head, u64), LedgerError> {
             "ledger: replayed commit groups from the log"
         );
     }
-    Ok((cursor, generation + 1))
+    Ok((cursor, generation))
 }
 
 /// Stores `layer` in one durable redb transaction, with `generation` as the
@@ -594,9 +640,25 @@ struct Writer {
     /// to group: fresh buffers per group cost page faults under load.
     block: Vec<u8>,
     entry: Vec<u8>,
-    /// When the oldest group not yet checkpointed was logged.
+    /// Since when a checkpoint is wanted: when the first group of the
+    /// current generation was logged, or when a checkpoint failed.
     pending_since: Option<Instant>,
+    /// To the checkpoint thread; `None` once it is told to stop.
+    jobs: Option<mpsc::Sender<CheckpointJob>>,
+    /// Its results, one per job.
+    done: mpsc::Receiver<Result<(), LedgerError>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// A job is with the checkpoint thread.
+    checkpointing: bool,
+    /// The generation to store with the frozen layer (`Overlay::applying`).
+    applying_generation: u64,
+    #[cfg(test)]
+    hold_checkpoints: bool,
 }
+
+/// How often a writer that is due for a checkpoint looks again while the
+/// previous one is still running.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
     /// Takes every queued commit into one group, until stopped; then
@@ -607,18 +669,15 @@ impl Writer {
         #[cfg_attr(not(test), allow(unused_mut))]
         let mut last_checkpoint = true;
         while !stop {
-            let msg = match self.pending_since {
-                Some(since) => {
-                    let due = (since + CHECKPOINT_AFTER).saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(due) {
-                        Ok(m) => m,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            let _ = self.checkpoint();
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            let msg = match self.checkpoint_due_in() {
+                Some(due) => match rx.recv_timeout(due) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.maybe_checkpoint();
+                        continue;
                     }
-                }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
                 None => match rx.recv() {
                     Ok(m) => m,
                     Err(_) => break,
@@ -631,6 +690,11 @@ impl Writer {
                 WriterMsg::Abandon => {
                     last_checkpoint = false;
                     break;
+                }
+                #[cfg(test)]
+                WriterMsg::HoldCheckpoints => {
+                    self.hold_checkpoints = true;
+                    continue;
                 }
             };
             let mut group = vec![first];
@@ -647,21 +711,23 @@ impl Writer {
                         last_checkpoint = false;
                         break;
                     }
+                    #[cfg(test)]
+                    Ok(WriterMsg::HoldCheckpoints) => self.hold_checkpoints = true,
                     Err(_) => break,
                 }
             }
             self.commit(group);
             // Also checked here: a steady stream of commits never lets the
             // receive above time out.
-            let due = self
-                .pending_since
-                .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER);
-            if due || self.wal.used() >= CHECKPOINT_BYTES {
-                let _ = self.checkpoint();
-            }
+            self.maybe_checkpoint();
         }
-        if last_checkpoint {
-            let _ = self.checkpoint();
+        if last_checkpoint && let Err(e) = self.checkpoint_now() {
+            tracing::error!(error = %e, "last ledger checkpoint failed; the log keeps the groups");
+        }
+        // The checkpoint thread finishes its job, if any, and ends.
+        self.jobs = None;
+        if let Some(handle) = self.checkpointer.take() {
+            let _ = handle.join();
         }
         // Drain anything that raced with Stop.
         while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
@@ -694,8 +760,8 @@ impl Writer {
         }
     }
 
-    /// Makes a group durable in the log (or, when it is larger than the
-    /// whole log, straight in redb) and visible to readers.
+    /// Makes a group durable in the log (or, when it is larger than a log
+    /// region, straight in redb) and visible to readers.
     fn log_group(
         &mut self,
         group: &mut [CommitRequest],
@@ -714,9 +780,6 @@ impl Writer {
                     .map(|(k, w)| (&*c.plugin, k.as_str(), w))
             }),
         );
-        if !self.wal.fits(self.entry.len()) {
-            self.checkpoint()?;
-        }
         let mut layer = Layer::default();
         layer.add_block(before.seq + 1, &self.block, after);
         for c in group.iter_mut() {
@@ -729,10 +792,16 @@ impl Writer {
             }
         }
         if wal::Wal::ever_fits(self.entry.len()) {
+            if !self.wal.fits(self.entry.len()) {
+                // The other region is free once the previous checkpoint
+                // is stored; this one is stored while logging goes on.
+                self.settle()?;
+                self.rotate();
+            }
             if let Err(e) = self.wal.append(&mut self.entry) {
                 // The entry may be partly on disk: a new generation makes
                 // sure it is never replayed.
-                let _ = self.checkpoint();
+                let _ = self.checkpoint_now();
                 return Err(LedgerError::Storage(format!(
                     "cannot write the ledger log: {e}"
                 )));
@@ -741,8 +810,9 @@ impl Writer {
             overlay.current.absorb(layer);
             self.pending_since.get_or_insert(Instant::now());
         } else {
-            // Larger than the whole log (huge key-value writes): stored
+            // Larger than a whole region (huge key-value writes): stored
             // straight in redb, after everything logged before it.
+            self.checkpoint_now()?;
             let generation = self.wal.generation + 1;
             store(&self.db, &layer, generation)?;
             self.wal.restart(generation);
@@ -751,46 +821,174 @@ impl Writer {
         Ok(receipts)
     }
 
-    /// Moves every logged group into redb in one durable transaction and
-    /// starts the log again. On failure the groups stay logged and visible,
-    /// and the next checkpoint retries them.
-    fn checkpoint(&mut self) -> Result<(), LedgerError> {
+    /// How long until a checkpoint is due; `None` when none is wanted.
+    fn checkpoint_due_in(&mut self) -> Option<Duration> {
+        self.collect_done();
+        let since = self.pending_since?;
+        let due = (since + CHECKPOINT_AFTER).saturating_duration_since(Instant::now());
+        Some(if self.checkpointing {
+            due.max(CHECKPOINT_POLL)
+        } else {
+            due
+        })
+    }
+
+    /// Takes the results of finished checkpoint jobs, without waiting.
+    fn collect_done(&mut self) {
+        while let Ok(result) = self.done.try_recv() {
+            self.checkpoint_finished(result);
+        }
+    }
+
+    fn checkpoint_finished(&mut self, result: Result<(), LedgerError>) {
+        self.checkpointing = false;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "ledger checkpoint failed; the log keeps the groups");
+            // Retried later, not in a tight loop.
+            self.pending_since = Some(Instant::now());
+        }
+    }
+
+    /// Starts a checkpoint when one is due and none is running: of the
+    /// current generation, or again of a frozen one whose checkpoint
+    /// failed.
+    fn maybe_checkpoint(&mut self) {
+        self.collect_done();
+        let due = self
+            .pending_since
+            .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER)
+            || self.wal.used() >= CHECKPOINT_BYTES;
+        if !due || self.checkpointing {
+            return;
+        }
+        let failed = self
+            .overlay
+            .lock()
+            .expect("ledger overlay lock")
+            .applying
+            .clone();
+        match failed {
+            Some(layer) => {
+                self.pending_since = Some(Instant::now());
+                self.send_job(layer, self.applying_generation);
+            }
+            None if self.wal.used() > 0 => self.rotate(),
+            None => self.pending_since = None,
+        }
+    }
+
+    /// Freezes the current generation for a checkpoint and starts logging
+    /// the next one in the other region. Only when no frozen generation is
+    /// left to store (after [`Self::settle`], or when `applying` is empty
+    /// and no job runs): the other region still holds the previous one
+    /// until it is stored.
+    fn rotate(&mut self) {
+        let generation = self.wal.generation + 1;
         let frozen = {
             let mut overlay = self.overlay.lock().expect("ledger overlay lock");
-            let current = std::mem::take(&mut overlay.current);
-            let frozen = match overlay.applying.take() {
-                Some(earlier) => {
-                    let mut all = (*earlier).clone();
-                    all.absorb(current);
-                    Arc::new(all)
-                }
-                None => Arc::new(current),
-            };
+            debug_assert!(overlay.applying.is_none() && !self.checkpointing);
+            let frozen = Arc::new(std::mem::take(&mut overlay.current));
             overlay.applying = Some(frozen.clone());
             frozen
         };
-        let started = Instant::now();
-        let generation = self.wal.generation + 1;
-        match store(&self.db, &frozen, generation) {
-            Ok(()) => {
-                self.wal.restart(generation);
-                self.overlay.lock().expect("ledger overlay lock").applying = None;
-                self.pending_since = None;
-                tracing::trace!(
-                    blocks = frozen.blocks.len(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "ledger checkpoint"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ledger checkpoint failed; the log keeps the groups");
-                // Retry later, not in a tight loop.
-                self.pending_since = Some(Instant::now());
-                Err(e)
-            }
+        self.wal.restart(generation);
+        self.applying_generation = generation;
+        self.pending_since = None;
+        self.send_job(frozen, generation);
+    }
+
+    fn send_job(&mut self, layer: Arc<Layer>, generation: u64) {
+        self.checkpointing = true;
+        #[cfg(test)]
+        if self.hold_checkpoints {
+            return;
+        }
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(CheckpointJob { layer, generation }).is_ok());
+        if !sent {
+            // No checkpoint thread: `settle` stores the layer itself.
+            self.checkpointing = false;
         }
     }
+
+    /// Waits for a running checkpoint, then stores a frozen generation
+    /// that is still not in redb (its checkpoint failed) on this thread.
+    /// Afterwards both log regions but the current one are free.
+    fn settle(&mut self) -> Result<(), LedgerError> {
+        if self.checkpointing {
+            #[cfg(test)]
+            if self.hold_checkpoints {
+                return Err(LedgerError::Storage("checkpoints are held".into()));
+            }
+            let result = self
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err(LedgerError::Storage("checkpoint thread ended".into())));
+            self.checkpoint_finished(result);
+        }
+        let failed = self
+            .overlay
+            .lock()
+            .expect("ledger overlay lock")
+            .applying
+            .clone();
+        if let Some(layer) = failed {
+            store_checkpoint(&self.db, &self.overlay, &layer, self.applying_generation)?;
+        }
+        Ok(())
+    }
+
+    /// Moves everything logged into redb before returning.
+    fn checkpoint_now(&mut self) -> Result<(), LedgerError> {
+        self.settle()?;
+        self.rotate();
+        self.settle()
+    }
+}
+
+/// The checkpoint thread: stores each job's layer, reporting each result,
+/// until the writer stops sending.
+fn run_checkpoints(
+    db: &Database,
+    overlay: &Mutex<Overlay>,
+    jobs: &mpsc::Receiver<CheckpointJob>,
+    done: &mpsc::Sender<Result<(), LedgerError>>,
+) {
+    while let Ok(job) = jobs.recv() {
+        let result = store_checkpoint(db, overlay, &job.layer, job.generation);
+        if done.send(result).is_err() {
+            break;
+        }
+    }
+}
+
+/// Stores a frozen generation in one durable redb transaction with
+/// `generation` as the one to replay from, then stops showing it from the
+/// overlay (redb has it now).
+fn store_checkpoint(
+    db: &Database,
+    overlay: &Mutex<Overlay>,
+    layer: &Arc<Layer>,
+    generation: u64,
+) -> Result<(), LedgerError> {
+    let started = Instant::now();
+    store(db, layer, generation)?;
+    let mut overlay = overlay.lock().expect("ledger overlay lock");
+    if overlay
+        .applying
+        .as_ref()
+        .is_some_and(|a| Arc::ptr_eq(a, layer))
+    {
+        overlay.applying = None;
+    }
+    tracing::trace!(
+        blocks = layer.blocks.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "ledger checkpoint"
+    );
+    Ok(())
 }
 
 /// Encodes and chains the records of a group into `block` (entries as
@@ -1266,6 +1464,112 @@ mod tests {
         assert_eq!((report.records, report.broken), (11, None));
     }
 
+    /// Commits record `i` with key `k/<i>` set to `value`.
+    async fn commit_numbered(
+        ledger: &Ledger,
+        i: u64,
+        value: Vec<u8>,
+    ) -> Result<CommitReceipt, LedgerError> {
+        let mut e = effects(vec![rec("u", i)]);
+        e.kv.insert(format!("k/{i}"), KvWrite::Set(value));
+        ledger.commit("p".into(), e).await
+    }
+
+    /// Waits until the writer has frozen a generation for a checkpoint.
+    async fn until_frozen(ledger: &Ledger) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ledger.overlay().applying.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            ledger.overlay().applying.is_some(),
+            "a generation is frozen"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_while_a_checkpoint_runs_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.hold_checkpoints();
+        commit_numbered(&ledger, 0, vec![0]).await.unwrap();
+        // The first generation is frozen for a checkpoint that never
+        // commits, while the next groups go to the log's other region.
+        until_frozen(&ledger).await;
+        for i in 1..4u64 {
+            commit_numbered(&ledger, i, vec![i as u8]).await.unwrap();
+        }
+        assert!(ledger.overlay().current.head.is_some());
+        assert_eq!(ledger.kv_list("p", "k/", 10).unwrap().len(), 4);
+        assert_eq!(ledger.kv_get("p", "k/0").unwrap(), Some(vec![0]));
+        assert_eq!(records_of(&ledger, 1), vec![1, 2, 3, 4]);
+        ledger.abandon();
+        drop(ledger);
+        // Both generations are replayed, in order.
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (4, None));
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.kv_get("p", "k/0").unwrap(), Some(vec![0]));
+        assert_eq!(ledger.kv_get("p", "k/3").unwrap(), Some(vec![3]));
+        commit_numbered(&ledger, 4, vec![4]).await.unwrap();
+        ledger.close();
+        drop(ledger);
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (5, None));
+    }
+
+    #[tokio::test]
+    async fn a_full_log_region_never_overwrites_a_generation_not_yet_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.hold_checkpoints();
+        commit_numbered(&ledger, 0, vec![0]).await.unwrap();
+        until_frozen(&ledger).await;
+        // 1 MiB values fill the other region within a few commits; the
+        // frozen generation is still in the first one, so the commit that
+        // does not fit fails instead of overwriting it.
+        let value = |i: u64| vec![i as u8; 1 << 20];
+        let mut acknowledged = vec![0];
+        let mut refused = None;
+        for i in 1..8u64 {
+            match commit_numbered(&ledger, i, value(i)).await {
+                Ok(_) => acknowledged.push(i),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let refused = refused.expect("the region fills up");
+        assert!(refused.to_string().contains("held"), "{refused}");
+        assert!(acknowledged.len() >= 3, "{acknowledged:?}");
+        ledger.abandon();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, acknowledged.len() as u64);
+        for i in acknowledged.into_iter().skip(1) {
+            assert_eq!(
+                ledger.kv_get("p", &format!("k/{i}")).unwrap(),
+                Some(value(i))
+            );
+        }
+        // With checkpoints running again, regions fill and are freed in
+        // turn (a commit waits for the checkpoint when it must).
+        for i in 100..112u64 {
+            commit_numbered(&ledger, i, value(i)).await.unwrap();
+        }
+        let head = ledger.head().unwrap().seq;
+        ledger.close();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, head);
+        assert_eq!(ledger.kv_get("p", "k/111").unwrap(), Some(value(111)));
+        ledger.close();
+        drop(ledger);
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (head, None));
+    }
+
     #[tokio::test]
     async fn a_torn_last_log_entry_is_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1311,7 +1615,7 @@ mod tests {
             .await
             .unwrap();
         let mut e = effects(vec![rec("u", 2)]);
-        let big = vec![7u8; wal::WAL_BYTES as usize + 1];
+        let big = vec![7u8; wal::REGION_BYTES as usize + 1];
         e.kv.insert("big".into(), KvWrite::Set(big.clone()));
         let receipt = ledger.commit("p".into(), e).await.unwrap();
         assert_eq!(receipt.seqs, Some((2, 2)));

@@ -4,8 +4,9 @@
 //! system metadata too).
 //!
 //! The log is one file, `ledger.wal`, written with zeros when it is created
-//! so that later writes overwrite allocated blocks. Entries are written one
-//! after another from offset 0:
+//! so that later writes overwrite allocated blocks. It has two regions of
+//! equal size; generation `g` is written in region `g % 2`, entries one
+//! after another from the region's start:
 //!
 //! ```text
 //! "DWAL" | generation u64 | index u64 | payload length u32 | sha256 (32)
@@ -15,14 +16,21 @@
 //!           key (u32 length), 1 = set + value (u32 length) or 0 = delete)
 //! ```
 //!
-//! The checksum covers generation, index, length and payload. The writer
-//! moves everything logged into redb in bulk (a checkpoint); each checkpoint
-//! stores the next generation in redb, and the log starts again at offset
-//! 0. Opening the ledger replays the entries of redb's current generation
-//! with consecutive indexes from 0, stopping at the first that does not
-//! check out (a torn write, zeros, or a stale entry of an older generation),
-//! and then bumps the generation, so nothing written before the replay can
+//! The checksum covers generation, index, length and payload. To move what
+//! is logged into redb (a checkpoint), the writer freezes its generation
+//! `g` and goes on logging generation `g + 1` in the other region while a
+//! checkpoint thread stores the frozen groups with `g + 1` as redb's
+//! generation to replay from. The writer starts `g + 2` (back in the first
+//! region) only once that checkpoint is committed, so redb's generation `w`
+//! always leaves at most `w` and `w + 1` to replay. Opening the ledger
+//! replays the entries of `w`, then those of `w + 1`, each with
+//! consecutive indexes from 0, stopping at the first that does not check
+//! out (a torn write, zeros, or a stale entry of an older generation), and
+//! then moves redb to `w + 2`, so nothing written before the replay can
 //! ever be replayed again.
+//!
+//! Logs written before there were regions hold one generation from offset
+//! 0; a generation that is not found in its region is looked for there.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -36,7 +44,9 @@ use super::{Head, KvWrite, LedgerError};
 /// File name of the log inside the data directory.
 pub const WAL_FILE: &str = "ledger.wal";
 /// Size of the log file.
-pub(super) const WAL_BYTES: u64 = 4 << 20;
+pub(super) const WAL_BYTES: u64 = 8 << 20;
+/// Size of each of its two regions.
+pub(super) const REGION_BYTES: u64 = WAL_BYTES / 2;
 const MAGIC: [u8; 4] = *b"DWAL";
 /// magic, generation, index, payload length, checksum
 const HEADER: usize = 4 + 8 + 8 + 4 + 32;
@@ -46,12 +56,18 @@ pub(super) struct Wal {
     file: File,
     pub generation: u64,
     index: u64,
+    /// Offset of the next entry within the generation's region.
     pos: u64,
+}
+
+/// Where the entries of `generation` start in the file.
+fn region_start(generation: u64) -> u64 {
+    (generation % 2) * REGION_BYTES
 }
 
 impl Wal {
     /// Opens (creating and zero-filling if needed) the log in `data_dir`;
-    /// new entries start at offset 0 in `generation`.
+    /// new entries start at the beginning of `generation`'s region.
     pub fn open(data_dir: &Path, generation: u64) -> Result<Self, LedgerError> {
         let path = data_dir.join(WAL_FILE);
         let failed = |e: std::io::Error| LedgerError::Open {
@@ -88,19 +104,19 @@ impl Wal {
         })
     }
 
-    /// Bytes logged since the last checkpoint.
+    /// Bytes logged in the current generation.
     pub fn used(&self) -> u64 {
         self.pos
     }
 
-    /// Whether an entry of `len` bytes still fits.
+    /// Whether an entry of `len` bytes still fits in the current region.
     pub fn fits(&self, len: usize) -> bool {
-        self.pos + len as u64 <= WAL_BYTES
+        self.pos + len as u64 <= REGION_BYTES
     }
 
-    /// Whether an entry of `len` bytes fits in an empty log.
+    /// Whether an entry of `len` bytes fits in an empty region.
     pub fn ever_fits(len: usize) -> bool {
-        len as u64 <= WAL_BYTES
+        len as u64 <= REGION_BYTES
     }
 
     /// The header of the next entry; `entry` must start with `HEADER`
@@ -125,14 +141,15 @@ impl Wal {
     pub fn append(&mut self, entry: &mut [u8]) -> std::io::Result<()> {
         debug_assert!(self.fits(entry.len()));
         self.seal(entry);
-        self.file.write_all_at(entry, self.pos)?;
+        self.file
+            .write_all_at(entry, region_start(self.generation) + self.pos)?;
         self.file.sync_data()?;
         self.pos += entry.len() as u64;
         self.index += 1;
         Ok(())
     }
 
-    /// After a checkpoint stored `generation`: start again at offset 0.
+    /// Starts logging `generation`, from the beginning of its region.
     pub fn restart(&mut self, generation: u64) {
         self.generation = generation;
         self.index = 0;
@@ -186,6 +203,16 @@ pub(super) struct Logged {
 /// The entries of `generation` in the log `bytes`, in order, up to the
 /// first that does not check out.
 pub(super) fn read_entries(bytes: &[u8], generation: u64) -> Vec<Logged> {
+    let start = region_start(generation) as usize;
+    let found = read_entries_at(bytes.get(start..).unwrap_or_default(), generation);
+    if found.is_empty() && start != 0 {
+        // A log written before there were regions.
+        return read_entries_at(bytes, generation);
+    }
+    found
+}
+
+fn read_entries_at(bytes: &[u8], generation: u64) -> Vec<Logged> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     for index in 0u64.. {
@@ -295,17 +322,60 @@ mod tests {
         assert!(read_entries(&bytes, 8).is_empty());
         // A torn second entry: only the first survives.
         let mut torn = bytes.clone();
-        let second = a.len() + HEADER + 3;
+        let second = region_start(7) as usize + a.len() + HEADER + 3;
         torn[second] ^= 1;
         assert_eq!(read_entries(&torn, 7).len(), 1);
-        // After a restart the old entries behind the new ones are not read:
-        // the new generation's index 1 is missing.
+        // The next generation goes to the other region; the one after it
+        // back to this one, where the old entries behind its own are not
+        // read (its index 1 is missing).
         wal.restart(8);
         let mut c = entry(head(2, 1), head(3, 2), b"one", &[]);
         wal.append(&mut c).unwrap();
+        wal.restart(9);
+        let mut d = entry(head(3, 2), head(4, 3), b"two", &[]);
+        wal.append(&mut d).unwrap();
         let bytes = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
         let got = read_entries(&bytes, 8);
         assert_eq!((got.len(), got[0].block.as_slice()), (1, b"one".as_slice()));
+        let got = read_entries(&bytes, 9);
+        assert_eq!((got.len(), got[0].block.as_slice()), (1, b"two".as_slice()));
+        assert!(read_entries(&bytes, 7).is_empty(), "overwritten");
+    }
+
+    #[test]
+    fn generations_alternate_between_the_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), 4).unwrap();
+        let mut a = entry(head(0, 0), head(1, 1), b"even", &[]);
+        wal.append(&mut a).unwrap();
+        wal.restart(5);
+        let mut b = entry(head(1, 1), head(2, 2), b"odd", &[]);
+        wal.append(&mut b).unwrap();
+        let bytes = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
+        assert_eq!(&bytes[HEADER + 80 + 4..][..4], b"even");
+        let second = REGION_BYTES as usize;
+        assert_eq!(&bytes[second + HEADER + 80 + 4..][..3], b"odd");
+        assert_eq!(read_entries(&bytes, 4)[0].block, b"even");
+        assert_eq!(read_entries(&bytes, 5)[0].block, b"odd");
+    }
+
+    #[test]
+    fn a_log_from_before_the_regions_is_read_from_its_start() {
+        // An odd generation written at offset 0, as the single-region log
+        // did, in a file of the old size.
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = entry(head(0, 0), head(1, 1), b"old", &[]);
+        let wal = Wal {
+            file: File::create(dir.path().join("unused")).unwrap(),
+            generation: 3,
+            index: 0,
+            pos: 0,
+        };
+        wal.seal(&mut e);
+        let mut bytes = vec![0u8; (REGION_BYTES) as usize];
+        bytes[..e.len()].copy_from_slice(&e);
+        let got = read_entries(&bytes, 3);
+        assert_eq!((got.len(), got[0].block.as_slice()), (1, b"old".as_slice()));
     }
 
     #[test]
