@@ -2,6 +2,7 @@
 //! phases: route → read body → call plugin → commit usage → respond. The
 //! response is sent only after the call's usage records are durable.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::HttpConfig;
-use crate::ledger::{CallEffects, Ledger, NewRecord};
+use crate::ledger::{CallEffects, EncodedRecords, KvWrite, Ledger, LedgerError};
 use crate::metrics::CallObservation;
 use crate::plugin_table::PluginTable;
 use crate::runtime::LoadedPlugin;
@@ -305,7 +306,7 @@ impl HttpIngress {
                 // reusable (kept once the call's records are durable).
                 keep = reuse_key.zip(o.result.as_ref().ok()).and_then(|(key, r)| {
                     let ttl = reuse::requested(r)?;
-                    Some((key, r.clone(), o.effects.records.clone(), ttl))
+                    Some((key, r.clone(), ttl))
                 });
                 let response = match o.result {
                     Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
@@ -334,9 +335,17 @@ impl HttpIngress {
 
         // Phase: commit usage, then respond.
         let bytes_out = response_size(&response);
-        let records = host_records(request_id, bytes_in, bytes_out, wall, fuel);
-        let mut effects = effects;
-        effects.records.splice(0..0, records);
+        let name = plugin.name();
+        let mut records = EncodedRecords::with_capacity(4 + effects.records.len());
+        let encoded = host_records(&mut records, name, request_id, bytes_in, bytes_out, wall)
+            .and_then(|()| records.push_host(name, units::FUEL, fuel, request_id))
+            .and_then(|()| {
+                effects
+                    .records
+                    .iter()
+                    .try_for_each(|r| records.push(name, r))
+            })
+            .map(|()| records);
         let facts = CallFacts {
             error,
             fuel,
@@ -344,14 +353,18 @@ impl HttpIngress {
             bytes_out,
             reused: false,
         };
+        let CallEffects {
+            records: claims,
+            kv,
+        } = effects;
         let (response, facts) = self
-            .commit_then_respond(plugin, effects, response, facts, request_id)
+            .commit_then_respond(plugin, encoded, kv, response, facts, request_id)
             .await;
-        if let Some((key, answer, claims, ttl)) = keep
+        if let Some((key, answer, ttl)) = keep
             && facts.error.is_none()
             && (response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED)
         {
-            plugin.reuse.insert(key, answer, claims, ttl);
+            plugin.reuse.insert(name, key, answer, &claims, ttl);
         }
         (response, facts)
     }
@@ -400,15 +413,20 @@ impl HttpIngress {
             return Err(req);
         }
         let bytes_out = response_size(&response);
-        let mut effects = CallEffects::default();
         // No plugin ran, so no fuel was used: no `fuel` record.
-        let [bytes_in_record, bytes_out_record, wall_record, _fuel] =
-            host_records(request_id, bytes_in, bytes_out, started.elapsed(), 0);
-        effects.records.reserve(3 + answer.claims.len());
-        effects
-            .records
-            .extend([bytes_in_record, bytes_out_record, wall_record]);
-        effects.records.extend(answer.claims.iter().cloned());
+        let mut records = EncodedRecords::with_capacity(3 + answer.claims.len());
+        let encoded = host_records(
+            &mut records,
+            plugin.name(),
+            request_id,
+            bytes_in,
+            bytes_out,
+            started.elapsed(),
+        )
+        .map(|()| {
+            records.extend(&answer.claims);
+            records
+        });
         let facts = CallFacts {
             bytes_in,
             bytes_out,
@@ -416,7 +434,14 @@ impl HttpIngress {
             ..CallFacts::default()
         };
         Ok(self
-            .commit_then_respond(plugin, effects, response, facts, request_id)
+            .commit_then_respond(
+                plugin,
+                encoded,
+                BTreeMap::new(),
+                response,
+                facts,
+                request_id,
+            )
             .await)
     }
 
@@ -426,12 +451,21 @@ impl HttpIngress {
     async fn commit_then_respond(
         &self,
         plugin: &LoadedPlugin,
-        effects: CallEffects,
+        records: Result<EncodedRecords, LedgerError>,
+        kv: BTreeMap<String, KvWrite>,
         response: Response<HttpBody>,
         mut facts: CallFacts,
         request_id: &Arc<str>,
     ) -> (Response<HttpBody>, CallFacts) {
-        match self.ledger.commit(plugin.name().clone(), effects).await {
+        let committed = match records {
+            Ok(records) => {
+                self.ledger
+                    .commit_encoded(plugin.name().clone(), records, kv)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match committed {
             Ok(_) => (response, facts),
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit usage; withholding the response");
@@ -540,20 +574,24 @@ fn response_size(r: &Response<HttpBody>) -> u64 {
     head as u64 + r.body().size_hint().exact().unwrap_or(0)
 }
 
+/// Appends the host-attested records every call gets (the `fuel` record
+/// only when a plugin ran).
 fn host_records(
-    request_id: &Arc<str>,
+    records: &mut EncodedRecords,
+    plugin: &str,
+    request_id: &str,
     bytes_in: u64,
     bytes_out: u64,
     wall: Duration,
-    fuel: u64,
-) -> [NewRecord; 4] {
-    let r = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, request_id);
-    [
-        r(units::BYTES_IN, bytes_in),
-        r(units::BYTES_OUT, bytes_out),
-        r(units::WALL_TIME_US, wall.as_micros() as u64),
-        r(units::FUEL, fuel),
-    ]
+) -> Result<(), LedgerError> {
+    records.push_host(plugin, units::BYTES_IN, bytes_in, request_id)?;
+    records.push_host(plugin, units::BYTES_OUT, bytes_out, request_id)?;
+    records.push_host(
+        plugin,
+        units::WALL_TIME_US,
+        wall.as_micros() as u64,
+        request_id,
+    )
 }
 
 /// Headers a plugin may not set: the host owns framing and the connection.

@@ -99,6 +99,125 @@ impl CallEffects {
     }
 }
 
+/// A call's usage records, encoded on the caller's thread as they will be
+/// stored (see `BLOCKS`), with the sequence number, the hash and, for
+/// records timestamped at commit, the time still zero: the writer only
+/// fills those in. Building them without `NewRecord`s spares the hot paths
+/// an allocation per field, and the writer thread freeing them.
+#[derive(Debug, Default, Clone)]
+pub struct EncodedRecords {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl EncodedRecords {
+    /// Room for about `records` records.
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(records * 160),
+            count: 0,
+        }
+    }
+
+    /// `records`, in order.
+    pub fn of(plugin: &str, records: &[NewRecord]) -> Result<Self, LedgerError> {
+        let mut out = Self::with_capacity(records.len());
+        for r in records {
+            out.push(plugin, r)?;
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends `r`, recorded by `plugin`.
+    pub fn push(&mut self, plugin: &str, r: &NewRecord) -> Result<(), LedgerError> {
+        self.push_parts(
+            plugin,
+            r.time_ms,
+            &r.unit,
+            r.quantity,
+            r.source,
+            r.subject.as_deref(),
+            r.evidence.as_deref(),
+        )
+    }
+
+    /// Appends a host-attested record, timestamped at commit (what
+    /// [`NewRecord::host`] makes, without building one).
+    pub fn push_host(
+        &mut self,
+        plugin: &str,
+        unit: &str,
+        quantity: u64,
+        subject: &str,
+    ) -> Result<(), LedgerError> {
+        self.push_parts(plugin, 0, unit, quantity, Source::Host, Some(subject), None)
+    }
+
+    /// The records as they stand (sequence number 0; time 0 when it is
+    /// set at commit), for tests.
+    #[cfg(test)]
+    pub fn decode(&self) -> Vec<UsageRecord> {
+        block_entries(&self.bytes)
+            .map(|e| UsageRecord::decode(e.expect("entry").1).expect("record"))
+            .collect()
+    }
+
+    /// Appends the records of `other`.
+    pub fn extend(&mut self, other: &EncodedRecords) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.count += other.count;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_parts(
+        &mut self,
+        plugin: &str,
+        time_ms: u64,
+        unit: &str,
+        quantity: u64,
+        source: Source,
+        subject: Option<&str>,
+        evidence: Option<&[u8]>,
+    ) -> Result<(), LedgerError> {
+        let entry = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; ENTRY_HEAD]);
+        record::encode_into(
+            &mut self.bytes,
+            0,
+            time_ms,
+            plugin,
+            unit,
+            quantity,
+            source,
+            subject,
+            evidence,
+        );
+        let Ok(len) = u16::try_from(self.bytes.len() - entry - ENTRY_HEAD) else {
+            self.bytes.truncate(entry);
+            return Err(LedgerError::Storage(
+                "a record is larger than 64 KiB".into(),
+            ));
+        };
+        self.bytes[entry..entry + 2].copy_from_slice(&len.to_be_bytes());
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// A stored record entry: u16 length of the encoding, then its hash.
+const ENTRY_HEAD: usize = 2 + 32;
+/// Where the sequence number and the time are in an encoding.
+const SEQ_AT: std::ops::Range<usize> = 1..9;
+const TIME_AT: std::ops::Range<usize> = 9..17;
+
 /// Where a committed call's records landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitReceipt {
@@ -110,8 +229,9 @@ pub struct CommitReceipt {
 }
 
 struct CommitRequest {
+    records: EncodedRecords,
+    kv: BTreeMap<String, KvWrite>,
     plugin: Arc<str>,
-    effects: CallEffects,
     reply: tokio::sync::oneshot::Sender<Result<CommitReceipt, LedgerError>>,
 }
 
@@ -343,7 +463,19 @@ impl Ledger {
         plugin: Arc<str>,
         effects: CallEffects,
     ) -> Result<CommitReceipt, LedgerError> {
-        if effects.is_empty() {
+        let records = EncodedRecords::of(&plugin, &effects.records)?;
+        drop(effects.records);
+        self.commit_encoded(plugin, records, effects.kv).await
+    }
+
+    /// [`Self::commit`] for records already encoded (by `plugin`).
+    pub async fn commit_encoded(
+        &self,
+        plugin: Arc<str>,
+        records: EncodedRecords,
+        kv: BTreeMap<String, KvWrite>,
+    ) -> Result<CommitReceipt, LedgerError> {
+        if records.is_empty() && kv.is_empty() {
             return Ok(CommitReceipt {
                 seqs: None,
                 group_size: 0,
@@ -354,8 +486,9 @@ impl Ledger {
             let tx = self.tx.lock().expect("ledger sender lock");
             let tx = tx.as_ref().ok_or(LedgerError::Closed)?;
             tx.send(WriterMsg::Commit(CommitRequest {
+                records,
+                kv,
                 plugin,
-                effects,
                 reply,
             }))
             .map_err(|_| LedgerError::Closed)?;
@@ -767,23 +900,20 @@ impl Writer {
         group: &mut [CommitRequest],
     ) -> Result<Vec<CommitReceipt>, LedgerError> {
         let before = self.head;
-        let (after, receipts) = encode_group(before, group, &mut self.block)?;
+        let (after, receipts) = encode_group(before, group, &mut self.block);
         wal::begin_entry(&mut self.entry, &before, &after, &self.block);
-        let writes = group.iter().map(|c| c.effects.kv.len()).sum();
+        let writes = group.iter().map(|c| c.kv.len()).sum();
         wal::put_kv(
             &mut self.entry,
             writes,
-            group.iter().flat_map(|c| {
-                c.effects
-                    .kv
-                    .iter()
-                    .map(|(k, w)| (&*c.plugin, k.as_str(), w))
-            }),
+            group
+                .iter()
+                .flat_map(|c| c.kv.iter().map(|(k, w)| (&*c.plugin, k.as_str(), w))),
         );
         let mut layer = Layer::default();
         layer.add_block(before.seq + 1, &self.block, after);
         for c in group.iter_mut() {
-            for (key, write) in std::mem::take(&mut c.effects.kv) {
+            for (key, write) in std::mem::take(&mut c.kv) {
                 let value = match write {
                     KvWrite::Set(v) => Some(v),
                     KvWrite::Delete => None,
@@ -991,14 +1121,14 @@ fn store_checkpoint(
     Ok(())
 }
 
-/// Encodes and chains the records of a group into `block` (entries as
+/// Numbers and chains the records of a group into `block` (entries as
 /// stored in redb). Returns the chain head after them and each call's
 /// receipt.
 fn encode_group(
     head: Head,
     group: &[CommitRequest],
     block: &mut Vec<u8>,
-) -> Result<(Head, Vec<CommitReceipt>), LedgerError> {
+) -> (Head, Vec<CommitReceipt>) {
     let mut cursor = head;
     let mut receipts = Vec::with_capacity(group.len());
     block.clear();
@@ -1006,34 +1136,26 @@ fn encode_group(
     if block.capacity() > 4 << 20 {
         block.shrink_to(4 << 20);
     }
-    let now = now_ms();
+    let now = now_ms().to_be_bytes();
     for c in group {
         let first = cursor.seq + 1;
-        for r in &c.effects.records {
-            // entry = u16 length || hash || encoding; the length and hash
-            // are filled in once the encoding is written in place.
-            let entry = block.len();
-            block.extend_from_slice(&[0; 34]);
+        // The caller encoded the entries; fill in sequence numbers, times
+        // still unset, and the chain.
+        let mut entry = block.len();
+        block.extend_from_slice(&c.records.bytes);
+        while entry < block.len() {
+            let len = usize::from(u16::from_be_bytes([block[entry], block[entry + 1]]));
+            let encoding = entry + ENTRY_HEAD..entry + ENTRY_HEAD + len;
             let seq = cursor.seq + 1;
-            let time_ms = if r.time_ms == 0 { now } else { r.time_ms };
-            record::encode_into(
-                block,
-                seq,
-                time_ms,
-                &c.plugin,
-                &r.unit,
-                r.quantity,
-                r.source,
-                r.subject.as_deref(),
-                r.evidence.as_deref(),
-            );
-            let encoding = &block[entry + 34..];
-            let len = u16::try_from(encoding.len())
-                .map_err(|_| LedgerError::Storage("a record is larger than 64 KiB".into()))?;
-            let hash = UsageRecord::chain_hash(&cursor.hash, encoding);
-            block[entry..entry + 2].copy_from_slice(&len.to_be_bytes());
-            block[entry + 2..entry + 34].copy_from_slice(&hash);
+            let e = &mut block[encoding.clone()];
+            e[SEQ_AT].copy_from_slice(&seq.to_be_bytes());
+            if e[TIME_AT] == [0; 8] {
+                e[TIME_AT].copy_from_slice(&now);
+            }
+            let hash = UsageRecord::chain_hash(&cursor.hash, &block[encoding.clone()]);
+            block[entry + 2..entry + ENTRY_HEAD].copy_from_slice(&hash);
             cursor = Head { seq, hash };
+            entry = encoding.end;
         }
         let seqs = (cursor.seq >= first).then_some((first, cursor.seq));
         receipts.push(CommitReceipt {
@@ -1041,7 +1163,7 @@ fn encode_group(
             group_size: group.len(),
         });
     }
-    Ok((cursor, receipts))
+    (cursor, receipts)
 }
 
 /// Splits a block into (hash, encoding) entries.
@@ -1322,6 +1444,53 @@ mod tests {
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0].quantity, (0..64).sum::<u64>() as u128);
         assert_eq!(summary[1].records, 64);
+    }
+
+    #[tokio::test]
+    async fn records_encoded_by_the_caller_are_numbered_stamped_and_chained_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut records = EncodedRecords::with_capacity(2);
+        records.push_host("p", "bytes-in", 10, "req-1").unwrap();
+        records.push("p", &rec("u", 5)).unwrap();
+        assert!(
+            records.decode().iter().all(|r| r.seq == 0),
+            "numbered at commit"
+        );
+        let receipt = ledger
+            .commit_encoded("p".into(), records, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(receipt.seqs, Some((1, 2)));
+        let mut got = Vec::new();
+        ledger
+            .scan_from(1, |_, r| {
+                got.push(r);
+                true
+            })
+            .unwrap();
+        assert_eq!(got[0].unit, "bytes-in");
+        assert_eq!(got[0].subject.as_deref(), Some("req-1"));
+        assert!(got[0].time_ms > 1_700_000_000_000, "stamped at commit");
+        assert_eq!((got[1].seq, got[1].time_ms), (2, 1), "a given time is kept");
+        // An oversized record fails its own call, before it reaches the
+        // writer; other calls go on.
+        let mut huge = rec("u", 1);
+        huge.subject = Some("s".repeat(u16::MAX as usize));
+        huge.evidence = Some(vec![0; u16::MAX as usize]);
+        let e = ledger
+            .commit("p".into(), effects(vec![huge]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+        ledger
+            .commit("p".into(), effects(vec![rec("u", 6)]))
+            .await
+            .unwrap();
+        ledger.close();
+        drop(ledger);
+        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
+        assert_eq!((report.records, report.broken), (3, None));
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ledger::{NewRecord, Source};
+use crate::ledger::{EncodedRecords, NewRecord, Source};
 use crate::runtime::contract::{Body, HttpResponse};
 
 /// The response header a plugin sets to mark its answer reusable; its
@@ -34,8 +34,9 @@ pub const MAX_CLAIMS: usize = 16;
 pub struct Reusable {
     /// The plugin's answer, without the reuse header.
     pub response: HttpResponse,
-    /// The plugin-claimed records of the call, recorded again on reuse.
-    pub claims: Vec<NewRecord>,
+    /// The plugin-claimed records of the call, recorded again on reuse
+    /// (encoded once, timestamped at each commit).
+    pub claims: EncodedRecords,
     expires: Instant,
 }
 
@@ -88,29 +89,32 @@ impl ReuseTable {
         None
     }
 
-    /// Keeps `response` for `key` for `ttl`, with the call's plugin-claimed
-    /// records (host-attested records among `records` measured work of that
-    /// call, which a repeat does not do, so they are not kept). Refused
-    /// (returns false) when the answer carries too many claims or the table
-    /// is full of live answers.
+    /// Keeps `response` for `key` for `ttl`, with the plugin-claimed
+    /// records `plugin`'s call made (host-attested records among `records`
+    /// measured work of that call, which a repeat does not do, so they are
+    /// not kept). Refused (returns false) when the answer carries too many
+    /// claims or the table is full of live answers.
     pub fn insert(
         &self,
+        plugin: &str,
         key: String,
         mut response: HttpResponse,
-        records: Vec<NewRecord>,
+        records: &[NewRecord],
         ttl: Duration,
     ) -> bool {
-        let claims: Vec<NewRecord> = records
-            .into_iter()
-            .filter(|r| r.source == Source::Plugin)
-            .map(|mut r| {
-                // Timestamped at each commit, like the host's own records.
-                r.time_ms = 0;
-                r
-            })
-            .collect();
-        if claims.len() > MAX_CLAIMS {
-            return false;
+        let mut claims = EncodedRecords::with_capacity(records.len());
+        for r in records.iter().filter(|r| r.source == Source::Plugin) {
+            if claims.len() == MAX_CLAIMS {
+                return false;
+            }
+            // Timestamped at each commit, like the host's own records.
+            let r = NewRecord {
+                time_ms: 0,
+                ..r.clone()
+            };
+            if claims.push(plugin, &r).is_err() {
+                return false;
+            }
         }
         response
             .headers
@@ -203,16 +207,21 @@ mod tests {
         let k = key("GET", "/blobs/x", "");
         let host = NewRecord::host("job-fuel", 7, "req");
         assert!(t.insert(
+            "p",
             k.clone(),
             blob_answer("50"),
-            vec![host, claim()],
+            &[host, claim()],
             Duration::from_millis(50)
         ));
         let hit = t.get(&k).expect("kept");
         assert!(hit.response.headers.iter().all(|(k, _)| k != REUSE_HEADER));
-        assert_eq!(hit.claims.len(), 1, "host-attested records are not kept");
-        assert_eq!(hit.claims[0].source, Source::Plugin);
-        assert_eq!(hit.claims[0].time_ms, 0, "re-stamped at each commit");
+        let claims = hit.claims.decode();
+        assert_eq!(claims.len(), 1, "host-attested records are not kept");
+        assert_eq!(
+            (claims[0].source, claims[0].unit.as_str()),
+            (Source::Plugin, "cache-hits")
+        );
+        assert_eq!(claims[0].time_ms, 0, "re-stamped at each commit");
         assert!(t.get(&key("HEAD", "/blobs/x", "")).is_none());
         assert!(t.get(&key("GET", "/blobs/x", "a=1")).is_none());
         std::thread::sleep(Duration::from_millis(60));
@@ -225,17 +234,18 @@ mod tests {
         let t = ReuseTable::default();
         let ttl = Duration::from_secs(10);
         for i in 0..MAX_ENTRIES {
-            assert!(t.insert(format!("GET /{i}"), blob_answer("1"), vec![], ttl));
+            assert!(t.insert("p", format!("GET /{i}"), blob_answer("1"), &[], ttl));
         }
-        assert!(!t.insert("GET /one-more".into(), blob_answer("1"), vec![], ttl));
+        assert!(!t.insert("p", "GET /one-more".into(), blob_answer("1"), &[], ttl));
         assert!(
-            t.insert("GET /0".into(), blob_answer("1"), vec![], ttl),
+            t.insert("p", "GET /0".into(), blob_answer("1"), &[], ttl),
             "an existing key is replaced"
         );
         assert!(!t.insert(
+            "p",
             "GET /many-claims".into(),
             blob_answer("1"),
-            vec![claim(); MAX_CLAIMS + 1],
+            &vec![claim(); MAX_CLAIMS + 1],
             ttl
         ));
     }
