@@ -1406,6 +1406,13 @@ mod tests {
         }
     }
 
+    /// Verifies the ledger in `dir` (no broken link) and counts its records.
+    fn verified_records(dir: &Path) -> u64 {
+        let report = LedgerReader::open(dir).unwrap().verify().unwrap();
+        assert_eq!(report.broken, None);
+        report.records
+    }
+
     fn effects(records: Vec<NewRecord>) -> CallEffects {
         CallEffects {
             records,
@@ -1489,8 +1496,7 @@ mod tests {
             .unwrap();
         ledger.close();
         drop(ledger);
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (3, None));
+        assert_eq!(verified_records(dir.path()), 3);
     }
 
     #[tokio::test]
@@ -1524,8 +1530,7 @@ mod tests {
                 .unwrap();
             ledger.close();
         }
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (3, None));
+        assert_eq!(verified_records(dir.path()), 3);
     }
 
     #[tokio::test]
@@ -1613,8 +1618,7 @@ mod tests {
         ledger.abandon();
         drop(ledger);
         // The reader replays the log, as a restarted gateway would.
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (10, None));
+        assert_eq!(verified_records(dir.path()), 10);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.kv_get("p", "k/9").unwrap(), Some(vec![9]));
         assert_eq!(ledger.kv_list("p", "k/", 100).unwrap().len(), 10);
@@ -1629,8 +1633,7 @@ mod tests {
         assert_eq!(ledger.head().unwrap().seq, 11);
         ledger.close();
         drop(ledger);
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (11, None));
+        assert_eq!(verified_records(dir.path()), 11);
     }
 
     /// Commits record `i` with key `k/<i>` set to `value`.
@@ -1675,16 +1678,14 @@ mod tests {
         ledger.abandon();
         drop(ledger);
         // Both generations are replayed, in order.
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (4, None));
+        assert_eq!(verified_records(dir.path()), 4);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.kv_get("p", "k/0").unwrap(), Some(vec![0]));
         assert_eq!(ledger.kv_get("p", "k/3").unwrap(), Some(vec![3]));
         commit_numbered(&ledger, 4, vec![4]).await.unwrap();
         ledger.close();
         drop(ledger);
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (5, None));
+        assert_eq!(verified_records(dir.path()), 5);
     }
 
     #[tokio::test]
@@ -1735,8 +1736,7 @@ mod tests {
         assert_eq!(ledger.kv_get("p", "k/111").unwrap(), Some(value(111)));
         ledger.close();
         drop(ledger);
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (head, None));
+        assert_eq!(verified_records(dir.path()), head);
     }
 
     #[tokio::test]
@@ -1795,8 +1795,7 @@ mod tests {
             .unwrap();
         ledger.abandon();
         drop(ledger);
-        let report = LedgerReader::open(dir.path()).unwrap().verify().unwrap();
-        assert_eq!((report.records, report.broken), (3, None));
+        assert_eq!(verified_records(dir.path()), 3);
     }
 
     #[tokio::test]
