@@ -255,7 +255,7 @@ struct CheckpointJob {
 }
 
 /// Commit groups that are durable in the log but not yet in redb.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Layer {
     /// The chain head after the last group; `None` when there is none.
     head: Option<Head>,
@@ -435,7 +435,6 @@ impl Ledger {
             done,
             checkpointer: Some(checkpointer),
             checkpointing: false,
-            applying_generation: 0,
             #[cfg(test)]
             hold_checkpoints: false,
         };
@@ -783,8 +782,6 @@ struct Writer {
     checkpointer: Option<JoinHandle<()>>,
     /// A job is with the checkpoint thread.
     checkpointing: bool,
-    /// The generation to store with the frozen layer (`Overlay::applying`).
-    applying_generation: u64,
     #[cfg(test)]
     hold_checkpoints: bool,
 }
@@ -997,10 +994,13 @@ impl Writer {
             .expect("ledger overlay lock")
             .applying
             .clone();
+        // A frozen generation is stored with the current one as redb's
+        // generation to replay from: the writer rotates again only once
+        // it is stored.
         match failed {
             Some(layer) => {
                 self.pending_since = Some(Instant::now());
-                self.send_job(layer, self.applying_generation);
+                self.send_job(layer, self.wal.generation);
             }
             None if self.wal.used() > 0 => self.rotate(),
             None => self.pending_since = None,
@@ -1022,7 +1022,6 @@ impl Writer {
             frozen
         };
         self.wal.restart(generation);
-        self.applying_generation = generation;
         self.pending_since = None;
         self.send_job(frozen, generation);
     }
@@ -1065,7 +1064,7 @@ impl Writer {
             .applying
             .clone();
         if let Some(layer) = failed {
-            store_checkpoint(&self.db, &self.overlay, &layer, self.applying_generation)?;
+            store_checkpoint(&self.db, &self.overlay, &layer, self.wal.generation)?;
         }
         Ok(())
     }
