@@ -15,6 +15,9 @@
 //! every round, and reports the median of the rounds' ratios: on a shared
 //! machine one phase of either side can run 20% fast or slow, which a
 //! single pair of phases turns straight into the ratio.
+//!
+//! `BENCH_CONNS` (comma-separated, default `16,64,256`) sets the connection
+//! counts of the 4 KiB rows; each round also prints wrk's mean latency.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -112,6 +115,8 @@ impl Drop for Nginx {
 
 struct Wrk {
     rps: f64,
+    /// wrk's mean latency, as it prints it (e.g. `412.50us`).
+    latency: String,
     mb_per_s: f64,
     non_2xx: u64,
 }
@@ -160,7 +165,8 @@ async fn wrk(url: String, connections: u32, secs: u64) -> Wrk {
     let out = tokio::task::spawn_blocking(move || {
         Command::new("wrk")
             .args([
-                "-t2",
+                // wrk refuses more threads than connections.
+                if connections < 2 { "-t1" } else { "-t2" },
                 &format!("-c{connections}"),
                 &format!("-d{secs}s"),
                 &url,
@@ -191,8 +197,14 @@ async fn wrk(url: String, connections: u32, secs: u64) -> Wrk {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    let latency = field("Latency")
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string();
     Wrk {
         rps,
+        latency,
         mb_per_s,
         non_2xx,
     }
@@ -212,8 +224,20 @@ async fn main() {
     // (size, label, connection counts): small hits at several concurrency
     // levels, because a durable answer's throughput grows with the number
     // of requests that can share one fsync'd ledger transaction.
+    let small_conns = std::env::var("BENCH_CONNS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<u32>()
+                        .expect("BENCH_CONNS: numbers, comma-separated")
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|| vec![16, 64, 256]);
     let sizes: [(usize, &str, &[u32]); 2] = [
-        (4 * 1024, "4 KiB", &[16, 64, 256]),
+        (4 * 1024, "4 KiB", &small_conns),
         (16 << 20, "16 MiB", &[8]),
     ];
     let mut digests = Vec::new();
@@ -274,10 +298,12 @@ async fn main() {
                 };
                 assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
                 println!(
-                    "   {label:>6}, {conns:>3} conns  round {}: nginx {:>9.0} req/s  gateway {:>9.0} req/s  ratio {:.2}x",
+                    "   {label:>6}, {conns:>3} conns  round {}: nginx {:>9.0} req/s ({:>8} mean latency)  gateway {:>9.0} req/s ({:>8})  ratio {:.2}x",
                     round + 1,
                     n.rps,
+                    n.latency,
                     g.rps,
+                    g.latency,
                     g.rps / n.rps
                 );
                 ratios.push(g.rps / n.rps);
