@@ -241,10 +241,18 @@ enum WriterMsg {
     /// Test support: stop without a last checkpoint, as a crash would.
     #[cfg(test)]
     Abandon,
-    /// Test support: from now on, freeze generations for checkpoints but
-    /// never store them, as if every checkpoint were cut short by a crash.
+    /// Test support: changes how the writer behaves from now on.
     #[cfg(test)]
+    Hook(TestHook),
+}
+
+#[cfg(test)]
+enum TestHook {
+    /// Freeze generations for checkpoints but never store them, as if
+    /// every checkpoint were cut short by a crash.
     HoldCheckpoints,
+    /// The next this many I/O steps of the log fail.
+    FailLogWrites(u32),
 }
 
 /// Frozen groups for the checkpoint thread to store, with the log
@@ -560,11 +568,11 @@ impl Ledger {
         }
     }
 
-    /// Test support: see [`WriterMsg::HoldCheckpoints`].
+    /// Test support: see [`TestHook`].
     #[cfg(test)]
-    fn hold_checkpoints(&self) {
+    fn hook(&self, hook: TestHook) {
         if let Some(tx) = self.tx.lock().expect("ledger sender lock").as_ref() {
-            let _ = tx.send(WriterMsg::HoldCheckpoints);
+            let _ = tx.send(WriterMsg::Hook(hook));
         }
     }
 
@@ -618,6 +626,10 @@ fn naming(path: &Path, e: LedgerError) -> LedgerError {
         },
         other => other,
     }
+}
+
+fn log_failed(e: std::io::Error) -> LedgerError {
+    LedgerError::Storage(format!("cannot write the ledger log: {e}"))
 }
 
 /// Moves what the log holds beyond the last checkpoint into redb and
@@ -822,8 +834,8 @@ impl Writer {
                     break;
                 }
                 #[cfg(test)]
-                WriterMsg::HoldCheckpoints => {
-                    self.hold_checkpoints = true;
+                WriterMsg::Hook(hook) => {
+                    self.hook(hook);
                     continue;
                 }
             };
@@ -842,7 +854,7 @@ impl Writer {
                         break;
                     }
                     #[cfg(test)]
-                    Ok(WriterMsg::HoldCheckpoints) => self.hold_checkpoints = true,
+                    Ok(WriterMsg::Hook(hook)) => self.hook(hook),
                     Err(_) => break,
                 }
             }
@@ -862,6 +874,14 @@ impl Writer {
         // Drain anything that raced with Stop.
         while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
             let _ = c.reply.send(Err(LedgerError::Closed));
+        }
+    }
+
+    #[cfg(test)]
+    fn hook(&mut self, hook: TestHook) {
+        match hook {
+            TestHook::HoldCheckpoints => self.hold_checkpoints = true,
+            TestHook::FailLogWrites(n) => self.wal.failures = n,
         }
     }
 
@@ -923,16 +943,10 @@ impl Writer {
                 // The other region is free once the previous checkpoint
                 // is stored; this one is stored while logging goes on.
                 self.settle()?;
-                self.rotate();
+                self.rotate()?;
             }
-            if let Err(e) = self.wal.append(&mut self.entry) {
-                // The entry may be partly on disk: a new generation makes
-                // sure it is never replayed.
-                let _ = self.checkpoint_now();
-                return Err(LedgerError::Storage(format!(
-                    "cannot write the ledger log: {e}"
-                )));
-            }
+            // On failure the log erases the entry (see `Wal::append`).
+            self.wal.append(&mut self.entry).map_err(log_failed)?;
             let mut overlay = self.overlay.lock().expect("ledger overlay lock");
             overlay.current.absorb(layer);
             self.pending_since.get_or_insert(Instant::now());
@@ -942,7 +956,7 @@ impl Writer {
             self.checkpoint_now()?;
             let generation = self.wal.generation + 1;
             store(&self.db, &layer, generation)?;
-            self.wal.restart(generation);
+            self.wal.restart(generation).map_err(log_failed)?;
         }
         self.head = after;
         Ok(receipts)
@@ -1002,7 +1016,12 @@ impl Writer {
                 self.pending_since = Some(Instant::now());
                 self.send_job(layer, self.wal.generation);
             }
-            None if self.wal.used() > 0 => self.rotate(),
+            None if self.wal.used() > 0 => {
+                if let Err(e) = self.rotate() {
+                    tracing::error!(error = %e, "ledger checkpoint not started");
+                    self.pending_since = Some(Instant::now());
+                }
+            }
             None => self.pending_since = None,
         }
     }
@@ -1012,8 +1031,9 @@ impl Writer {
     /// left to store (after [`Self::settle`], or when `applying` is empty
     /// and no job runs): the other region still holds the previous one
     /// until it is stored.
-    fn rotate(&mut self) {
+    fn rotate(&mut self) -> Result<(), LedgerError> {
         let generation = self.wal.generation + 1;
+        self.wal.restart(generation).map_err(log_failed)?;
         let frozen = {
             let mut overlay = self.overlay.lock().expect("ledger overlay lock");
             debug_assert!(overlay.applying.is_none() && !self.checkpointing);
@@ -1021,9 +1041,9 @@ impl Writer {
             overlay.applying = Some(frozen.clone());
             frozen
         };
-        self.wal.restart(generation);
         self.pending_since = None;
         self.send_job(frozen, generation);
+        Ok(())
     }
 
     fn send_job(&mut self, layer: Arc<Layer>, generation: u64) {
@@ -1072,7 +1092,7 @@ impl Writer {
     /// Moves everything logged into redb before returning.
     fn checkpoint_now(&mut self) -> Result<(), LedgerError> {
         self.settle()?;
-        self.rotate();
+        self.rotate()?;
         self.settle()
     }
 }
@@ -1662,7 +1682,7 @@ mod tests {
     async fn a_crash_while_a_checkpoint_runs_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.hold_checkpoints();
+        ledger.hook(TestHook::HoldCheckpoints);
         commit_numbered(&ledger, 0, vec![0]).await.unwrap();
         // The first generation is frozen for a checkpoint that never
         // commits, while the next groups go to the log's other region.
@@ -1691,7 +1711,7 @@ mod tests {
     async fn a_full_log_region_never_overwrites_a_generation_not_yet_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.hold_checkpoints();
+        ledger.hook(TestHook::HoldCheckpoints);
         commit_numbered(&ledger, 0, vec![0]).await.unwrap();
         until_frozen(&ledger).await;
         // 1 MiB values fill the other region within a few commits; the
@@ -1772,6 +1792,54 @@ mod tests {
         let summary = reader.summary().unwrap();
         assert_eq!(summary.iter().map(|t| t.records).sum::<u64>(), 3);
         assert!(summary.iter().any(|t| t.unit == "v" && t.quantity == 7));
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_log_write_failed_is_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        commit_numbered(&ledger, 0, vec![0]).await.unwrap();
+        // Checkpoints never commit, and the next group's entry reaches the
+        // file whole but its sync fails, and so does the first erasure.
+        ledger.hook(TestHook::HoldCheckpoints);
+        ledger.hook(TestHook::FailLogWrites(2));
+        let failed = commit_numbered(&ledger, 1, vec![1]).await.unwrap_err();
+        assert!(failed.to_string().contains("injected"), "{failed}");
+        // The next group erases it first, wherever it is logged itself.
+        commit_numbered(&ledger, 2, vec![2]).await.unwrap();
+        ledger.abandon();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, 2);
+        assert_eq!(ledger.kv_get("p", "k/1").unwrap(), None);
+        assert_eq!(ledger.kv_get("p", "k/2").unwrap(), Some(vec![2]));
+        assert_eq!(records_of(&ledger, 1), vec![1, 2]);
+        ledger.close();
+        drop(ledger);
+        assert_eq!(verified_records(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_log_entry_is_erased_before_the_log_changes_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        commit_numbered(&ledger, 0, vec![0]).await.unwrap();
+        // A group fails and its entry cannot be erased yet; the next group
+        // does not fit the region and moves the log to the other one.
+        ledger.hook(TestHook::HoldCheckpoints);
+        ledger.hook(TestHook::FailLogWrites(2));
+        commit_numbered(&ledger, 1, vec![1]).await.unwrap_err();
+        let big = vec![9u8; wal::REGION_BYTES as usize - 4096];
+        commit_numbered(&ledger, 2, big.clone()).await.unwrap();
+        ledger.abandon();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.head().unwrap().seq, 2);
+        assert_eq!(ledger.kv_get("p", "k/1").unwrap(), None);
+        assert_eq!(ledger.kv_get("p", "k/2").unwrap(), Some(big));
+        ledger.close();
+        drop(ledger);
+        assert_eq!(verified_records(dir.path()), 2);
     }
 
     #[tokio::test]

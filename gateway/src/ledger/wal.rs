@@ -58,6 +58,13 @@ pub(super) struct Wal {
     index: u64,
     /// Offset of the next entry within the generation's region.
     pos: u64,
+    /// The last append failed, so its entry may be on disk, whole, at
+    /// `pos`, and must be erased before anything is logged after it or
+    /// the log moves to another region (see [`Wal::append`]).
+    unerased: bool,
+    /// Test support: the next this many log I/O steps fail.
+    #[cfg(test)]
+    pub failures: u32,
 }
 
 /// Where the entries of `generation` start in the file.
@@ -101,6 +108,9 @@ impl Wal {
             generation,
             index: 0,
             pos: 0,
+            unerased: false,
+            #[cfg(test)]
+            failures: 0,
         })
     }
 
@@ -137,23 +147,64 @@ impl Wal {
     }
 
     /// Writes `entry` (built with [`begin_entry`]) after the last one and
-    /// makes it durable. On error the position is unchanged.
+    /// makes it durable. On error the position is unchanged and the entry,
+    /// which may have reached the disk whole although its group failed, is
+    /// erased, now or (when that fails too) before the next append or
+    /// restart. Otherwise a crash could replay a group whose callers were
+    /// told it failed, and one logged after it in the other region would
+    /// then no longer continue the chain there and be lost.
     pub fn append(&mut self, entry: &mut [u8]) -> std::io::Result<()> {
         debug_assert!(self.fits(entry.len()));
+        self.erase_failed()?;
         self.seal(entry);
-        self.file
-            .write_all_at(entry, region_start(self.generation) + self.pos)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all_at(entry, region_start(self.generation) + self.pos)
+            .and_then(|()| self.injected_failure())
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.unerased = true;
+            if let Err(again) = self.erase_failed() {
+                tracing::error!(error = %again, "cannot erase a failed ledger log entry yet");
+            }
+            return Err(e);
+        }
         self.pos += entry.len() as u64;
         self.index += 1;
         Ok(())
     }
 
-    /// Starts logging `generation`, from the beginning of its region.
-    pub fn restart(&mut self, generation: u64) {
+    /// Overwrites the header of an entry whose append failed with zeros,
+    /// durably, so that replay stops before it.
+    pub fn erase_failed(&mut self) -> std::io::Result<()> {
+        if !self.unerased {
+            return Ok(());
+        }
+        self.injected_failure()?;
+        self.file
+            .write_all_at(&[0u8; HEADER], region_start(self.generation) + self.pos)?;
+        self.file.sync_data()?;
+        self.unerased = false;
+        Ok(())
+    }
+
+    fn injected_failure(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(std::io::Error::other("injected failure"));
+        }
+        Ok(())
+    }
+
+    /// Starts logging `generation`, from the beginning of its region, once
+    /// a failed entry in the current one is erased.
+    pub fn restart(&mut self, generation: u64) -> std::io::Result<()> {
+        self.erase_failed()?;
         self.generation = generation;
         self.index = 0;
         self.pos = 0;
+        Ok(())
     }
 }
 
@@ -328,10 +379,10 @@ mod tests {
         // The next generation goes to the other region; the one after it
         // back to this one, where the old entries behind its own are not
         // read (its index 1 is missing).
-        wal.restart(8);
+        wal.restart(8).unwrap();
         let mut c = entry(head(2, 1), head(3, 2), b"one", &[]);
         wal.append(&mut c).unwrap();
-        wal.restart(9);
+        wal.restart(9).unwrap();
         let mut d = entry(head(3, 2), head(4, 3), b"two", &[]);
         wal.append(&mut d).unwrap();
         let bytes = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
@@ -348,7 +399,7 @@ mod tests {
         let mut wal = Wal::open(dir.path(), 4).unwrap();
         let mut a = entry(head(0, 0), head(1, 1), b"even", &[]);
         wal.append(&mut a).unwrap();
-        wal.restart(5);
+        wal.restart(5).unwrap();
         let mut b = entry(head(1, 1), head(2, 2), b"odd", &[]);
         wal.append(&mut b).unwrap();
         let bytes = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
@@ -370,6 +421,8 @@ mod tests {
             generation: 3,
             index: 0,
             pos: 0,
+            unerased: false,
+            failures: 0,
         };
         wal.seal(&mut e);
         let mut bytes = vec![0u8; (REGION_BYTES) as usize];
