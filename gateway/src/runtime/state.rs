@@ -35,6 +35,9 @@ pub struct CallState {
     pub(crate) deadline_hit: bool,
     /// Datagrams queued through `outbound-udp`, and where this one came from.
     pub(crate) outbound_udp: super::host::outbound_udp::UdpCallState,
+    /// An origin response `fetch-into` could not store yet (see
+    /// [`super::host::blobs::ParkedFetch`]).
+    pub(crate) parked_fetch: Option<super::host::blobs::ParkedFetch>,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -65,6 +68,7 @@ impl CallState {
             max_ticks,
             deadline_hit: false,
             outbound_udp: Default::default(),
+            parked_fetch: None,
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

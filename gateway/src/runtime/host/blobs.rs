@@ -2,11 +2,14 @@
 //! are checked at the boundary; `fetch-into` checks the outbound allow-list
 //! before connecting, streams the origin's body to a temp file while hashing
 //! it, and stores the blob only if the digest matches. Concurrent fetches of
-//! one digest share one origin request.
+//! one digest share one origin request, and a fetch the quota refused is
+//! resumed, not repeated, when the plugin asks again after evicting.
 
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
+use hyper::Response;
+use hyper::body::Incoming;
 use wasmtime::Result;
 
 use crate::blobstore::{BlobDigest, BlobStore, StoreError};
@@ -30,6 +33,17 @@ impl CallState {
     }
 }
 
+/// The origin's answer to a `fetch-into` that the quota refused before any
+/// byte of the body was read (its `content-length` does not fit). The
+/// plugin usually evicts and asks again for the same URL and digest; that
+/// `fetch-into`, in the same call, reads this response instead of sending
+/// a second request. Dropped, with its connection, when the call ends.
+pub(crate) struct ParkedFetch {
+    url: String,
+    digest: BlobDigest,
+    response: Response<Incoming>,
+}
+
 /// `fetch-into` after the boundary checks: one origin request per digest
 /// at a time, streamed to disk, committed only if the digest matches.
 async fn fetch_blob(
@@ -38,6 +52,7 @@ async fn fetch_blob(
     url: &str,
     digest: &BlobDigest,
     headers: &[(String, String)],
+    parked: &mut Option<ParkedFetch>,
 ) -> Result<u64, BlobError> {
     let outbound = &plugin.outbound_http;
     let uri = outbound
@@ -51,10 +66,13 @@ async fn fetch_blob(
     {
         return Ok(size);
     }
-    let response = outbound
-        .send("GET", uri, headers, Vec::new())
-        .await
-        .map_err(|e| BlobError::Io(e.to_string()))?;
+    let response = match parked.take() {
+        Some(p) if p.url == url && p.digest == *digest => p.response,
+        _ => outbound
+            .send("GET", uri, headers, Vec::new())
+            .await
+            .map_err(|e| BlobError::Io(e.to_string()))?,
+    };
     if !response.status().is_success() {
         return Err(BlobError::OriginStatus(response.status().as_u16()));
     }
@@ -62,7 +80,18 @@ async fn fetch_blob(
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut writer = store.begin(digest, size_hint).map_err(store_error)?;
+    let mut writer = match store.begin(digest, size_hint) {
+        Ok(writer) => writer,
+        Err(e @ StoreError::QuotaExceeded { .. }) => {
+            *parked = Some(ParkedFetch {
+                url: url.to_string(),
+                digest: digest.clone(),
+                response,
+            });
+            return Err(store_error(e));
+        }
+        Err(e) => return Err(store_error(e)),
+    };
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BlobError::Io(format!("reading from the origin: {e}")))?;
@@ -207,8 +236,10 @@ impl Host for CallState {
             return Ok(Ok(BlobStat { digest, size }));
         }
         let plugin = self.plugin.clone();
-        Ok(fetch_blob(&plugin, &store, &url, &d, &headers)
-            .await
-            .map(|size| BlobStat { digest, size }))
+        Ok(
+            fetch_blob(&plugin, &store, &url, &d, &headers, &mut self.parked_fetch)
+                .await
+                .map(|size| BlobStat { digest, size }),
+        )
     }
 }

@@ -2,7 +2,7 @@
 //! limits at the boundary, before any work. Guest mistakes come back to the
 //! plugin as WIT errors; host faults trap the call and are logged.
 
-mod blobs;
+pub(crate) mod blobs;
 mod config;
 pub(crate) mod jobs;
 mod kv;
