@@ -307,6 +307,100 @@ async fn the_least_recently_used_blob_is_evicted_and_oversized_blobs_pass_throug
         "larger than the quota"
     );
     assert!(blob_file(&home, a).exists() && blob_file(&home, c).exists());
+    // The response `fetch-into` refused as too large was the one passed
+    // through.
+    assert_eq!(origin.hits(&format!("/b/{big_digest}")), 1);
+    gw.shutdown().await;
+}
+
+/// The status, headers and body of a request whose body may end in an
+/// error (then the bytes received before it, and `false`).
+async fn call_partial(addr: SocketAddr, path: &str) -> (u16, hyper::HeaderMap, Vec<u8>, bool) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = client.request(req).await.expect("request");
+    let (parts, mut body) = res.into_parts();
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| d.as_ref())),
+            Err(_) => return (parts.status.as_u16(), parts.headers, got, false),
+        }
+    }
+    (parts.status.as_u16(), parts.headers, got, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_larger_than_the_quota_stream_from_the_origin_verified_at_any_size() {
+    let origin = Origin::start(Duration::ZERO).await;
+    // Larger than the quota and than the 8 MiB a plugin may hold of an
+    // outbound response.
+    let big = pseudo_random(9 << 20, 60);
+    let digest = sha256_digest(&big);
+    origin.serve(&format!("/b/{digest}"), big.clone());
+    // Bytes that hash to something else, under another digest's name.
+    let claimed = sha256_digest(b"not these bytes");
+    let mut wrong = big.clone();
+    wrong[5 << 20] ^= 1;
+    origin.serve(&format!("/b/{claimed}"), wrong.clone());
+    let home = cache_home(
+        &[origin.url()],
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let path = format!("/blobs/{digest}");
+
+    let (status, headers, body) = call(gw.http_addr, "GET", &path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], (9u64 << 20).to_string().as_str());
+    assert_eq!(headers["etag"], format!("\"{digest}\"").as_str());
+    assert!(body.as_ref() == big.as_slice(), "the whole blob, unchanged");
+    assert!(!blob_file(&home, &digest).exists(), "not stored");
+    // One origin request per pass: `fetch-into`'s refused response is used.
+    assert_eq!(origin.hits(&format!("/b/{digest}")), 1);
+
+    // HEAD: the length, no body. A range is ignored: the whole blob.
+    // If-None-Match with the digest: 304.
+    let (status, headers, body) = call(gw.http_addr, "HEAD", &path, &[]).await;
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(headers["content-length"], (9u64 << 20).to_string().as_str());
+    let (status, headers, body) = call(gw.http_addr, "GET", &path, &[("range", "bytes=0-9")]).await;
+    assert_eq!((status, body.len()), (200, 9 << 20));
+    assert_eq!(headers["accept-ranges"], "none");
+    let etag = format!("\"{digest}\"");
+    let (status, _, body) = call(
+        gw.http_addr,
+        "GET",
+        &path,
+        &[("if-none-match", etag.as_str())],
+    )
+    .await;
+    assert_eq!((status, body.len()), (304, 0));
+
+    // Wrong bytes: the response is cut short before its end, so the client
+    // never holds a complete blob that is not the one it asked for.
+    let (status, headers, got, complete) =
+        call_partial(gw.http_addr, &format!("/blobs/{claimed}")).await;
+    assert_eq!(
+        status, 200,
+        "the headers went out before the bytes were known"
+    );
+    assert_eq!(headers["content-length"], (9u64 << 20).to_string().as_str());
+    assert!(!complete, "the body ends in an error");
+    assert!(
+        got.len() < wrong.len(),
+        "{} bytes of {}",
+        got.len(),
+        wrong.len()
+    );
+    assert!(got.as_slice() == &wrong[..got.len()]);
+
+    // The gateway goes on serving.
+    let (status, _, body) = call(gw.http_addr, "GET", &path, &[]).await;
+    assert_eq!((status, body.len()), (200, 9 << 20));
     gw.shutdown().await;
 }
 

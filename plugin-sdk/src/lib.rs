@@ -386,6 +386,20 @@ pub mod blobs {
     ) -> Result<BlobStat, BlobError> {
         host::fetch_into(url, digest, headers)
     }
+
+    /// Opens `url` so that this call can answer with
+    /// [`HttpResponse::blob`](crate::HttpResponse::blob) for `digest`
+    /// without storing it (a blob larger than the quota): the host then
+    /// streams the origin's bytes to the client, verifying them. Returns
+    /// the size the origin announces. No store is needed, only the
+    /// outbound allow-list.
+    pub fn pass_through(
+        url: &str,
+        digest: &str,
+        headers: &[(String, String)],
+    ) -> Result<BlobStat, BlobError> {
+        host::pass_through(url, digest, headers)
+    }
 }
 
 /// HTTP(S) requests to the origins on the plugin's `[plugin.outbound] http`

@@ -22,6 +22,8 @@ struct State {
     origins: BTreeMap<String, (u16, Vec<u8>)>,
     /// URLs requested from `origins`, in order.
     fetched: Vec<String>,
+    /// The digest and bytes the last `pass-through` opened.
+    passed_through: Option<(String, Vec<u8>)>,
     udp_allowed: Vec<String>,
     udp_sent: Vec<(String, Vec<u8>, String)>,
     udp_arrived_on: Option<String>,
@@ -150,6 +152,14 @@ impl TestHost {
     /// The URLs fetched so far, in order.
     pub fn fetched(&self) -> Vec<String> {
         self.0.borrow().fetched.clone()
+    }
+
+    /// The digest and origin bytes the last `blobs::pass_through` opened.
+    /// Unlike the gateway, which checks the bytes while it streams them to
+    /// the client, the test host does not check them: compare them with
+    /// the digest in the test.
+    pub fn passed_through(&self) -> Option<(String, Vec<u8>)> {
+        self.0.borrow().passed_through.clone()
     }
 }
 
@@ -381,6 +391,31 @@ pub mod native {
                     return Err(BlobError::QuotaExceeded(used + size - quota));
                 }
                 s.blobs.insert(digest.to_string(), body);
+                Ok(BlobStat {
+                    digest: digest.to_string(),
+                    size,
+                })
+            })
+        }
+
+        pub fn pass_through(
+            url: &str,
+            digest: &str,
+            _headers: &[(String, String)],
+        ) -> Result<BlobStat, BlobError> {
+            check(digest)?;
+            with(|s| {
+                let (status, body) = s
+                    .origins
+                    .get(url)
+                    .cloned()
+                    .ok_or_else(|| BlobError::Denied(format!("`{url}` is not allow-listed")))?;
+                s.fetched.push(url.to_string());
+                if !(200..300).contains(&status) {
+                    return Err(BlobError::OriginStatus(status));
+                }
+                let size = body.len() as u64;
+                s.passed_through = Some((digest.to_string(), body));
                 Ok(BlobStat {
                     digest: digest.to_string(),
                     size,

@@ -302,19 +302,28 @@ impl HttpIngress {
             }
             Ok(o) => {
                 let error = o.result.as_ref().err().map(|e| e.kind());
+                let (result, pass) = match o.result {
+                    Ok((r, pass)) => (Ok(r), pass),
+                    Err(e) => (Err(e), None),
+                };
                 // The plugin's answer and claims, when it marked the answer
-                // reusable (kept once the call's records are durable).
-                keep = reuse_key.zip(o.result.as_ref().ok()).and_then(|(key, r)| {
-                    let ttl = reuse::requested(r)?;
-                    Some((key, r.clone(), ttl))
-                });
-                let response = match o.result {
+                // reusable (kept once the call's records are durable). Not
+                // a blob passed through: it is not stored.
+                keep = reuse_key
+                    .filter(|_| pass.is_none())
+                    .zip(result.as_ref().ok())
+                    .and_then(|(key, r)| {
+                        let ttl = reuse::requested(r)?;
+                        Some((key, r.clone(), ttl))
+                    });
+                let response = match result {
                     Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
                         plugin.shared.blobs.as_deref(),
                         r,
                         &conditional,
                         request_id,
                         false,
+                        pass,
                     ),
                     Ok(r) => plugin_response(r, request_id),
                     Err(e) => {
@@ -406,6 +415,7 @@ impl HttpIngress {
             &conditional,
             request_id,
             true,
+            None,
         );
         if response.status() == StatusCode::NOT_FOUND || response.status().is_server_error() {
             // The blob is gone (evicted, deleted) or unreadable: ask the plugin.

@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     world: "resource-plugin",
     imports: {
         "depin:plugin/blobs.fetch-into": async | trappable,
+        "depin:plugin/blobs.pass-through": async | trappable,
         "depin:plugin/outbound-http.fetch": async | trappable,
         "depin:plugin/jobs.put-module": async | trappable,
         "depin:plugin/jobs.run": async | trappable,
@@ -33,7 +34,7 @@ pub fn kind_name(kind: ResourceKind) -> &'static str {
 }
 
 /// The contract this gateway speaks.
-pub const CONTRACT: &str = "depin:plugin@0.1.2";
+pub const CONTRACT: &str = "depin:plugin@0.1.3";
 const PACKAGE: &str = "depin:plugin";
 const VERSION_MAJOR_MINOR: &str = "0.1";
 
@@ -163,7 +164,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.2 does not define"),
+            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.3 does not define"),
             "{e}"
         );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");
@@ -215,11 +216,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             runtime.linker().instantiate_pre(&component).map(|_| ())
         };
-        for version in ["0.1.0", "0.1.1", "0.1.2"] {
+        for version in ["0.1.0", "0.1.1", "0.1.2", "0.1.3"] {
             assert!(links(version).is_ok(), "{version}: {:?}", links(version));
         }
         assert!(links("0.2.0").is_err(), "0.2 is another contract");
-        assert!(CONTRACT.ends_with("@0.1.2"));
+        assert!(CONTRACT.ends_with("@0.1.3"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::contract::{
     CONTRACT, Challenge, ComponentShape, Datagram, HttpRequest, HttpResponse, PluginInfo, Proof,
     ResourcePlugin, ResourcePluginPre,
 };
+use super::host::blobs::PassThrough;
 use super::host::outbound_http::HttpOutbound;
 use super::host::outbound_udp::RecentPeers;
 use super::state::CallState;
@@ -250,14 +251,18 @@ impl LoadedPlugin {
         &self.shared.name
     }
 
-    /// Calls `handle-http`.
+    /// Calls `handle-http`. Also returns the origin response the call
+    /// opened with `blobs.pass-through`, if any.
     pub async fn handle_http(
         &self,
         request_id: &Arc<str>,
         req: HttpRequest,
-    ) -> CallOutcome<HttpResponse> {
+    ) -> CallOutcome<(HttpResponse, Option<PassThrough>)> {
         self.call(request_id.clone(), move |p, s| {
-            Box::pin(async move { p.call_handle_http(s, &req).await })
+            Box::pin(async move {
+                let r = p.call_handle_http(&mut *s, &req).await?;
+                Ok((r, s.data_mut().pass_through.take()))
+            })
         })
         .await
     }

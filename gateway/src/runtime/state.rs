@@ -38,6 +38,9 @@ pub struct CallState {
     /// An origin response `fetch-into` could not store yet (see
     /// [`super::host::blobs::ParkedFetch`]).
     pub(crate) parked_fetch: Option<super::host::blobs::ParkedFetch>,
+    /// The origin response a `blob` answer of this call is served from
+    /// (`blobs.pass-through`).
+    pub(crate) pass_through: Option<super::host::blobs::PassThrough>,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -69,6 +72,7 @@ impl CallState {
             deadline_hit: false,
             outbound_udp: Default::default(),
             parked_fetch: None,
+            pass_through: None,
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

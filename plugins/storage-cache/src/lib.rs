@@ -29,8 +29,8 @@
 //!
 //! When a new blob does not fit the quota, the least recently used blobs are
 //! evicted (access times in kv); a blob bigger than the whole quota is
-//! served pass-through (through the plugin's memory, up to the host's 8 MiB
-//! response limit) and not stored.
+//! passed through (`blobs::pass_through`: the host streams it from the
+//! origin to the client, verifying it, whatever its size) and not stored.
 //!
 //! Metering: `cache-hits` and `cache-misses` (subject and evidence: the
 //! digest), `blobs-stored` (quantity: bytes; subject: digest; evidence: the
@@ -441,8 +441,8 @@ fn chunk_leaves(
     Ok((leaves, wanted))
 }
 
-/// A blob bigger than the whole quota: fetched through the plugin and
-/// served without storing it.
+/// A blob bigger than the whole quota: served from the origin by the host
+/// (verified while it streams) and not stored.
 fn pass_through(
     digest: &str,
     url: &str,
@@ -450,34 +450,19 @@ fn pass_through(
     content_type: &str,
     quota: u64,
 ) -> HttpResponse {
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let response = match outbound_http::get(url, &headers) {
-        Ok(r) => r,
-        Err(e) => return HttpResponse::text(502, &format!("cannot pull {digest}: {e}")),
+    let size = match blobs::pass_through(url, digest, headers) {
+        Ok(stat) => stat.size,
+        Err(e) => return miss_failed(digest, e),
     };
-    if response.status != 200 {
-        return HttpResponse::text(
-            502,
-            &format!("the origin answered {} for {digest}", response.status),
-        );
-    }
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&response.body)));
-    if actual != digest {
-        return miss_failed(digest, BlobError::DigestMismatch(actual));
-    }
     log::info(&format!(
-        "{digest} ({} bytes) is larger than the quota of {quota} bytes; served without storing",
-        response.body.len()
+        "{digest} ({size} bytes) is larger than the quota of {quota} bytes; passed through without storing"
     ));
     record(
         Usage::new("cache-misses", 1)
             .subject(digest)
             .evidence(evidence(digest)),
     );
-    HttpResponse::bytes(200, content_type, response.body)
+    HttpResponse::blob(200, content_type, digest)
 }
 
 /// A manifest request: by digest it is cached like a blob; by tag it is
@@ -657,6 +642,25 @@ mod tests {
         assert_eq!(get(&format!("/blobs/{digest}")).status, 502);
         assert_eq!(host.blob(&digest), None);
         assert_eq!(host.total("cache-misses"), 0);
+    }
+
+    #[test]
+    fn a_blob_larger_than_the_quota_is_passed_through_unstored() {
+        let host = host(100);
+        let bytes = vec![3u8; 1000];
+        let digest = sha256_digest(&bytes);
+        host.serve_url(
+            &format!("http://origin.test/b/{digest}"),
+            200,
+            bytes.clone(),
+        );
+        let r = get(&format!("/blobs/{digest}"));
+        assert_eq!(r.status, 200);
+        assert!(matches!(&r.body, Body::Blob(b) if b.digest == digest));
+        assert_eq!(host.passed_through(), Some((digest.clone(), bytes)));
+        assert_eq!(host.blob(&digest), None);
+        assert_eq!(host.total("cache-misses"), 1);
+        assert_eq!(host.total("blobs-stored"), 0);
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! (304) itself. The `etag` is the digest. `content-length` is always the
 //! number of bytes the body carries, so the bytes-out the host records are
 //! the bytes served.
+//!
+//! A blob the call passed through (`blobs.pass-through`) is streamed from
+//! the origin's response instead, whole, hashed on the way: if the bytes
+//! do not hash to the digest, the body ends in an error before its last
+//! frame, so the client never receives a complete wrong blob.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +22,10 @@ use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{HttpBody, error_response, plugin_response};
+use sha2::{Digest, Sha256};
+
 use crate::blobstore::{BlobDigest, BlobStore, OpenedBlob};
+use crate::runtime::PassThrough;
 use crate::runtime::contract::{BlobRef, Body, HttpRequest, HttpResponse};
 
 /// Largest read per body frame.
@@ -67,13 +75,16 @@ impl Conditional {
 
 /// The response for a plugin answer with a blob body. `hot`: the answer
 /// is repeated by the host, so a small blob is served from the copy the
-/// store keeps in memory ([`BlobStore::open_hot`]).
+/// store keeps in memory ([`BlobStore::open_hot`]). `pass`: the origin
+/// response the call opened for passing a blob through; used when it is
+/// for the answer's digest.
 pub(super) fn respond(
     store: Option<&BlobStore>,
     r: HttpResponse,
     cond: &Conditional,
     request_id: &std::sync::Arc<str>,
     hot: bool,
+    pass: Option<PassThrough>,
 ) -> Response<HttpBody> {
     let Body::Blob(blob) = &r.body else {
         unreachable!("called for blob bodies only")
@@ -83,13 +94,6 @@ pub(super) fn respond(
         offset,
         length,
     } = blob.clone();
-    let Some(store) = store else {
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            request_id,
-            "the plugin answered with a blob but has no blob store ([plugin.blobs])",
-        );
-    };
     let digest = match BlobDigest::parse(&digest) {
         Ok(d) => d,
         Err(problem) => {
@@ -100,6 +104,16 @@ pub(super) fn respond(
                 "the plugin answered with an invalid blob digest",
             );
         }
+    };
+    if let Some(pass) = pass.filter(|p| p.digest == digest) {
+        return passed_through(r, pass, cond, request_id);
+    }
+    let Some(store) = store else {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            request_id,
+            "the plugin answered with a blob but has no blob store ([plugin.blobs])",
+        );
     };
     let opened = if hot {
         store.open_hot(&digest)
@@ -132,35 +146,16 @@ pub(super) fn respond(
     let len = length.map_or(size - start, |l| l.min(size - start));
     let whole = start == 0 && len == size;
     let etag = if whole {
-        let mut tag = String::with_capacity(digest.as_str().len() + 2);
-        tag.push('"');
-        tag.push_str(digest.as_str());
-        tag.push('"');
-        tag
+        whole_etag(&digest)
     } else {
         format!("\"{}:{start}-{}\"", digest.as_str(), start + len)
     };
-    let status = r.status;
-    let mut response = plugin_response(
-        HttpResponse {
-            status: r.status,
-            headers: r.headers,
-            body: Body::Bytes(Vec::new()),
-        },
-        request_id,
-    );
-    let ok = status == 200;
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        headers.insert(ETAG, v);
-    }
-    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if ok
-        && cond
-            .if_none_match
-            .as_deref()
-            .is_some_and(|v| etag_matches(v, &etag))
-    {
+    let ok = r.status == 200;
+    let mut response = head_response(r, &etag, request_id);
+    response
+        .headers_mut()
+        .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if ok && cond.not_modified(&etag) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
@@ -204,6 +199,91 @@ pub(super) fn respond(
     }
 }
 
+/// `"<digest>"`, the etag of a whole blob.
+fn whole_etag(digest: &BlobDigest) -> String {
+    let mut tag = String::with_capacity(digest.as_str().len() + 2);
+    tag.push('"');
+    tag.push_str(digest.as_str());
+    tag.push('"');
+    tag
+}
+
+/// The plugin's status and headers with the blob's `etag`; no body yet.
+fn head_response(
+    r: HttpResponse,
+    etag: &str,
+    request_id: &std::sync::Arc<str>,
+) -> Response<HttpBody> {
+    let mut response = plugin_response(
+        HttpResponse {
+            status: r.status,
+            headers: r.headers,
+            body: Body::Bytes(Vec::new()),
+        },
+        request_id,
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(ETAG, v);
+    }
+    response
+}
+
+impl Conditional {
+    /// Whether `If-None-Match` names `etag`.
+    fn not_modified(&self, etag: &str) -> bool {
+        self.if_none_match
+            .as_deref()
+            .is_some_and(|v| etag_matches(v, etag))
+    }
+}
+
+/// The response for a blob passed through from its origin: whole (no
+/// ranges), verified while it streams.
+fn passed_through(
+    r: HttpResponse,
+    pass: PassThrough,
+    cond: &Conditional,
+    request_id: &std::sync::Arc<str>,
+) -> Response<HttpBody> {
+    let PassThrough {
+        digest,
+        size,
+        response: origin,
+    } = pass;
+    if size == 0 && BlobDigest::of(&[]) != digest {
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            request_id,
+            &format!("the origin's bytes do not match {}", digest.as_str()),
+        );
+    }
+    let ok = r.status == 200;
+    let mut response = head_response(r, &whole_etag(&digest), request_id);
+    response
+        .headers_mut()
+        .insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
+    if ok && cond.not_modified(&whole_etag(&digest)) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(size));
+    if cond.head {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let body = BlobBody {
+        source: Source::Origin {
+            body: origin.into_body(),
+            hasher: Sha256::new(),
+            digest,
+        },
+        remaining: size,
+    };
+    Response::from_parts(parts, Either::Right(body))
+}
+
 /// The body for `count` bytes of `blob` from `position`: a slice of the
 /// copy in memory, or read from the file at once when small (one syscall
 /// beats a trip to the blocking pool), streamed otherwise.
@@ -225,9 +305,11 @@ fn open_body(blob: OpenedBlob, position: u64, count: u64) -> io::Result<HttpBody
     let mut file = tokio::fs::File::from_std(file);
     file.set_max_buf_size(CHUNK);
     Ok(Either::Right(BlobBody {
-        file,
+        source: Source::File {
+            file,
+            buf: BytesMut::new(),
+        },
         remaining: count,
-        buf: BytesMut::new(),
     }))
 }
 
@@ -283,11 +365,23 @@ fn parse_range(header: &str, len: u64) -> RangeSpec {
     }
 }
 
-/// A response body that streams the next `remaining` bytes of a file.
+/// A response body that streams the next `remaining` bytes of a stored
+/// blob's file, or of a passed-through blob's origin response.
 pub struct BlobBody {
-    file: tokio::fs::File,
+    source: Source,
     remaining: u64,
-    buf: BytesMut,
+}
+
+enum Source {
+    File {
+        file: tokio::fs::File,
+        buf: BytesMut,
+    },
+    Origin {
+        body: hyper::body::Incoming,
+        hasher: Sha256,
+        digest: BlobDigest,
+    },
 }
 
 impl hyper::body::Body for BlobBody {
@@ -302,27 +396,13 @@ impl hyper::body::Body for BlobBody {
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        let want = this.remaining.min(CHUNK as u64) as usize;
-        if this.buf.len() != want {
-            this.buf.clear();
-            this.buf.resize(want, 0);
-        }
-        let mut read_buf = ReadBuf::new(&mut this.buf[..]);
-        match Pin::new(&mut this.file).poll_read(cx, &mut read_buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(Ok(())) => {
-                let n = read_buf.filled().len();
-                if n == 0 {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the blob file is shorter than its recorded size",
-                    ))));
-                }
-                this.remaining -= n as u64;
-                let chunk = this.buf.split_to(n).freeze();
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
-            }
+        match &mut this.source {
+            Source::File { file, buf } => poll_file(file, buf, &mut this.remaining, cx),
+            Source::Origin {
+                body,
+                hasher,
+                digest,
+            } => poll_origin(body, hasher, digest, &mut this.remaining, cx),
         }
     }
 
@@ -332,6 +412,90 @@ impl hyper::body::Body for BlobBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn poll_file(
+    file: &mut tokio::fs::File,
+    buf: &mut BytesMut,
+    remaining: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    let want = (*remaining).min(CHUNK as u64) as usize;
+    if buf.len() != want {
+        buf.clear();
+        buf.resize(want, 0);
+    }
+    let mut read_buf = ReadBuf::new(&mut buf[..]);
+    match Pin::new(file).poll_read(cx, &mut read_buf) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        Poll::Ready(Ok(())) => {
+            let n = read_buf.filled().len();
+            if n == 0 {
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the blob file is shorter than its recorded size",
+                ))));
+            }
+            *remaining -= n as u64;
+            let chunk = buf.split_to(n).freeze();
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+    }
+}
+
+/// The origin's next data frame, hashed; the last one only if the whole
+/// body hashes to `digest`.
+fn poll_origin(
+    body: &mut hyper::body::Incoming,
+    hasher: &mut Sha256,
+    digest: &BlobDigest,
+    remaining: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    use hyper::body::Body as _;
+    loop {
+        let frame = match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the origin's body ended before its content-length",
+                ))));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if data.len() as u64 > *remaining {
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the origin sent more than its content-length",
+            ))));
+        }
+        hasher.update(&data);
+        *remaining -= data.len() as u64;
+        if *remaining == 0 {
+            let actual = format!("sha256:{}", hex::encode(hasher.clone().finalize()));
+            if actual != digest.as_str() {
+                tracing::warn!(
+                    digest = digest.as_str(),
+                    %actual,
+                    "a passed-through blob's bytes do not match its digest; the response is cut short"
+                );
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the origin's bytes hash to {actual}, not {}",
+                        digest.as_str()
+                    ),
+                ))));
+            }
+        }
+        return Poll::Ready(Some(Ok(Frame::data(data))));
     }
 }
 

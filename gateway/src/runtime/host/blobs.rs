@@ -3,7 +3,9 @@
 //! before connecting, streams the origin's body to a temp file while hashing
 //! it, and stores the blob only if the digest matches. Concurrent fetches of
 //! one digest share one origin request, and a fetch the quota refused is
-//! resumed, not repeated, when the plugin asks again after evicting.
+//! resumed, not repeated, when the plugin asks again after evicting (or
+//! passes the blob through). `pass-through` opens an origin response that
+//! the call's `blob` answer is then streamed from, unstored.
 
 use std::sync::Arc;
 
@@ -35,13 +37,74 @@ impl CallState {
 
 /// The origin's answer to a `fetch-into` that the quota refused before any
 /// byte of the body was read (its `content-length` does not fit). The
-/// plugin usually evicts and asks again for the same URL and digest; that
-/// `fetch-into`, in the same call, reads this response instead of sending
-/// a second request. Dropped, with its connection, when the call ends.
+/// plugin usually evicts and asks again for the same URL and digest, or
+/// passes a blob larger than the quota through; that `fetch-into` or
+/// `pass-through`, in the same call, reads this response instead of
+/// sending a second request. Dropped, with its connection, when the call
+/// ends.
 pub(crate) struct ParkedFetch {
     url: String,
     digest: BlobDigest,
     response: Response<Incoming>,
+}
+
+impl ParkedFetch {
+    /// The parked response if it is for `url` and `digest`.
+    fn take_for(
+        parked: &mut Option<Self>,
+        url: &str,
+        digest: &BlobDigest,
+    ) -> Option<Response<Incoming>> {
+        match parked.take() {
+            Some(p) if p.url == url && p.digest == *digest => Some(p.response),
+            _ => None,
+        }
+    }
+}
+
+/// An origin response opened by `pass-through`: the call's `blob` answer
+/// for `digest` is streamed from it, verified on the way, and not stored.
+pub struct PassThrough {
+    pub(crate) digest: BlobDigest,
+    /// The origin's `content-length`.
+    pub(crate) size: u64,
+    pub(crate) response: Response<Incoming>,
+}
+
+/// `pass-through` after the boundary checks.
+async fn open_pass_through(
+    plugin: &PluginShared,
+    url: &str,
+    digest: BlobDigest,
+    headers: &[(String, String)],
+    parked: &mut Option<ParkedFetch>,
+) -> Result<PassThrough, BlobError> {
+    let outbound = &plugin.outbound_http;
+    let uri = outbound
+        .check(url)
+        .map_err(|e| BlobError::Denied(e.to_string()))?;
+    let response = match ParkedFetch::take_for(parked, url, &digest) {
+        Some(r) => r,
+        None => outbound
+            .send("GET", uri, headers, Vec::new())
+            .await
+            .map_err(|e| BlobError::Io(e.to_string()))?,
+    };
+    if !response.status().is_success() {
+        return Err(BlobError::OriginStatus(response.status().as_u16()));
+    }
+    let size = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .ok_or_else(|| {
+            BlobError::Io("the origin's answer has no content-length to pass through".into())
+        })?;
+    Ok(PassThrough {
+        digest,
+        size,
+        response,
+    })
 }
 
 /// `fetch-into` after the boundary checks: one origin request per digest
@@ -66,9 +129,9 @@ async fn fetch_blob(
     {
         return Ok(size);
     }
-    let response = match parked.take() {
-        Some(p) if p.url == url && p.digest == *digest => p.response,
-        _ => outbound
+    let response = match ParkedFetch::take_for(parked, url, digest) {
+        Some(r) => r,
+        None => outbound
             .send("GET", uri, headers, Vec::new())
             .await
             .map_err(|e| BlobError::Io(e.to_string()))?,
@@ -82,7 +145,7 @@ async fn fetch_blob(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut writer = match store.begin(digest, size_hint) {
         Ok(writer) => writer,
-        Err(e @ StoreError::QuotaExceeded { .. }) => {
+        Err(e @ (StoreError::QuotaExceeded { .. } | StoreError::TooLarge { .. })) => {
             *parked = Some(ParkedFetch {
                 url: url.to_string(),
                 digest: digest.clone(),
@@ -240,6 +303,28 @@ impl Host for CallState {
             fetch_blob(&plugin, &store, &url, &d, &headers, &mut self.parked_fetch)
                 .await
                 .map(|size| BlobStat { digest, size }),
+        )
+    }
+
+    async fn pass_through(
+        &mut self,
+        url: String,
+        digest: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<Result<BlobStat, BlobError>> {
+        let d = match parse(&digest) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        let plugin = self.plugin.clone();
+        Ok(
+            open_pass_through(&plugin, &url, d, &headers, &mut self.parked_fetch)
+                .await
+                .map(|pass| {
+                    let size = pass.size;
+                    self.pass_through = Some(pass);
+                    BlobStat { digest, size }
+                }),
         )
     }
 }
