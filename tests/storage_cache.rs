@@ -313,6 +313,49 @@ async fn the_least_recently_used_blob_is_evicted_and_oversized_blobs_pass_throug
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_to_allow_listed_origins_only() {
+    let (origin, cdn, elsewhere) = (
+        Origin::start(Duration::ZERO).await,
+        Origin::start(Duration::ZERO).await,
+        Origin::start(Duration::ZERO).await,
+    );
+    let (a, b) = (pseudo_random(50_000, 70), pseudo_random(50_000, 71));
+    let (da, db) = (sha256_digest(&a), sha256_digest(&b));
+    // a: the origin sends the client to the CDN, which is allow-listed.
+    origin.redirect(&format!("/b/{da}"), &format!("{}/objects/{da}", cdn.url()));
+    cdn.serve(&format!("/objects/{da}"), a.clone());
+    // b: to an origin that is not.
+    origin.redirect(
+        &format!("/b/{db}"),
+        &format!("{}/objects/{db}", elsewhere.url()),
+    );
+    elsewhere.serve(&format!("/objects/{db}"), b.clone());
+    let home = cache_home(
+        &[origin.url(), cdn.url()],
+        1 << 20,
+        format!("origin = \"{}/b\"\n", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{da}"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.as_ref() == a.as_slice());
+    assert!(blob_file(&home, &da).exists());
+    assert_eq!(cdn.hits(&format!("/objects/{da}")), 1);
+
+    let (status, _, body) = call(gw.http_addr, "GET", &format!("/blobs/{db}"), &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("allow-list") && text.contains("redirect"),
+        "{text}"
+    );
+    assert_eq!(elsewhere.total(), 0, "never contacted");
+    assert!(!blob_file(&home, &db).exists());
+    gw.shutdown().await;
+}
+
 /// The status, headers and body of a request whose body may end in an
 /// error (then the bytes received before it, and `false`).
 async fn call_partial(addr: SocketAddr, path: &str) -> (u16, hyper::HeaderMap, Vec<u8>, bool) {

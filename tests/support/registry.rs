@@ -263,7 +263,9 @@ pub struct Origin {
     pub ca_pem: Option<String>,
     scheme: &'static str,
     bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    redirects: Arc<Mutex<HashMap<String, String>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    authorized: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -303,21 +305,30 @@ impl Origin {
             .expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let bodies: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let redirects: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let authorized: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let total = Arc::new(AtomicUsize::new(0));
-        let (b, h, t) = (bodies.clone(), hits.clone(), total.clone());
+        let (b, r, h, a, t) = (
+            bodies.clone(),
+            redirects.clone(),
+            hits.clone(),
+            authorized.clone(),
+            total.clone(),
+        );
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (b, h, t) = (b.clone(), h.clone(), t.clone());
+                let served = Served {
+                    bodies: b.clone(),
+                    redirects: r.clone(),
+                    hits: h.clone(),
+                    authorized: a.clone(),
+                    total: t.clone(),
+                    delay,
+                };
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let served = Served {
-                        bodies: b,
-                        hits: h,
-                        total: t,
-                        delay,
-                    };
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
@@ -334,7 +345,9 @@ impl Origin {
             ca_pem: None,
             scheme,
             bodies,
+            redirects,
             hits,
+            authorized,
             total,
             task,
         }
@@ -348,6 +361,24 @@ impl Origin {
     /// Serves `body` at `path`.
     pub fn serve(&self, path: &str, body: Vec<u8>) {
         self.bodies.lock().unwrap().insert(path.to_string(), body);
+    }
+
+    /// Answers `path` with `307 Temporary Redirect` to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.redirects
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), location.to_string());
+    }
+
+    /// Requests for `path` that carried an `authorization` header.
+    pub fn authorized_hits(&self, path: &str) -> usize {
+        self.authorized
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests received for `path`.
@@ -369,7 +400,9 @@ impl Drop for Origin {
 
 struct Served {
     bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    redirects: Arc<Mutex<HashMap<String, String>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    authorized: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
     delay: Duration,
 }
@@ -392,14 +425,31 @@ impl Served {
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         self.total.fetch_add(1, Ordering::SeqCst);
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        if head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        {
+            *self
+                .authorized
+                .lock()
+                .unwrap()
+                .entry(path.clone())
+                .or_default() += 1;
+        }
         tokio::time::sleep(self.delay).await;
+        let redirect = self.redirects.lock().unwrap().get(&path).cloned();
         let body = self.bodies.lock().unwrap().get(&path).cloned();
-        let (status, body) = match body {
-            Some(body) => ("200 OK", body),
-            None => ("404 Not Found", b"not here".to_vec()),
+        let (status, body, location) = match (redirect, body) {
+            (Some(to), _) => (
+                "307 Temporary Redirect",
+                Vec::new(),
+                format!("location: {to}\r\n"),
+            ),
+            (None, Some(body)) => ("200 OK", body, String::new()),
+            (None, None) => ("404 Not Found", b"not here".to_vec(), String::new()),
         };
         let head = format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\n{location}content-length: {}\r\nconnection: close\r\n\r\n",
             body.len()
         );
         let _ = stream.write_all(head.as_bytes()).await;

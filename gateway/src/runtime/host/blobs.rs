@@ -17,6 +17,7 @@ use wasmtime::Result;
 use crate::blobstore::{BlobDigest, BlobStore, StoreError};
 use crate::runtime::PluginShared;
 use crate::runtime::contract::depin::plugin::blobs::{BlobError, BlobStat, Host, StoreUsage};
+use crate::runtime::host::outbound_http::OutboundError;
 use crate::runtime::state::CallState;
 
 /// Most bytes one `read-range` returns.
@@ -86,9 +87,9 @@ async fn open_pass_through(
     let response = match ParkedFetch::take_for(parked, url, &digest) {
         Some(r) => r,
         None => outbound
-            .send("GET", uri, headers, Vec::new())
+            .get_following(uri, headers)
             .await
-            .map_err(|e| BlobError::Io(e.to_string()))?,
+            .map_err(outbound_error)?,
     };
     if !response.status().is_success() {
         return Err(BlobError::OriginStatus(response.status().as_u16()));
@@ -132,9 +133,9 @@ async fn fetch_blob(
     let response = match ParkedFetch::take_for(parked, url, digest) {
         Some(r) => r,
         None => outbound
-            .send("GET", uri, headers, Vec::new())
+            .get_following(uri, headers)
             .await
-            .map_err(|e| BlobError::Io(e.to_string()))?,
+            .map_err(outbound_error)?,
     };
     if !response.status().is_success() {
         return Err(BlobError::OriginStatus(response.status().as_u16()));
@@ -170,6 +171,13 @@ async fn fetch_blob(
         .map_err(store_error)?;
     tracing::debug!(plugin = %plugin.name, digest = digest.as_str(), size, "blob fetched");
     Ok(size)
+}
+
+fn outbound_error(e: OutboundError) -> BlobError {
+    match e {
+        OutboundError::Denied(_) => BlobError::Denied(e.to_string()),
+        other => BlobError::Io(other.to_string()),
+    }
 }
 
 fn store_error(e: StoreError) -> BlobError {

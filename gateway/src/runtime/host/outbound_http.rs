@@ -26,6 +26,8 @@ use crate::runtime::state::CallState;
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Longest wait for a response's head (connect, send, first byte).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most redirects [`HttpOutbound::get_following`] follows.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// One plugin's outbound HTTP capability: its allow-list, a connection pool
 /// for `http://` and a TLS configuration (rustls) for `https://`.
@@ -152,6 +154,74 @@ impl HttpOutbound {
             ))),
         }
     }
+}
+
+impl HttpOutbound {
+    /// A GET of an allowed URL that follows redirects (301, 302, 303, 307,
+    /// 308; at most [`MAX_REDIRECTS`]) as long as each target is allowed
+    /// too. Registries answer blob requests with a redirect to a CDN or
+    /// object store. `authorization` is not sent on to another origin.
+    pub async fn get_following(
+        &self,
+        uri: Uri,
+        headers: &[(String, String)],
+    ) -> Result<Response<Incoming>, OutboundError> {
+        let mut uri = uri;
+        let mut headers = headers.to_vec();
+        for _ in 0..=MAX_REDIRECTS {
+            let response = self.send("GET", uri.clone(), &headers, Vec::new()).await?;
+            if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                return Ok(response);
+            }
+            let Some(location) = response
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                return Ok(response);
+            };
+            let next = resolve_location(&uri, location)?;
+            let target = self.check(&next).map_err(|e| match e {
+                OutboundError::Denied(origin) => {
+                    OutboundError::Denied(format!("{origin} (a redirect from {})", origin_of(&uri)))
+                }
+                other => other,
+            })?;
+            if origin_of(&target) != origin_of(&uri) {
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+            }
+            uri = target;
+        }
+        Err(OutboundError::Io(format!(
+            "more than {MAX_REDIRECTS} redirects from {}",
+            origin_of(&uri)
+        )))
+    }
+}
+
+/// `scheme://host:port` of an absolute URI.
+fn origin_of(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    format!("{scheme}://{}:{port}", uri.host().unwrap_or_default())
+}
+
+/// A redirect's `location` as an absolute URL: absolute already, or a path
+/// on the same origin.
+fn resolve_location(base: &Uri, location: &str) -> Result<String, OutboundError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Ok(location.to_string());
+    }
+    if location.starts_with('/') && !location.starts_with("//") {
+        let scheme = base.scheme_str().unwrap_or("http");
+        let authority = base.authority().map_or("", |a| a.as_str());
+        return Ok(format!("{scheme}://{authority}{location}"));
+    }
+    Err(OutboundError::Invalid(format!(
+        "a redirect to `{location}`, which is neither an absolute URL nor an absolute path"
+    )))
 }
 
 /// The rustls client configuration: system roots plus `extra_roots`.
@@ -329,5 +399,23 @@ mod tests {
             o.check("not a url"),
             Err(OutboundError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn redirect_locations_resolve_against_the_request() {
+        let base: Uri = "https://registry.example:5000/v2/a/blobs/x"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            resolve_location(&base, "/cdn/x?sig=1").unwrap(),
+            "https://registry.example:5000/cdn/x?sig=1"
+        );
+        assert_eq!(
+            resolve_location(&base, "http://cdn.example/x").unwrap(),
+            "http://cdn.example/x"
+        );
+        assert!(resolve_location(&base, "//cdn.example/x").is_err());
+        assert!(resolve_location(&base, "x").is_err());
+        assert_eq!(origin_of(&base), "https://registry.example:5000");
     }
 }
