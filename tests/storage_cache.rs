@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use depin_e2e::registry::{Origin, Registry, pseudo_random, sha256_digest};
+use depin_e2e::registry::{Origin, Registry, TokenService, pseudo_random, sha256_digest};
 use depin_e2e::{Home, PluginSpec, plugin};
 use depin_gateway::RunningGateway;
 use depin_gateway::ledger::LedgerReader;
@@ -133,6 +133,72 @@ async fn skopeo_pulls_an_image_through_the_mirror_and_a_second_pull_never_reache
     assert_eq!(call(gw.http_addr, "GET", "/v2/", &[]).await.0, 200);
     let (status, _, _) = call(gw.http_addr, "GET", "/v2/demo/nothing/manifests/v1", &[]).await;
     assert_eq!(status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_wants_tokens_is_mirrored_with_the_configured_credentials() {
+    let tokens = TokenService::start("puller", "s3cret").await;
+    let registry = Registry::start_with_tokens(&tokens).await;
+    let layers = vec![pseudo_random(200 * 1024, 80), pseudo_random(2000, 81)];
+    let (manifest, config, layer_digests) = registry.push_image("team/app", "v1", &layers).await;
+    let (status, headers, _) = call(registry.addr, "GET", "/v2/team/app/manifests/v1", &[]).await;
+    assert_eq!(status, 401, "the registry wants a token");
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=")
+    );
+    // The token service is allow-listed beside the registry.
+    let home = cache_home(
+        &[registry.url(), tokens.url()],
+        64 << 20,
+        format!(
+            "upstream = \"{}\"\nupstream_username = \"puller\"\nupstream_password = \"s3cret\"\n",
+            registry.url()
+        ),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let out = tempfile::tempdir().unwrap();
+    skopeo_copy(gw.http_addr, "team/app:v1", out.path()).await;
+    for digest in layer_digests.iter().chain([&config]) {
+        let file = out.path().join(digest.trim_start_matches("sha256:"));
+        assert_eq!(&sha256_digest(&std::fs::read(file).unwrap()), digest);
+        assert!(blob_file(&home, digest).exists(), "{digest} not cached");
+    }
+    let pulled = std::fs::read(out.path().join("manifest.json")).unwrap();
+    assert_eq!(sha256_digest(&pulled), manifest);
+    // One token served the tag, the manifest and every blob of the
+    // repository: it is kept until it expires.
+    assert_eq!(tokens.issued(), 1);
+    gw.shutdown().await;
+
+    // Without credentials the token service refuses, and the client is
+    // told why.
+    let anonymous = cache_home(
+        &[registry.url(), tokens.url()],
+        64 << 20,
+        format!("upstream = \"{}\"\n", registry.url()),
+    );
+    let gw = RunningGateway::start(&anonymous.config())
+        .await
+        .expect("start");
+    let (status, _, body) = call(gw.http_addr, "GET", "/v2/team/app/manifests/v1", &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("401") && text.contains("upstream_username"),
+        "{text}"
+    );
+    let (status, _, body) = call(
+        gw.http_addr,
+        "GET",
+        &format!("/v2/team/app/blobs/{}", layer_digests[1]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     gw.shutdown().await;
 }
 

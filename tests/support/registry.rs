@@ -1,7 +1,9 @@
 //! Real origins for the storage-cache tests: Debian's `docker-registry`
 //! (an OCI distribution registry) on a loopback port with its own temp
-//! storage, and a small HTTP origin that serves fixed bodies and counts
-//! requests. Both stop when dropped.
+//! storage, optionally with token authentication from a [`TokenService`]
+//! (the distribution token flow, with ES256 tokens signed by a key
+//! generated here), and a small HTTP origin that serves fixed bodies and
+//! counts requests. All stop when dropped.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -31,11 +33,22 @@ pub struct Registry {
     access_log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Signs the helper's own push tokens when the registry wants tokens.
+    signer: Option<TokenSigner>,
 }
 
 impl Registry {
     /// Starts the registry and waits until `GET /v2/` answers.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a registry that accepts only tokens from `tokens`.
+    pub async fn start_with_tokens(tokens: &TokenService) -> Self {
+        Self::start_with(Some(tokens)).await
+    }
+
+    async fn start_with(tokens: Option<&TokenService>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -43,14 +56,20 @@ impl Registry {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("write registry config");
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(tokens) = tokens {
+            let bundle = dir.path().join("token-signer.pem");
+            std::fs::write(&bundle, &tokens.signer.cert_pem).expect("write the token certificate");
+            text.push_str(&format!(
+                "auth:\n  token:\n    realm: {}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                tokens.url(),
+                bundle.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write registry config");
         let mut child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -73,10 +92,13 @@ impl Registry {
             access_log,
             _dir: dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            signer: tokens.map(|t| t.signer.clone()),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _, _)) = registry.request("GET", "/v2/", &[], Bytes::new()).await {
+            // 401: up, and asking for a token.
+            if let Ok((200 | 401, _, _)) = registry.request("GET", "/v2/", &[], Bytes::new()).await
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "docker-registry did not start");
@@ -126,14 +148,26 @@ impl Registry {
         Ok((parts.status.as_u16(), parts.headers, body))
     }
 
+    /// The `authorization` value for pushing to `name`, when the registry
+    /// wants tokens.
+    fn push_authorization(&self, name: &str) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        Some(format!(
+            "Bearer {}",
+            signer.token(&format!("repository:{name}:pull,push"), "pusher")
+        ))
+    }
+
     /// Pushes a blob to `name` (monolithic upload); returns its digest.
     pub async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
         let digest = sha256_digest(bytes);
+        let auth = self.push_authorization(name);
+        let auth: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let (status, headers, body) = self
             .request(
                 "POST",
                 &format!("/v2/{name}/blobs/uploads/"),
-                &[],
+                &auth,
                 Bytes::new(),
             )
             .await
@@ -145,7 +179,11 @@ impl Registry {
             .request(
                 "PUT",
                 &format!("{location}{sep}digest={digest}"),
-                &[("content-type", "application/octet-stream")],
+                &[
+                    &[("content-type", "application/octet-stream")],
+                    auth.as_slice(),
+                ]
+                .concat(),
                 Bytes::copy_from_slice(bytes),
             )
             .await
@@ -193,11 +231,17 @@ impl Registry {
             "layers": descriptors,
         })
         .to_string();
+        let auth = self.push_authorization(name);
+        let auth: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let (status, _, body) = self
             .request(
                 "PUT",
                 &format!("/v2/{name}/manifests/{tag}"),
-                &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+                &[
+                    &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+                    auth.as_slice(),
+                ]
+                .concat(),
                 Bytes::from(manifest.clone()),
             )
             .await
@@ -216,6 +260,216 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `service` and `issuer` a token-authenticated [`Registry`] expects.
+const TOKEN_SERVICE: &str = "depin-test-registry";
+const TOKEN_ISSUER: &str = "depin-test-tokens";
+
+/// Signs registry tokens: ES256 JSON web tokens carrying their certificate
+/// (`x5c`), which the registry trusts as its root bundle.
+#[derive(Clone)]
+struct TokenSigner {
+    key: Arc<ring::signature::EcdsaKeyPair>,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+}
+
+impl TokenSigner {
+    fn generate() -> Self {
+        let key = rcgen::KeyPair::generate().expect("generate a token key");
+        let cert = rcgen::CertificateParams::new(vec!["depin-test-tokens".to_string()])
+            .expect("certificate params")
+            .self_signed(&key)
+            .expect("self-sign the token certificate");
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .expect("load the token key");
+        Self {
+            key: Arc::new(key),
+            cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+        }
+    }
+
+    /// A token for `scopes` (space-separated `repository:<name>:<actions>`),
+    /// valid for five minutes.
+    fn token(&self, scopes: &str, subject: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let access: Vec<serde_json::Value> = scopes
+            .split_whitespace()
+            .filter_map(|scope| {
+                let mut parts = scope.splitn(3, ':');
+                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(serde_json::json!({
+                    "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({
+            "alg": "ES256", "typ": "JWT",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(&self.cert_der)],
+        });
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": subject, "aud": TOKEN_SERVICE,
+            "exp": now + 300, "nbf": now - 10, "iat": now,
+            "jti": format!("{now}-{}", pseudo_random(8, now).iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .expect("sign a token");
+        format!("{input}.{}", b64.encode(signature.as_ref()))
+    }
+}
+
+/// A registry token service on a free loopback port: `GET /token?scope=…`
+/// answers `{"token": …, "expires_in": 300}` to clients that present the
+/// basic credentials it was started with, and 401 to others. Counts the
+/// tokens it issued.
+pub struct TokenService {
+    pub addr: SocketAddr,
+    signer: TokenSigner,
+    issued: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenService {
+    pub async fn start(user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the token service");
+        let addr = listener.local_addr().expect("token service addr");
+        let signer = TokenSigner::generate();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let (s, n) = (signer.clone(), issued.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (signer, issued, expected) = (s.clone(), n.clone(), expected.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let target = head.split_whitespace().nth(1).unwrap_or("");
+                    let query = target.split_once('?').map_or("", |(_, q)| q);
+                    let scopes: Vec<String> = query
+                        .split('&')
+                        .filter_map(|kv| kv.strip_prefix("scope="))
+                        .map(percent_decode)
+                        .collect();
+                    let authorized = head.lines().any(|l| {
+                        l.split_once(':').is_some_and(|(k, v)| {
+                            k.eq_ignore_ascii_case("authorization")
+                                && v.trim()
+                                    .split_once(' ')
+                                    .is_some_and(|(scheme, credentials)| {
+                                        scheme.eq_ignore_ascii_case("basic")
+                                            && credentials == expected
+                                    })
+                        })
+                    });
+                    let (status, body) = if authorized {
+                        issued.fetch_add(1, Ordering::SeqCst);
+                        let token = signer.token(&scopes.join(" "), "puller");
+                        (
+                            "200 OK",
+                            serde_json::json!({ "token": token, "expires_in": 300 }).to_string(),
+                        )
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            "{\"details\":\"credentials required\"}".to_string(),
+                        )
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            signer,
+            issued,
+            task,
+        }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A ustar archive with one regular file.

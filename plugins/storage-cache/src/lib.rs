@@ -40,6 +40,7 @@
 //!
 //! Challenge kind `chunk-possession`: see [`merkle::ChunkChallenge`].
 
+mod auth;
 pub mod merkle;
 mod oci;
 
@@ -86,6 +87,7 @@ impl Plugin for StorageCache {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         for (key, value) in &config {
             match key.as_str() {
+                "upstream_username" | "upstream_password" => {}
                 "origin" | "upstream" => {
                     if !(value.starts_with("http://") || value.starts_with("https://")) {
                         return Err(format!(
@@ -112,8 +114,8 @@ impl Plugin for StorageCache {
                 }
                 other => {
                     return Err(format!(
-                        "unknown config key `{other}` (known: origin, upstream, tag_ttl_ms, \
-                         hit_reuse_ms)"
+                        "unknown config key `{other}` (known: origin, upstream, \
+                         upstream_username, upstream_password, tag_ttl_ms, hit_reuse_ms)"
                     ));
                 }
             }
@@ -138,7 +140,7 @@ impl Plugin for StorageCache {
                 return serve_or_404(digest);
             };
             let url = format!("{}/{digest}", origin.trim_end_matches('/'));
-            return blob(digest, &url, &[], OCTET_STREAM);
+            return blob(digest, &url, None, OCTET_STREAM);
         }
         if req.path == "/v2/" || req.path == "/v2" {
             return HttpResponse::json(200, &serde_json::json!({}))
@@ -151,7 +153,7 @@ impl Plugin for StorageCache {
                         Ok(u) => u,
                         Err(r) => return r,
                     };
-                    blob(digest, &url, &[], OCTET_STREAM)
+                    blob(digest, &url, Some(name), OCTET_STREAM)
                         .with_header("docker-content-digest", digest)
                 }
                 Ok(oci::Request::Manifest { name, reference }) => manifest(&req, name, reference),
@@ -288,14 +290,30 @@ fn hit(digest: &str, content_type: &str) -> HttpResponse {
     HttpResponse::blob(200, content_type, digest)
 }
 
-/// A blob request: a hit from the store, or a miss pulled from `url`.
-fn blob(digest: &str, url: &str, headers: &[(String, String)], content_type: &str) -> HttpResponse {
+/// A blob request: a hit from the store, or a miss pulled from `url`
+/// (for the upstream repository `repository`, authenticating as it asks).
+fn blob(digest: &str, url: &str, repository: Option<&str>, content_type: &str) -> HttpResponse {
     match blobs::stat(digest) {
         Ok(_) => return hit(digest, content_type).reusable_for_ms(hit_reuse_ms()),
         Err(BlobError::InvalidDigest(m)) => return HttpResponse::text(400, &m),
         Err(_) => {}
     }
-    match fetch_with_eviction(url, digest, headers) {
+    let mut headers: Vec<(String, String)> = repository
+        .and_then(|name| auth::kept(name, now_us()))
+        .into_iter()
+        .collect();
+    let mut fetched = fetch_with_eviction(url, digest, &headers);
+    if let (Err(BlobError::OriginStatus(401)), Some(name)) = (&fetched, repository) {
+        // `fetch-into` does not show the challenge: ask for it without a body.
+        match blob_challenge(url).and_then(|c| auth::answer(&c, name, now_us())) {
+            Ok(authorization) => {
+                headers = vec![authorization];
+                fetched = fetch_with_eviction(url, digest, &headers);
+            }
+            Err(e) => return oci_error(502, "UNAUTHORIZED", &format!("upstream: {e}")),
+        }
+    }
+    match fetched {
         Ok(size) => {
             stored(digest, size);
             touch(digest);
@@ -306,9 +324,49 @@ fn blob(digest: &str, url: &str, headers: &[(String, String)], content_type: &st
             );
             HttpResponse::blob(200, content_type, digest)
         }
-        Err(BlobError::TooLarge(quota)) => pass_through(digest, url, headers, content_type, quota),
+        Err(BlobError::TooLarge(quota)) => pass_through(digest, url, &headers, content_type, quota),
         Err(e) => miss_failed(digest, e),
     }
+}
+
+/// The `www-authenticate` challenge of a blob URL that answered 401.
+fn blob_challenge(url: &str) -> Result<String, String> {
+    let response = outbound_http::fetch(&outbound_http::OutboundRequest {
+        method: "HEAD".into(),
+        url: url.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    })
+    .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    response
+        .header("www-authenticate")
+        .map(str::to_string)
+        .ok_or_else(|| format!("{url} answered {} without a challenge", response.status))
+}
+
+/// A GET of an upstream manifest URL for repository `name`, with a kept
+/// token, or asked again with a fresh one when the upstream wants it.
+fn upstream_get(
+    name: &str,
+    url: &str,
+    accept: &str,
+) -> Result<outbound_http::OutboundResponse, HttpResponse> {
+    let unreachable = |e: outbound_http::HttpError| {
+        oci_error(502, "UNKNOWN", &format!("cannot reach the upstream: {e}"))
+    };
+    let kept = auth::kept(name, now_us());
+    let mut headers = vec![("accept", accept)];
+    if let Some((k, v)) = &kept {
+        headers.push((k.as_str(), v.as_str()));
+    }
+    let response = outbound_http::get(url, &headers).map_err(unreachable)?;
+    let challenge = match response.header("www-authenticate") {
+        Some(c) if response.status == 401 => c.to_string(),
+        _ => return Ok(response),
+    };
+    let (k, v) = auth::answer(&challenge, name, now_us())
+        .map_err(|e| oci_error(502, "UNAUTHORIZED", &format!("upstream: {e}")))?;
+    outbound_http::get(url, &[("accept", accept), (k.as_str(), v.as_str())]).map_err(unreachable)
 }
 
 fn miss_failed(digest: &str, e: BlobError) -> HttpResponse {
@@ -495,7 +553,7 @@ fn manifest(req: &HttpRequest, name: &str, reference: &str) -> HttpResponse {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match fetch_manifest(&url, &digest, &accept) {
+    match fetch_manifest(name, &url, &digest, &accept) {
         Ok(t) => HttpResponse::blob(200, &t, &digest).with_header("docker-content-digest", &digest),
         Err(r) => r,
     }
@@ -522,8 +580,7 @@ fn resolve_tag(name: &str, tag: &str, accept: &str) -> Result<String, HttpRespon
         return Ok(entry.digest);
     }
     let url = upstream(&format!("/v2/{name}/manifests/{tag}"))?;
-    let response = outbound_http::get(&url, &[("accept", accept)])
-        .map_err(|e| oci_error(502, "UNKNOWN", &format!("cannot reach the upstream: {e}")))?;
+    let response = upstream_get(name, &url, accept)?;
     if response.status != 200 {
         return Err(upstream_answer(response));
     }
@@ -546,9 +603,13 @@ fn resolve_tag(name: &str, tag: &str, accept: &str) -> Result<String, HttpRespon
 
 /// Fetches the manifest `digest` upstream, checks and stores it; returns
 /// its media type.
-fn fetch_manifest(url: &str, digest: &str, accept: &str) -> Result<String, HttpResponse> {
-    let response = outbound_http::get(url, &[("accept", accept)])
-        .map_err(|e| oci_error(502, "UNKNOWN", &format!("cannot reach the upstream: {e}")))?;
+fn fetch_manifest(
+    name: &str,
+    url: &str,
+    digest: &str,
+    accept: &str,
+) -> Result<String, HttpResponse> {
+    let response = upstream_get(name, url, accept)?;
     if response.status != 200 {
         return Err(upstream_answer(response));
     }

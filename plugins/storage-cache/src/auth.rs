@@ -1,0 +1,218 @@
+//! Upstream registry authentication, as registry clients do it. An
+//! upstream that answers 401 with `www-authenticate: Bearer realm="…",
+//! service="…", scope="…"` (the distribution token flow, used by Docker Hub,
+//! GHCR, Quay and registries with token auth) is asked again with a token
+//! from `realm`, which is requested with the configured credentials, or
+//! anonymously without them. One that answers `Basic` gets the credentials
+//! directly. Tokens are kept in kv per repository until shortly before they
+//! expire, so one token serves every pull of a repository for its lifetime.
+//!
+//! The realm's origin must be on the plugin's outbound allow-list like the
+//! upstream's.
+
+use base64::Engine as _;
+use depin_plugin_sdk::{config, kv, outbound_http};
+
+/// Seconds a token is valid when the realm does not say (the distribution
+/// token specification's default).
+const DEFAULT_EXPIRES_IN_S: u64 = 60;
+/// A token is not used in its last seconds.
+const MARGIN_S: u64 = 10;
+
+/// A parsed `www-authenticate` challenge.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// `bearer` or `basic`, lower case.
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `Scheme key="value", key=value, …` (quoted values may hold commas).
+pub fn parse(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_string();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (quoted[..end].to_string(), &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        params.push((key, value));
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptToken {
+    token: String,
+    /// Unix time in microseconds after which it is not used.
+    until_us: u64,
+}
+
+fn key(name: &str) -> String {
+    format!("auth/repository:{name}:pull")
+}
+
+/// The `authorization` header for repository `name` from a token kept
+/// earlier, while it is valid.
+pub fn kept(name: &str, now_us: u64) -> Option<(String, String)> {
+    let kept = kv::get_json::<KeptToken>(&key(name)).ok().flatten()?;
+    (now_us < kept.until_us).then(|| {
+        (
+            "authorization".to_string(),
+            format!("Bearer {}", kept.token),
+        )
+    })
+}
+
+fn basic() -> Option<String> {
+    let user = config::get("upstream_username")?;
+    let password = config::get("upstream_password").unwrap_or_default();
+    let pair = format!("{user}:{password}");
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
+/// Answers the challenge `header` of a 401 for repository `name`: returns
+/// the `authorization` header to ask again with. A bearer token is kept
+/// (see [`kept`]).
+pub fn answer(header: &str, name: &str, now_us: u64) -> Result<(String, String), String> {
+    let challenge = parse(header).ok_or_else(|| format!("cannot read the challenge `{header}`"))?;
+    match challenge.scheme.as_str() {
+        "basic" => basic()
+            .map(|b| ("authorization".to_string(), b))
+            .ok_or_else(|| {
+                "the upstream wants a user name and password (config upstream_username, \
+                 upstream_password)"
+                    .to_string()
+            }),
+        "bearer" => {
+            let realm = challenge
+                .param("realm")
+                .ok_or("the bearer challenge names no realm")?;
+            let default_scope = format!("repository:{name}:pull");
+            let scope = challenge.param("scope").unwrap_or(&default_scope);
+            let mut url = format!(
+                "{realm}{}scope={}",
+                if realm.contains('?') { '&' } else { '?' },
+                encode(scope)
+            );
+            if let Some(service) = challenge.param("service") {
+                url.push_str(&format!("&service={}", encode(service)));
+            }
+            let credentials = basic();
+            let mut headers = vec![("accept", "application/json")];
+            if let Some(b) = &credentials {
+                headers.push(("authorization", b.as_str()));
+            }
+            let response = outbound_http::get(&url, &headers)
+                .map_err(|e| format!("cannot ask the token service {realm}: {e}"))?;
+            if response.status != 200 {
+                return Err(format!(
+                    "the token service {realm} answered {}{}",
+                    response.status,
+                    if credentials.is_none() && response.status == 401 {
+                        " (anonymous; set upstream_username and upstream_password)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            #[derive(serde::Deserialize)]
+            struct TokenAnswer {
+                token: Option<String>,
+                access_token: Option<String>,
+                expires_in: Option<u64>,
+            }
+            let parsed: TokenAnswer = serde_json::from_slice(&response.body)
+                .map_err(|e| format!("the token service {realm} sent no token: {e}"))?;
+            let token = parsed
+                .token
+                .or(parsed.access_token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| format!("the token service {realm} sent no token"))?;
+            let life_s = parsed
+                .expires_in
+                .unwrap_or(DEFAULT_EXPIRES_IN_S)
+                .saturating_sub(MARGIN_S);
+            let kept = KeptToken {
+                token: token.clone(),
+                until_us: now_us + life_s * 1_000_000,
+            };
+            if let Err(e) = kv::set_json(&key(name), &kept) {
+                depin_plugin_sdk::log::warn(&format!("cannot keep the token for {name}: {e}"));
+            }
+            Ok(("authorization".to_string(), format!("Bearer {token}")))
+        }
+        other => Err(format!(
+            "the upstream asks for `{other}` authentication, which this mirror does not speak"
+        )),
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse_with_quoted_commas() {
+        let c = parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("https://auth.example/token"));
+        assert_eq!(c.param("service"), Some("registry.example"));
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push"));
+        let c = parse(r#"Basic realm="Registry Realm""#).unwrap();
+        assert_eq!(
+            (c.scheme.as_str(), c.param("realm")),
+            ("basic", Some("Registry Realm"))
+        );
+        assert_eq!(parse("Bearer").unwrap().params, vec![]);
+        assert_eq!(parse(r#"Bearer realm="unterminated"#), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+    }
+}
