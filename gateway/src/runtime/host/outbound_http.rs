@@ -3,8 +3,11 @@
 //! before anything is resolved or connected; everything else is refused
 //! with an error the plugin sees.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmtime::Result;
 
@@ -29,13 +32,11 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects [`HttpOutbound::get_following`] follows.
 pub const MAX_REDIRECTS: usize = 5;
 
-/// One plugin's outbound HTTP capability: its allow-list, a connection pool
-/// for `http://` and a TLS configuration (rustls) for `https://`.
+/// One plugin's outbound HTTP capability: its allow-list and one pool of
+/// kept-alive connections, `http://` and `https://` (rustls) alike.
 pub struct HttpOutbound {
     allowed: Vec<(String, String, u16)>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Present when an `https://` origin is allowed.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    client: Client<PoolConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for HttpOutbound {
@@ -68,19 +69,19 @@ impl HttpOutbound {
             .map(|o| parse_http_origin(o))
             .collect::<Result<Vec<_>, _>>()?;
         let tls = if allowed.iter().any(|(scheme, _, _)| scheme == "https") {
-            Some(Arc::new(tls_config(extra_roots)?))
+            Some(tokio_rustls::TlsConnector::from(Arc::new(tls_config(
+                extra_roots,
+            )?)))
         } else {
             None
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self {
-            allowed,
-            client,
-            tls,
-        })
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_nodelay(true);
+        // `https://` URIs reach the connector too; it adds TLS.
+        http.enforce_http(false);
+        let client = Client::builder(TokioExecutor::new()).build(PoolConnector { http, tls });
+        Ok(Self { allowed, client })
     }
 
     /// The parsed URL if its origin is allowed.
@@ -135,16 +136,10 @@ impl HttpOutbound {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| OutboundError::Invalid(format!("invalid request: {e}")))?;
         let exchange = async {
-            match &self.tls {
-                Some(tls) if request.uri().scheme_str() == Some("https") => {
-                    send_tls(tls.clone(), request).await
-                }
-                _ => self
-                    .client
-                    .request(request)
-                    .await
-                    .map_err(|e| OutboundError::Io(error_chain(&e))),
-            }
+            self.client
+                .request(request)
+                .await
+                .map_err(|e| OutboundError::Io(error_chain(&e)))
         };
         match tokio::time::timeout(RESPONSE_TIMEOUT, exchange).await {
             Ok(r) => r,
@@ -262,52 +257,106 @@ fn tls_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, String
         .with_no_client_auth())
 }
 
-/// One request over a fresh TLS connection (HTTP/1.1).
-async fn send_tls(
-    tls: Arc<rustls::ClientConfig>,
-    mut request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, OutboundError> {
-    let uri = request.uri().clone();
-    let host = uri.host().unwrap_or_default().to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    // IPv6 literals come bracketed in URLs.
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let server_name = rustls::pki_types::ServerName::try_from(bare.clone())
-        .map_err(|e| OutboundError::Invalid(format!("`{host}`: {e}")))?;
-    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
-        .await
-        .map_err(|e| OutboundError::Io(format!("connecting to {host}:{port}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| OutboundError::Io(format!("TLS with {host}:{port}: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| OutboundError::Io(error_chain(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "outbound TLS connection ended with an error");
-        }
-    });
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or(host);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    *request.uri_mut() = path
-        .parse()
-        .map_err(|e| OutboundError::Invalid(format!("`{path}`: {e}")))?;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
-        request.headers_mut().insert(hyper::header::HOST, v);
+/// Opens the pool's connections: TCP, with TLS (rustls, HTTP/1.1) for
+/// `https://` URIs. Only origins on the allow-list get here.
+#[derive(Clone)]
+struct PoolConnector {
+    http: HttpConnector,
+    /// Present when an `https://` origin is allowed.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for PoolConnector {
+    type Response = PoolStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<PoolStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
     }
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| OutboundError::Io(error_chain(&e)))
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let https = uri.scheme_str() == Some("https");
+            let tcp = http.call(uri.clone()).await?;
+            if !https {
+                return Ok(PoolStream::Plain(tcp));
+            }
+            let tls = tls.ok_or("no https origin is allowed")?;
+            let host = uri.host().unwrap_or_default();
+            // IPv6 literals come bracketed in URLs.
+            let bare = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let server_name = rustls::pki_types::ServerName::try_from(bare)
+                .map_err(|e| format!("`{host}`: {e}"))?;
+            let stream = tls
+                .connect(server_name, tcp.into_inner())
+                .await
+                .map_err(|e| format!("TLS with {host}: {e}"))?;
+            Ok(PoolStream::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+/// A pooled connection, plain or TLS.
+enum PoolStream {
+    Plain(TokioIo<tokio::net::TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+}
+
+impl Connection for PoolStream {
+    fn connected(&self) -> Connected {
+        match self {
+            PoolStream::Plain(s) => s.connected(),
+            PoolStream::Tls(s) => s.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for PoolStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PoolStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for PoolStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PoolStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PoolStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PoolStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// An error and its causes, `a: b: c`.
@@ -399,6 +448,73 @@ mod tests {
             o.check("not a url"),
             Err(OutboundError::Invalid(_))
         ));
+    }
+
+    /// An HTTPS server on a loopback port (HTTP/1.1, keep-alive) that
+    /// answers every request with `ok` and counts its connections; its
+    /// certificate is written to `ca` for the client to trust.
+    async fn counting_tls_server(
+        ca: &Path,
+    ) -> (
+        u16,
+        Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(ca, certified.cert.pem()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (port, accepted, task)
+    }
+
+    #[tokio::test]
+    async fn https_connections_are_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let (port, accepted, server) = counting_tls_server(&ca).await;
+        let origin = format!("https://127.0.0.1:{port}");
+        let outbound = HttpOutbound::new(std::slice::from_ref(&origin), Some(&ca)).unwrap();
+        for i in 0..3 {
+            let uri = outbound.check(&format!("{origin}/r/{i}")).unwrap();
+            let response = outbound.send("GET", uri, &[], Vec::new()).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.as_ref(), b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        server.abort();
     }
 
     #[test]
