@@ -296,7 +296,13 @@ async fn main() {
                     let g = wrk(gateway_url.clone(), *conns, secs).await;
                     (wrk(nginx_url.clone(), *conns, secs).await, g)
                 };
-                assert_eq!(n.non_2xx + g.non_2xx, 0, "errors under load");
+                assert!(
+                    n.non_2xx + g.non_2xx == 0,
+                    "errors under load: {} non-2xx answers from nginx, {} from the gateway \
+                     (is the disk full?)",
+                    n.non_2xx,
+                    g.non_2xx
+                );
                 println!(
                     "   {label:>6}, {conns:>3} conns  round {}: nginx {:>9.0} req/s ({:>8} mean latency)  gateway {:>9.0} req/s ({:>8})  ratio {:.2}x",
                     round + 1,
