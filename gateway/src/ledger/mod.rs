@@ -1805,7 +1805,7 @@ mod tests {
         ledger.hook(TestHook::FailLogWrites(2));
         let failed = commit_numbered(&ledger, 1, vec![1]).await.unwrap_err();
         assert!(failed.to_string().contains("injected"), "{failed}");
-        // The next group erases it first, wherever it is logged itself.
+        // The next group is logged in its place (erasing it first).
         commit_numbered(&ledger, 2, vec![2]).await.unwrap();
         ledger.abandon();
         drop(ledger);
@@ -1825,12 +1825,17 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         commit_numbered(&ledger, 0, vec![0]).await.unwrap();
         // A group fails and its entry cannot be erased yet; the next group
-        // does not fit the region and moves the log to the other one.
+        // does not fit the region (only in an empty one) and moves the log
+        // to the other one, leaving the failed entry behind in the first.
         ledger.hook(TestHook::HoldCheckpoints);
         ledger.hook(TestHook::FailLogWrites(2));
         commit_numbered(&ledger, 1, vec![1]).await.unwrap_err();
-        let big = vec![9u8; wal::REGION_BYTES as usize - 4096];
+        let big = vec![9u8; wal::REGION_BYTES as usize - 300];
         commit_numbered(&ledger, 2, big.clone()).await.unwrap();
+        assert!(
+            ledger.overlay().applying.is_some(),
+            "the first region was frozen for a checkpoint (held)"
+        );
         ledger.abandon();
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();

@@ -152,7 +152,9 @@ impl Wal {
     /// erased, now or (when that fails too) before the next append or
     /// restart. Otherwise a crash could replay a group whose callers were
     /// told it failed, and one logged after it in the other region would
-    /// then no longer continue the chain there and be lost.
+    /// then no longer continue the chain there and be lost. While the
+    /// erasure keeps failing, so does every append and restart: nothing
+    /// acknowledged is ever logged after a failed entry.
     pub fn append(&mut self, entry: &mut [u8]) -> std::io::Result<()> {
         debug_assert!(self.fits(entry.len()));
         self.erase_failed()?;
@@ -391,6 +393,35 @@ mod tests {
         let got = read_entries(&bytes, 9);
         assert_eq!((got.len(), got[0].block.as_slice()), (1, b"two".as_slice()));
         assert!(read_entries(&bytes, 7).is_empty(), "overwritten");
+    }
+
+    #[test]
+    fn a_failed_entry_is_erased_at_once_or_before_the_log_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(WAL_FILE);
+        let mut wal = Wal::open(dir.path(), 2).unwrap();
+        let mut a = entry(head(0, 0), head(1, 1), b"kept", &[]);
+        wal.append(&mut a).unwrap();
+        // The entry reaches the file, its sync fails: erased at once.
+        wal.failures = 1;
+        let mut b = entry(head(1, 1), head(2, 2), b"failed", &[]);
+        assert!(wal.append(&mut b).is_err());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read_entries(&bytes, 2).len(), 1);
+        // Now the erasure fails too: the entry stays on disk until the log
+        // restarts in the other region, which erases it first.
+        wal.failures = 2;
+        assert!(wal.append(&mut b).is_err());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read_entries(&bytes, 2).len(), 2, "still there");
+        wal.failures = 1;
+        assert!(wal.restart(3).is_err(), "not erased: no restart");
+        assert_eq!(wal.generation, 2);
+        wal.restart(3).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let replayable = read_entries(&bytes, 2);
+        assert_eq!(replayable.len(), 1);
+        assert_eq!(replayable[0].block, b"kept");
     }
 
     #[test]
