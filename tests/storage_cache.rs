@@ -172,7 +172,16 @@ async fn an_upstream_that_wants_tokens_is_mirrored_with_the_configured_credentia
     // One token served the tag, the manifest and every blob of the
     // repository: it is kept until it expires.
     assert_eq!(tokens.issued(), 1);
+    // A repository the upstream does not have: 404, and no token kept.
+    let (status, _, _) = call(gw.http_addr, "GET", "/v2/team/nothing/manifests/v1", &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(tokens.issued(), 2);
     gw.shutdown().await;
+    let kept: Vec<String> = depin_gateway::ledger::Ledger::open(&home.data_dir())
+        .unwrap()
+        .kv_list("cache", "auth/", 10)
+        .unwrap();
+    assert_eq!(kept, ["auth/repository:team/app:pull"]);
 
     // Without credentials the token service refuses, and the client is
     // told why.

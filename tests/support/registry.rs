@@ -338,10 +338,11 @@ impl TokenSigner {
     }
 }
 
-/// A registry token service on a free loopback port: `GET /token?scope=…`
-/// answers `{"token": …, "expires_in": 300}` to clients that present the
-/// basic credentials it was started with, and 401 to others. Counts the
-/// tokens it issued.
+/// A registry token service on a free loopback port: `GET
+/// /token?service=…&scope=…` answers `{"token": …, "expires_in": 300}` to
+/// clients that present the basic credentials it was started with and
+/// name the registry's service, 401 to others without those credentials,
+/// 400 without the service. Counts the tokens it issued.
 pub struct TokenService {
     pub addr: SocketAddr,
     signer: TokenSigner,
@@ -381,6 +382,10 @@ impl TokenService {
                         .filter_map(|kv| kv.strip_prefix("scope="))
                         .map(percent_decode)
                         .collect();
+                    let for_us = query.split('&').any(|kv| {
+                        kv.strip_prefix("service=").map(percent_decode).as_deref()
+                            == Some(TOKEN_SERVICE)
+                    });
                     let authorized = head.lines().any(|l| {
                         l.split_once(':').is_some_and(|(k, v)| {
                             k.eq_ignore_ascii_case("authorization")
@@ -392,7 +397,12 @@ impl TokenService {
                                     })
                         })
                     });
-                    let (status, body) = if authorized {
+                    let (status, body) = if !for_us {
+                        (
+                            "400 Bad Request",
+                            "{\"details\":\"unknown or missing service\"}".to_string(),
+                        )
+                    } else if authorized {
                         issued.fetch_add(1, Ordering::SeqCst);
                         let token = signer.token(&scopes.join(" "), "puller");
                         (

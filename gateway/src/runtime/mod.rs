@@ -20,6 +20,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use cache::CacheOutcome;
 pub use contract::{CONTRACT, ComponentShape};
 pub use host::blobs::PassThrough;
+pub use host::outbound_http::BODY_IDLE_TIMEOUT;
 pub use host::outbound_udp::{QueuedDatagram, RecentPeers};
 pub use plugin::{CallError, CallOutcome, LoadError, LoadedPlugin, PluginShared};
 

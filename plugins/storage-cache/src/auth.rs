@@ -4,8 +4,9 @@
 //! GHCR, Quay and registries with token auth) is asked again with a token
 //! from `realm`, which is requested with the configured credentials, or
 //! anonymously without them. One that answers `Basic` gets the credentials
-//! directly. Tokens are kept in kv per repository until shortly before they
-//! expire, so one token serves every pull of a repository for its lifetime.
+//! directly. A token that worked is kept in kv per repository until shortly
+//! before it expires, so one token serves every pull of a repository for
+//! its lifetime; an expired or refused one is deleted.
 //!
 //! The realm's origin must be on the plugin's outbound allow-list like the
 //! upstream's.
@@ -18,6 +19,8 @@ use depin_plugin_sdk::{config, kv, outbound_http};
 const DEFAULT_EXPIRES_IN_S: u64 = 60;
 /// A token is not used in its last seconds.
 const MARGIN_S: u64 = 10;
+/// A token is kept for a day at most, whatever the realm says.
+const MAX_KEEP_S: u64 = 86_400;
 
 /// A parsed `www-authenticate` challenge.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,15 +80,39 @@ fn key(name: &str) -> String {
 }
 
 /// The `authorization` header for repository `name` from a token kept
-/// earlier, while it is valid.
+/// earlier, while it is valid (an expired one is deleted).
 pub fn kept(name: &str, now_us: u64) -> Option<(String, String)> {
     let kept = kv::get_json::<KeptToken>(&key(name)).ok().flatten()?;
-    (now_us < kept.until_us).then(|| {
-        (
-            "authorization".to_string(),
-            format!("Bearer {}", kept.token),
-        )
-    })
+    if now_us >= kept.until_us {
+        forget(name);
+        return None;
+    }
+    Some((
+        "authorization".to_string(),
+        format!("Bearer {}", kept.token),
+    ))
+}
+
+/// Deletes the token kept for `name` (expired, or refused upstream).
+pub fn forget(name: &str) {
+    let _ = kv::delete(&key(name));
+}
+
+/// Keeps the token of `answer` for `name`, once it has worked.
+pub fn keep(name: &str, answer: &Answer) {
+    if let Some(token) = &answer.token
+        && let Err(e) = kv::set_json(&key(name), token)
+    {
+        depin_plugin_sdk::log::warn(&format!("cannot keep the token for {name}: {e}"));
+    }
+}
+
+/// What to ask again with after a challenge.
+pub struct Answer {
+    /// The `authorization` header.
+    pub header: (String, String),
+    /// A bearer token to keep if it works (see [`keep`]).
+    token: Option<KeptToken>,
 }
 
 fn basic() -> Option<String> {
@@ -98,14 +125,16 @@ fn basic() -> Option<String> {
     ))
 }
 
-/// Answers the challenge `header` of a 401 for repository `name`: returns
-/// the `authorization` header to ask again with. A bearer token is kept
-/// (see [`kept`]).
-pub fn answer(header: &str, name: &str, now_us: u64) -> Result<(String, String), String> {
+/// Answers the challenge `header` of a 401 for repository `name`: the
+/// `authorization` header to ask again with. Nothing is kept yet.
+pub fn answer(header: &str, name: &str, now_us: u64) -> Result<Answer, String> {
     let challenge = parse(header).ok_or_else(|| format!("cannot read the challenge `{header}`"))?;
     match challenge.scheme.as_str() {
         "basic" => basic()
-            .map(|b| ("authorization".to_string(), b))
+            .map(|b| Answer {
+                header: ("authorization".to_string(), b),
+                token: None,
+            })
             .ok_or_else(|| {
                 "the upstream wants a user name and password (config upstream_username, \
                  upstream_password)"
@@ -159,15 +188,15 @@ pub fn answer(header: &str, name: &str, now_us: u64) -> Result<(String, String),
             let life_s = parsed
                 .expires_in
                 .unwrap_or(DEFAULT_EXPIRES_IN_S)
+                .min(MAX_KEEP_S)
                 .saturating_sub(MARGIN_S);
-            let kept = KeptToken {
-                token: token.clone(),
-                until_us: now_us + life_s * 1_000_000,
-            };
-            if let Err(e) = kv::set_json(&key(name), &kept) {
-                depin_plugin_sdk::log::warn(&format!("cannot keep the token for {name}: {e}"));
-            }
-            Ok(("authorization".to_string(), format!("Bearer {token}")))
+            Ok(Answer {
+                header: ("authorization".to_string(), format!("Bearer {token}")),
+                token: Some(KeptToken {
+                    token,
+                    until_us: now_us.saturating_add(life_s * 1_000_000),
+                }),
+            })
         }
         other => Err(format!(
             "the upstream asks for `{other}` authentication, which this mirror does not speak"

@@ -298,19 +298,29 @@ fn blob(digest: &str, url: &str, repository: Option<&str>, content_type: &str) -
         Err(BlobError::InvalidDigest(m)) => return HttpResponse::text(400, &m),
         Err(_) => {}
     }
-    let mut headers: Vec<(String, String)> = repository
-        .and_then(|name| auth::kept(name, now_us()))
-        .into_iter()
-        .collect();
+    let kept = repository.and_then(|name| auth::kept(name, now_us()));
+    let had_token = kept.is_some();
+    let mut headers: Vec<(String, String)> = kept.into_iter().collect();
     let mut fetched = fetch_with_eviction(url, digest, &headers);
     if let (Err(BlobError::OriginStatus(401)), Some(name)) = (&fetched, repository) {
+        if had_token {
+            auth::forget(name);
+        }
         // `fetch-into` does not show the challenge: ask for it without a body.
-        match blob_challenge(url).and_then(|c| auth::answer(&c, name, now_us())) {
-            Ok(authorization) => {
-                headers = vec![authorization];
-                fetched = fetch_with_eviction(url, digest, &headers);
-            }
+        let answer = match blob_challenge(url).and_then(|c| auth::answer(&c, name, now_us())) {
+            Ok(a) => a,
             Err(e) => return oci_error(502, "UNAUTHORIZED", &format!("upstream: {e}")),
+        };
+        headers = vec![answer.header.clone()];
+        fetched = fetch_with_eviction(url, digest, &headers);
+        // Kept only for a blob that exists: a client naming random
+        // repositories leaves nothing behind.
+        match &fetched {
+            Err(BlobError::OriginStatus(401 | 403)) => return refused(),
+            Ok(_) | Err(BlobError::TooLarge(_) | BlobError::QuotaExceeded(_)) => {
+                auth::keep(name, &answer)
+            }
+            Err(_) => {}
         }
     }
     match fetched {
@@ -364,9 +374,33 @@ fn upstream_get(
         Some(c) if response.status == 401 => c.to_string(),
         _ => return Ok(response),
     };
-    let (k, v) = auth::answer(&challenge, name, now_us())
+    if kept.is_some() {
+        auth::forget(name);
+    }
+    let answer = auth::answer(&challenge, name, now_us())
         .map_err(|e| oci_error(502, "UNAUTHORIZED", &format!("upstream: {e}")))?;
-    outbound_http::get(url, &[("accept", accept), (k.as_str(), v.as_str())]).map_err(unreachable)
+    let (k, v) = &answer.header;
+    let again = outbound_http::get(url, &[("accept", accept), (k.as_str(), v.as_str())])
+        .map_err(unreachable)?;
+    if matches!(again.status, 401 | 403) {
+        return Err(refused());
+    }
+    // Kept only for a manifest that exists: a client naming random
+    // repositories leaves nothing behind.
+    if (200..300).contains(&again.status) {
+        auth::keep(name, &answer);
+    }
+    Ok(again)
+}
+
+/// The upstream refused the token or credentials it asked for.
+fn refused() -> HttpResponse {
+    oci_error(
+        502,
+        "UNAUTHORIZED",
+        "upstream: the registry refused the token or credentials it asked for \
+         (check upstream_username and upstream_password)",
+    )
 }
 
 fn miss_failed(digest: &str, e: BlobError) -> HttpResponse {
@@ -630,8 +664,20 @@ fn fetch_manifest(
     Ok(content_type)
 }
 
-/// The upstream's non-200 answer, passed on to the client.
+/// The upstream's non-200 answer, passed on to the client; an
+/// authentication failure is this mirror's (502), not the client's.
 fn upstream_answer(response: outbound_http::OutboundResponse) -> HttpResponse {
+    if matches!(response.status, 401 | 403) {
+        return oci_error(
+            502,
+            "UNAUTHORIZED",
+            &format!(
+                "upstream: the registry answered {} and asked for no authentication this \
+                 mirror can give",
+                response.status
+            ),
+        );
+    }
     let content_type = response
         .header("content-type")
         .unwrap_or("application/json")

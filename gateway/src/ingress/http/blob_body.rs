@@ -8,7 +8,10 @@
 //! A blob the call passed through (`blobs.pass-through`) is streamed from
 //! the origin's response instead, whole, hashed on the way: if the bytes
 //! do not hash to the digest, the body ends in an error before its last
-//! frame, so the client never receives a complete wrong blob.
+//! frame, so the client never receives a complete wrong blob. Its bytes-out
+//! are the length the origin announced, recorded before the first byte, so
+//! a body cut short (wrong bytes, an origin silent for
+//! [`BODY_IDLE_TIMEOUT`], a client gone) counts its full length.
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +28,7 @@ use super::{HttpBody, error_response, plugin_response};
 use sha2::{Digest, Sha256};
 
 use crate::blobstore::{BlobDigest, BlobStore, OpenedBlob};
+use crate::runtime::BODY_IDLE_TIMEOUT;
 use crate::runtime::PassThrough;
 use crate::runtime::contract::{BlobRef, Body, HttpRequest, HttpResponse};
 
@@ -278,6 +282,7 @@ fn passed_through(
             body: origin.into_body(),
             hasher: Sha256::new(),
             digest,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
         },
         remaining: size,
     };
@@ -381,6 +386,8 @@ enum Source {
         body: hyper::body::Incoming,
         hasher: Sha256,
         digest: BlobDigest,
+        /// Fires when the origin has sent nothing for `BODY_IDLE_TIMEOUT`.
+        idle: Pin<Box<tokio::time::Sleep>>,
     },
 }
 
@@ -402,7 +409,8 @@ impl hyper::body::Body for BlobBody {
                 body,
                 hasher,
                 digest,
-            } => poll_origin(body, hasher, digest, &mut this.remaining, cx),
+                idle,
+            } => poll_origin(body, hasher, digest, idle, &mut this.remaining, cx),
         }
     }
 
@@ -451,13 +459,25 @@ fn poll_origin(
     body: &mut hyper::body::Incoming,
     hasher: &mut Sha256,
     digest: &BlobDigest,
+    idle: &mut Pin<Box<tokio::time::Sleep>>,
     remaining: &mut u64,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
     use hyper::body::Body as _;
     loop {
         let frame = match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the origin sent nothing for {} s",
+                            BODY_IDLE_TIMEOUT.as_secs()
+                        ),
+                    ))));
+                }
+                return Poll::Pending;
+            }
             Poll::Ready(None) => {
                 return Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -478,6 +498,8 @@ fn poll_origin(
         }
         hasher.update(&data);
         *remaining -= data.len() as u64;
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + BODY_IDLE_TIMEOUT);
         if *remaining == 0 {
             let actual = format!("sha256:{}", hex::encode(hasher.clone().finalize()));
             if actual != digest.as_str() {

@@ -17,7 +17,7 @@ use wasmtime::Result;
 use crate::blobstore::{BlobDigest, BlobStore, StoreError};
 use crate::runtime::PluginShared;
 use crate::runtime::contract::depin::plugin::blobs::{BlobError, BlobStat, Host, StoreUsage};
-use crate::runtime::host::outbound_http::OutboundError;
+use crate::runtime::host::outbound_http::{BODY_IDLE_TIMEOUT, OutboundError};
 use crate::runtime::state::CallState;
 
 /// Most bytes one `read-range` returns.
@@ -157,7 +157,16 @@ async fn fetch_blob(
         Err(e) => return Err(store_error(e)),
     };
     let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| {
+                BlobError::Io(format!(
+                    "the origin sent nothing for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                ))
+            })?;
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| BlobError::Io(format!("reading from the origin: {e}")))?;
         if let Some(data) = frame.data_ref() {
             writer.write(data).map_err(store_error)?;

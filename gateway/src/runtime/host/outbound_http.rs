@@ -29,6 +29,9 @@ use crate::runtime::state::CallState;
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Longest wait for a response's head (connect, send, first byte).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest silence from an origin in the middle of a body that the host
+/// streams (`fetch-into`, `pass-through`).
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects [`HttpOutbound::get_following`] follows.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -203,20 +206,65 @@ fn origin_of(uri: &Uri) -> String {
     format!("{scheme}://{}:{port}", uri.host().unwrap_or_default())
 }
 
-/// A redirect's `location` as an absolute URL: absolute already, or a path
-/// on the same origin.
+/// A redirect's `location` as an absolute URL, resolved against the
+/// request's URL as RFC 3986 section 5.2 says (absolute, `//authority...`,
+/// absolute path, relative path, or query only).
 fn resolve_location(base: &Uri, location: &str) -> Result<String, OutboundError> {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return Ok(location.to_string());
+    let location = location.trim();
+    let scheme = base.scheme_str().unwrap_or("http");
+    let authority = base.authority().map_or("", |a| a.as_str());
+    if let Some((name, rest)) = location.split_once(':')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return Ok(format!("{}:{rest}", name.to_ascii_lowercase()));
     }
-    if location.starts_with('/') && !location.starts_with("//") {
-        let scheme = base.scheme_str().unwrap_or("http");
-        let authority = base.authority().map_or("", |a| a.as_str());
-        return Ok(format!("{scheme}://{authority}{location}"));
+    if let Some(rest) = location.strip_prefix("//") {
+        return Ok(format!("{scheme}://{rest}"));
     }
-    Err(OutboundError::Invalid(format!(
-        "a redirect to `{location}`, which is neither an absolute URL nor an absolute path"
-    )))
+    let cut = location.find(['?', '#']).unwrap_or(location.len());
+    let (path, suffix) = location.split_at(cut);
+    let merged = if path.starts_with('/') {
+        path.to_string()
+    } else if path.is_empty() {
+        base.path().to_string()
+    } else {
+        let dir = &base.path()[..base.path().rfind('/').map_or(0, |i| i + 1)];
+        format!("{}{path}", if dir.is_empty() { "/" } else { dir })
+    };
+    let suffix = if path.is_empty() && !suffix.starts_with('?') {
+        // A fragment only: keep the request's query.
+        base.query().map_or(String::new(), |q| format!("?{q}"))
+    } else {
+        suffix.split('#').next().unwrap_or("").to_string()
+    };
+    Ok(format!(
+        "{scheme}://{authority}{}{suffix}",
+        remove_dot_segments(&merged)
+    ))
+}
+
+/// `path` without `.` and `..` segments (RFC 3986 section 5.2.4).
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// The rustls client configuration: system roots plus `extra_roots`.
@@ -517,6 +565,102 @@ mod tests {
         server.abort();
     }
 
+    /// A plain HTTP server on a loopback port that answers `routes`
+    /// (path -> status line and extra header lines; 404 otherwise), one
+    /// request per connection, and keeps every request's head.
+    async fn recording_server(
+        routes: Vec<(String, String)>,
+    ) -> (
+        u16,
+        Arc<std::sync::Mutex<Vec<String>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                kept.lock().unwrap().push(head);
+                let answer = routes
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map_or("404 Not Found\r\n".to_string(), |(_, a)| a.clone());
+                let reply =
+                    format!("HTTP/1.1 {answer}content-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = tcp.write_all(reply.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            }
+        });
+        (port, heads, task)
+    }
+
+    fn has_authorization(head: &str) -> bool {
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+    }
+
+    #[tokio::test]
+    async fn redirects_keep_authorization_on_their_origin_only_and_stay_allow_listed() {
+        let (cdn_port, cdn_heads, cdn) =
+            recording_server(vec![("/blob".into(), "200 OK\r\n".into())]).await;
+        let (other_port, other_heads, other) = recording_server(vec![]).await;
+        let cdn_url = format!("http://127.0.0.1:{cdn_port}");
+        let (port, heads, registry) = recording_server(vec![
+            (
+                "/same".into(),
+                "307 Temporary Redirect\r\nlocation: /here\r\n".into(),
+            ),
+            ("/here".into(), "200 OK\r\n".into()),
+            (
+                "/cross".into(),
+                format!("307 Temporary Redirect\r\nlocation: {cdn_url}/blob\r\n"),
+            ),
+            (
+                "/away".into(),
+                format!("302 Found\r\nlocation: http://127.0.0.1:{other_port}/blob\r\n"),
+            ),
+        ])
+        .await;
+        let registry_url = format!("http://127.0.0.1:{port}");
+        let outbound = HttpOutbound::new(&[registry_url.clone(), cdn_url], None).unwrap();
+        let auth = [("Authorization".to_string(), "Bearer t".to_string())];
+        let get = |path: &str| {
+            let uri = outbound.check(&format!("{registry_url}{path}")).unwrap();
+            outbound.get_following(uri, &auth)
+        };
+
+        assert_eq!(get("/same").await.unwrap().status(), 200);
+        assert_eq!(get("/cross").await.unwrap().status(), 200);
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 3);
+        assert!(heads.iter().all(|h| has_authorization(h)), "{heads:?}");
+        let cdn_heads = cdn_heads.lock().unwrap().clone();
+        assert_eq!(cdn_heads.len(), 1);
+        assert!(!has_authorization(&cdn_heads[0]), "{}", cdn_heads[0]);
+
+        let e = get("/away").await.unwrap_err();
+        assert!(
+            matches!(&e, OutboundError::Denied(m) if m.contains("redirect")),
+            "{e}"
+        );
+        assert!(other_heads.lock().unwrap().is_empty(), "never contacted");
+        for t in [cdn, other, registry] {
+            t.abort();
+        }
+    }
+
     #[test]
     fn redirect_locations_resolve_against_the_request() {
         let base: Uri = "https://registry.example:5000/v2/a/blobs/x"
@@ -530,8 +674,29 @@ mod tests {
             resolve_location(&base, "http://cdn.example/x").unwrap(),
             "http://cdn.example/x"
         );
-        assert!(resolve_location(&base, "//cdn.example/x").is_err());
-        assert!(resolve_location(&base, "x").is_err());
+        assert_eq!(
+            resolve_location(&base, "HTTPS://cdn.example/x").unwrap(),
+            "https://cdn.example/x"
+        );
+        assert_eq!(
+            resolve_location(&base, "//cdn.example/x").unwrap(),
+            "https://cdn.example/x"
+        );
+        let here = "https://registry.example:5000";
+        for (location, resolved) in [
+            ("y", "/v2/a/blobs/y"),
+            ("../z?a=1", "/v2/a/z?a=1"),
+            ("./", "/v2/a/blobs/"),
+            ("../../../../..", "/"),
+            ("?q=1", "/v2/a/blobs/x?q=1"),
+            ("/a/./b/../c#frag", "/a/c"),
+        ] {
+            assert_eq!(
+                resolve_location(&base, location).unwrap(),
+                format!("{here}{resolved}"),
+                "{location}"
+            );
+        }
         assert_eq!(origin_of(&base), "https://registry.example:5000");
     }
 }
