@@ -121,16 +121,9 @@ impl HttpIngress {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let conn = self.connection_builder().serve_connection(
-                            TokioIo::new(stream),
-                            service_fn({
-                                let this = self.clone();
-                                move |req| {
-                                    let this = this.clone();
-                                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                                }
-                            }),
-                        );
+                        let conn = self
+                            .connection_builder()
+                            .serve_connection(TokioIo::new(stream), self.clone().service(peer));
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
@@ -138,16 +131,38 @@ impl HttpIngress {
                             }
                         });
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(e) => accept_failed(e).await,
                 },
                 _ = stopped(&mut shutdown) => break,
             }
         }
         drop(listener);
+        self.drain(graceful).await;
+    }
+
+    /// The service for one connection from `peer`: every request goes to
+    /// [`Self::handle`].
+    pub(super) fn service(
+        self: Arc<Self>,
+        peer: SocketAddr,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<HttpBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<HttpBody>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let this = self;
+        service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+        })
+    }
+
+    /// After the listener is closed: lets in-flight requests finish, for
+    /// the grace period at most.
+    pub(super) async fn drain(&self, graceful: GracefulShutdown) {
         let grace = Duration::from_millis(self.limits.shutdown_grace_ms);
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
@@ -545,6 +560,13 @@ impl HttpIngress {
             body: body.to_vec(),
         })
     }
+}
+
+/// An accept error (out of file descriptors and the like): logged, then a
+/// short back-off, and serving goes on.
+pub(super) async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -7,12 +7,10 @@
 //! load (half-written files, a key that does not match the certificate) is
 //! logged and the previous pair stays in use.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::http::{HttpIngress, stopped};
+use super::http::{HttpIngress, accept_failed, stopped};
 use crate::config::TlsConfig;
 
 /// Why a certificate/key pair could not be used.
@@ -192,40 +190,20 @@ impl HttpIngress {
                                 _ = stopped(&mut drain) => return,
                             };
                             let builder = this.auto_builder();
-                            let service = service_fn({
-                                let this = this.clone();
-                                move |req| {
-                                    let this = this.clone();
-                                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                                }
-                            });
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection(TokioIo::new(stream), this.clone().service(peer));
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(e) => accept_failed(e).await,
                 },
                 _ = stopped(&mut shutdown) => break,
             }
         }
         drop(listener);
         let _ = drain_tx.send(true);
-        let grace = Duration::from_millis(self.limits.shutdown_grace_ms);
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            "draining in-flight requests"
-        );
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("grace period over; closing remaining connections");
-        }
+        self.drain(graceful).await;
     }
 
     fn auto_builder(&self) -> auto::Builder<TokioExecutor> {
