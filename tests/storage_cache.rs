@@ -35,6 +35,19 @@ fn cache_home_with(origins: &[String], outbound: &str, quota: u64, config: Strin
     Home::new(&[spec], "")
 }
 
+/// A running gateway in front of `origin` (allow-listed, its `/b` the
+/// origin of `/blobs/` misses) with `quota` bytes of store and `extra`
+/// plugin config lines.
+async fn gateway_for(origin: &Origin, quota: u64, extra: &str) -> (Home, RunningGateway) {
+    let home = cache_home(
+        &[origin.url()],
+        quota,
+        format!("origin = \"{}/b\"\n{extra}", origin.url()),
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    (home, gw)
+}
+
 fn blob_file(home: &Home, digest: &str) -> PathBuf {
     home.data_dir()
         .join("blobs/cache/sha256")
@@ -217,12 +230,7 @@ async fn cached_blobs_answer_range_head_and_if_none_match() {
     let bytes = pseudo_random(100_000, 3);
     let digest = sha256_digest(&bytes);
     origin.serve(&format!("/b/{digest}"), bytes.clone());
-    let home = cache_home(
-        &[origin.url()],
-        1 << 20,
-        format!("origin = \"{}/b\"\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (_home, gw) = gateway_for(&origin, 1 << 20, "").await;
     let addr = gw.http_addr;
     let path = format!("/blobs/{digest}");
 
@@ -268,12 +276,7 @@ async fn wrong_bytes_get_502_and_nothing_is_stored_and_traversal_gets_400() {
         &format!("/b/{claimed}"),
         b"something else entirely".to_vec(),
     );
-    let home = cache_home(
-        &[origin.url()],
-        1 << 20,
-        format!("origin = \"{}/b\"\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 1 << 20, "").await;
     let addr = gw.http_addr;
 
     let (status, _, _) = call(addr, "GET", &format!("/blobs/{claimed}"), &[]).await;
@@ -308,12 +311,7 @@ async fn concurrent_misses_for_one_digest_cause_one_origin_fetch() {
     let digest = sha256_digest(&bytes);
     let origin_path = format!("/b/{digest}");
     origin.serve(&origin_path, bytes.clone());
-    let home = cache_home(
-        &[origin.url()],
-        1 << 20,
-        format!("origin = \"{}/b\"\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (_home, gw) = gateway_for(&origin, 1 << 20, "").await;
     let path = format!("/blobs/{digest}");
     let calls: Vec<_> = (0..6)
         .map(|_| {
@@ -347,12 +345,7 @@ async fn the_least_recently_used_blob_is_evicted_and_oversized_blobs_pass_throug
     }
     // Every hit calls the plugin, so access times are exact (reused hits
     // refresh them only once per `hit_reuse_ms`).
-    let home = cache_home(
-        &[origin.url()],
-        250_000,
-        format!("origin = \"{}/b\"\nhit_reuse_ms = 0\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 250_000, "hit_reuse_ms = 0\n").await;
     let get = |d: &String| {
         let path = format!("/blobs/{d}");
         let addr = gw.http_addr;
@@ -463,12 +456,7 @@ async fn blobs_larger_than_the_quota_stream_from_the_origin_verified_at_any_size
     let mut wrong = big.clone();
     wrong[5 << 20] ^= 1;
     origin.serve(&format!("/b/{claimed}"), wrong.clone());
-    let home = cache_home(
-        &[origin.url()],
-        1 << 20,
-        format!("origin = \"{}/b\"\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 1 << 20, "").await;
     let path = format!("/blobs/{digest}");
 
     let (status, headers, body) = call(gw.http_addr, "GET", &path, &[]).await;
@@ -558,12 +546,7 @@ async fn possession_proofs_verify_and_fail_on_corruption_wrong_nonce_or_wrong_ch
     let bytes = pseudo_random(600 * 1024, 5);
     let digest = sha256_digest(&bytes);
     origin.serve(&format!("/b/{digest}"), bytes.clone());
-    let home = cache_home(
-        &[origin.url()],
-        4 << 20,
-        format!("origin = \"{}/b\"\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 4 << 20, "").await;
     assert_eq!(
         call(gw.http_addr, "GET", &format!("/blobs/{digest}"), &[])
             .await
@@ -757,12 +740,7 @@ async fn repeated_hits_are_answered_by_the_host_and_still_metered_each_time() {
     let digest = sha256_digest(&bytes);
     let origin_path = format!("/b/{digest}");
     origin.serve(&origin_path, bytes.clone());
-    let home = cache_home(
-        &[origin.url()],
-        1_000_000,
-        format!("origin = \"{}/b\"\nhit_reuse_ms = 400\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 1_000_000, "hit_reuse_ms = 400\n").await;
     let addr = gw.http_addr;
     let path = format!("/blobs/{digest}");
 
@@ -845,12 +823,7 @@ async fn small_reused_blobs_are_served_from_memory_and_forgotten_on_eviction() {
     origin.serve(&oa, a.clone());
     origin.serve(&ob, b.clone());
     // Room for one of the two.
-    let home = cache_home(
-        &[origin.url()],
-        50_000,
-        format!("origin = \"{}/b\"\nhit_reuse_ms = 60000\n", origin.url()),
-    );
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let (home, gw) = gateway_for(&origin, 50_000, "hit_reuse_ms = 60000\n").await;
     let addr = gw.http_addr;
     let (pa, pb) = (format!("/blobs/{da}"), format!("/blobs/{db}"));
     let get = |path: String| async move {

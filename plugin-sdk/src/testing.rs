@@ -357,6 +357,21 @@ pub mod native {
             })
         }
 
+        /// The body the test origin serves for `url` (noted as fetched),
+        /// or the error `fetch-into` and `pass-through` report.
+        fn origin_body(s: &mut super::super::State, url: &str) -> Result<Vec<u8>, BlobError> {
+            let (status, body) = s
+                .origins
+                .get(url)
+                .cloned()
+                .ok_or_else(|| BlobError::Denied(format!("`{url}` is not allow-listed")))?;
+            s.fetched.push(url.to_string());
+            if !(200..300).contains(&status) {
+                return Err(BlobError::OriginStatus(status));
+            }
+            Ok(body)
+        }
+
         pub fn fetch_into(
             url: &str,
             digest: &str,
@@ -368,15 +383,7 @@ pub mod native {
                 return Ok(stat);
             }
             with(|s| {
-                let (status, body) = s
-                    .origins
-                    .get(url)
-                    .cloned()
-                    .ok_or_else(|| BlobError::Denied(format!("`{url}` is not allow-listed")))?;
-                s.fetched.push(url.to_string());
-                if !(200..300).contains(&status) {
-                    return Err(BlobError::OriginStatus(status));
-                }
+                let body = origin_body(s, url)?;
                 let actual = sha256_digest(&body);
                 if actual != digest {
                     return Err(BlobError::DigestMismatch(actual));
@@ -405,15 +412,7 @@ pub mod native {
         ) -> Result<BlobStat, BlobError> {
             check(digest)?;
             with(|s| {
-                let (status, body) = s
-                    .origins
-                    .get(url)
-                    .cloned()
-                    .ok_or_else(|| BlobError::Denied(format!("`{url}` is not allow-listed")))?;
-                s.fetched.push(url.to_string());
-                if !(200..300).contains(&status) {
-                    return Err(BlobError::OriginStatus(status));
-                }
+                let body = origin_body(s, url)?;
                 let size = body.len() as u64;
                 s.passed_through = Some((digest.to_string(), body));
                 Ok(BlobStat {

@@ -366,15 +366,9 @@ impl TokenService {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let (signer, issued, expected) = (s.clone(), n.clone(), expected.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let target = head.split_whitespace().nth(1).unwrap_or("");
                     let query = target.split_once('?').map_or("", |(_, q)| q);
                     let scopes: Vec<String> = query
@@ -480,6 +474,20 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request's head, up to the blank line (`None` if the peer closes
+/// first).
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// A ustar archive with one regular file.
@@ -677,15 +685,9 @@ impl Served {
         &self,
         mut stream: S,
     ) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let head = String::from_utf8_lossy(&buf);
+        let Some(head) = read_head(&mut stream).await else {
+            return;
+        };
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         self.total.fetch_add(1, Ordering::SeqCst);
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;

@@ -72,6 +72,35 @@ pub struct PassThrough {
     pub(crate) response: Response<Incoming>,
 }
 
+/// The origin's successful answer for `url` (the parked one if it is for
+/// `url` and `digest`, else a new GET following redirects) and its
+/// `content-length`.
+async fn origin_response(
+    plugin: &PluginShared,
+    uri: hyper::Uri,
+    url: &str,
+    digest: &BlobDigest,
+    headers: &[(String, String)],
+    parked: &mut Option<ParkedFetch>,
+) -> Result<(Response<Incoming>, Option<u64>), BlobError> {
+    let response = match ParkedFetch::take_for(parked, url, digest) {
+        Some(r) => r,
+        None => plugin
+            .outbound_http
+            .get_following(uri, headers)
+            .await
+            .map_err(outbound_error)?,
+    };
+    if !response.status().is_success() {
+        return Err(BlobError::OriginStatus(response.status().as_u16()));
+    }
+    let size = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Ok((response, size))
+}
+
 /// `pass-through` after the boundary checks.
 async fn open_pass_through(
     plugin: &PluginShared,
@@ -84,23 +113,10 @@ async fn open_pass_through(
     let uri = outbound
         .check(url)
         .map_err(|e| BlobError::Denied(e.to_string()))?;
-    let response = match ParkedFetch::take_for(parked, url, &digest) {
-        Some(r) => r,
-        None => outbound
-            .get_following(uri, headers)
-            .await
-            .map_err(outbound_error)?,
-    };
-    if !response.status().is_success() {
-        return Err(BlobError::OriginStatus(response.status().as_u16()));
-    }
-    let size = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .ok_or_else(|| {
-            BlobError::Io("the origin's answer has no content-length to pass through".into())
-        })?;
+    let (response, size) = origin_response(plugin, uri, url, &digest, headers, parked).await?;
+    let size = size.ok_or_else(|| {
+        BlobError::Io("the origin's answer has no content-length to pass through".into())
+    })?;
     Ok(PassThrough {
         digest,
         size,
@@ -130,20 +146,7 @@ async fn fetch_blob(
     {
         return Ok(size);
     }
-    let response = match ParkedFetch::take_for(parked, url, digest) {
-        Some(r) => r,
-        None => outbound
-            .get_following(uri, headers)
-            .await
-            .map_err(outbound_error)?,
-    };
-    if !response.status().is_success() {
-        return Err(BlobError::OriginStatus(response.status().as_u16()));
-    }
-    let size_hint = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let (response, size_hint) = origin_response(plugin, uri, url, digest, headers, parked).await?;
     let mut writer = match store.begin(digest, size_hint) {
         Ok(writer) => writer,
         Err(e @ (StoreError::QuotaExceeded { .. } | StoreError::TooLarge { .. })) => {
