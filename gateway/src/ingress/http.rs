@@ -153,9 +153,8 @@ impl HttpIngress {
     > + Clone
     + Send
     + 'static {
-        let this = self;
         service_fn(move |req| {
-            let this = this.clone();
+            let this = self.clone();
             async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
         })
     }

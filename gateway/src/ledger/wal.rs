@@ -178,7 +178,7 @@ impl Wal {
 
     /// Overwrites the header of an entry whose append failed with zeros,
     /// durably, so that replay stops before it.
-    pub fn erase_failed(&mut self) -> std::io::Result<()> {
+    fn erase_failed(&mut self) -> std::io::Result<()> {
         if !self.unerased {
             return Ok(());
         }
