@@ -4,22 +4,23 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::identity::DeviceKey;
-use crate::ingress::http::{HttpIngress, units};
-use crate::ledger::{Ledger, NewRecord};
+use crate::ledger::Ledger;
 use crate::runtime::{LoadedPlugin, Runtime};
 
-use crate::admin::AdminApi;
-use crate::ingress::tls::TlsIngress;
+use crate::admin::{AdminApi, AdminServer};
+use crate::ingress::http::{HttpIngress, HttpServer};
+use crate::ingress::mqtt;
+use crate::ingress::tls::{CertWatcher, TlsIngress};
+use crate::ingress::udp::{IngressPorts, UdpIngress};
 use crate::plugin_table::PluginTable;
-use crate::reload::{ReloadError, ReloadReport, Reloader};
+use crate::reload::{ConfigWatcher, ReloadError, ReloadReport, Reloader};
+use crate::service::Services;
 
 /// Why the gateway did not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +69,11 @@ pub struct RunningGateway {
     /// The TLS side of the ingress, when `[http.tls]` is configured.
     pub tls: Option<Arc<TlsIngress>>,
     ledger: Arc<Ledger>,
-    stop: watch::Sender<bool>,
-    server: Option<JoinHandle<()>>,
-    tickers: Vec<JoinHandle<()>>,
-    /// UDP sockets and lanes of the plugins that have them.
-    udp: Vec<crate::ingress::udp::UdpIngress>,
-    /// Their ingress sockets, for `prove` calls that reply.
+    /// Every background service, in start order; stopped by `shutdown`.
+    services: Services,
+    /// The bound UDP ingress address of each plugin that has one.
+    udp_addrs: Vec<(String, SocketAddr)>,
+    /// The UDP ingress sockets, for `prove` calls that reply.
     ingress_ports: crate::ingress::udp::IngressPorts,
     reloader: Arc<Reloader>,
     _runtime: Arc<Runtime>,
@@ -95,6 +95,7 @@ impl RunningGateway {
     ) -> Result<Self, StartError> {
         let key = DeviceKey::load(&config.key_path())?;
         crate::otel::init_from_env();
+        let mut services = Services::default();
         let ledger = Ledger::open(&config.data_dir)?;
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
             .with_blob_root(config.data_dir.join("blobs"));
@@ -104,7 +105,14 @@ impl RunningGateway {
             runtime = runtime.with_jobs(Arc::new(jobs));
         }
         let runtime = Arc::new(runtime);
-        let reloader = Reloader::start(runtime.clone(), ledger.clone(), config, source).await?;
+        let reloader = Reloader::start(
+            runtime.clone(),
+            ledger.clone(),
+            config,
+            source,
+            services.signal(),
+        )
+        .await?;
         let plugins: Vec<Arc<LoadedPlugin>> = reloader
             .table()
             .snapshot()
@@ -133,13 +141,11 @@ impl RunningGateway {
             }
             None => None,
         };
-        let mut tickers = Vec::new();
         let mut udp = Vec::new();
         for p in &config.plugins {
-            let started =
-                crate::ingress::udp::UdpIngress::start(reloader.table().clone(), p, ledger.clone())
-                    .await?;
-            udp.extend(started);
+            let table = reloader.table().clone();
+            let bound = UdpIngress::bind(table, p, ledger.clone()).await?;
+            udp.extend(bound);
         }
         let listener =
             TcpListener::bind(config.listen)
@@ -157,46 +163,49 @@ impl RunningGateway {
             ledger.clone(),
             config.http.clone(),
         ));
-        let (stop, stop_rx) = watch::channel(false);
-        let server = match &tls {
-            Some(t) => {
-                tickers.push(tokio::spawn(t.clone().watch_files(stop_rx.clone())));
-                tokio::spawn(ingress.serve_tls(listener, t.clone(), stop_rx.clone()))
-            }
-            None => tokio::spawn(ingress.serve(listener, stop_rx.clone())),
-        };
+        if let Some(t) = &tls {
+            services.start(CertWatcher(t.clone()));
+        }
+        services.start(HttpServer {
+            ingress,
+            listener,
+            tls: tls.clone(),
+        });
         let mut admin_addr = None;
         if let Some((api, listener)) = admin {
             admin_addr = listener.local_addr().ok();
-            tickers.push(tokio::spawn(api.serve(listener, stop_rx.clone())));
+            services.start(AdminServer { api, listener });
         }
         if config.reload.watch {
-            let every = Duration::from_millis(config.reload.poll_ms);
-            tickers.push(tokio::spawn(
-                reloader.clone().watch_files(every, stop_rx.clone()),
-            ));
+            services.start(ConfigWatcher {
+                reloader: reloader.clone(),
+                every: Duration::from_millis(config.reload.poll_ms),
+            });
         }
-        // MQTT subscribers stop with the tickers (abort) and on `stop`.
         let subscriptions: Vec<_> = config
             .plugins
             .iter()
             .filter_map(|p| Some((p.mqtt.clone()?, Arc::<str>::from(p.name.as_str()))))
             .collect();
-        tickers.extend(crate::ingress::mqtt::start(
-            &subscriptions,
-            reloader.table(),
-            &ledger,
-            &stop_rx,
-        )?);
-        let ingress_ports = crate::ingress::udp::IngressPorts::of(&udp);
-        tickers.extend(crate::epochs::start(
+        for subscription in mqtt::subscriptions(&subscriptions, reloader.table(), &ledger)? {
+            services.start(subscription);
+        }
+        let ingress_ports = IngressPorts::of(&udp);
+        let udp_addrs = udp
+            .iter()
+            .filter_map(|u| Some((u.plugin().to_string(), u.listen_addr()?)))
+            .collect();
+        for u in udp {
+            services.start(u);
+        }
+        crate::epochs::start(
             config,
             &key,
             &ledger,
             reloader.table(),
             &ingress_ports,
-            &stop_rx,
-        )?);
+            &mut services,
+        )?;
         tracing::info!(
             http_addr = %http_addr,
             admin_addr = admin_addr.map(|a| a.to_string()),
@@ -212,10 +221,8 @@ impl RunningGateway {
             admin_addr,
             tls,
             ledger,
-            stop,
-            server: Some(server),
-            tickers,
-            udp,
+            services,
+            udp_addrs,
             ingress_ports,
             reloader,
             _runtime: runtime,
@@ -236,24 +243,12 @@ impl RunningGateway {
     /// Stops accepting, lets in-flight requests finish (within the grace
     /// period), then flushes and closes the ledger.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        // The ingresses and workers all watch `stop`; give them a moment to
-        // finish what they hold (an epoch close, a commit) before aborting
-        // the stragglers, so the ledger is really closed when this returns.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        for mut t in self.tickers.drain(..) {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                t.abort();
-                let _ = t.await;
-            }
-        }
+        // Every service watches the shutdown signal; each gets its drain
+        // time to finish what it holds (in-flight requests, an epoch close,
+        // a commit) before it is aborted, so the ledger is really closed
+        // when this returns.
+        self.services.stop().await;
         self.reloader.stop_tickers().await;
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
-        for u in self.udp.drain(..) {
-            u.stop().await;
-        }
         self.ledger.close();
         crate::otel::flush();
         tracing::info!("gateway stopped");
@@ -274,48 +269,9 @@ impl RunningGateway {
 
     /// The bound UDP ingress address of `plugin`, if it has one.
     pub fn udp_addr(&self, plugin: &str) -> Option<SocketAddr> {
-        self.udp
+        self.udp_addrs
             .iter()
-            .find(|u| u.plugin() == plugin)
-            .and_then(|u| u.listen_addr())
-    }
-}
-
-impl Drop for RunningGateway {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for t in &self.tickers {
-            t.abort();
-        }
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-    }
-}
-
-/// Calls a plugin's `tick` export every `every`, committing what it
-/// records and writes, with the host's measurements (subject `tick`).
-pub(crate) async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every: Duration) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let id: Arc<str> = "tick".into();
-    loop {
-        interval.tick().await;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let outcome = plugin.tick(&id, now_ms).await;
-        let mut effects = outcome.effects;
-        let host = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, &id);
-        effects.records.splice(
-            0..0,
-            [
-                host(units::WALL_TIME_US, outcome.wall.as_micros() as u64),
-                host(units::FUEL, outcome.fuel),
-            ],
-        );
-        if let Err(e) = ledger.commit(plugin.name().clone(), effects).await {
-            tracing::error!(plugin = %plugin.name(), error = %e, "cannot commit a tick's usage");
-        }
+            .find(|(name, _)| name == plugin)
+            .map(|(_, addr)| *addr)
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod blobstore;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod epochs;
@@ -19,6 +20,7 @@ pub mod proofs;
 pub mod reload;
 pub mod rewards;
 pub mod runtime;
+pub mod service;
 pub mod telemetry;
 pub mod upstream;
 

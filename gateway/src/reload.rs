@@ -18,9 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{GatewayConfig, PluginConfig};
+use crate::ingress::tick::Ticker;
 use crate::ledger::Ledger;
 use crate::plugin_table::{PluginSet, PluginTable};
 use crate::runtime::{LoadError, LoadedPlugin, Runtime};
+use crate::service::{Service, stopped};
 
 /// The outcome of the latest reload, as `/v1/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -67,16 +69,19 @@ pub struct Reloader {
     /// Serializes reloads.
     current: tokio::sync::Mutex<Current>,
     last: Mutex<Option<ReloadReport>>,
+    /// The gateway's shutdown signal, handed to every ticker.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Reloader {
     /// Loads the first generation of `config`'s plugins and starts their
-    /// tickers.
+    /// tickers, which stop on `shutdown`.
     pub async fn start(
         runtime: Arc<Runtime>,
         ledger: Arc<Ledger>,
         config: &GatewayConfig,
         source: Option<&Path>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, LoadError> {
         let mut plugins = Vec::new();
         for p in &config.plugins {
@@ -85,7 +90,7 @@ impl Reloader {
             plugins.push((p.clone(), loaded));
         }
         let set = PluginSet::new(1, plugins);
-        let tickers = spawn_tickers(&set, &ledger);
+        let tickers = spawn_tickers(&set, &ledger, &shutdown);
         Ok(Arc::new(Self {
             runtime,
             ledger,
@@ -96,6 +101,7 @@ impl Reloader {
                 tickers,
             }),
             last: Mutex::new(None),
+            shutdown,
         }))
     }
 
@@ -126,7 +132,7 @@ impl Reloader {
                 for t in current.tickers.drain(..) {
                     t.abort();
                 }
-                current.tickers = spawn_tickers(&set, &self.ledger);
+                current.tickers = spawn_tickers(&set, &self.ledger, &self.shutdown);
                 let generation = set.generation;
                 self.table.swap(set);
                 current.config = config;
@@ -213,7 +219,7 @@ impl Reloader {
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
-                _ = crate::ingress::http::stopped(&mut stop) => return,
+                _ = stopped(&mut stop) => return,
             }
             let now = self.stamps().await;
             if now != seen {
@@ -272,16 +278,20 @@ fn log_loaded(p: &PluginConfig, loaded: &LoadedPlugin) {
     );
 }
 
-fn spawn_tickers(set: &PluginSet, ledger: &Arc<Ledger>) -> Vec<JoinHandle<()>> {
+fn spawn_tickers(
+    set: &PluginSet,
+    ledger: &Arc<Ledger>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     set.plugins
         .iter()
         .filter_map(|(cfg, loaded)| {
-            let every = Duration::from_millis(cfg.tick_interval_ms?);
-            Some(tokio::spawn(crate::gateway::ticks(
-                loaded.clone(),
-                ledger.clone(),
-                every,
-            )))
+            let ticker = Ticker {
+                plugin: loaded.clone(),
+                ledger: ledger.clone(),
+                every: Duration::from_millis(cfg.tick_interval_ms?),
+            };
+            Some(ticker.spawn(shutdown.clone()))
         })
         .collect()
 }
@@ -330,4 +340,22 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reloads when the configuration file or a component changes, as a
+/// [`Service`] (`[reload] watch`).
+pub struct ConfigWatcher {
+    pub reloader: Arc<Reloader>,
+    /// How often the files are checked.
+    pub every: Duration,
+}
+
+impl Service for ConfigWatcher {
+    fn name(&self) -> &'static str {
+        "config-watcher"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.reloader.watch_files(self.every, shutdown))
+    }
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use depin_gateway::upstream::UpstreamConfig;
+use depin_gateway::config::UpstreamConfig;
 use depin_gateway::upstream::sender::CollectorClient;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use sha2::{Digest, Sha256};

@@ -27,11 +27,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::AdminConfig;
-use crate::ingress::http::stopped;
 use crate::ledger::Ledger;
 use crate::reload::Reloader;
+use crate::service::{Service, stopped};
 
 /// Why the admin listener did not start.
 #[derive(Debug, thiserror::Error)]
@@ -283,4 +284,20 @@ fn text(status: StatusCode, body: &str, content_type: &'static str) -> Response<
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<AdminBody> {
     text(status, &body.to_string(), "application/json")
+}
+
+/// The admin listener as a [`Service`].
+pub struct AdminServer {
+    pub api: Arc<AdminApi>,
+    pub listener: TcpListener,
+}
+
+impl Service for AdminServer {
+    fn name(&self) -> &'static str {
+        "admin"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.api.serve(self.listener, shutdown))
+    }
 }

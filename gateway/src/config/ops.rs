@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::resolve_path;
+
 /// `[http.tls]`: serve the public ingress over TLS (HTTP/1.1 and HTTP/2,
 /// chosen by ALPN). The files are re-read when they change, so a rotated
 /// certificate takes effect without a restart and without dropping
@@ -70,18 +72,10 @@ impl Default for ReloadConfig {
     }
 }
 
-pub(super) fn resolve(p: &Path, base: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
 impl TlsConfig {
     pub(super) fn resolve_paths(&mut self, base: &Path) {
-        self.cert = resolve(&self.cert, base);
-        self.key = resolve(&self.key, base);
+        self.cert = resolve_path(base, &self.cert);
+        self.key = resolve_path(base, &self.key);
     }
 
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
@@ -94,7 +88,7 @@ impl TlsConfig {
 
 impl AdminConfig {
     pub(super) fn resolve_paths(&mut self, base: &Path) {
-        self.token_file = self.token_file.as_deref().map(|p| resolve(p, base));
+        self.token_file = self.token_file.as_deref().map(|p| resolve_path(base, p));
     }
 
     pub(super) fn validate(&self) -> Result<(), (String, String)> {

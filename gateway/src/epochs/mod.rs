@@ -20,64 +20,20 @@ pub mod store;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash as _, Hasher};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::identity::DeviceKey;
 use crate::ledger::Source;
 use crate::ledger::{Hash, Ledger, LedgerError};
 use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
+use crate::service::{Service, Services};
 use crate::upstream::report::{
     EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
 };
 pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
-
-/// `[epochs]` in `gateway.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EpochsConfig {
-    /// Epoch length in milliseconds (default one hour).
-    pub length_ms: u64,
-    /// How long after an epoch's end it is closed, so records committed at
-    /// its very end are in it (default 1000 ms).
-    pub close_delay_ms: u64,
-    /// The reward policy file (TOML), relative to the configuration file.
-    /// Without one every epoch's reward is 0.
-    pub policy: Option<PathBuf>,
-}
-
-impl Default for EpochsConfig {
-    fn default() -> Self {
-        Self {
-            length_ms: 3_600_000,
-            close_delay_ms: 1_000,
-            policy: None,
-        }
-    }
-}
-
-impl EpochsConfig {
-    /// Checks values; returns (key, problem).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.length_ms < 100 {
-            return Err((
-                "epochs.length_ms".into(),
-                format!("{} is below the minimum of 100 ms", self.length_ms),
-            ));
-        }
-        if self.close_delay_ms >= self.length_ms {
-            return Err((
-                "epochs.close_delay_ms".into(),
-                "must be shorter than epochs.length_ms".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why an epoch could not be closed.
 #[derive(Debug, thiserror::Error)]
@@ -293,8 +249,8 @@ pub fn start(
     ledger: &Arc<Ledger>,
     plugins: &Arc<crate::plugin_table::PluginTable>,
     udp: &crate::ingress::udp::IngressPorts,
-    stop: &watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::StartError> {
+    services: &mut Services,
+) -> Result<(), crate::StartError> {
     let policy = match &config.epochs.policy {
         Some(p) => RewardPolicy::load(p)?,
         None => RewardPolicy::default(),
@@ -334,9 +290,12 @@ pub fn start(
         deliver: client.is_some(),
     });
     let closed = Arc::new(Notify::new());
-    let mut tasks = vec![tokio::spawn(run(closer, closed.clone(), stop.clone()))];
+    services.start(EpochClosing {
+        closer,
+        closed: closed.clone(),
+    });
     if let (Some(client), Some(u)) = (client, &config.upstream) {
-        let responder = Arc::new(crate::proofs::responder::Responder {
+        services.start(crate::proofs::responder::Responder {
             client: client.clone(),
             store: store.clone(),
             ledger: ledger.clone(),
@@ -347,20 +306,38 @@ pub fn start(
                 udp.clone(),
             ),
         });
-        tasks.push(tokio::spawn(responder.run(stop.clone())));
-        tasks.push(tokio::spawn(crate::upstream::sender::run(
+        services.start(crate::upstream::sender::ReportSender {
             store,
             client,
-            u.clone(),
-            closed,
-            stop.clone(),
-        )));
+            config: u.clone(),
+            wake: closed,
+        });
     }
-    Ok(tasks)
+    Ok(())
 }
 
-/// Closes epochs as they end until `stop`; wakes `closed` after each close.
-pub async fn run(closer: Arc<EpochCloser>, closed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Closes epochs as they end, as a [`Service`]; wakes `closed` after each
+/// close (the report sender waits on it).
+pub struct EpochClosing {
+    pub closer: Arc<EpochCloser>,
+    pub closed: Arc<Notify>,
+}
+
+impl Service for EpochClosing {
+    fn name(&self) -> &'static str {
+        "epoch-closer"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(close_epochs(self.closer, self.closed, shutdown))
+    }
+}
+
+async fn close_epochs(
+    closer: Arc<EpochCloser>,
+    closed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let c = closer.clone();
         match tokio::task::spawn_blocking(move || c.close_due(now_ms())).await {

@@ -21,10 +21,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::http::{HttpIngress, accept_failed, stopped};
+use super::http::{HttpIngress, accept_failed};
 use crate::config::TlsConfig;
+use crate::service::{Service, stopped};
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +219,19 @@ impl HttpIngress {
             .timer(TokioTimer::new())
             .max_header_list_size(self.limits.max_header_bytes.max(8192) as u32);
         b
+    }
+}
+
+/// Re-reads the certificate and key when they change, as a [`Service`].
+pub struct CertWatcher(pub Arc<TlsIngress>);
+
+impl Service for CertWatcher {
+    fn name(&self) -> &'static str {
+        "tls-cert-watcher"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.0.watch_files(shutdown))
     }
 }
 

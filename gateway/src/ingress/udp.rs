@@ -32,16 +32,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::call::{self, HostMeasurements};
 use crate::config::PluginConfig;
 use crate::gateway::StartError;
-use crate::ingress::http::units;
-use crate::ledger::{Ledger, NewRecord};
+use crate::ledger::Ledger;
 use crate::plugin_table::PluginTable;
 use crate::runtime::contract::Datagram;
 use crate::runtime::{QueuedDatagram, RecentPeers};
+use crate::service::{Service, stopped};
 
 /// Lanes per plugin: calls of one plugin that may run (or wait for their
 /// commit) at once. Each lane waits for its commit before its next call, so
@@ -151,6 +152,8 @@ pub struct UdpIngress {
     plugin: Arc<str>,
     listen_addr: Option<SocketAddr>,
     relay: Arc<Relay>,
+    /// The lanes' receiving ends until the ingress is spawned.
+    receivers: Vec<mpsc::Receiver<Inbound>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -190,11 +193,12 @@ struct Relay {
 }
 
 impl UdpIngress {
-    /// Binds the plugin's ingress socket (if configured), resolves its
-    /// allow-list and starts its lanes. `None` when the plugin has neither
+    /// Binds the plugin's ingress socket (if configured) and resolves its
+    /// allow-list; its lanes start when it is spawned as a [`Service`].
+    /// `None` when the plugin has neither
     /// UDP ingress nor outbound UDP targets. An allow-listed host that does
     /// not resolve now is logged and tried again on each send to it.
-    pub async fn start(
+    pub async fn bind(
         table: Arc<PluginTable>,
         cfg: &PluginConfig,
         ledger: Arc<Ledger>,
@@ -241,13 +245,6 @@ impl UdpIngress {
         for target in &cfg.outbound.udp {
             relay.resolve(target).await;
         }
-        let mut tasks: Vec<JoinHandle<()>> = receivers
-            .into_iter()
-            .map(|rx| tokio::spawn(relay.clone().serve_lane(rx)))
-            .collect();
-        if let Some(port) = relay.ingress.clone() {
-            tasks.push(tokio::spawn(relay.clone().receive_ingress(port)));
-        }
         tracing::info!(
             plugin = %cfg.name,
             udp_addr = %listen_addr.map_or("-".to_string(), |a| a.to_string()),
@@ -258,13 +255,14 @@ impl UdpIngress {
             plugin: cfg.name.as_str().into(),
             listen_addr,
             relay,
-            tasks,
+            receivers,
+            tasks: Vec::new(),
         }))
     }
 
     /// Stops receiving and waits until no call of this plugin's UDP side
     /// is running (calls in progress are cancelled).
-    pub async fn stop(mut self) {
+    async fn stop(mut self) {
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.append(&mut self.relay.session_tasks.lock().expect("session tasks"));
         for t in &tasks {
@@ -283,6 +281,31 @@ impl UdpIngress {
     /// The bound ingress address (useful with port 0), if the plugin has one.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+}
+
+/// A plugin's UDP side as a [`Service`]: its lanes and receive loops run
+/// until shutdown; then receiving stops and calls in progress are
+/// cancelled (their effects are not committed, their answers not sent).
+impl Service for UdpIngress {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn spawn(mut self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        let relay = &self.relay;
+        self.tasks = std::mem::take(&mut self.receivers)
+            .into_iter()
+            .map(|rx| tokio::spawn(relay.clone().serve_lane(rx)))
+            .collect();
+        if let Some(port) = relay.ingress.clone() {
+            self.tasks
+                .push(tokio::spawn(relay.clone().receive_ingress(port)));
+        }
+        tokio::spawn(async move {
+            stopped(&mut shutdown).await;
+            self.stop().await;
+        })
     }
 }
 
@@ -409,18 +432,11 @@ impl Relay {
             }
         }
         let bytes_out: u64 = sends.iter().map(|s| s.2.len() as u64).sum();
-        let mut effects = outcome.effects;
-        let host = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, &id);
-        effects.records.splice(
-            0..0,
-            [
-                host(units::BYTES_IN, bytes_in),
-                host(units::BYTES_OUT, bytes_out),
-                host(units::WALL_TIME_US, outcome.wall.as_micros() as u64),
-                host(units::FUEL, outcome.fuel),
-            ],
-        );
-        if let Err(e) = self.ledger.commit(Arc::clone(&self.name), effects).await {
+        let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel)
+            .bytes_in(bytes_in)
+            .bytes_out(bytes_out);
+        if let Err(e) = call::commit(&self.ledger, &self.name, &id, measured, outcome.effects).await
+        {
             tracing::error!(plugin = %self.name, request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
             return;
         }

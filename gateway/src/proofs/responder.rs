@@ -20,13 +20,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Answer, ChallengeSpec, InclusionProof};
+use crate::call::{self, HostMeasurements};
 use crate::epochs::{EpochStore, merkle};
 use crate::identity::DeviceKey;
-use crate::ingress::http::units;
 use crate::ingress::udp::IngressPorts;
-use crate::ledger::{GENESIS_HASH, Ledger, NewRecord};
+use crate::ledger::{GENESIS_HASH, Ledger};
 use crate::plugin_table::PluginTable;
 use crate::runtime::RecentPeers;
+use crate::service::Service;
 use crate::upstream::sender::{CollectorClient, DeliveryError};
 
 /// How long one long-poll waits at the collector for a challenge.
@@ -126,15 +127,15 @@ impl Prover {
             Some(port) => port.clear(&id, replies),
             None => Vec::new(),
         };
-        let mut effects = outcome.effects;
+        // Only what a proof sends is metered: proving is not service to a
+        // client, so its wall time and fuel are not recorded.
         let bytes_out: u64 = sends.iter().map(|(_, p)| p.len() as u64).sum();
-        if bytes_out > 0 {
-            effects
-                .records
-                .insert(0, NewRecord::host(units::BYTES_OUT, bytes_out, &id));
-        }
-        if !effects.is_empty()
-            && let Err(e) = self.ledger.commit(plugin.name().clone(), effects).await
+        let measured = HostMeasurements {
+            bytes_out: (bytes_out > 0).then_some(bytes_out),
+            ..HostMeasurements::default()
+        };
+        if let Err(e) =
+            call::commit(&self.ledger, plugin.name(), &id, measured, outcome.effects).await
         {
             tracing::error!(plugin = %c.plugin, error = %e, "cannot commit what `prove` wrote");
             return Attempt::Failed(format!("cannot commit what `prove` wrote: {e}"));
@@ -152,10 +153,20 @@ impl Prover {
     }
 }
 
+impl Service for Responder {
+    fn name(&self) -> &'static str {
+        "challenge-responder"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(Arc::new(self).run(shutdown))
+    }
+}
+
 impl Responder {
     /// Polls and answers until `stop`; backs off (with jitter) while the
     /// collector is unreachable.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut delay = 200u64;
         loop {
             let wait = match self.poll().await {

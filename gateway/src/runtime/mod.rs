@@ -7,7 +7,7 @@ pub mod contract;
 mod host;
 mod plugin;
 pub mod reuse;
-mod state;
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub use contract::{CONTRACT, ComponentShape};
 pub use host::blobs::PassThrough;
 pub use host::outbound_http::BODY_IDLE_TIMEOUT;
 pub use host::outbound_udp::{QueuedDatagram, RecentPeers};
-pub use plugin::{CallError, CallOutcome, LoadError, LoadedPlugin, PluginShared};
+pub use plugin::{LoadError, LoadedPlugin, PluginShared};
 
 use crate::config::RuntimeConfig;
 use state::CallState;

@@ -2,9 +2,6 @@
 //! the mutual-TLS setup, the outbox sender and the reference collector.
 
 pub mod collector;
-pub mod config;
 pub mod report;
 pub mod sender;
 pub mod tls;
-
-pub use config::UpstreamConfig;

@@ -21,9 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsConnector;
 
-use super::config::{CollectorUrl, UpstreamConfig};
 use super::tls::{TlsError, client_config};
+use crate::config::{CollectorUrl, UpstreamConfig};
 use crate::epochs::{EpochStore, now_ms};
+use crate::service::Service;
 
 /// Why one delivery attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +123,34 @@ impl CollectorClient {
     }
 }
 
+/// Delivers the outbox to the collector, as a [`Service`]: exactly once
+/// per report (the collector acknowledges), retrying with backoff.
+pub struct ReportSender {
+    pub store: Arc<EpochStore>,
+    pub client: CollectorClient,
+    pub config: UpstreamConfig,
+    /// Notified when an epoch closes, so its report goes out at once.
+    pub wake: Arc<Notify>,
+}
+
+impl Service for ReportSender {
+    fn name(&self) -> &'static str {
+        "report-sender"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(send_reports(
+            self.store,
+            self.client,
+            self.config,
+            self.wake,
+            shutdown,
+        ))
+    }
+}
+
 /// Sends the outbox until `stop`. `wake` is notified when an epoch closes.
-pub async fn run(
+async fn send_reports(
     store: Arc<EpochStore>,
     client: CollectorClient,
     config: UpstreamConfig,

@@ -3,15 +3,32 @@
 //! Every error names the file, the key and the problem; unknown keys are
 //! errors, so a typo never silently falls back to a default.
 
+mod epochs;
+mod load;
+mod mqtt;
+mod ops;
+mod plugin;
+mod upstream;
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-mod ops;
+pub use epochs::EpochsConfig;
+pub use load::{ConfigError, load_toml, parse_toml, resolve_path};
+pub use mqtt::{MqttConfig, MqttTls};
 pub use ops::{AdminConfig, ReloadConfig, TlsConfig};
+pub use plugin::{
+    BlobsConfig, JobsConfig, OutboundConfig, PluginConfig, PluginLimits, UdpConfig,
+    parse_http_origin, validate_host_port, validate_name,
+};
+use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
+pub use upstream::{CollectorUrl, UpstreamConfig};
+
+#[cfg(test)]
+pub(crate) use mqtt::tests as mqtt_tests;
 
 /// The whole gateway configuration, as loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,10 +59,10 @@ pub struct GatewayConfig {
     pub plugins: Vec<PluginConfig>,
     /// Epoch length and the reward policy.
     #[serde(default)]
-    pub epochs: crate::epochs::EpochsConfig,
+    pub epochs: EpochsConfig,
     /// The collector that receives epoch reports; reports stay local
     /// without it.
-    pub upstream: Option<crate::upstream::UpstreamConfig>,
+    pub upstream: Option<UpstreamConfig>,
     /// The admin listener; off when absent.
     pub admin: Option<AdminConfig>,
     /// Hot reload of the plugins.
@@ -119,159 +136,6 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// One `[[plugin]]` table. `Default` gives a plugin with no route, no
-/// capabilities and default limits, for code that loads a component by hand.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// Unique name; namespaces the plugin's key-value store and its ledger
-    /// records. `[a-z0-9_-]`, at most 64 bytes.
-    pub name: String,
-    /// Path of the component (`.wasm`), relative to the configuration file.
-    pub component: PathBuf,
-    /// HTTP route prefix, e.g. `/cache`; `/` takes every path no other
-    /// plugin claims.
-    pub route: Option<String>,
-    /// Sandbox limits.
-    #[serde(default)]
-    pub limits: PluginLimits,
-    /// Call the plugin's `tick` export this often, in milliseconds; never
-    /// when absent.
-    pub tick_interval_ms: Option<u64>,
-    /// Free-form settings passed to the plugin (`init` and the `config`
-    /// import). Values may be strings, numbers or booleans.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-    /// The plugin's blob store (`blobs` import); none when absent.
-    pub blobs: Option<BlobsConfig>,
-    /// Where the plugin may send traffic (`outbound-*` imports); nowhere by
-    /// default.
-    #[serde(default)]
-    pub outbound: OutboundConfig,
-    /// Caps of the `jobs` capability; the plugin gets the capability only
-    /// when this table is present.
-    pub jobs: Option<JobsConfig>,
-    /// UDP ingress: datagrams to `listen` go to the plugin's
-    /// `handle-datagram`. No UDP ingress when absent.
-    pub udp: Option<UdpConfig>,
-    /// Subscribe to an MQTT broker and deliver its messages to the
-    /// plugin's `handle-message` export.
-    pub mqtt: Option<crate::ingress::mqtt::MqttConfig>,
-}
-
-/// A plugin's UDP ingress socket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UdpConfig {
-    /// Address to bind, e.g. `0.0.0.0:1700`; port 0 picks a free port.
-    pub listen: SocketAddr,
-}
-
-/// `[plugin.blobs]`: a content-addressed blob store under
-/// `<data_dir>/blobs/<plugin name>/`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobsConfig {
-    /// Most bytes the store may hold; a write past it is refused.
-    pub quota_bytes: u64,
-}
-
-/// `[plugin.outbound]`: the allow-lists of the outbound imports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboundConfig {
-    /// Origins the plugin may fetch from over HTTP(S), e.g.
-    /// `https://registry-1.docker.io` or `http://127.0.0.1:5000`: scheme,
-    /// host and optional port, no path.
-    #[serde(default)]
-    pub http: Vec<String>,
-    /// PEM certificates trusted for `https://` origins in addition to the
-    /// system's roots (relative to the configuration file).
-    #[serde(default)]
-    pub http_ca_file: Option<PathBuf>,
-    /// `host:port` addresses the plugin may send UDP datagrams to (the
-    /// `outbound-udp` import), written exactly as the plugin names them.
-    #[serde(default)]
-    pub udp: Vec<String>,
-}
-
-/// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
-/// scheme's default port when none is given. Host names are lower-cased.
-pub fn parse_http_origin(origin: &str) -> Result<(String, String, u16), String> {
-    let uri: hyper::Uri = origin
-        .parse()
-        .map_err(|e| format!("`{origin}` is not a URL: {e}"))?;
-    let scheme = match uri.scheme_str() {
-        Some(s @ ("http" | "https")) => s.to_string(),
-        _ => return Err(format!("`{origin}` must start with http:// or https://")),
-    };
-    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-        return Err(format!("`{origin}` has no host"));
-    };
-    let path_is_empty = matches!(uri.path(), "" | "/") && uri.query().is_none();
-    if !path_is_empty || origin.contains('@') {
-        return Err(format!(
-            "`{origin}` must be an origin only (scheme, host, port), without path, query or user"
-        ));
-    }
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    Ok((scheme, host.to_ascii_lowercase(), port))
-}
-
-/// `[plugin.jobs]`: the caps of one plugin's deterministic jobs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobsConfig {
-    /// Most fuel one job may be given.
-    pub max_fuel: u64,
-    /// Most linear memory one job may be given, in MiB.
-    pub max_memory_mb: u64,
-    /// Largest output one job may write, in bytes.
-    pub max_output_bytes: u64,
-    /// Largest module accepted, in bytes.
-    pub max_module_bytes: u64,
-    /// Most jobs the plugin keeps queued (passed to the plugin; its queue
-    /// answers 429 past it).
-    pub queue_limit: u64,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        Self {
-            max_fuel: 10_000_000_000,
-            max_memory_mb: 64,
-            max_output_bytes: 1 << 20,
-            max_module_bytes: 4 << 20,
-            queue_limit: 1000,
-        }
-    }
-}
-
-/// Sandbox limits of one plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PluginLimits {
-    /// Linear memory cap per call, in MiB.
-    pub memory_mb: u64,
-    /// CPU deadline per call, in milliseconds.
-    pub cpu_ms: u64,
-    /// Fuel budget per call; unlimited when absent. Fuel used is always
-    /// measured and recorded.
-    pub fuel: Option<u64>,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        Self {
-            memory_mb: 64,
-            cpu_ms: 1_000,
-            fuel: None,
-        }
-    }
-}
-
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -279,30 +143,6 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
-
-/// A configuration error: which file, which key, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The configuration file.
-    pub file: PathBuf,
-    /// The offending key as a dotted path (`plugin[0].limits.memory_mb`),
-    /// when the problem is with one key.
-    pub key: Option<String>,
-    /// The problem, in words.
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl GatewayConfig {
     /// Reads, parses and validates `path`. Relative paths inside are resolved
@@ -318,34 +158,18 @@ impl GatewayConfig {
 
     /// Parses and validates configuration text that came from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let err = |key: Option<String>, problem: String| ConfigError {
+        let mut config: GatewayConfig = parse_toml(path, text)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.validate().map_err(|(key, problem)| ConfigError {
             file: path.to_path_buf(),
-            key,
+            key: Some(key),
             problem,
-        };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| err(None, describe_toml_error(text, &e)))?;
-        let mut config: GatewayConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = (key != "." && !key.is_empty()).then_some(key);
-            err(key, describe_toml_error(text, e.inner()))
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
-        config
-            .validate()
-            .map_err(|(key, problem)| err(Some(key), problem))?;
         Ok(config)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &Path| resolve_path(base, p);
         self.data_dir = resolve(&self.data_dir);
         self.key_path = self.key_path.as_deref().map(resolve);
         for plugin in &mut self.plugins {
@@ -357,7 +181,7 @@ impl GatewayConfig {
         }
         self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
         if let Some(u) = &mut self.upstream {
-            u.resolve_paths(&resolve);
+            u.resolve_paths(base);
         }
         if let Some(tls) = &mut self.http.tls {
             tls.resolve_paths(base);
@@ -490,134 +314,11 @@ impl GatewayConfig {
     }
 }
 
-impl PluginConfig {
-    /// The plugin's settings as the strings it receives.
-    pub fn config_strings(&self) -> Vec<(String, String)> {
-        self.config
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), config_value_string(v)?)))
-            .collect()
-    }
-
-    /// The route prefix without a trailing slash (`/` stays `/`).
-    pub fn normalized_route(&self) -> Option<String> {
-        self.route.as_deref().map(normalize_route)
-    }
-}
-
-fn config_value_string(v: &toml::Value) -> Option<String> {
-    match v {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
-        toml::Value::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn validate_jobs(j: &JobsConfig) -> Result<(), (String, String)> {
-    positive("max_fuel", j.max_fuel)?;
-    positive("max_memory_mb", j.max_memory_mb)?;
-    positive("max_output_bytes", j.max_output_bytes)?;
-    positive("max_module_bytes", j.max_module_bytes)?;
-    positive("queue_limit", j.queue_limit)?;
-    for (key, value, most) in [
-        ("max_memory_mb", j.max_memory_mb, 4096),
-        ("max_output_bytes", j.max_output_bytes, 64 << 20),
-        ("max_module_bytes", j.max_module_bytes, 64 << 20),
-        ("queue_limit", j.queue_limit, 1_000_000),
-    ] {
-        if value > most {
-            return Err((
-                key.into(),
-                format!("{value} is above the maximum of {most}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn positive(key: &str, value: u64) -> Result<(), (String, String)> {
     if value == 0 {
         Err((key.to_string(), "must be greater than 0".into()))
     } else {
         Ok(())
-    }
-}
-
-/// Checks a plugin name: `[a-z0-9_-]`, 1 to 64 bytes.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("`{name}` must be 1 to 64 bytes long"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
-        return Err(format!("`{name}` may only contain a-z, 0-9, `-` and `_`"));
-    }
-    Ok(())
-}
-
-/// Checks a `host:port` target: a host name or IP (IPv6 in brackets) and a
-/// port from 1 to 65535.
-pub fn validate_host_port(target: &str) -> Result<(), String> {
-    let Some((host, port)) = target.rsplit_once(':') else {
-        return Err(format!("`{target}` must be `host:port`"));
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("`{target}`: port must be 1 to 65535")),
-    }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let plain = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
-    if plain || host.parse::<std::net::Ipv6Addr>().is_ok() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{target}`: `{host}` is not a host name or IP address"
-        ))
-    }
-}
-
-fn validate_route(route: &str) -> Result<(), String> {
-    if !route.starts_with('/') {
-        return Err(format!("`{route}` must start with `/`"));
-    }
-    if route.contains(['?', '#', ' ']) || route.contains("//") {
-        return Err(format!(
-            "`{route}` must be a plain path prefix (no `?`, `#`, spaces or `//`)"
-        ));
-    }
-    Ok(())
-}
-
-fn normalize_route(route: &str) -> String {
-    let trimmed = route.trim_end_matches('/');
-    if trimmed.is_empty() {
-        "/".into()
-    } else {
-        trimmed.into()
-    }
-}
-
-/// Turns a toml error into one line with its position.
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("{message} (line {line}, column {column})")
-        }
-        None => message,
     }
 }
 

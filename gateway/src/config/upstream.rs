@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::resolve_path;
+
 /// The collector a gateway reports to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,10 +78,10 @@ impl CollectorUrl {
 }
 
 impl UpstreamConfig {
-    pub(crate) fn resolve_paths(&mut self, resolve: &dyn Fn(&Path) -> PathBuf) {
-        self.ca_file = resolve(&self.ca_file);
-        self.cert_file = resolve(&self.cert_file);
-        self.key_file = resolve(&self.key_file);
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        self.ca_file = resolve_path(base, &self.ca_file);
+        self.cert_file = resolve_path(base, &self.cert_file);
+        self.key_file = resolve_path(base, &self.key_file);
     }
 
     /// Checks values; returns (key, problem).

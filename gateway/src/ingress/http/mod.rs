@@ -6,72 +6,36 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::call::{self, CallError, HostMeasurements, RequestIds};
 use crate::config::HttpConfig;
 use crate::ledger::{CallEffects, EncodedRecords, KvWrite, Ledger, LedgerError};
 use crate::metrics::CallObservation;
 use crate::plugin_table::PluginTable;
 use crate::runtime::LoadedPlugin;
-use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
+use crate::runtime::contract::Body;
 use crate::runtime::reuse;
+use crate::service::{STOP_GRACE, Service, stopped};
 
 mod blob_body;
+mod message;
+mod reuse_answer;
 
-/// Host-attested units recorded for every call.
-pub mod units {
-    /// Request line, headers and body received, in bytes.
-    pub const BYTES_IN: &str = "bytes-in";
-    /// Response headers and body sent, in bytes.
-    pub const BYTES_OUT: &str = "bytes-out";
-    /// Wall time of the plugin call, in microseconds.
-    pub const WALL_TIME_US: &str = "wall-time-us";
-    /// WebAssembly fuel the call consumed.
-    pub const FUEL: &str = "fuel";
-}
-
-/// Unique ids for requests: a random per-process prefix and a counter.
-pub struct RequestIds {
-    prefix: u32,
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            prefix: rand::random(),
-            next: AtomicU64::new(1),
-        }
-    }
-}
-
-impl RequestIds {
-    /// A fresh id, 20 hex digits: the prefix, then the low 48 bits of a
-    /// counter (written by hand: `format!` showed in profiles).
-    pub fn next(&self) -> Arc<str> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
-        let id = (u128::from(self.prefix) << 48) | u128::from(n);
-        let mut out = [0u8; 20];
-        for (i, digit) in out.iter_mut().enumerate() {
-            *digit = b"0123456789abcdef"[((id >> (4 * (19 - i))) & 0xf) as usize];
-        }
-        std::str::from_utf8(&out).expect("hex digits").into()
-    }
-}
+use message::{error_response, plugin_response, request_size, response_size};
 
 /// The routing table and limits of the ingress.
 pub struct HttpIngress {
@@ -342,7 +306,7 @@ impl HttpIngress {
                     Ok(r) => plugin_response(r, request_id),
                     Err(e) => {
                         let status = match e {
-                            crate::runtime::CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                            CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                             _ => StatusCode::INTERNAL_SERVER_ERROR,
                         };
                         error_response(
@@ -359,16 +323,10 @@ impl HttpIngress {
         // Phase: commit usage, then respond.
         let bytes_out = response_size(&response);
         let name = plugin.name();
-        let mut records = EncodedRecords::with_capacity(4 + effects.records.len());
-        let encoded = host_records(&mut records, name, request_id, bytes_in, bytes_out, wall)
-            .and_then(|()| records.push_host(name, units::FUEL, fuel, request_id))
-            .and_then(|()| {
-                effects
-                    .records
-                    .iter()
-                    .try_for_each(|r| records.push(name, r))
-            })
-            .map(|()| records);
+        let measured = HostMeasurements::of_call(wall, fuel)
+            .bytes_in(bytes_in)
+            .bytes_out(bytes_out);
+        let encoded = call::records(name, request_id, &measured, &effects.records);
         let facts = CallFacts {
             error,
             fuel,
@@ -390,83 +348,6 @@ impl HttpIngress {
             plugin.reuse.insert(name, key, answer, &claims, ttl);
         }
         (response, facts)
-    }
-
-    /// Answers `req` from the plugin's reusable answer for it: the same
-    /// blob, the same plugin-claimed records plus the host's own, durable
-    /// before the response, with no plugin call. Gives the request back
-    /// when there is no live answer (or its blob is gone), so the plugin is
-    /// called as usual.
-    async fn reuse(
-        &self,
-        plugin: &LoadedPlugin,
-        req: Request<Incoming>,
-        sub_path: &str,
-        request_id: &Arc<str>,
-    ) -> Result<(Response<HttpBody>, CallFacts), Request<Incoming>> {
-        use hyper::body::Body as _;
-        let head = req.method() == Method::HEAD;
-        if !(head || req.method() == Method::GET) || !req.body().is_end_stream() {
-            return Err(req);
-        }
-        let key = reuse::key(
-            req.method().as_str(),
-            sub_path,
-            req.uri().query().unwrap_or(""),
-        );
-        let Some(answer) = plugin.reuse.get(&key) else {
-            return Err(req);
-        };
-        // A header that is not visible ASCII: the plugin path answers 400.
-        let Some(bytes_in) = head_size(&req, sub_path) else {
-            return Err(req);
-        };
-        let started = Instant::now();
-        let conditional = blob_body::Conditional::of_headers(head, req.headers());
-        let response = blob_body::respond(
-            plugin.shared.blobs.as_deref(),
-            answer.response.clone(),
-            &conditional,
-            request_id,
-            true,
-            None,
-        );
-        if response.status() == StatusCode::NOT_FOUND || response.status().is_server_error() {
-            // The blob is gone (evicted, deleted) or unreadable: ask the plugin.
-            plugin.reuse.remove(&key);
-            return Err(req);
-        }
-        let bytes_out = response_size(&response);
-        // No plugin ran, so no fuel was used: no `fuel` record.
-        let mut records = EncodedRecords::with_capacity(3 + answer.claims.len());
-        let encoded = host_records(
-            &mut records,
-            plugin.name(),
-            request_id,
-            bytes_in,
-            bytes_out,
-            started.elapsed(),
-        )
-        .map(|()| {
-            records.extend(&answer.claims);
-            records
-        });
-        let facts = CallFacts {
-            bytes_in,
-            bytes_out,
-            reused: true,
-            ..CallFacts::default()
-        };
-        Ok(self
-            .commit_then_respond(
-                plugin,
-                encoded,
-                BTreeMap::new(),
-                response,
-                facts,
-                request_id,
-            )
-            .await)
     }
 
     /// Commits the call's effects, then gives back the response; a 503
@@ -503,62 +384,6 @@ impl HttpIngress {
             }
         }
     }
-
-    async fn read_request(
-        &self,
-        req: Request<Incoming>,
-        path: String,
-    ) -> Result<HttpRequest, (StatusCode, String)> {
-        let max = self.limits.max_body_bytes;
-        let too_large = || {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than the limit of {max} bytes"),
-            )
-        };
-        if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-            let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or((
-                StatusCode::BAD_REQUEST,
-                "invalid content-length".to_string(),
-            ))?;
-            if len > max as u64 {
-                return Err(too_large());
-            }
-        }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large());
-            }
-            Err(e) => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                ));
-            }
-        };
-        let mut headers = Vec::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            let value = value.to_str().map_err(|_| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("header `{name}` is not visible ASCII"),
-                )
-            })?;
-            headers.push((name.as_str().to_string(), value.to_string()));
-        }
-        Ok(HttpRequest {
-            method: parts.method.as_str().to_string(),
-            path,
-            query: parts.uri.query().unwrap_or("").to_string(),
-            headers,
-            body: body.to_vec(),
-        })
-    }
 }
 
 /// An accept error (out of file descriptors and the like): logged, then a
@@ -568,185 +393,28 @@ pub(super) async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone: treat it as a stop too.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+/// The public HTTP listener as a [`Service`]: plain HTTP, or TLS when the
+/// ingress has `[http.tls]`. On shutdown it stops accepting and drains
+/// in-flight requests for the configured grace period.
+pub struct HttpServer {
+    pub ingress: Arc<HttpIngress>,
+    pub listener: TcpListener,
+    pub tls: Option<Arc<crate::ingress::tls::TlsIngress>>,
 }
 
-/// [`request_size`] of the request `req` would become, read off its head;
-/// `None` when a header value is not visible ASCII.
-fn head_size<B>(req: &Request<B>, path: &str) -> Option<u64> {
-    let mut head = req.method().as_str().len() + path.len() + req.uri().query().map_or(0, str::len);
-    for (name, value) in req.headers() {
-        value.to_str().ok()?;
-        head += name.as_str().len() + value.len() + 4;
-    }
-    Some(head as u64)
-}
-
-fn request_size(r: &HttpRequest) -> u64 {
-    let head: usize = r.method.len()
-        + r.path.len()
-        + r.query.len()
-        + r.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>();
-    (head + r.body.len()) as u64
-}
-
-fn response_size(r: &Response<HttpBody>) -> u64 {
-    use hyper::body::Body as _;
-    let head: usize = r
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    head as u64 + r.body().size_hint().exact().unwrap_or(0)
-}
-
-/// Appends the host-attested records every call gets (the `fuel` record
-/// only when a plugin ran).
-fn host_records(
-    records: &mut EncodedRecords,
-    plugin: &str,
-    request_id: &str,
-    bytes_in: u64,
-    bytes_out: u64,
-    wall: Duration,
-) -> Result<(), LedgerError> {
-    records.push_host(plugin, units::BYTES_IN, bytes_in, request_id)?;
-    records.push_host(plugin, units::BYTES_OUT, bytes_out, request_id)?;
-    records.push_host(
-        plugin,
-        units::WALL_TIME_US,
-        wall.as_micros() as u64,
-        request_id,
-    )
-}
-
-/// Headers a plugin may not set: the host owns framing and the connection.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "x-request-id",
-    reuse::REUSE_HEADER,
-];
-
-fn plugin_response(r: HttpResponse, request_id: &Arc<str>) -> Response<HttpBody> {
-    let Some(status) = (100..=599)
-        .contains(&r.status)
-        .then(|| StatusCode::from_u16(r.status).ok())
-        .flatten()
-    else {
-        tracing::warn!(status = r.status, "plugin returned an invalid status");
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            request_id,
-            "the plugin returned an invalid status",
-        );
-    };
-    let body = match r.body {
-        Body::Bytes(b) => b,
-        Body::Blob(_) => {
-            return error_response(
-                StatusCode::NOT_IMPLEMENTED,
-                request_id,
-                "blob bodies need the blobs capability, which this gateway version does not offer",
-            );
-        }
-    };
-    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    for (name, value) in r.headers {
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) {
-            continue;
-        }
-        match (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            (Ok(n), Ok(v)) => {
-                headers.append(n, v);
-            }
-            _ => tracing::warn!(header = %name, "plugin returned an invalid header; dropped"),
-        }
-    }
-    set_request_id(&mut response, request_id);
-    response
-}
-
-fn set_request_id(response: &mut Response<HttpBody>, request_id: &str) {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-}
-
-/// A JSON error body that carries the request id, so a caller can quote it
-/// and an operator can find the call in the log.
-fn error_response(status: StatusCode, request_id: &str, message: &str) -> Response<HttpBody> {
-    let body = serde_json::json!({ "error": message, "request_id": request_id });
-    let mut response = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
-        body.to_string(),
-    ))));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    set_request_id(&mut response, request_id);
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_unique_and_fixed_width() {
-        let ids = RequestIds::default();
-        let a = ids.next();
-        let b = ids.next();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 20);
-        // The same digits `format!` would write.
-        assert_eq!(&*b, format!("{:08x}{:012x}", ids.prefix, 2));
+impl Service for HttpServer {
+    fn name(&self) -> &'static str {
+        "http"
     }
 
-    #[test]
-    fn plugin_cannot_set_framing_headers() {
-        let r = HttpResponse {
-            status: 201,
-            headers: vec![
-                ("Content-Length".into(), "999".into()),
-                ("x-custom".into(), "1".into()),
-                ("bad header".into(), "x".into()),
-            ],
-            body: Body::Bytes(b"hi".to_vec()),
-        };
-        let resp = plugin_response(r, &Arc::from("rid"));
-        assert_eq!(resp.status(), 201);
-        assert!(resp.headers().get(CONTENT_LENGTH).is_none());
-        assert_eq!(resp.headers().get("x-custom").unwrap(), "1");
-        assert_eq!(resp.headers().get("x-request-id").unwrap(), "rid");
+    fn drain(&self) -> Duration {
+        Duration::from_millis(self.ingress.limits.shutdown_grace_ms) + STOP_GRACE
     }
 
-    #[test]
-    fn invalid_status_becomes_500() {
-        for status in [42, 600, 999] {
-            let r = HttpResponse {
-                status,
-                headers: vec![],
-                body: Body::Bytes(vec![]),
-            };
-            assert_eq!(plugin_response(r, &Arc::from("rid")).status(), 500);
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        match self.tls {
+            Some(tls) => tokio::spawn(self.ingress.serve_tls(self.listener, tls, shutdown)),
+            None => tokio::spawn(self.ingress.serve(self.listener, shutdown)),
         }
     }
 }

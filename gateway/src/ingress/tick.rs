@@ -1,0 +1,51 @@
+//! Timer ingress: a plugin's `tick` export, called on a fixed interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::call::{self, HostMeasurements};
+use crate::ledger::Ledger;
+use crate::runtime::LoadedPlugin;
+use crate::service::{Service, stopped};
+
+/// Calls one plugin's `tick` export every `every`, committing what it
+/// records and writes with the host's measurements (subject `tick`). A
+/// tick that is late does not make the next one early.
+pub struct Ticker {
+    pub plugin: Arc<LoadedPlugin>,
+    pub ledger: Arc<Ledger>,
+    pub every: Duration,
+}
+
+impl Ticker {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(self.every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let id: Arc<str> = "tick".into();
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            let outcome = self.plugin.tick(&id, crate::epochs::now_ms()).await;
+            let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel);
+            let name = self.plugin.name();
+            if let Err(e) = call::commit(&self.ledger, name, &id, measured, outcome.effects).await {
+                tracing::error!(plugin = %name, error = %e, "cannot commit a tick's usage");
+            }
+        }
+    }
+}
+
+impl Service for Ticker {
+    fn name(&self) -> &'static str {
+        "plugin-ticker"
+    }
+
+    fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
+    }
+}
