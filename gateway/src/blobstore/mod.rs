@@ -7,7 +7,6 @@
 //! when written (temp file, fsync, rename); the stored bytes never exceed
 //! the quota (space is reserved before a write and released if it fails);
 //! concurrent fetches of one digest can be serialized with [`BlobStore::flight`].
-
 //!
 //! Files: `digest.rs` (blob names), `hot.rs` (small blobs kept in memory),
 //! `flight.rs` (one fetch per digest at a time), `writer.rs` (writing a
