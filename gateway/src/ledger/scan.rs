@@ -3,7 +3,8 @@
 
 use redb::ReadableDatabase;
 
-use super::{BLOCKS, DecodeError, Hash, Ledger, LedgerError, UsageRecord, block_entries};
+use super::encoding::block_entries;
+use super::{BLOCKS, DecodeError, Hash, Ledger, LedgerError, UsageRecord};
 
 impl Ledger {
     /// Calls `f` with every committed record from `from_seq` on, in sequence

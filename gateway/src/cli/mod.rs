@@ -1,0 +1,162 @@
+//! The `depin-gateway` command line.
+//!
+//! This file holds the top-level command definition and its dispatch, and
+//! what several subcommands share; each subcommand lives in its own file.
+
+mod collector;
+mod epochs;
+mod keygen;
+mod ledger;
+mod plugin;
+mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{GatewayConfig, LogFormat};
+use epochs::EpochsCommand;
+use ledger::LedgerCommand;
+use plugin::PluginCommand;
+use report::ReportCommand;
+
+/// depin-gateway: run sandboxed WebAssembly resource plugins (hotspot relay,
+/// storage cache, compute, sensors) and meter the service they provide into
+/// a durable, hash-chained usage ledger.
+///
+/// First time: `depin-gateway keygen --config gateway.toml`, then
+/// `depin-gateway run --config gateway.toml`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "depin-gateway",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: load the plugins in the configuration and serve.
+    ///
+    /// Stops gracefully on SIGTERM or SIGINT: stops accepting, lets
+    /// in-flight requests finish, flushes the ledger.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Override the configured log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Create the device key (ed25519, mode 0600) and print the gateway id.
+    Keygen {
+        /// Write the key where this configuration expects it (`key_path`).
+        #[arg(long, short, conflicts_with = "out")]
+        config: Option<PathBuf>,
+        /// Write the key to this file [default: data/device.key].
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Replace an existing key. The old gateway id is lost for good.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Inspect the usage ledger (the gateway must be stopped).
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Inspect plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Inspect closed epochs (the gateway must be stopped).
+    Epochs {
+        #[command(subcommand)]
+        command: EpochsCommand,
+    },
+    /// Check signed epoch reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Run the reference collector: accepts gateways' epoch reports over
+    /// mutual TLS, checks them and recomputes rewards.
+    Collector {
+        /// The collector's configuration file.
+        #[arg(long, short, default_value = "collector.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LedgerLocation {
+    /// Find the ledger through this configuration's `data_dir`.
+    #[arg(long, short, conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// The data directory that holds `ledger.redb` and `ledger.wal`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, log_format } => run::run(&config, log_format),
+        Command::Keygen { config, out, force } => keygen::run(config.as_deref(), out, force),
+        Command::Ledger { command } => command.run(),
+        Command::Plugin { command } => command.run(),
+        Command::Epochs { command } => command.run(),
+        Command::Report { command } => command.run(),
+        Command::Collector { config } => collector::run(&config),
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn data_dir(at: &LedgerLocation) -> anyhow::Result<PathBuf> {
+    match (&at.config, &at.data_dir) {
+        (_, Some(d)) => Ok(d.clone()),
+        (Some(c), None) => Ok(GatewayConfig::load(c)?.data_dir),
+        (None, None) => {
+            let default = Path::new("gateway.toml");
+            if default.exists() {
+                Ok(GatewayConfig::load(default)?.data_dir)
+            } else {
+                bail!("say where the ledger is: --config gateway.toml or --data-dir DIR")
+            }
+        }
+    }
+}
