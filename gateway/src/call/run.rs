@@ -72,7 +72,7 @@ impl LoadedPlugin {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move {
                 let r = p.call_handle_http(&mut *s, &req).await?;
-                Ok((r, s.data_mut().pass_through.take()))
+                Ok((r, s.data_mut().blobs.pass_through.take()))
             })
         })
         .await
@@ -227,16 +227,16 @@ impl LoadedPlugin {
         let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0));
         let wall = started.elapsed();
         let mut state = store.into_data();
-        let mut records = std::mem::take(&mut state.host_records);
+        let mut records = std::mem::take(&mut state.jobs.host_records);
         match result {
             Ok(value) => CallOutcome {
                 result: Ok(value),
                 effects: CallEffects {
                     records: {
-                        records.append(&mut state.usage);
+                        records.append(&mut state.metering.usage);
                         records
                     },
-                    kv: state.kv_writes,
+                    kv: state.kv.writes,
                 },
                 fuel,
                 wall,

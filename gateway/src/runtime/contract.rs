@@ -18,6 +18,18 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    // Host functions fail with a `Blame`: the WIT error for the plugin, or
+    // a trap. The generated glue turns it into one or the other.
+    trappable_error_type: {
+        "depin:plugin/kv.kv-error" => crate::runtime::host::Blame<depin::plugin::kv::KvError>,
+        "depin:plugin/blobs.blob-error" => crate::runtime::host::Blame<depin::plugin::blobs::BlobError>,
+        "depin:plugin/outbound-http.http-error" =>
+            crate::runtime::host::Blame<depin::plugin::outbound_http::HttpError>,
+        "depin:plugin/jobs.module-error" => crate::runtime::host::Blame<depin::plugin::jobs::ModuleError>,
+        "depin:plugin/jobs.job-failure" => crate::runtime::host::Blame<depin::plugin::jobs::JobFailure>,
+        "depin:plugin/outbound-udp.send-error" =>
+            crate::runtime::host::Blame<depin::plugin::outbound_udp::SendError>,
+    },
 });
 
 pub use depin::plugin::types::{BlobRef, Body, ResourceKind, UnitInfo, Usage};

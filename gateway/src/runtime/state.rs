@@ -1,7 +1,6 @@
 //! Per-call state: what a plugin's instance can reach while one call runs.
 //! A fresh `CallState` is built for every call and dropped after it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
@@ -9,38 +8,41 @@ use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::host::blobs::BlobsState;
+use super::host::jobs::JobsState;
+use super::host::kv::KvState;
+use super::host::metering::MeteringState;
+use super::host::outbound_udp::UdpState;
 use super::plugin::PluginShared;
-use crate::ledger::{KvWrite, Ledger, NewRecord};
+use crate::ledger::Ledger;
 
 /// Bytes of a plugin's stderr kept for the log when a call fails.
 const STDERR_CAPTURE: usize = 4096;
 
-/// Everything a call can touch, and everything it produced.
+/// Everything a call can touch, and everything it produced. Each host
+/// capability keeps its part of the call's state in its own field and sees
+/// only that, through its view (see the `host` module).
 pub struct CallState {
     pub(crate) plugin: Arc<PluginShared>,
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) request_id: Arc<str>,
     pub(crate) limiter: CallLimiter,
-    /// Plugin-claimed records buffered until the call succeeds.
-    pub(crate) usage: Vec<NewRecord>,
-    /// Host-attested records of work done for the call (job fuel); kept
-    /// even when the call fails.
-    pub(crate) host_records: Vec<NewRecord>,
-    /// Key-value writes buffered until the call succeeds.
-    pub(crate) kv_writes: BTreeMap<String, KvWrite>,
-    pub(crate) kv_write_bytes: usize,
     /// Epoch ticks this call has run for, and its CPU deadline in ticks.
     pub(crate) ticks: u64,
     pub(crate) max_ticks: u64,
     pub(crate) deadline_hit: bool,
+    /// Plugin-claimed records buffered until the call succeeds.
+    pub(crate) metering: MeteringState,
+    /// Key-value writes buffered until the call succeeds.
+    pub(crate) kv: KvState,
+    /// Origin responses held open by `blobs` (a parked `fetch-into`, the
+    /// call's pass-through).
+    pub(crate) blobs: BlobsState,
+    /// Host-attested records of jobs the call ran (job fuel); kept even
+    /// when the call fails.
+    pub(crate) jobs: JobsState,
     /// Datagrams queued through `outbound-udp`, and where this one came from.
-    pub(crate) outbound_udp: super::host::outbound_udp::UdpCallState,
-    /// An origin response `fetch-into` could not store yet (see
-    /// [`super::host::blobs::ParkedFetch`]).
-    pub(crate) parked_fetch: Option<super::host::blobs::ParkedFetch>,
-    /// The origin response a `blob` answer of this call is served from
-    /// (`blobs.pass-through`).
-    pub(crate) pass_through: Option<super::host::blobs::PassThrough>,
+    pub(crate) outbound_udp: UdpState,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -63,16 +65,14 @@ impl CallState {
                 memory_cap,
                 memory_cap_hit: false,
             },
-            usage: Vec::new(),
-            host_records: Vec::new(),
-            kv_writes: BTreeMap::new(),
-            kv_write_bytes: 0,
             ticks: 0,
             max_ticks,
             deadline_hit: false,
-            outbound_udp: Default::default(),
-            parked_fetch: None,
-            pass_through: None,
+            metering: MeteringState::default(),
+            kv: KvState::default(),
+            blobs: BlobsState::default(),
+            jobs: JobsState::default(),
+            outbound_udp: UdpState::default(),
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::Incoming;
-use wasmtime::Result;
+use wasmtime::component::HasData;
 
+use super::Blame;
 use crate::blobstore::{BlobDigest, BlobStore, StoreError};
 use crate::runtime::PluginShared;
 use crate::runtime::contract::depin::plugin::blobs::{BlobError, BlobStat, Host, StoreUsage};
@@ -25,15 +26,50 @@ pub const MAX_READ_BYTES: u32 = 1 << 20;
 /// Most blobs one `list-blobs` returns.
 pub const MAX_LIST: u32 = 10_000;
 
-impl CallState {
-    fn blob_store(&self) -> Result<Arc<BlobStore>, BlobError> {
-        self.plugin.blobs.clone().ok_or(BlobError::Unavailable)
+/// The blobs part of a call's state: the origin responses it holds open.
+#[derive(Default)]
+pub(crate) struct BlobsState {
+    /// An origin response `fetch-into` could not store yet (see
+    /// [`ParkedFetch`]).
+    parked_fetch: Option<ParkedFetch>,
+    /// The origin response a `blob` answer of this call is served from
+    /// (`pass-through`).
+    pub(crate) pass_through: Option<PassThrough>,
+}
+
+/// What `blobs` functions reach during one call: its open origin
+/// responses, and the plugin's blob store and outbound allow-list.
+pub(crate) struct BlobsView<'a> {
+    state: &'a mut BlobsState,
+    plugin: &'a PluginShared,
+    request_id: &'a str,
+}
+
+/// The view of `call`'s state that the capability's functions get.
+pub(crate) fn view(call: &mut CallState) -> BlobsView<'_> {
+    BlobsView {
+        state: &mut call.blobs,
+        plugin: &call.plugin,
+        request_id: &call.request_id,
+    }
+}
+
+impl<'a> BlobsView<'a> {
+    fn blob_store(&self) -> Result<&'a Arc<BlobStore>, BlobError> {
+        self.plugin.blobs.as_ref().ok_or(BlobError::Unavailable)
     }
 
     fn blob_io(&self, op: &str, e: impl std::fmt::Display) -> BlobError {
         tracing::warn!(plugin = %self.plugin.name, request_id = %self.request_id, error = %e, "blobs {op} failed");
         BlobError::Io(e.to_string())
     }
+}
+
+/// The `blobs` capability, for the linker.
+pub(crate) struct Blobs;
+
+impl HasData for Blobs {
+    type Data<'a> = BlobsView<'a>;
 }
 
 /// The origin's answer to a `fetch-into` that the quota refused before any
@@ -205,66 +241,55 @@ fn parse(digest: &str) -> Result<BlobDigest, BlobError> {
     BlobDigest::parse(digest).map_err(BlobError::InvalidDigest)
 }
 
-impl Host for CallState {
-    fn stat(&mut self, digest: String) -> Result<Result<BlobStat, BlobError>> {
-        let r = (|| {
-            let store = self.blob_store()?;
-            let d = parse(&digest)?;
-            match store.stat(&d) {
-                Ok(Some(size)) => Ok(BlobStat { digest, size }),
-                Ok(None) => Err(BlobError::NotFound),
-                Err(e) => Err(self.blob_io("stat", e)),
-            }
-        })();
-        Ok(r)
+impl Host for BlobsView<'_> {
+    fn stat(&mut self, digest: String) -> Result<BlobStat, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let d = parse(&digest)?;
+        match store.stat(&d) {
+            Ok(Some(size)) => Ok(BlobStat { digest, size }),
+            Ok(None) => Err(BlobError::NotFound.into()),
+            Err(e) => Err(self.blob_io("stat", e).into()),
+        }
     }
 
-    fn has(&mut self, digest: String) -> Result<bool> {
+    fn has(&mut self, digest: String) -> wasmtime::Result<bool> {
         let (Ok(store), Ok(d)) = (self.blob_store(), parse(&digest)) else {
             return Ok(false);
         };
         Ok(matches!(store.stat(&d), Ok(Some(_))))
     }
 
-    fn delete(&mut self, digest: String) -> Result<Result<bool, BlobError>> {
-        let r = (|| {
-            let store = self.blob_store()?;
-            let d = parse(&digest)?;
-            store.delete(&d).map_err(|e| self.blob_io("delete", e))
-        })();
-        Ok(r)
+    fn delete(&mut self, digest: String) -> Result<bool, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let d = parse(&digest)?;
+        Ok(store.delete(&d).map_err(|e| self.blob_io("delete", e))?)
     }
 
     fn list_blobs(
         &mut self,
         after: Option<String>,
         limit: u32,
-    ) -> Result<Result<Vec<BlobStat>, BlobError>> {
-        let r = (|| {
-            let store = self.blob_store()?;
-            let listed = store
-                .list(after.as_deref(), limit.min(MAX_LIST) as usize)
-                .map_err(|e| self.blob_io("list", e))?;
-            Ok(listed
-                .into_iter()
-                .map(|(d, size)| BlobStat {
-                    digest: d.as_str().to_string(),
-                    size,
-                })
-                .collect())
-        })();
-        Ok(r)
+    ) -> Result<Vec<BlobStat>, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let listed = store
+            .list(after.as_deref(), limit.min(MAX_LIST) as usize)
+            .map_err(|e| self.blob_io("list", e))?;
+        Ok(listed
+            .into_iter()
+            .map(|(d, size)| BlobStat {
+                digest: d.as_str().to_string(),
+                size,
+            })
+            .collect())
     }
 
-    fn usage(&mut self) -> Result<Result<StoreUsage, BlobError>> {
-        Ok(self.blob_store().map(|s| {
-            let u = s.usage();
-            StoreUsage {
-                bytes: u.bytes,
-                count: u.count,
-                quota: u.quota,
-            }
-        }))
+    fn usage(&mut self) -> Result<StoreUsage, Blame<BlobError>> {
+        let u = self.blob_store()?.usage();
+        Ok(StoreUsage {
+            bytes: u.bytes,
+            count: u.count,
+            quota: u.quota,
+        })
     }
 
     fn read_range(
@@ -272,33 +297,28 @@ impl Host for CallState {
         digest: String,
         offset: u64,
         length: u32,
-    ) -> Result<Result<Vec<u8>, BlobError>> {
-        let r = (|| {
-            let store = self.blob_store()?;
-            let d = parse(&digest)?;
-            match store.read_range(&d, offset, length.min(MAX_READ_BYTES) as usize) {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(BlobError::NotFound),
-                Err(e) => Err(self.blob_io("read", e)),
-            }
-        })();
-        Ok(r)
+    ) -> Result<Vec<u8>, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let d = parse(&digest)?;
+        match store.read_range(&d, offset, length.min(MAX_READ_BYTES) as usize) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(BlobError::NotFound.into()),
+            Err(e) => Err(self.blob_io("read", e).into()),
+        }
     }
 
-    fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<Result<BlobStat, BlobError>> {
-        let r = (|| {
-            let store = self.blob_store()?;
-            let d = parse(&digest)?;
-            if let Ok(Some(size)) = store.stat(&d) {
-                return Ok(size);
-            }
-            let mut writer = store
-                .begin(&d, Some(bytes.len() as u64))
-                .map_err(store_error)?;
-            writer.write(&bytes).map_err(store_error)?;
-            writer.commit().map_err(store_error)
-        })();
-        Ok(r.map(|size| BlobStat { digest, size }))
+    fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<BlobStat, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let d = parse(&digest)?;
+        if let Ok(Some(size)) = store.stat(&d) {
+            return Ok(BlobStat { digest, size });
+        }
+        let mut writer = store
+            .begin(&d, Some(bytes.len() as u64))
+            .map_err(store_error)?;
+        writer.write(&bytes).map_err(store_error)?;
+        let size = writer.commit().map_err(store_error)?;
+        Ok(BlobStat { digest, size })
     }
 
     async fn fetch_into(
@@ -306,24 +326,15 @@ impl Host for CallState {
         url: String,
         digest: String,
         headers: Vec<(String, String)>,
-    ) -> Result<Result<BlobStat, BlobError>> {
-        let store = match self.blob_store() {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e)),
-        };
-        let d = match parse(&digest) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
+    ) -> Result<BlobStat, Blame<BlobError>> {
+        let store = self.blob_store()?;
+        let d = parse(&digest)?;
         if let Ok(Some(size)) = store.stat(&d) {
-            return Ok(Ok(BlobStat { digest, size }));
+            return Ok(BlobStat { digest, size });
         }
-        let plugin = self.plugin.clone();
-        Ok(
-            fetch_blob(&plugin, &store, &url, &d, &headers, &mut self.parked_fetch)
-                .await
-                .map(|size| BlobStat { digest, size }),
-        )
+        let parked = &mut self.state.parked_fetch;
+        let size = fetch_blob(self.plugin, store, &url, &d, &headers, parked).await?;
+        Ok(BlobStat { digest, size })
     }
 
     async fn pass_through(
@@ -331,20 +342,16 @@ impl Host for CallState {
         url: String,
         digest: String,
         headers: Vec<(String, String)>,
-    ) -> Result<Result<BlobStat, BlobError>> {
-        let d = match parse(&digest) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        let plugin = self.plugin.clone();
-        Ok(
-            open_pass_through(&plugin, &url, d, &headers, &mut self.parked_fetch)
-                .await
-                .map(|pass| {
-                    let size = pass.size;
-                    self.pass_through = Some(pass);
-                    BlobStat { digest, size }
-                }),
-        )
+    ) -> Result<BlobStat, Blame<BlobError>> {
+        let d = parse(&digest)?;
+        let parked = &mut self.state.parked_fetch;
+        let pass = open_pass_through(self.plugin, &url, d, &headers, parked).await?;
+        let size = pass.size;
+        self.state.pass_through = Some(pass);
+        Ok(BlobStat { digest, size })
+    }
+
+    fn convert_blob_error(&mut self, e: Blame<BlobError>) -> wasmtime::Result<BlobError> {
+        e.into_wit()
     }
 }

@@ -4,10 +4,12 @@
 //! record that survives whatever the plugin does next.
 
 use sha2::{Digest, Sha256};
-use wasmtime::Result;
+use wasmtime::component::HasData;
 
+use super::Blame;
 use crate::jobs::{JobError as EngineError, ModuleError as EngineModuleError, RunLimits};
 use crate::ledger::{MAX_SUBJECT_BYTES, NewRecord, Source};
+use crate::runtime::PluginShared;
 use crate::runtime::contract::depin::plugin::jobs::{
     Host, JobError, JobFailure, JobLimits, JobOutput, ModuleError,
 };
@@ -16,8 +18,47 @@ use crate::runtime::state::CallState;
 /// The host unit of job fuel.
 pub const JOB_FUEL: &str = "job-fuel";
 
-impl Host for CallState {
-    fn limits(&mut self) -> Result<Option<JobLimits>> {
+/// The jobs part of a call's state: the host-attested record of every job
+/// the call ran (its fuel). Kept even when the call fails.
+#[derive(Debug, Default)]
+pub(crate) struct JobsState {
+    pub(crate) host_records: Vec<NewRecord>,
+}
+
+/// What `jobs` functions reach during one call: its job records and the
+/// plugin's access to the job engine.
+pub(crate) struct JobsView<'a> {
+    state: &'a mut JobsState,
+    plugin: &'a PluginShared,
+    request_id: &'a str,
+}
+
+/// The view of `call`'s state that the capability's functions get.
+pub(crate) fn view(call: &mut CallState) -> JobsView<'_> {
+    JobsView {
+        state: &mut call.jobs,
+        plugin: &call.plugin,
+        request_id: &call.request_id,
+    }
+}
+
+/// The `jobs` capability, for the linker.
+pub(crate) struct Jobs;
+
+impl HasData for Jobs {
+    type Data<'a> = JobsView<'a>;
+}
+
+/// A `run` refused before the job started.
+fn refused(error: JobError) -> Blame<JobFailure> {
+    Blame::Guest(JobFailure {
+        error,
+        fuel_consumed: 0,
+    })
+}
+
+impl Host for JobsView<'_> {
+    fn limits(&mut self) -> wasmtime::Result<Option<JobLimits>> {
         Ok(self.plugin.jobs.as_ref().map(|j| JobLimits {
             max_fuel: j.limits.max_fuel,
             max_memory_mb: j.limits.max_memory_mb as u32,
@@ -27,27 +68,25 @@ impl Host for CallState {
         }))
     }
 
-    async fn put_module(&mut self, wasm: Vec<u8>) -> Result<Result<String, ModuleError>> {
-        let Some(jobs) = self.plugin.jobs.clone() else {
-            return Ok(Err(ModuleError::NotEnabled));
+    async fn put_module(&mut self, wasm: Vec<u8>) -> Result<String, Blame<ModuleError>> {
+        let Some(jobs) = &self.plugin.jobs else {
+            return Err(ModuleError::NotEnabled.into());
         };
         let max = jobs.limits.max_module_bytes as usize;
-        Ok(
-            match jobs.engine.put_module(&self.plugin.name, wasm, max).await {
-                Ok(digest) => Ok(digest),
-                Err(EngineModuleError::TooLarge { limit, .. }) => {
-                    Err(ModuleError::TooLarge(limit as u32))
-                }
-                Err(EngineModuleError::Invalid(m)) => Err(ModuleError::Invalid(m)),
-                Err(EngineModuleError::Store(m)) => {
-                    tracing::warn!(plugin = %self.plugin.name, request_id = %self.request_id, error = %m, "cannot store a job module");
-                    Err(ModuleError::Store(m))
-                }
-            },
-        )
+        match jobs.engine.put_module(&self.plugin.name, wasm, max).await {
+            Ok(digest) => Ok(digest),
+            Err(EngineModuleError::TooLarge { limit, .. }) => {
+                Err(ModuleError::TooLarge(limit as u32).into())
+            }
+            Err(EngineModuleError::Invalid(m)) => Err(ModuleError::Invalid(m).into()),
+            Err(EngineModuleError::Store(m)) => {
+                tracing::warn!(plugin = %self.plugin.name, request_id = %self.request_id, error = %m, "cannot store a job module");
+                Err(ModuleError::Store(m).into())
+            }
+        }
     }
 
-    fn has_module(&mut self, digest: String) -> Result<bool> {
+    fn has_module(&mut self, digest: String) -> wasmtime::Result<bool> {
         Ok(self
             .plugin
             .jobs
@@ -62,18 +101,12 @@ impl Host for CallState {
         fuel: u64,
         memory_mb: u32,
         subject: Option<String>,
-    ) -> Result<Result<JobOutput, JobFailure>> {
-        let refuse = |error| {
-            Ok(Err(JobFailure {
-                error,
-                fuel_consumed: 0,
-            }))
-        };
-        let Some(jobs) = self.plugin.jobs.clone() else {
-            return refuse(JobError::NotEnabled);
+    ) -> Result<JobOutput, Blame<JobFailure>> {
+        let Some(jobs) = &self.plugin.jobs else {
+            return Err(refused(JobError::NotEnabled));
         };
         let caps = &jobs.limits;
-        let invalid = |m: String| refuse(JobError::InvalidRequest(m));
+        let invalid = |m: String| Err(refused(JobError::InvalidRequest(m)));
         if fuel == 0 || fuel > caps.max_fuel {
             return invalid(format!("fuel must be 1 to {}, not {fuel}", caps.max_fuel));
         }
@@ -108,7 +141,7 @@ impl Host for CallState {
             ),
             Err(f) => (f.fuel, None),
         };
-        self.host_records.push(NewRecord {
+        self.state.host_records.push(NewRecord {
             time_ms: 0,
             unit: JOB_FUEL.to_string(),
             quantity: consumed,
@@ -116,7 +149,7 @@ impl Host for CallState {
             subject: Some(subject.unwrap_or_else(|| self.request_id.to_string())),
             evidence,
         });
-        Ok(match result {
+        match result {
             Ok(out) => Ok(JobOutput {
                 output: out.output,
                 fuel_consumed: out.fuel,
@@ -137,8 +170,17 @@ impl Host for CallState {
                 Err(JobFailure {
                     error,
                     fuel_consumed: f.fuel,
-                })
+                }
+                .into())
             }
-        })
+        }
+    }
+
+    fn convert_module_error(&mut self, e: Blame<ModuleError>) -> wasmtime::Result<ModuleError> {
+        e.into_wit()
+    }
+
+    fn convert_job_failure(&mut self, e: Blame<JobFailure>) -> wasmtime::Result<JobFailure> {
+        e.into_wit()
     }
 }

@@ -17,8 +17,9 @@ use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use wasmtime::Result;
+use wasmtime::component::HasData;
 
+use super::Blame;
 use crate::config::parse_http_origin;
 use crate::runtime::contract::depin::plugin::outbound_http::{
     Host, HttpError, OutboundRequest, OutboundResponse,
@@ -429,41 +430,63 @@ impl From<OutboundError> for HttpError {
     }
 }
 
-impl Host for CallState {
-    async fn fetch(&mut self, req: OutboundRequest) -> Result<Result<OutboundResponse, HttpError>> {
-        let outbound = self.plugin.outbound_http.clone();
-        let uri = match outbound.check(&req.url) {
-            Ok(uri) => uri,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let response = match outbound
+/// What `outbound-http` functions reach during one call: the plugin's
+/// allow-list and connection pool. The capability keeps no per-call state.
+pub(crate) struct OutboundHttpView<'a> {
+    outbound: &'a HttpOutbound,
+    plugin: &'a str,
+    request_id: &'a str,
+}
+
+/// The view of `call`'s state that the capability's functions get.
+pub(crate) fn view(call: &mut CallState) -> OutboundHttpView<'_> {
+    OutboundHttpView {
+        outbound: &call.plugin.outbound_http,
+        plugin: &call.plugin.name,
+        request_id: &call.request_id,
+    }
+}
+
+/// The `outbound-http` capability, for the linker.
+pub(crate) struct OutboundHttp;
+
+impl HasData for OutboundHttp {
+    type Data<'a> = OutboundHttpView<'a>;
+}
+
+impl Host for OutboundHttpView<'_> {
+    async fn fetch(&mut self, req: OutboundRequest) -> Result<OutboundResponse, Blame<HttpError>> {
+        let uri = self.outbound.check(&req.url).map_err(HttpError::from)?;
+        let response = self
+            .outbound
             .send(&req.method, uri, &req.headers, req.body)
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(plugin = %self.plugin.name, request_id = %self.request_id, url = %req.url, error = %e, "outbound request failed");
-                return Ok(Err(e.into()));
-            }
-        };
+            .map_err(|e| {
+                tracing::debug!(plugin = %self.plugin, request_id = %self.request_id, url = %req.url, error = %e, "outbound request failed");
+                HttpError::from(e)
+            })?;
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(Err(HttpError::TooLarge(MAX_RESPONSE_BYTES as u64)));
+                return Err(HttpError::TooLarge(MAX_RESPONSE_BYTES as u64).into());
             }
-            Err(e) => return Ok(Err(HttpError::Io(format!("reading the body: {e}")))),
+            Err(e) => return Err(HttpError::Io(format!("reading the body: {e}")).into()),
         };
         let headers = parts
             .headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        Ok(Ok(OutboundResponse {
+        Ok(OutboundResponse {
             status: parts.status.as_u16(),
             headers,
             body: body.to_vec(),
-        }))
+        })
+    }
+
+    fn convert_http_error(&mut self, e: Blame<HttpError>) -> wasmtime::Result<HttpError> {
+        e.into_wit()
     }
 }
 

@@ -5,11 +5,13 @@
 //! the challenge responder) sends them after the call's effects are
 //! committed.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use wasmtime::Result;
+use wasmtime::component::HasData;
 
+use super::Blame;
 use crate::runtime::contract::Datagram;
 use crate::runtime::contract::depin::plugin::outbound_udp::{Host, SendError};
 use crate::runtime::state::CallState;
@@ -39,9 +41,10 @@ pub trait RecentPeers: Send + Sync {
     fn may_answer(&self, peer: &SocketAddr) -> bool;
 }
 
-/// The outbound-UDP part of a call's state.
+/// The outbound-UDP part of a call's state: what the call may do, and the
+/// datagrams it queued (at most [`MAX_SENDS_PER_CALL`] in all).
 #[derive(Default)]
-pub struct UdpCallState {
+pub struct UdpState {
     /// Only `handle-datagram` calls may `send`.
     pub(crate) enabled: bool,
     /// The plugin's ingress socket, for calls that may `reply` (none: the
@@ -55,9 +58,9 @@ pub struct UdpCallState {
     pub(crate) replies: Vec<Datagram>,
 }
 
-impl std::fmt::Debug for UdpCallState {
+impl std::fmt::Debug for UdpState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdpCallState")
+        f.debug_struct("UdpState")
             .field("enabled", &self.enabled)
             .field("ingress", &self.ingress.is_some())
             .field("arrived_on", &self.arrived_on)
@@ -67,69 +70,94 @@ impl std::fmt::Debug for UdpCallState {
     }
 }
 
-impl UdpCallState {
+impl UdpState {
     fn full(&self) -> bool {
         self.queued.len() + self.replies.len() >= MAX_SENDS_PER_CALL
     }
 }
 
-impl Host for CallState {
+/// What `outbound-udp` functions reach during one call: its queued
+/// datagrams and the plugin's allow-list.
+pub(crate) struct OutboundUdpView<'a> {
+    state: &'a mut UdpState,
+    allowed: &'a BTreeSet<String>,
+}
+
+/// The view of `call`'s state that the capability's functions get.
+pub(crate) fn view(call: &mut CallState) -> OutboundUdpView<'_> {
+    OutboundUdpView {
+        state: &mut call.outbound_udp,
+        allowed: &call.plugin.outbound_udp,
+    }
+}
+
+/// The `outbound-udp` capability, for the linker.
+pub(crate) struct OutboundUdp;
+
+impl HasData for OutboundUdp {
+    type Data<'a> = OutboundUdpView<'a>;
+}
+
+impl Host for OutboundUdpView<'_> {
     fn send(
         &mut self,
         target: String,
         payload: Vec<u8>,
         session: String,
-    ) -> Result<Result<(), SendError>> {
-        if !self.outbound_udp.enabled {
-            return Ok(Err(SendError::Unavailable));
+    ) -> Result<(), Blame<SendError>> {
+        if !self.state.enabled {
+            return Err(SendError::Unavailable.into());
         }
-        if !self.plugin.outbound_udp.contains(&target) {
-            return Ok(Err(SendError::NotAllowed(target)));
+        if !self.allowed.contains(&target) {
+            return Err(SendError::NotAllowed(target).into());
         }
         if session.is_empty() || session.len() > MAX_SESSION_BYTES {
-            return Ok(Err(SendError::Invalid(format!(
+            return Err(SendError::Invalid(format!(
                 "session name must be 1 to {MAX_SESSION_BYTES} bytes, not {}",
                 session.len()
-            ))));
+            ))
+            .into());
         }
         if payload.len() > MAX_PAYLOAD_BYTES {
-            return Ok(Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32)));
+            return Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32).into());
         }
-        if self.outbound_udp.full() {
-            return Ok(Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32)));
+        if self.state.full() {
+            return Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32).into());
         }
-        self.outbound_udp.queued.push(QueuedDatagram {
+        self.state.queued.push(QueuedDatagram {
             target,
             session: session.into(),
             payload,
         });
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn arrived_on(&mut self) -> Result<Option<String>> {
-        Ok(self.outbound_udp.arrived_on.as_deref().map(str::to_string))
+    fn arrived_on(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.state.arrived_on.as_deref().map(str::to_string))
     }
 
-    fn reply(&mut self, peer: String, payload: Vec<u8>) -> Result<Result<(), SendError>> {
-        let Some(ingress) = &self.outbound_udp.ingress else {
-            return Ok(Err(SendError::Unavailable));
+    fn reply(&mut self, peer: String, payload: Vec<u8>) -> Result<(), Blame<SendError>> {
+        let Some(ingress) = &self.state.ingress else {
+            return Err(SendError::Unavailable.into());
         };
         let Ok(addr) = peer.parse::<SocketAddr>() else {
-            return Ok(Err(SendError::Invalid(format!(
-                "peer `{peer}` is not ip:port"
-            ))));
+            return Err(SendError::Invalid(format!("peer `{peer}` is not ip:port")).into());
         };
         if !ingress.may_answer(&addr) {
-            return Ok(Err(SendError::NotAllowed(peer)));
+            return Err(SendError::NotAllowed(peer).into());
         }
         if payload.len() > MAX_PAYLOAD_BYTES {
-            return Ok(Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32)));
+            return Err(SendError::TooLarge(MAX_PAYLOAD_BYTES as u32).into());
         }
-        if self.outbound_udp.full() {
-            return Ok(Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32)));
+        if self.state.full() {
+            return Err(SendError::TooMany(MAX_SENDS_PER_CALL as u32).into());
         }
-        self.outbound_udp.replies.push(Datagram { peer, payload });
-        Ok(Ok(()))
+        self.state.replies.push(Datagram { peer, payload });
+        Ok(())
+    }
+
+    fn convert_send_error(&mut self, e: Blame<SendError>) -> wasmtime::Result<SendError> {
+        e.into_wit()
     }
 }
 
@@ -141,6 +169,7 @@ mod tests {
     use crate::config::PluginLimits;
     use crate::ledger::Ledger;
     use crate::runtime::PluginShared;
+    use crate::runtime::host::to_wit;
 
     fn call(dir: &std::path::Path, allowed: &[&str]) -> CallState {
         let shared = PluginShared {
@@ -166,8 +195,8 @@ mod tests {
         let mut s = call(dir.path(), &["127.0.0.1:1680", "lns.example:1700"]);
         // The generated error type has no PartialEq; compare its Debug form.
         let send = |s: &mut CallState, target: &str, session: &str, len: usize| {
-            let r = s.send(target.into(), vec![7; len], session.into());
-            format!("{:?}", r.expect("no trap"))
+            let r = view(s).send(target.into(), vec![7; len], session.into());
+            format!("{:?}", to_wit(r).expect("no trap"))
         };
         assert_eq!(
             send(&mut s, "127.0.0.1:1680", "a", 3),
@@ -203,9 +232,9 @@ mod tests {
             send(&mut s, "127.0.0.1:1680", "a", 1),
             format!("Err(SendError::TooMany({MAX_SENDS_PER_CALL}))")
         );
-        assert_eq!(s.arrived_on().unwrap(), None);
+        assert_eq!(view(&mut s).arrived_on().unwrap(), None);
         s.outbound_udp.arrived_on = Some("a".into());
-        assert_eq!(s.arrived_on().unwrap().as_deref(), Some("a"));
+        assert_eq!(view(&mut s).arrived_on().unwrap().as_deref(), Some("a"));
     }
 
     struct Peers(Vec<SocketAddr>);
@@ -221,7 +250,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = call(dir.path(), &["127.0.0.1:1680"]);
         let reply = |s: &mut CallState, peer: &str, len: usize| {
-            format!("{:?}", s.reply(peer.into(), vec![1; len]).expect("no trap"))
+            let r = view(s).reply(peer.into(), vec![1; len]);
+            format!("{:?}", to_wit(r).expect("no trap"))
         };
         assert_eq!(
             reply(&mut s, "127.0.0.1:40000", 3),
@@ -245,7 +275,7 @@ mod tests {
             assert_eq!(
                 format!(
                     "{:?}",
-                    s.send("127.0.0.1:1680".into(), vec![1], "a".into())
+                    to_wit(view(&mut s).send("127.0.0.1:1680".into(), vec![1], "a".into()))
                         .unwrap()
                 ),
                 "Ok(())"
