@@ -1,16 +1,15 @@
 //! OpenTelemetry: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, every call's span
 //! and the call metrics reach an OTLP/HTTP receiver that decodes the real
-//! protobuf. This file is
-//! its own test process, because the exporter is configured once per process
-//! from the environment.
+//! protobuf. The gateway runs as a process of its own with the variables in
+//! its environment, because the exporter is configured once per process from
+//! the environment, and the test process is shared by every test.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
-use depin_gateway::RunningGateway;
+use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -21,6 +20,8 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data, number_data_
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
 /// Every span the receiver decoded, with its resource's service name.
 type Received = Arc<Mutex<Vec<(String, Span)>>>;
@@ -131,17 +132,19 @@ fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_traces_and_metrics_arrive_at_a_receiver_one_span_per_call() {
     let (receiver, received, metrics) = start_receiver().await;
-    // SAFETY: set before anything in this process reads the environment
-    // (the only test of this process).
-    unsafe {
-        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
-        std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
-    }
+    let endpoint = format!("http://{receiver}");
     let spec =
         PluginSpec::new("traced", plugin("template_plugin"), "/t").config("greeting = \"hello\"");
     let home = Home::new(&[spec], "");
-    let gw = RunningGateway::start(&home.config()).await.expect("start");
-    let http = HttpClient::new(gw.http_addr);
+    let mut gw = GatewayProcess::start_with_env(
+        BIN,
+        &home.config_path,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    let http = HttpClient::new(gw.addr);
     let mut ids = Vec::new();
     for _ in 0..3 {
         let r = http.get("/t/hello?name=otel").await;
@@ -149,7 +152,9 @@ async fn otlp_traces_and_metrics_arrive_at_a_receiver_one_span_per_call() {
         ids.push(r.request_id());
     }
     assert_eq!(http.get("/t/missing").await.status, 404);
-    gw.shutdown().await;
+    // SIGTERM: the gateway shuts down as in production, flushing spans
+    // and metrics before it exits.
+    assert!(gw.terminate(), "clean exit on SIGTERM");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let spans = loop {

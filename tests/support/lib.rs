@@ -289,10 +289,19 @@ impl GatewayProcess {
     /// Starts `bin run --config <config> --log-format json` and waits for the
     /// `gateway ready` event.
     pub fn start(bin: &str, config: &Path) -> Self {
+        Self::start_with_env(bin, config, &[])
+    }
+
+    /// Like [`GatewayProcess::start`], with `env` added to the process's
+    /// environment: how a test sets what the gateway reads from the
+    /// environment once per process (the OTLP exporter's variables) without
+    /// touching the environment of the test process, which every test shares.
+    pub fn start_with_env(bin: &str, config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(config)
             .args(["--log-format", "json"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

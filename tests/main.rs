@@ -1,0 +1,23 @@
+//! The end-to-end tests, one module per area, in one test binary: the
+//! gateway and wasmtime are linked once, and the support library
+//! (`depin_e2e`) is shared by every area.
+//!
+//! Every area shares this process, so none may change process-wide state:
+//! no environment variables, no working directory, no signal handlers, no
+//! fixed ports. What the gateway reads once per process (the OTLP exporter's
+//! environment) is tested against a gateway process of its own, and tests
+//! that read the process-wide metrics use plugin names no other test uses.
+
+mod cli;
+mod compute_task;
+mod durability;
+mod http;
+mod jobs;
+mod ops;
+mod otel;
+mod relay;
+mod sandbox;
+mod sensors;
+mod storage_cache;
+mod udp;
+mod upstream;
