@@ -77,13 +77,6 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
-    /// Run the reference collector: accepts gateways' epoch reports over
-    /// mutual TLS, checks them and recomputes rewards.
-    Collector {
-        /// The collector's configuration file.
-        #[arg(long, short, default_value = "collector.toml")]
-        config: PathBuf,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,7 +206,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report {
             command: ReportCommand::Verify { file, json },
         } => Ok(exit(crate::epochs::inspect::verify_file(&file, json)?)),
-        Command::Collector { config } => crate::upstream::collector::main(&config),
     }
 }
 

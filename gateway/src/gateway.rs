@@ -4,15 +4,17 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use depin_protocol::time::now_ms;
+use depin_protocol::units;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::identity::DeviceKey;
-use crate::ingress::http::{HttpIngress, units};
+use crate::ingress::http::HttpIngress;
 use crate::ledger::{Ledger, NewRecord};
 use crate::runtime::{LoadedPlugin, Runtime};
 
@@ -301,10 +303,7 @@ pub(crate) async fn ticks(plugin: Arc<LoadedPlugin>, ledger: Arc<Ledger>, every:
     let id: Arc<str> = "tick".into();
     loop {
         interval.tick().await;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let outcome = plugin.tick(&id, now_ms).await;
+        let outcome = plugin.tick(&id, now_ms()).await;
         let mut effects = outcome.effects;
         let host = |unit: &str, quantity: u64| NewRecord::host(unit, quantity, &id);
         effects.records.splice(

@@ -14,7 +14,6 @@
 //! even if the clock steps back.
 
 pub mod inspect;
-pub mod merkle;
 pub mod store;
 
 use std::collections::hash_map::DefaultHasher;
@@ -22,18 +21,22 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash as _, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
-use crate::identity::DeviceKey;
-use crate::ledger::Source;
-use crate::ledger::{Hash, Ledger, LedgerError};
-use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
-use crate::upstream::report::{
+use depin_protocol::Hash;
+use depin_protocol::merkle;
+use depin_protocol::record::Source;
+use depin_protocol::report::{
     EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
 };
+use depin_protocol::rewards::{ProofResults, RewardInput, RewardPolicy};
+use depin_protocol::time::now_ms;
+
+use crate::identity::DeviceKey;
+use crate::ledger::{Ledger, LedgerError};
 pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
 
 /// `[epochs]` in `gateway.toml`.
@@ -102,13 +105,6 @@ pub struct EpochCloser {
     pub deliver: bool,
 }
 
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl EpochCloser {
     /// Closes every epoch whose end (plus the close delay) has passed.
     /// Returns the reports made, oldest first.
@@ -156,7 +152,13 @@ impl EpochCloser {
             prev_hash: cursor.prev_hash,
             first_seq: if records == 0 { 0 } else { cursor.next_seq },
             records,
-            merkle_root: merkle::root(content.hashes),
+            merkle_root: merkle::root(
+                content
+                    .hashes
+                    .into_iter()
+                    .map(|h| merkle::leaf(&h))
+                    .collect(),
+            ),
             totals: content.totals,
             subject_totals: content.subject_totals,
             proofs,
@@ -296,7 +298,7 @@ pub fn start(
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::StartError> {
     let policy = match &config.epochs.policy {
-        Some(p) => RewardPolicy::load(p)?,
+        Some(p) => crate::rewards::load_policy(p)?,
         None => RewardPolicy::default(),
     };
     let store = Arc::new(EpochStore::open(&config.data_dir)?);
@@ -414,7 +416,7 @@ mod tests {
         )
         .await;
         commit(&ledger, vec![record("hits", 4, 7_000)]).await;
-        let policy = RewardPolicy::parse(
+        let policy = crate::rewards::parse_policy(
             std::path::Path::new("p.toml"),
             "[[rate]]\nkind = \"other\"\nunit = \"hits\"\nmicro = 10\n",
         )

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use depin_protocol::units;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -31,18 +32,6 @@ use crate::runtime::contract::{Body, HttpRequest, HttpResponse};
 use crate::runtime::reuse;
 
 mod blob_body;
-
-/// Host-attested units recorded for every call.
-pub mod units {
-    /// Request line, headers and body received, in bytes.
-    pub const BYTES_IN: &str = "bytes-in";
-    /// Response headers and body sent, in bytes.
-    pub const BYTES_OUT: &str = "bytes-out";
-    /// Wall time of the plugin call, in microseconds.
-    pub const WALL_TIME_US: &str = "wall-time-us";
-    /// WebAssembly fuel the call consumed.
-    pub const FUEL: &str = "fuel";
-}
 
 /// Unique ids for requests: a random per-process prefix and a counter.
 pub struct RequestIds {

@@ -20,12 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use depin_protocol::units;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::ingress::http::{RequestIds, units};
+use crate::ingress::http::RequestIds;
 use crate::ledger::{Ledger, NewRecord};
 use crate::plugin_table::PluginTable;
 use crate::runtime::CallError;

@@ -31,13 +31,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use depin_protocol::units;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::PluginConfig;
 use crate::gateway::StartError;
-use crate::ingress::http::units;
 use crate::ledger::{Ledger, NewRecord};
 use crate::plugin_table::PluginTable;
 use crate::runtime::contract::Datagram;

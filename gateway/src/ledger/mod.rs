@@ -16,7 +16,6 @@
 //!   (`hash = sha256(prev_hash || encoding)`); a crash at any moment leaves
 //!   every acknowledged group intact, so the chain never breaks.
 
-mod record;
 mod scan;
 mod wal;
 
@@ -26,6 +25,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use depin_protocol::record;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use record::{

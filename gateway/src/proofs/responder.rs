@@ -19,12 +19,14 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Answer, ChallengeSpec, InclusionProof};
-use crate::epochs::{EpochStore, merkle};
+use depin_protocol::proofs::{Answer, ChallengeSpec, InclusionProof};
+use depin_protocol::{GENESIS_HASH, merkle, units};
+
+use super::ToWit;
+use crate::epochs::EpochStore;
 use crate::identity::DeviceKey;
-use crate::ingress::http::units;
 use crate::ingress::udp::IngressPorts;
-use crate::ledger::{GENESIS_HASH, Ledger, NewRecord};
+use crate::ledger::{Ledger, NewRecord};
 use crate::plugin_table::PluginTable;
 use crate::runtime::RecentPeers;
 use crate::upstream::sender::{CollectorClient, DeliveryError};
@@ -301,7 +303,10 @@ pub fn answer_inclusion(
     Ok(InclusionProof {
         prev_hash,
         record,
-        path: merkle::path(&hashes, i),
+        path: merkle::path(
+            &hashes.iter().map(|h| merkle::leaf(h)).collect::<Vec<_>>(),
+            i,
+        ),
     }
     .encode())
 }

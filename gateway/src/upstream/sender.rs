@@ -23,7 +23,9 @@ use tokio_rustls::TlsConnector;
 
 use super::config::{CollectorUrl, UpstreamConfig};
 use super::tls::{TlsError, client_config};
-use crate::epochs::{EpochStore, now_ms};
+use depin_protocol::time::now_ms;
+
+use crate::epochs::EpochStore;
 
 /// Why one delivery attempt failed.
 #[derive(Debug, thiserror::Error)]

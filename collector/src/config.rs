@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, LogFormat};
+use depin_gateway::config::{ConfigError, LogFormat};
 
 /// The collector's configuration, loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -160,5 +160,13 @@ mod tests {
         );
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
+    }
+
+    #[test]
+    fn example_configuration_in_deploy_is_valid() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let c = CollectorConfig::load(&deploy.join("collector.toml")).unwrap();
+        let policy = c.policy.expect("the example names a policy");
+        depin_gateway::rewards::load_policy(&policy).unwrap();
     }
 }
