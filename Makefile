@@ -16,7 +16,7 @@ PLUGINS += -p sensor-aggregator-plugin
 # Job modules (WASI preview 1) of the compute-task tests and benchmark.
 JOB_TARGET := wasm32-wasip1
 
-.PHONY: run test plugins gateway wasm-target bench bench-ops lint clean
+.PHONY: run test plugins gateway collector wasm-target bench bench-ops lint clean
 
 run: plugins gateway
 	@test -f data/device.key || ./target/release/depin-gateway keygen --config $(CONFIG)
@@ -34,6 +34,10 @@ plugins: wasm-target
 
 gateway:
 	$(CARGO) build --release -p depin-gateway
+
+# The reference collector: ./target/release/depin-collector --config deploy/collector.toml
+collector:
+	$(CARGO) build --release -p depin-collector
 
 bench: plugins
 	$(CARGO) run --release -p depin-bench

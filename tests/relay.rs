@@ -14,10 +14,11 @@ use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
 use depin_gateway::RunningGateway;
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::ledger::{LedgerReader, Source, UsageRecord};
-use depin_gateway::proofs::ChallengeSpec;
+use depin_gateway::proofs::ToWit;
 use depin_gateway::proofs::responder::Attempt;
 use depin_gateway::runtime::LoadedPlugin;
 use depin_gateway::runtime::contract::{Challenge, Proof};
+use depin_protocol::proofs::ChallengeSpec;
 use semtech_udp::server_runtime::{Event, UdpRuntime};
 use semtech_udp::{Down, MacAddress, Packet, SerializablePacket, pull_data, push_data};
 use serde_json::{Value, json};
@@ -698,7 +699,7 @@ async fn a_beacon_refused_or_never_acknowledged_fails_and_an_unknown_forwarder_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_challenge_from_the_collector_is_answered_through_the_responder_and_passes() {
-    const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
+    const BIN: &str = env!("CARGO_BIN_EXE_collector-under-test");
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
     let client_cert = pki.client("relay-gw");

@@ -8,10 +8,11 @@ use depin_e2e::upstream::{
 };
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::upstream::report::{EpochReport, EpochTotal, ProofOutcome};
 use depin_gateway::upstream::sender::CollectorClient;
+use depin_protocol::report::{EpochReport, EpochTotal, ProofOutcome};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
+const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-under-test");
 
 /// The policy both ends use: the template plugin's requests and bytes.
 const POLICY: &str = r#"
@@ -158,7 +159,7 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
         POLICY,
         &challenges,
     );
-    let _collector = CollectorProcess::start(BIN, &config);
+    let _collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let https = pki.https(port, &client_cert);
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let http = HttpClient::new(gw.addr);
@@ -283,7 +284,7 @@ async fn collector_down_then_up_and_kill_9_deliver_every_report_once_in_order() 
         assert_eq!(http.post("/t/echo", b"abc").await.status, 200);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let collector = CollectorProcess::start(BIN, &config);
+    let collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let https = pki.https(port, &client_cert);
     wait_for_reports(&https, &id, 3).await;
     // kill -9 while deliveries are going on, then restart
@@ -294,7 +295,7 @@ async fn collector_down_then_up_and_kill_9_deliver_every_report_once_in_order() 
     // and the collector restarts too: its store keeps the chain
     drop(collector);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let _collector = CollectorProcess::start(BIN, &config);
+    let _collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let before = reports_at_collector(&https, &id).await;
     wait_for_reports(&https, &id, before + 1).await;
     assert!(gw.terminate());
@@ -356,7 +357,7 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
         POLICY,
         "",
     );
-    let _collector = CollectorProcess::start(BIN, &config);
+    let _collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let https = pki.https(port, &a_cert);
 
     let r1 = report(&a, 100, [0; 32], 3).sign(a.signing_key());

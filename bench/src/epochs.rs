@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use depin_gateway::epochs::{EpochCloser, EpochStore, merkle};
+use depin_collector::{CollectorStore, check_report};
+use depin_gateway::epochs::{EpochCloser, EpochStore};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::ledger::{CallEffects, Hash, Ledger, NewRecord, Source, UsageRecord};
-use depin_gateway::rewards::RewardPolicy;
-use depin_gateway::upstream::collector::{CollectorStore, check_report};
-use depin_gateway::upstream::report::{EpochReport, EpochTotal, SignedReport};
+use depin_gateway::ledger::{CallEffects, Ledger, NewRecord, Source, UsageRecord};
+use depin_protocol::Hash;
+use depin_protocol::merkle;
+use depin_protocol::report::{EpochReport, EpochTotal, SignedReport};
+use depin_protocol::rewards::RewardPolicy;
 use ed25519_dalek::{Signature, Verifier};
 
 #[global_allocator]
@@ -35,7 +37,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn policy() -> RewardPolicy {
-    RewardPolicy::parse(
+    depin_gateway::config::parse_policy(
         std::path::Path::new("bench-rewards.toml"),
         "[[rate]]\nkind = \"*\"\nunit = \"requests\"\nmicro = 10\n\
          [[rate]]\nkind = \"*\"\nunit = \"bytes-out\"\nsource = \"host\"\nmicro = 1\nper = 1000\n",
@@ -131,7 +133,7 @@ async fn epoch_close(n: u64) {
             .or_default();
         t.0 += 1;
         t.1 += u128::from(r.quantity);
-        hashes.push(*h);
+        hashes.push(merkle::leaf(h));
     }
     let root = merkle::root(hashes);
     let baseline_s = started.elapsed().as_secs_f64();

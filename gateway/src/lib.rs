@@ -18,7 +18,6 @@ pub mod otel;
 pub mod plugin_table;
 pub mod proofs;
 pub mod reload;
-pub mod rewards;
 pub mod runtime;
 pub mod service;
 pub mod telemetry;

@@ -199,11 +199,11 @@ pub struct CollectorProcess {
 }
 
 impl CollectorProcess {
-    /// Starts `bin collector --config <config>` and waits for
-    /// `collector ready`.
+    /// Starts `bin --config <config>` (`bin`: the collector-under-test
+    /// binary) and waits for `collector ready`.
     pub fn start(bin: &str, config: &Path) -> Self {
         let mut child = Command::new(bin)
-            .args(["collector", "--config"])
+            .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -248,9 +248,7 @@ impl AdminApi {
             })
             .collect();
         let head = self.ledger.head().ok().map(|h| h.seq);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = depin_protocol::time::now_ms();
         let length = self.epoch_length_ms.max(1);
         let epoch = now_ms / length;
         serde_json::json!({

@@ -3,20 +3,9 @@
 
 use std::time::Duration;
 
-use crate::ledger::{EncodedRecords, LedgerError};
+use depin_protocol::units;
 
-/// Host-attested units: measured by the gateway itself, never claimed by
-/// a plugin.
-pub mod units {
-    /// Request line, headers and body received, in bytes.
-    pub const BYTES_IN: &str = "bytes-in";
-    /// Response headers and body sent, in bytes.
-    pub const BYTES_OUT: &str = "bytes-out";
-    /// Wall time of the plugin call, in microseconds.
-    pub const WALL_TIME_US: &str = "wall-time-us";
-    /// WebAssembly fuel the call consumed.
-    pub const FUEL: &str = "fuel";
-}
+use crate::ledger::{EncodedRecords, LedgerError};
 
 /// What the host measured about one call. Each measurement that is present
 /// becomes one host-attested record; an absent one is not recorded (a tick

@@ -19,7 +19,7 @@ mod run;
 use std::sync::Arc;
 
 pub use ids::RequestIds;
-pub use measure::{HostMeasurements, units};
+pub use measure::HostMeasurements;
 pub use run::{CallError, CallOutcome};
 
 use crate::ledger::{CallEffects, CommitReceipt, EncodedRecords, Ledger, LedgerError, NewRecord};

@@ -3,7 +3,6 @@
 //! This file holds the top-level command definition and its dispatch, and
 //! what several subcommands share; each subcommand lives in its own file.
 
-mod collector;
 mod epochs;
 mod keygen;
 mod ledger;
@@ -88,13 +87,6 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
-    /// Run the reference collector: accepts gateways' epoch reports over
-    /// mutual TLS, checks them and recomputes rewards.
-    Collector {
-        /// The collector's configuration file.
-        #[arg(long, short, default_value = "collector.toml")]
-        config: PathBuf,
-    },
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +119,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => command.run(),
         Command::Epochs { command } => command.run(),
         Command::Report { command } => command.run(),
-        Command::Collector { config } => collector::run(&config),
     }
 }
 

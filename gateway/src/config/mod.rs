@@ -8,6 +8,7 @@ mod load;
 mod mqtt;
 mod ops;
 mod plugin;
+mod policy;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use plugin::{
     parse_http_origin, validate_host_port, validate_name,
 };
 use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
+pub use policy::{load_policy, parse_policy};
 pub use upstream::{CollectorUrl, UpstreamConfig};
 
 #[cfg(test)]

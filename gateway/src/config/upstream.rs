@@ -133,8 +133,7 @@ mod tests {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let gw = GatewayConfig::load(&deploy.join("gateway.toml")).unwrap();
         let policy = gw.epochs.policy.expect("the example names a policy");
-        crate::rewards::RewardPolicy::load(&policy).unwrap();
-        crate::upstream::collector::CollectorConfig::load(&deploy.join("collector.toml")).unwrap();
+        crate::config::load_policy(&policy).unwrap();
     }
 
     #[test]

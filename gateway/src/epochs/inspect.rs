@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::path::Path;
 
+use depin_protocol::report::SignedReport;
+
 use super::store::EPOCHS_FILE;
 use super::{ClosedEpoch, EpochStore};
-use crate::upstream::report::SignedReport;
 
 fn state(e: &ClosedEpoch) -> &'static str {
     match (e.pending, e.acknowledged_ms) {

@@ -14,25 +14,28 @@
 //! even if the clock steps back.
 
 pub mod inspect;
-pub mod merkle;
 pub mod store;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash as _, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::identity::DeviceKey;
-use crate::ledger::Source;
-use crate::ledger::{Hash, Ledger, LedgerError};
-use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
-use crate::service::{Service, Services};
-use crate::upstream::report::{
+use depin_protocol::Hash;
+use depin_protocol::merkle;
+use depin_protocol::record::Source;
+use depin_protocol::report::{
     EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
 };
+use depin_protocol::rewards::{ProofResults, RewardInput, RewardPolicy};
+use depin_protocol::time::now_ms;
+
+use crate::identity::DeviceKey;
+use crate::ledger::{Ledger, LedgerError};
+use crate::service::{Service, Services};
 pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
 
 /// Why an epoch could not be closed.
@@ -56,13 +59,6 @@ pub struct EpochCloser {
     pub close_delay_ms: u64,
     /// Write closed reports to the outbox for delivery.
     pub deliver: bool,
-}
-
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl EpochCloser {
@@ -112,7 +108,13 @@ impl EpochCloser {
             prev_hash: cursor.prev_hash,
             first_seq: if records == 0 { 0 } else { cursor.next_seq },
             records,
-            merkle_root: merkle::root(content.hashes),
+            merkle_root: merkle::root(
+                content
+                    .hashes
+                    .into_iter()
+                    .map(|h| merkle::leaf(&h))
+                    .collect(),
+            ),
             totals: content.totals,
             subject_totals: content.subject_totals,
             proofs,
@@ -252,7 +254,7 @@ pub fn start(
     services: &mut Services,
 ) -> Result<(), crate::StartError> {
     let policy = match &config.epochs.policy {
-        Some(p) => RewardPolicy::load(p)?,
+        Some(p) => crate::config::load_policy(p)?,
         None => RewardPolicy::default(),
     };
     let store = Arc::new(EpochStore::open(&config.data_dir)?);
@@ -391,7 +393,7 @@ mod tests {
         )
         .await;
         commit(&ledger, vec![record("hits", 4, 7_000)]).await;
-        let policy = RewardPolicy::parse(
+        let policy = crate::config::parse_policy(
             std::path::Path::new("p.toml"),
             "[[rate]]\nkind = \"other\"\nunit = \"hits\"\nmicro = 10\n",
         )

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::ledger::{GENESIS_HASH, Hash};
-use crate::upstream::report::{ProofOutcome, ReportError, SignedReport};
+use depin_protocol::report::{ProofOutcome, ReportError, SignedReport};
+use depin_protocol::{GENESIS_HASH, Hash};
 
 /// epoch -> signed report bytes
 const EPOCHS: TableDefinition<u64, &[u8]> = TableDefinition::new("epochs");

@@ -30,7 +30,7 @@ impl Ticker {
                 _ = interval.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            let outcome = self.plugin.tick(&id, crate::epochs::now_ms()).await;
+            let outcome = self.plugin.tick(&id, depin_protocol::time::now_ms()).await;
             let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel);
             let name = self.plugin.name();
             if let Err(e) = call::commit(&self.ledger, name, &id, measured, outcome.effects).await {

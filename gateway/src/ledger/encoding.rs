@@ -140,7 +140,7 @@ pub(super) fn encode_group(
     if block.capacity() > 4 << 20 {
         block.shrink_to(4 << 20);
     }
-    let now = now_ms().to_be_bytes();
+    let now = depin_protocol::time::now_ms().to_be_bytes();
     for c in group {
         let first = cursor.seq + 1;
         // The caller encoded the entries; fill in sequence numbers, times
@@ -193,11 +193,4 @@ pub(super) fn block_entries(
         rest = &rest[34 + len..];
         Some(Ok((hash, encoding)))
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -29,13 +29,13 @@
 //! - `recovery.rs`: opening redb and replaying the log;
 //! - `reader.rs`: read-only access for the CLI (`ledger verify`,
 //!   `ledger summary`); `scan.rs`: reading records while the gateway runs;
-//! - `wal.rs`: the write-ahead log; `record.rs`: a record's encoding.
+//! - `wal.rs`: the write-ahead log; a record's encoding is `depin_protocol::record`.
 
 mod checkpoint;
 mod encoding;
 mod overlay;
 mod reader;
-mod record;
+use depin_protocol::record;
 mod recovery;
 mod scan;
 #[cfg(test)]

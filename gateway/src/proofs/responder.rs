@@ -19,12 +19,15 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Answer, ChallengeSpec, InclusionProof};
+use depin_protocol::proofs::{Answer, ChallengeSpec, InclusionProof};
+use depin_protocol::{GENESIS_HASH, merkle};
+
+use super::ToWit;
 use crate::call::{self, HostMeasurements};
-use crate::epochs::{EpochStore, merkle};
+use crate::epochs::EpochStore;
 use crate::identity::DeviceKey;
 use crate::ingress::udp::IngressPorts;
-use crate::ledger::{GENESIS_HASH, Ledger};
+use crate::ledger::Ledger;
 use crate::plugin_table::PluginTable;
 use crate::runtime::RecentPeers;
 use crate::service::Service;
@@ -312,7 +315,10 @@ pub fn answer_inclusion(
     Ok(InclusionProof {
         prev_hash,
         record,
-        path: merkle::path(&hashes, i),
+        path: merkle::path(
+            &hashes.iter().map(|h| merkle::leaf(h)).collect::<Vec<_>>(),
+            i,
+        ),
     }
     .encode())
 }

@@ -1,7 +1,6 @@
-//! Reporting upstream: the epoch report format shared with the collector,
-//! the mutual-TLS setup, the outbox sender and the reference collector.
+//! Reporting upstream: the mutual-TLS setup and the outbox sender. The
+//! report encoding is in `depin_protocol::report`; the reference collector
+//! is its own crate, `depin-collector`.
 
-pub mod collector;
-pub mod report;
 pub mod sender;
 pub mod tls;

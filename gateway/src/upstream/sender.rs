@@ -23,7 +23,9 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{TlsError, client_config};
 use crate::config::{CollectorUrl, UpstreamConfig};
-use crate::epochs::{EpochStore, now_ms};
+use depin_protocol::time::now_ms;
+
+use crate::epochs::EpochStore;
 use crate::service::Service;
 
 /// Why one delivery attempt failed.

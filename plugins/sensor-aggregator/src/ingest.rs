@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::envelope::SignedPack;
-use crate::merkle;
+use crate::proof;
 use crate::senml::{self, Reading, Value};
 use crate::settings::Settings;
 use crate::store::{self, Device};
@@ -264,7 +264,7 @@ fn apply(
     let mut entries = kv::get(&win_key)?.unwrap_or_default();
     let mut leaves = Vec::with_capacity(accepted.len());
     for r in accepted {
-        let leaf = merkle::leaf(&pack.device, pack.seq, r.index, &pack.pack);
+        let leaf = proof::reading_leaf(&pack.device, pack.seq, r.index, &pack.pack);
         entries.extend_from_slice(&store::WindowEntry::encode(pack.seq, r.index, &leaf));
         leaves.push(leaf);
     }

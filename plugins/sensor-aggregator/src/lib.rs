@@ -6,19 +6,19 @@
 
 pub mod envelope;
 pub mod ingest;
-pub mod merkle;
 pub mod proof;
 pub mod senml;
 pub mod settings;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use depin_plugin_sdk::{
     Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, Usage,
     export_plugin, kv, log, meter_usage,
 };
+use depin_protocol::time::now_ms;
+use depin_protocol::{Hash, merkle};
 use serde::Serialize;
 
 use envelope::SignedPack;
@@ -73,7 +73,7 @@ impl Plugin for SensorAggregator {
 
     fn handle_message(topic: String, payload: Vec<u8>) -> Result<(), String> {
         let settings = Settings::load()?;
-        let outcome = ingest::ingest(SignedPack::from_mqtt(&payload), now_ms(), &settings)
+        let outcome = ingest::ingest(SignedPack::from_mqtt(&payload), now_ms() as i64, &settings)
             .map_err(|e| format!("store failure, retry later: {e:?}"))?;
         if let Some(reason) = outcome.rejected_pack {
             log::debug(&format!(
@@ -115,12 +115,6 @@ impl Plugin for SensorAggregator {
 }
 
 export_plugin!(SensorAggregator);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -172,7 +166,7 @@ fn post_pack(req: &HttpRequest, s: &Settings) -> HttpResponse {
             req.body.clone(),
         )
     })();
-    match ingest::ingest(pack, now_ms(), s) {
+    match ingest::ingest(pack, now_ms() as i64, s) {
         Ok(outcome) => HttpResponse::json(status_of(&outcome), &outcome),
         Err(e) => HttpResponse::json(503, &error(&format!("store failure, retry later: {e:?}"))),
     }
@@ -391,28 +385,28 @@ fn close_windows(now_ms: i64, s: &Settings) -> Result<(), String> {
         if s.window_start(window) + s.window_ms + s.close_grace_ms > now_ms {
             continue;
         }
-        let leaves: Vec<merkle::Hash> = store::window_leaves(window)
+        let leaves: Vec<Hash> = store::window_leaves(window)
             .map_err(kv_err)?
             .into_iter()
             .map(|(_, e)| e.leaf)
             .collect();
-        let (root, _) = merkle::root_and_path(&leaves, None);
+        let leaves_count = leaves.len() as u64;
+        let root = merkle::root(leaves);
         let committed = WindowRoot {
             window,
             root: hex::encode(root),
-            leaves: leaves.len() as u64,
+            leaves: leaves_count,
         };
         kv::set_json(&store::root_key(window), &committed).map_err(kv_err)?;
         kv::delete(&key).map_err(kv_err)?;
         meter_usage(
-            Usage::new(UNIT_WINDOW_ROOTS, leaves.len() as u64)
+            Usage::new(UNIT_WINDOW_ROOTS, leaves_count)
                 .subject(format!("window:{window}"))
                 .evidence(root.to_vec()),
         )?;
         log::info(&format!(
             "window {window} closed: {} readings, root {}",
-            leaves.len(),
-            committed.root
+            leaves_count, committed.root
         ));
     }
     Ok(())

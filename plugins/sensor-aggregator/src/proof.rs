@@ -7,15 +7,31 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use depin_plugin_sdk::{Challenge, KvError, Proof, kv};
+use depin_protocol::Hash;
+use depin_protocol::merkle::{self, PathStep};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::envelope::SignedPack;
-use crate::merkle::{self, Step};
 use crate::senml::{self, Reading};
 use crate::store::{self, WindowRoot};
 
 /// The challenge kind this plugin answers.
 pub const KIND: &str = "reading-inclusion";
+
+/// The leaf of record `index` of the pack `(device, seq)` in its window's
+/// Merkle tree (`depin_protocol::merkle`): `sha256("depin-senml-leaf/1\n"
+/// || device || "\n" || seq (8, BE) || index (4, BE) || sha256(pack))`.
+pub fn reading_leaf(device: &str, seq: u64, index: u32, pack: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(b"depin-senml-leaf/1\n");
+    h.update(device.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_be_bytes());
+    h.update(index.to_be_bytes());
+    h.update(Sha256::digest(pack));
+    h.finalize().into()
+}
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +62,7 @@ pub struct InclusionProof {
     pub pack: String,
     /// The device's signature, hex.
     pub signature: String,
-    pub path: Vec<Step>,
+    pub path: Vec<PathStep>,
     /// The reading as the gateway resolved it.
     pub reading: Reading,
 }
@@ -66,7 +82,7 @@ pub fn prove(c: &Challenge, window_start_ms: impl Fn(u64) -> i64) -> Result<Proo
         .map_err(kv_err)?
         .ok_or_else(|| format!("window {} is not closed or has no readings", params.window))?;
     let entries = store::window_leaves(params.window).map_err(kv_err)?;
-    let leaves: Vec<merkle::Hash> = entries.iter().map(|(_, e)| e.leaf).collect();
+    let leaves: Vec<Hash> = entries.iter().map(|(_, e)| e.leaf).collect();
     let i = usize::try_from(params.index)
         .ok()
         .filter(|i| *i < leaves.len())
@@ -78,7 +94,8 @@ pub fn prove(c: &Challenge, window_start_ms: impl Fn(u64) -> i64) -> Result<Proo
                 params.index
             )
         })?;
-    let (computed, path) = merkle::root_and_path(&leaves, Some(i));
+    let path = merkle::path(&leaves, i);
+    let computed = merkle::climb(leaves[i], &path);
     if hex::encode(computed) != root.root {
         return Err(format!(
             "window {}: stored leaves do not match the committed root",
@@ -166,8 +183,8 @@ fn check(c: &Challenge, p: &Proof) -> Result<(), &'static str> {
     {
         return Err("reading does not match the pack");
     }
-    let leaf = merkle::leaf(&proof.device, proof.seq, proof.reading_index, &signed.pack);
-    let root = merkle::climb(leaf, &proof.path).ok_or("path")?;
+    let leaf = reading_leaf(&proof.device, proof.seq, proof.reading_index, &signed.pack);
+    let root = merkle::climb(leaf, &proof.path);
     if hex::encode(root) != proof.root {
         return Err("path does not lead to the root");
     }

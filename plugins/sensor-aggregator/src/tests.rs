@@ -112,7 +112,7 @@ fn each_rejection_reason_is_counted() {
     assert_eq!(s["accepted"], 2);
     assert_eq!(host.total(UNIT_READINGS), 2);
     // Folding the counters' deltas into totals changes no count.
-    SensorAggregator::tick(now_ms() as u64);
+    SensorAggregator::tick(now_ms());
     assert!(host.kv("total|replayed").is_some());
     assert_eq!(stats(), s);
 }
@@ -154,7 +154,7 @@ fn proof_round_trip_and_forgeries_fail() {
             200
         );
     }
-    SensorAggregator::tick(now_ms() as u64 + 10_000);
+    SensorAggregator::tick(now_ms() + 10_000);
     assert_eq!(host.total(UNIT_WINDOW_ROOTS), 6);
     let windows = body(&SensorAggregator::handle_http(HttpRequest::new(
         "GET", "/windows",
@@ -189,7 +189,7 @@ fn proof_round_trip_and_forgeries_fail() {
     );
 
     let mut wrong: proof::InclusionProof = serde_json::from_slice(&p.payload).unwrap();
-    wrong.path[0].left = !wrong.path[0].left;
+    wrong.path[0].sibling_is_left = !wrong.path[0].sibling_is_left;
     let wrong = Proof {
         challenge_id: "c1".into(),
         payload: serde_json::to_vec(&wrong).unwrap(),

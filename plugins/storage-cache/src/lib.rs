@@ -34,15 +34,15 @@
 //!
 //! Metering: `cache-hits` and `cache-misses` (subject and evidence: the
 //! digest), `blobs-stored` (quantity: bytes; subject: digest; evidence: the
-//! blob's chunk Merkle root, see [`merkle`]), `byte-seconds` (bytes stored
+//! blob's chunk Merkle root, see [`possession`]), `byte-seconds` (bytes stored
 //! times seconds, sampled on `tick`). The host itself attests the bytes
 //! served (`bytes-out`).
 //!
-//! Challenge kind `chunk-possession`: see [`merkle::ChunkChallenge`].
+//! Challenge kind `chunk-possession`: see [`possession::ChunkChallenge`].
 
 mod auth;
-pub mod merkle;
 mod oci;
+pub mod possession;
 
 use depin_plugin_sdk::blobs::{self, BlobError};
 use depin_plugin_sdk::outbound_http;
@@ -50,9 +50,10 @@ use depin_plugin_sdk::{
     Challenge, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind, Usage, config,
     export_plugin, kv, log, meter_usage,
 };
+use depin_protocol::{Hash, merkle};
 use sha2::{Digest, Sha256};
 
-use merkle::{ChunkChallenge, ChunkProof};
+use possession::{ChunkChallenge, ChunkProof};
 
 /// The storage-cache plugin.
 pub struct StorageCache;
@@ -182,17 +183,17 @@ impl Plugin for StorageCache {
         let params: ChunkChallenge =
             serde_json::from_slice(&c.params).map_err(|e| format!("params: {e}"))?;
         let stat = blobs::stat(&params.digest).map_err(|e| format!("{}: {e}", params.digest))?;
-        let count = merkle::chunk_count(stat.size);
+        let count = possession::chunk_count(stat.size);
         if params.chunk >= count {
             return Err(format!("chunk {} of {count}", params.chunk));
         }
         let (leaves, chunk) = chunk_leaves(&params.digest, stat.size, Some(params.chunk))?;
         let chunk = chunk.unwrap_or_default();
         let proof = ChunkProof {
-            bound: hex::encode(merkle::bind(&c.nonce, &chunk)),
+            bound: hex::encode(possession::bind(&c.nonce, &chunk)),
             path: merkle::path(&leaves, params.chunk as usize)
                 .iter()
-                .map(hex::encode)
+                .map(|s| hex::encode(s.sibling))
                 .collect(),
             chunk: hex::encode(&chunk),
         };
@@ -212,7 +213,7 @@ impl Plugin for StorageCache {
         ) else {
             return false;
         };
-        merkle::check(&params, &c.nonce, &proof).is_ok()
+        possession::check(&params, &c.nonce, &proof).is_ok()
     }
 }
 
@@ -497,7 +498,7 @@ fn evict(needed: u64, keep: &str) -> Result<(), BlobError> {
 /// commits it through metering.
 fn stored(digest: &str, size: u64) {
     let root = match chunk_leaves(digest, size, None) {
-        Ok((leaves, _)) => merkle::root(&leaves),
+        Ok((leaves, _)) => merkle::root(leaves),
         Err(e) => {
             log::warn(&format!("cannot hash {digest} into chunks: {e}"));
             return;
@@ -518,12 +519,12 @@ fn chunk_leaves(
     digest: &str,
     size: u64,
     want: Option<u64>,
-) -> Result<(Vec<merkle::Hash>, Option<Vec<u8>>), String> {
-    let count = merkle::chunk_count(size);
+) -> Result<(Vec<Hash>, Option<Vec<u8>>), String> {
+    let count = possession::chunk_count(size);
     let mut leaves = Vec::with_capacity(count as usize);
     let mut wanted = None;
     for i in 0..count {
-        let bytes = blobs::read_range(digest, i * merkle::CHUNK, merkle::CHUNK as u32)
+        let bytes = blobs::read_range(digest, i * possession::CHUNK, possession::CHUNK as u32)
             .map_err(|e| e.to_string())?;
         leaves.push(merkle::leaf(&bytes));
         if want == Some(i) {

@@ -30,9 +30,8 @@
 //! its bytes, signature included.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
 
-use crate::ledger::Hash;
+use crate::hash::Hash;
 use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
 
 const MAGIC: &[u8; 4] = b"DPGR";
@@ -224,7 +223,7 @@ impl SignedReport {
 
     /// sha256 of the whole signed report; the next report's `prev_hash`.
     pub fn hash(&self) -> Hash {
-        Sha256::digest(&self.bytes).into()
+        crate::hash::sha256(&self.bytes)
     }
 }
 

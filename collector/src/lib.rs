@@ -1,5 +1,6 @@
-//! The reference collector (`depin-gateway collector`): receives epoch
-//! reports over mutual TLS and keeps the authoritative record.
+//! The reference collector (`depin-collector --config collector.toml`):
+//! receives epoch reports over mutual TLS and keeps the authoritative
+//! record.
 //!
 //! For each `POST /v1/reports` it checks, in order: the client certificate
 //! maps to a known gateway id (403); the body is a canonical, correctly
@@ -18,12 +19,16 @@ pub mod store;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use clap::Parser;
+use depin_gateway::upstream::tls::{fingerprint, server_config};
+use depin_protocol::report::{ReportError, SignedReport};
+use depin_protocol::rewards::RewardPolicy;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -31,9 +36,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::rewards::RewardPolicy;
-use crate::upstream::report::{ReportError, SignedReport};
-use crate::upstream::tls::{fingerprint, server_config};
 pub use config::CollectorConfig;
 pub use store::{Accepted, ChainError, CollectorStore};
 
@@ -130,7 +132,7 @@ impl Collector {
     /// by `config`.
     pub async fn open(config: &CollectorConfig) -> anyhow::Result<Self> {
         let policy = match &config.policy {
-            Some(p) => RewardPolicy::load(p)?,
+            Some(p) => depin_gateway::config::load_policy(p)?,
             None => RewardPolicy::default(),
         };
         Ok(Self {
@@ -425,10 +427,33 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// `depin-gateway collector --config FILE`: runs until SIGTERM/SIGINT.
-pub fn main(config_path: &Path) -> anyhow::Result<ExitCode> {
+/// depin-collector: the reference collector. Accepts gateways' epoch
+/// reports over mutual TLS, checks them, recomputes rewards, and issues and
+/// judges challenges. Runs until SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(name = "depin-collector", version, about, long_about)]
+pub struct Cli {
+    /// The collector's configuration file.
+    #[arg(long, short, default_value = "collector.toml")]
+    config: PathBuf,
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli.config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the collector configured by `config_path` until SIGTERM/SIGINT.
+pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
-    crate::telemetry::init(config.log_format);
+    depin_gateway::telemetry::init(config.log_format);
     let tls = server_config(&config.client_ca_file, &config.cert_file, &config.key_file)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

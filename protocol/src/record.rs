@@ -20,16 +20,10 @@
 //! A record's hash is `sha256(previous hash || encoding)`; the first
 //! record's previous hash is 32 zero bytes.
 
-use sha2::{Digest, Sha256};
+pub use crate::hash::{GENESIS_HASH, Hash};
 
 /// Version of the canonical encoding.
 pub const FORMAT_VERSION: u8 = 1;
-
-/// A 32-byte sha256 hash.
-pub type Hash = [u8; 32];
-
-/// The previous hash of the first record.
-pub const GENESIS_HASH: Hash = [0; 32];
 
 /// Longest subject accepted, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 256;
@@ -168,17 +162,14 @@ impl UsageRecord {
 
     /// `sha256(prev || encoding)`.
     pub fn chain_hash(prev: &Hash, encoding: &[u8]) -> Hash {
-        let mut h = Sha256::new();
-        h.update(prev);
-        h.update(encoding);
-        h.finalize().into()
+        crate::hash::sha256_concat(prev, encoding)
     }
 }
 
 /// Appends the canonical encoding of a record to `out`, without building a
 /// `UsageRecord` first (the ledger writer's hot path).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_into(
+pub fn encode_into(
     out: &mut Vec<u8>,
     seq: u64,
     time_ms: u64,
@@ -261,6 +252,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn sample() -> UsageRecord {

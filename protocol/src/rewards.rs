@@ -16,11 +16,7 @@
 //!
 //! All divisions round down. A total without a matching rate earns nothing.
 
-use std::path::{Path, PathBuf};
-
 use serde::Deserialize;
-
-use crate::config::ConfigError;
 
 /// Parts per million: 1.0 as a fixed-point number.
 pub const PPM: u128 = 1_000_000;
@@ -87,38 +83,23 @@ pub struct ProofResults {
     pub passed: u32,
 }
 
-impl RewardPolicy {
-    /// Reads and validates a policy file; errors name the file and key.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |key: Option<String>, problem: String| ConfigError {
-            file: path.to_path_buf(),
-            key,
-            problem,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(None, format!("cannot read the reward policy: {e}")))?;
-        Self::parse(path, &text)
-    }
+/// Why a policy is not valid: the key (as `rate[0].per`) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct PolicyError {
+    pub key: String,
+    pub problem: String,
+}
 
-    /// Parses policy text that came from `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let err = |key: Option<String>, problem: String| ConfigError {
-            file: PathBuf::from(path),
-            key,
-            problem,
-        };
-        let de = toml::Deserializer::parse(text).map_err(|e| err(None, e.message().into()))?;
-        let policy: RewardPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            err(
-                (key != "." && !key.is_empty()).then_some(key),
-                e.inner().message().trim().to_string(),
-            )
-        })?;
-        for (i, r) in policy.rates.iter().enumerate() {
+impl RewardPolicy {
+    /// Checks the values serde cannot: every `per` above 0, every `source`
+    /// `host` or `plugin`, the proof floor at most 1.0.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let err = |key: String, problem: String| PolicyError { key, problem };
+        for (i, r) in self.rates.iter().enumerate() {
             if r.per == 0 {
                 return Err(err(
-                    Some(format!("rate[{i}].per")),
+                    format!("rate[{i}].per"),
                     "must be greater than 0".into(),
                 ));
             }
@@ -127,18 +108,18 @@ impl RewardPolicy {
                 && s != "plugin"
             {
                 return Err(err(
-                    Some(format!("rate[{i}].source")),
+                    format!("rate[{i}].source"),
                     format!("`{s}` is neither `host` nor `plugin`"),
                 ));
             }
         }
-        if policy.proof.floor_ppm > PPM {
+        if self.proof.floor_ppm > PPM {
             return Err(err(
-                Some("proof.floor_ppm".into()),
-                format!("{} is above {PPM} (1.0)", policy.proof.floor_ppm),
+                "proof.floor_ppm".into(),
+                format!("{} is above {PPM} (1.0)", self.proof.floor_ppm),
             ));
         }
-        Ok(policy)
+        Ok(())
     }
 
     /// The first rate that matches, in file order.
@@ -209,7 +190,9 @@ cap_micro = 1000
 "#;
 
     fn policy() -> RewardPolicy {
-        RewardPolicy::parse(Path::new("rewards.toml"), POLICY).unwrap()
+        let p: RewardPolicy = toml::from_str(POLICY).unwrap();
+        p.validate().unwrap();
+        p
     }
 
     fn input<'a>(kind: &'a str, source: &'a str, unit: &'a str, q: u128) -> RewardInput<'a> {
@@ -267,15 +250,15 @@ cap_micro = 1000
     }
 
     #[test]
-    fn bad_policy_names_the_key() {
-        let e = RewardPolicy::parse(
-            Path::new("r.toml"),
-            "[[rate]]\nkind = \"*\"\nunit = \"u\"\nmicro = 1\nper = 0\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("rate[0].per"), "{e}");
-        let e = RewardPolicy::parse(Path::new("r.toml"), "[proof]\nfloor = 1\n").unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("proof.floor"), "{e}");
-        assert!(e.to_string().starts_with("r.toml"), "{e}");
+    fn invalid_values_name_the_key() {
+        let p: RewardPolicy =
+            toml::from_str("[[rate]]\nkind = \"*\"\nunit = \"u\"\nmicro = 1\nper = 0\n").unwrap();
+        assert_eq!(p.validate().unwrap_err().key, "rate[0].per");
+        let p: RewardPolicy =
+            toml::from_str("[[rate]]\nkind = \"*\"\nunit = \"u\"\nmicro = 1\nsource = \"x\"\n")
+                .unwrap();
+        assert_eq!(p.validate().unwrap_err().key, "rate[0].source");
+        let p: RewardPolicy = toml::from_str("[proof]\nfloor_ppm = 1000001\n").unwrap();
+        assert_eq!(p.validate().unwrap_err().key, "proof.floor_ppm");
     }
 }

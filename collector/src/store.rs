@@ -10,8 +10,8 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::ledger::{GENESIS_HASH, Hash};
-use crate::upstream::report::SignedReport;
+use depin_protocol::report::SignedReport;
+use depin_protocol::{GENESIS_HASH, Hash};
 
 /// (gateway id, epoch) -> signed report bytes
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
@@ -53,7 +53,7 @@ pub enum ChainError {
 /// A challenge the collector issued, and what became of it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChallengeRecord {
-    pub spec: crate::proofs::ChallengeSpec,
+    pub spec: depin_protocol::proofs::ChallengeSpec,
     pub gateway: String,
     pub issued_ms: u64,
     /// `pending` (not yet fetched), `sent`, `passed`, `failed`, or
@@ -353,9 +353,10 @@ fn decode_head(b: &[u8]) -> (u64, Hash, u64) {
 
 #[cfg(test)]
 mod tests {
+    use depin_gateway::identity::DeviceKey;
+    use depin_protocol::report::EpochReport;
+
     use super::*;
-    use crate::identity::DeviceKey;
-    use crate::upstream::report::EpochReport;
 
     fn report(key: &DeviceKey, epoch: u64, length_ms: u64, prev: Hash) -> SignedReport {
         EpochReport {

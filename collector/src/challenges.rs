@@ -12,15 +12,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use depin_gateway::config::{PluginConfig, RuntimeConfig};
+use depin_gateway::ledger::Ledger;
+use depin_gateway::proofs::ToWit;
+use depin_gateway::runtime::{LoadedPlugin, Runtime};
+use depin_protocol::proofs::{Answer, ChallengeSpec, InclusionProof};
+use depin_protocol::report::SignedReport;
+use depin_protocol::time::now_ms;
 use rand::{Rng, RngCore};
 use serde::Deserialize;
 
-use super::store::{ChallengeRecord, CollectorStore};
-use crate::config::{PluginConfig, RuntimeConfig};
-use crate::epochs::now_ms;
-use crate::ledger::Ledger;
-use crate::proofs::{Answer, ChallengeSpec, InclusionProof};
-use crate::runtime::{LoadedPlugin, Runtime};
+use crate::store::{ChainError, ChallengeRecord, CollectorStore};
 
 /// `[challenges]` in `collector.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -130,7 +132,7 @@ impl Verifiers {
         let Some(plugin) = self.plugins.get(&spec.plugin) else {
             return false;
         };
-        let proof = crate::runtime::contract::Proof {
+        let proof = depin_gateway::runtime::contract::Proof {
             challenge_id: spec.id.clone(),
             payload,
         };
@@ -239,7 +241,7 @@ pub async fn judge(
     if format!("dpg1{}", hex::encode(answer.gateway_key)) != cert_gateway {
         return Err(AnswerRejection::WrongGateway);
     }
-    let storage = |e: super::ChainError| AnswerRejection::Storage(e.to_string());
+    let storage = |e: ChainError| AnswerRejection::Storage(e.to_string());
     let record = store
         .challenge(&answer.challenge_id)
         .map_err(storage)?
@@ -252,7 +254,7 @@ pub async fn judge(
         let report = store
             .report(cert_gateway, spec.epoch)
             .map_err(storage)?
-            .and_then(|bytes| crate::upstream::report::SignedReport::decode(&bytes).ok());
+            .and_then(|bytes| SignedReport::decode(&bytes).ok());
         match (report, InclusionProof::decode(&answer.payload)) {
             (Some(r), Some(proof)) => {
                 proof.check(r.report.first_seq + spec.index, &r.report.merkle_root)
@@ -269,7 +271,7 @@ pub async fn judge(
 }
 
 /// Issues challenges every `interval_ms` and wakes long-polls.
-pub async fn issue_forever(collector: Arc<super::Collector>, config: ChallengesConfig) {
+pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesConfig) {
     if config.interval_ms == 0 {
         return;
     }
@@ -293,9 +295,10 @@ pub async fn issue_forever(collector: Arc<super::Collector>, config: ChallengesC
 
 #[cfg(test)]
 mod tests {
+    use depin_gateway::identity::DeviceKey;
+    use depin_protocol::report::EpochReport;
+
     use super::*;
-    use crate::identity::DeviceKey;
-    use crate::upstream::report::EpochReport;
 
     #[test]
     fn unanswered_challenges_expire_and_make_room_for_new_ones() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, LogFormat};
+use depin_gateway::config::{ConfigError, LogFormat, load_toml, resolve_path};
 
 /// The collector's configuration, loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,18 +54,9 @@ impl CollectorConfig {
             key,
             problem,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(None, format!("cannot read the configuration file: {e}")))?;
-        let de = toml::Deserializer::parse(&text).map_err(|e| err(None, e.message().into()))?;
-        let mut c: CollectorConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            err(
-                (key != "." && !key.is_empty()).then_some(key),
-                e.inner().message().trim().to_string(),
-            )
-        })?;
+        let mut c: CollectorConfig = load_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| base.join(p);
+        let resolve = |p: &Path| resolve_path(base, p);
         c.data_dir = resolve(&c.data_dir);
         c.cert_file = resolve(&c.cert_file);
         c.key_file = resolve(&c.key_file);
@@ -160,5 +151,13 @@ mod tests {
         );
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
+    }
+
+    #[test]
+    fn example_configuration_in_deploy_is_valid() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let c = CollectorConfig::load(&deploy.join("collector.toml")).unwrap();
+        let policy = c.policy.expect("the example names a policy");
+        depin_gateway::config::load_policy(&policy).unwrap();
     }
 }
