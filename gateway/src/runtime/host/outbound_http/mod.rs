@@ -3,11 +3,8 @@
 //! before anything is resolved or connected; everything else is refused
 //! with an error the plugin sees.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +12,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use wasmtime::component::HasData;
+
+mod pool;
+mod redirect;
+
+use pool::{PoolConnector, tls_config};
+use redirect::{origin_of, resolve_location};
 
 use super::Blame;
 use crate::config::parse_http_origin;
@@ -198,216 +201,6 @@ impl HttpOutbound {
     }
 }
 
-/// `scheme://host:port` of an absolute URI.
-fn origin_of(uri: &Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    format!("{scheme}://{}:{port}", uri.host().unwrap_or_default())
-}
-
-/// A redirect's `location` as an absolute URL, resolved against the
-/// request's URL as RFC 3986 section 5.2 says (absolute, `//authority...`,
-/// absolute path, relative path, or query only).
-fn resolve_location(base: &Uri, location: &str) -> Result<String, OutboundError> {
-    let location = location.trim();
-    let scheme = base.scheme_str().unwrap_or("http");
-    let authority = base.authority().map_or("", |a| a.as_str());
-    if let Some((name, rest)) = location.split_once(':')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    {
-        return Ok(format!("{}:{rest}", name.to_ascii_lowercase()));
-    }
-    if let Some(rest) = location.strip_prefix("//") {
-        return Ok(format!("{scheme}://{rest}"));
-    }
-    let cut = location.find(['?', '#']).unwrap_or(location.len());
-    let (path, suffix) = location.split_at(cut);
-    let merged = if path.starts_with('/') {
-        path.to_string()
-    } else if path.is_empty() {
-        base.path().to_string()
-    } else {
-        let dir = &base.path()[..base.path().rfind('/').map_or(0, |i| i + 1)];
-        format!("{}{path}", if dir.is_empty() { "/" } else { dir })
-    };
-    let suffix = if path.is_empty() && !suffix.starts_with('?') {
-        // A fragment only: keep the request's query.
-        base.query().map_or(String::new(), |q| format!("?{q}"))
-    } else {
-        suffix.split('#').next().unwrap_or("").to_string()
-    };
-    Ok(format!(
-        "{scheme}://{authority}{}{suffix}",
-        remove_dot_segments(&merged)
-    ))
-}
-
-/// `path` without `.` and `..` segments (RFC 3986 section 5.2.4).
-fn remove_dot_segments(path: &str) -> String {
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let mut out: Vec<&str> = Vec::new();
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *segment {
-            "." | ".." => {
-                if *segment == ".." {
-                    out.pop();
-                }
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/"))
-}
-
-/// The rustls client configuration: system roots plus `extra_roots`.
-fn tls_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "a system root certificate could not be loaded");
-    }
-    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_roots {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("{}: cannot read the CA file: {e}", path.display()))?;
-        let mut found = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(format!("{}: no PEM certificates", path.display()));
-        }
-    }
-    if roots.is_empty() {
-        return Err(
-            "https origins are allowed but no root certificates were found (install \
-             ca-certificates or set [plugin.outbound] http_ca_file)"
-                .into(),
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// Opens the pool's connections: TCP, with TLS (rustls, HTTP/1.1) for
-/// `https://` URIs. Only origins on the allow-list get here.
-#[derive(Clone)]
-struct PoolConnector {
-    http: HttpConnector,
-    /// Present when an `https://` origin is allowed.
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-type ConnectError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower_service::Service<Uri> for PoolConnector {
-    type Response = PoolStream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<PoolStream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let mut http = self.http.clone();
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let https = uri.scheme_str() == Some("https");
-            let tcp = http.call(uri.clone()).await?;
-            if !https {
-                return Ok(PoolStream::Plain(tcp));
-            }
-            let tls = tls.ok_or("no https origin is allowed")?;
-            let host = uri.host().unwrap_or_default();
-            // IPv6 literals come bracketed in URLs.
-            let bare = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let server_name = rustls::pki_types::ServerName::try_from(bare)
-                .map_err(|e| format!("`{host}`: {e}"))?;
-            let stream = tls
-                .connect(server_name, tcp.into_inner())
-                .await
-                .map_err(|e| format!("TLS with {host}: {e}"))?;
-            Ok(PoolStream::Tls(Box::new(TokioIo::new(stream))))
-        })
-    }
-}
-
-/// A pooled connection, plain or TLS.
-enum PoolStream {
-    Plain(TokioIo<tokio::net::TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
-}
-
-impl Connection for PoolStream {
-    fn connected(&self) -> Connected {
-        match self {
-            PoolStream::Plain(s) => s.connected(),
-            PoolStream::Tls(s) => s.inner().get_ref().0.connected(),
-        }
-    }
-}
-
-impl hyper::rt::Read for PoolStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PoolStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl hyper::rt::Write for PoolStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PoolStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PoolStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PoolStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PoolStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 /// An error and its causes, `a: b: c`.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -493,6 +286,7 @@ impl Host for OutboundHttpView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper_util::rt::TokioIo;
 
     #[test]
     fn only_allow_listed_origins_pass() {
