@@ -194,6 +194,11 @@ macro_rules! export_plugin {
             }
         }
 
+        // Only a component exports symbols. A native build of a plugin
+        // crate (its unit tests, or a benchmark that links two plugins as
+        // libraries) must not: two plugins' `describe`, `handle-http`, ...
+        // would clash at link time.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_raw!(__DepinPluginExports);
     };
 }
