@@ -32,6 +32,7 @@
 
 pub mod airtime;
 pub mod beacon;
+pub mod expiry;
 pub mod gwmp;
 pub mod proof;
 pub mod relay;

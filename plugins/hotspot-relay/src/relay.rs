@@ -25,16 +25,18 @@ use crate::beacon;
 use crate::gwmp::{self, Kind, Packet};
 use crate::units;
 
+pub use crate::expiry::{index_key, tick};
+
 /// The default dedupe window.
 pub const DEFAULT_DEDUPE_WINDOW_MS: u64 = 10_000;
 /// How long a relayed packet can be proven.
 pub const PROOF_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Most keys one tick examines per prefix.
-const TICK_SCAN: u32 = 10_000;
+pub(crate) const TICK_SCAN: u32 = 10_000;
 /// Expiry index of `seen/`: `exp/<time>/<sha256>`.
-const SEEN_INDEX: &str = "exp/";
+pub(crate) const SEEN_INDEX: &str = "exp/";
 /// Expiry index of `pkt/`: `pexp/<time>/<sha256>`.
-const PROOF_INDEX: &str = "pexp/";
+pub(crate) const PROOF_INDEX: &str = "pexp/";
 
 /// Base64 as packet forwarders write it: padding optional.
 pub const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -76,7 +78,7 @@ impl Settings {
         })
     }
 
-    fn load() -> Result<Self, String> {
+    pub(crate) fn load() -> Result<Self, String> {
         Self::from_pairs(&config::all())
     }
 }
@@ -334,7 +336,7 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, &'static str> {
     }
 }
 
-fn read_u64(key: &str) -> Option<u64> {
+pub(crate) fn read_u64(key: &str) -> Option<u64> {
     let bytes = kv::get(key).ok().flatten()?;
     std::str::from_utf8(&bytes).ok()?.parse().ok()
 }
@@ -351,79 +353,6 @@ fn count_drop(reason: &str, source: &str) {
         log::warn(&format!("cannot count a dropped datagram: {e:?}"));
     }
     log::debug(&format!("dropped a datagram from {source}: {reason}"));
-}
-
-/// Advances the clock and forgets what is past the dedupe window (and past
-/// the proof and beacon retention). Expiry indexes are ordered by time, so a tick
-/// stops at the first entry still young enough and never rescans them.
-pub fn tick(now_ms: u64) {
-    let Ok(settings) = Settings::load() else {
-        return;
-    };
-    if let Err(e) = kv::set("clock", now_ms.to_string().as_bytes()) {
-        log::warn(&format!("cannot advance the clock: {e:?}"));
-        return;
-    }
-    expire(SEEN_INDEX, now_ms, settings.dedupe_window_ms, |hash, t| {
-        let key = format!("seen/{hash}");
-        if read_u64(&key) == Some(t) {
-            let _ = if t == 0 {
-                kv::set(&key, now_ms.to_string().as_bytes())
-            } else {
-                kv::delete(&key)
-            };
-        }
-    });
-    expire(PROOF_INDEX, now_ms, PROOF_RETENTION_MS, |hash, t| {
-        let key = format!("pkt/{hash}");
-        let Some(mut record) = kv::get_json::<Value>(&key).ok().flatten() else {
-            return;
-        };
-        if record["at"].as_u64() == Some(t) {
-            let _ = if t == 0 {
-                record["at"] = json!(now_ms);
-                kv::set_json(&key, &record)
-            } else {
-                kv::delete(&key)
-            };
-        }
-    });
-    expire(
-        beacon::BEACON_INDEX,
-        now_ms,
-        beacon::BEACON_RETENTION_MS,
-        |eui_token, t| beacon::forget(eui_token, t, now_ms),
-    );
-}
-
-/// Walks the index `prefix` (`<prefix><time, 20 digits>/<hash>`) from the
-/// oldest entry: entries older than `keep_ms` are removed and `f(hash, time)`
-/// told; entries stamped 0 (made before the first tick ever) are restamped
-/// with `now_ms` and `f(hash, 0)` told.
-fn expire(prefix: &str, now_ms: u64, keep_ms: u64, mut f: impl FnMut(&str, u64)) {
-    for key in kv::list_keys(prefix, TICK_SCAN).unwrap_or_default() {
-        let Some((t, hash)) = key[prefix.len()..].split_once('/') else {
-            let _ = kv::delete(&key);
-            continue;
-        };
-        let Ok(t) = t.parse::<u64>() else {
-            let _ = kv::delete(&key);
-            continue;
-        };
-        if t != 0 && now_ms.saturating_sub(t) <= keep_ms {
-            break;
-        }
-        let _ = kv::delete(&key);
-        if t == 0 {
-            let _ = kv::set(&index_key(prefix, now_ms, hash), b"");
-        }
-        f(hash, t);
-    }
-}
-
-/// The key of an expiry index entry: `<prefix><time, 20 digits>/<name>`.
-pub fn index_key(prefix: &str, t: u64, hash: &str) -> String {
-    format!("{prefix}{t:020}/{hash}")
 }
 
 /// Drop counts by reason, the known forwarders, and the beacons kept
