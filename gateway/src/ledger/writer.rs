@@ -87,6 +87,15 @@ pub(super) struct Writer {
 const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
+    /// The frozen generation being stored by a checkpoint, if any.
+    fn applying_layer(&self) -> Option<Arc<Layer>> {
+        self.overlay
+            .lock()
+            .expect("ledger overlay lock")
+            .applying
+            .clone()
+    }
+
     pub(super) fn new(
         db: Arc<Database>,
         head: Head,
@@ -321,12 +330,7 @@ impl Writer {
         if !due || self.checkpointing {
             return;
         }
-        let failed = self
-            .overlay
-            .lock()
-            .expect("ledger overlay lock")
-            .applying
-            .clone();
+        let failed = self.applying_layer();
         // A frozen generation is stored with the current one as redb's
         // generation to replay from: the writer rotates again only once
         // it is stored.
@@ -396,12 +400,7 @@ impl Writer {
                 .unwrap_or_else(|_| Err(LedgerError::Storage("checkpoint thread ended".into())));
             self.checkpoint_finished(result);
         }
-        let failed = self
-            .overlay
-            .lock()
-            .expect("ledger overlay lock")
-            .applying
-            .clone();
+        let failed = self.applying_layer();
         if let Some(layer) = failed {
             store_checkpoint(&self.db, &self.overlay, &layer, self.wal.generation)?;
         }
