@@ -518,6 +518,7 @@ fn beacon(id: &str, nonce: &[u8], eui: &[u8]) -> ChallengeSpec {
         kind: "beacon".into(),
         nonce: hex(nonce),
         params: hex(eui),
+        deadline_ms: 0,
     }
 }
 
@@ -714,11 +715,16 @@ async fn a_beacon_challenge_from_the_collector_is_answered_through_the_responder
     let id = DeviceKey::load(&home.key_path()).unwrap().gateway_id();
     let component = plugin("hotspot_relay_plugin");
     let challenges = format!(
-        "[challenges]\ninterval_ms = 300\ninclusion = false\nmax_open = 2\n\
-         [[challenges.possession]]\nplugin = \"relay\"\nkind = \"beacon\"\nparams = \"{}\"\n\
-         component = \"{}\"\ndigest = \"{}\"\n",
+        "{}{}[challenges]\ninterval_ms = 300\ninclusion = false\nmax_open = 2\n\
+         [[challenges.possession]]\nkind = \"beacon\"\nparams = \"{}\"\ndigest = \"{}\"\n",
+        depin_e2e::upstream::schedule_toml(1000, 100),
+        depin_e2e::upstream::approve(
+            &file_digest(&component),
+            "hotspot-relay",
+            Some(&component),
+            &[]
+        ),
         hex(fwd_mac.as_bytes()),
-        component.display(),
         file_digest(&component)
     );
     // Both ends use the default (empty) reward policy.

@@ -4,12 +4,15 @@
 use std::time::{Duration, Instant};
 
 use depin_e2e::upstream::{
-    CollectorProcess, Pki, collector_config, file_digest, free_port, wait_for_verdicts,
+    CollectorProcess, Pki, approve, collector_config, file_digest, free_port, schedule_toml,
+    wait_for_verdicts,
 };
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
-use depin_protocol::report::{EpochReport, EpochTotal, ProofOutcome};
+use depin_protocol::report::{
+    ComponentDigest, EpochReport, EpochTotal, ProofOutcome, REPORT_VERSION,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-under-test");
@@ -90,9 +93,10 @@ fn gateway_epochs(home: &Home) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// Every delivered epoch is at the collector once with the same reward, the
-/// delivered ones are a prefix of the chain, and the collector holds nothing
-/// else.
+/// Every delivered epoch is at the collector once with the reward its
+/// acknowledgement carried (the gateway keeps it next to its estimate), the
+/// delivered ones are a prefix of the chain, and the collector holds
+/// nothing else.
 async fn assert_delivered_exactly_once(home: &Home, client: &CollectorClient) -> usize {
     let id = gateway_id(home);
     let epochs = gateway_epochs(home);
@@ -117,7 +121,10 @@ async fn assert_delivered_exactly_once(home: &Home, client: &CollectorClient) ->
             .filter(|r| r["gateway_id"] == id.as_str())
             .collect();
         assert_eq!(mine.len(), 1, "epoch {n}: {rewards}");
-        assert_eq!(mine[0]["reward_micro"], e["reward_micro"], "epoch {n}");
+        assert_eq!(
+            mine[0]["reward_micro"], e["collector"]["reward_micro"],
+            "epoch {n}: {e}"
+        );
     }
     assert_eq!(
         reports_at_collector(client, &id).await,
@@ -143,13 +150,14 @@ async fn reports_arrive_once_each_with_the_estimated_reward_and_challenges_count
     let hostile = plugin("hostile_plugin");
     let hostile_digest = file_digest(&hostile);
     let challenges = format!(
-        "[challenges]\ninterval_ms = 400\ninclusion = true\nmax_open = 6\n\
-         [[challenges.possession]]\nplugin = \"template\"\nkind = \"echo-hash\"\nparams = \"0102\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n\
-         [[challenges.possession]]\nplugin = \"template\"\nkind = \"no-such-kind\"\ncomponent = \"{c}\"\ndigest = \"{digest}\"\n\
-         [[challenges.possession]]\nplugin = \"hostile\"\nkind = \"loop\"\ncomponent = \"{h}\"\ndigest = \"{hostile_digest}\"\n\
-         [[challenges.possession]]\nplugin = \"hostile\"\nkind = \"panic\"\ncomponent = \"{h}\"\ndigest = \"{hostile_digest}\"\n",
-        c = component.display(),
-        h = hostile.display()
+        "{schedule}{a}{b}[challenges]\ninterval_ms = 400\ninclusion = true\nmax_open = 6\nanswer_timeout_ms = 3000\n\
+         [[challenges.possession]]\nkind = \"echo-hash\"\nparams = \"0102\"\ndigest = \"{digest}\"\n\
+         [[challenges.possession]]\nkind = \"no-such-kind\"\ndigest = \"{digest}\"\n\
+         [[challenges.possession]]\nkind = \"loop\"\ndigest = \"{hostile_digest}\"\n\
+         [[challenges.possession]]\nkind = \"panic\"\ndigest = \"{hostile_digest}\"\n",
+        schedule = schedule_toml(1000, 100),
+        a = approve(&digest, "other", Some(&component), &[]),
+        b = approve(&hostile_digest, "other", Some(&hostile), &[]),
     );
     let config = collector_config(
         tmp.path(),
@@ -275,7 +283,7 @@ async fn collector_down_then_up_and_kill_9_deliver_every_report_once_in_order() 
         port,
         &[(id.clone(), client_cert.sha256.clone())],
         POLICY,
-        "",
+        &schedule_toml(1000, 100),
     );
     // The collector is down for several epochs.
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
@@ -303,9 +311,13 @@ async fn collector_down_then_up_and_kill_9_deliver_every_report_once_in_order() 
     assert!(delivered >= 6, "{delivered}");
 }
 
+/// The component digest the hand-made reports give for `template`.
+const TEMPLATE_DIGEST: [u8; 32] = [5; 32];
+
 /// A report for `key`, chained to `prev`, with the policy's reward.
 fn report(key: &DeviceKey, epoch: u64, prev: [u8; 32], requests: u128) -> EpochReport {
     EpochReport {
+        version: REPORT_VERSION,
         gateway_key: key.verifying_key().to_bytes(),
         epoch,
         length_ms: 1000,
@@ -313,6 +325,10 @@ fn report(key: &DeviceKey, epoch: u64, prev: [u8; 32], requests: u128) -> EpochR
         first_seq: 1,
         records: 1,
         merkle_root: [9; 32],
+        components: vec![ComponentDigest {
+            plugin: "template".into(),
+            digest: TEMPLATE_DIGEST,
+        }],
         totals: vec![EpochTotal {
             plugin: "template".into(),
             kind: "other".into(),
@@ -355,7 +371,16 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
             (b.gateway_id(), b_cert.sha256.clone()),
         ],
         POLICY,
-        "",
+        &format!(
+            "{}{}",
+            schedule_toml(1000, 100),
+            approve(
+                &format!("sha256:{}", hex::encode(TEMPLATE_DIGEST)),
+                "other",
+                None,
+                &[]
+            )
+        ),
     );
     let _collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let https = pki.https(port, &a_cert);
@@ -384,15 +409,21 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
     let (status, body) = post(&https, &other.bytes).await;
     assert_eq!(status, 403, "{body}");
 
-    // a replayed old report: the same acknowledgement, counted once
-    let (status, body) = post(&https, &r1.bytes).await;
+    // the last report again (a lost acknowledgement): the same
+    // acknowledgement, counted once
+    let (status, body) = post(&https, &r2.bytes).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"duplicate\""), "{body}");
-    assert!(body.contains(&hex::encode(r1.hash())), "{body}");
+    assert!(body.contains(&hex::encode(r2.hash())), "{body}");
+    // a replayed older report is refused by name
+    let (status, body) = post(&https, &r1.bytes).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"replayed\""), "{body}");
     // an old epoch with different contents is refused
     let rewritten = report(&a, 100, [0; 32], 30).sign(a.signing_key());
     let (status, body) = post(&https, &rewritten.bytes).await;
     assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"overlapping\""), "{body}");
 
     // a gap: epoch 103 chained to a 102 the collector never saw
     let unseen = report(&a, 102, r2.hash(), 5).sign(a.signing_key());
@@ -400,12 +431,6 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
     let (status, body) = post(&https, &gap.bytes).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("gap"), "{body}");
-
-    // a reward estimate that does not match the policy
-    let mut greedy = report(&a, 102, r2.hash(), 5);
-    greedy.reward_micro += 1;
-    let (status, body) = post(&https, &greedy.sign(a.signing_key()).bytes).await;
-    assert_eq!(status, 422, "{body}");
 
     // a proof summary naming a challenge the collector never issued
     let mut boastful = report(&a, 102, r2.hash(), 5);
@@ -416,6 +441,7 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
     let (status, body) = post(&https, &boastful.sign(a.signing_key()).bytes).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("never issued"), "{body}");
+    assert!(body.contains("\"unknown-challenge\""), "{body}");
 
     // a certificate from the right CA that maps to no gateway
     let stranger = pki.https(port, &unmapped);
@@ -448,7 +474,7 @@ async fn collector_rejects_bad_reports_and_counts_duplicates_once() {
         text.contains("depin_collector_reports_duplicate_total 1"),
         "{text}"
     );
-    assert!(text.contains("reason=\"reward_mismatch\"} 1"), "{text}");
+    assert!(text.contains("reason=\"replayed\"} 1"), "{text}");
 }
 
 /// Opens a TLS connection without a client certificate, sends a request and

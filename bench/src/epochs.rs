@@ -102,7 +102,10 @@ async fn epoch_close(n: u64) {
         store,
         key: Arc::new(DeviceKey::generate()),
         policy: policy(),
-        kinds: BTreeMap::from([("bench".to_string(), "other".to_string())]),
+        identities: depin_gateway::epochs::PluginIdentities::from_kinds(BTreeMap::from([(
+            "bench".to_string(),
+            "other".to_string(),
+        )])),
         length_ms: LENGTH_MS,
         close_delay_ms: 0,
         deliver: true,

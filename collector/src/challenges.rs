@@ -1,18 +1,24 @@
-//! The collector side of challenges: issues them on a timer, hands them out
-//! to long-polling gateways, and checks answers — inclusion answers against
-//! the Merkle root of the accepted report, possession answers with the
-//! plugin's own `verify` export, loaded from a component pinned by digest.
+//! The collector side of challenges: issues them at random times, hands
+//! them out to long-polling gateways, and judges answers — inclusion
+//! answers against the Merkle root of the accepted report, possession
+//! answers with the `verify` export of the approved component whose digest
+//! the gateway reported for the plugin.
+//!
+//! Every challenge is kept with its deadline and decided by the collector
+//! alone: `passed`, `failed`, or `expired` (no answer by the deadline),
+//! which counts as failed in the epoch the deadline falls in.
 //!
 //! What a possession challenge looks like is data, not code: each
-//! `[[challenges.possession]]` table names a plugin, a challenge kind and
-//! parameters, so a new resource type needs a table, not a collector change.
+//! `[[challenges.possession]]` table names a component digest, a challenge
+//! kind and parameters, so a new resource type needs a table, not a
+//! collector change.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use depin_gateway::config::{PluginConfig, RuntimeConfig};
+use depin_gateway::config::{JobsConfig, PluginConfig, RuntimeConfig};
 use depin_gateway::ledger::Ledger;
 use depin_gateway::proofs::ToWit;
 use depin_gateway::runtime::{LoadedPlugin, Runtime};
@@ -22,21 +28,28 @@ use depin_protocol::time::now_ms;
 use rand::{Rng, RngCore};
 use serde::Deserialize;
 
+use crate::config::ApprovedComponent;
 use crate::store::{ChainError, ChallengeRecord, CollectorStore};
 
 /// `[challenges]` in `collector.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChallengesConfig {
-    /// How often each gateway gets new challenges, ms (0: never).
+    /// Mean time between two rounds of challenges for one gateway, ms (0:
+    /// never). Each gateway's next round comes at a random time between
+    /// half and one and a half of it, so a gateway cannot predict it.
     pub interval_ms: u64,
-    /// Issue inclusion challenges on records of accepted reports.
+    /// Issue inclusion challenges on records of accepted reports (any
+    /// accepted epoch, picked at random).
     pub inclusion: bool,
     /// Most challenges a gateway may have open at once.
     pub max_open: usize,
     /// A challenge not answered this long after it was issued expires, ms.
     pub answer_timeout_ms: u64,
-    /// Possession challenge templates, one per plugin and kind.
+    /// Decided challenges are deleted once their deadline is this old, ms.
+    /// Reports delivered later than this are scored on what remains.
+    pub retention_ms: u64,
+    /// Possession challenge templates, one per component digest and kind.
     pub possession: Vec<PossessionTemplate>,
 }
 
@@ -47,56 +60,68 @@ impl Default for ChallengesConfig {
             inclusion: true,
             max_open: 4,
             answer_timeout_ms: 120_000,
+            retention_ms: 7 * 24 * 3_600_000,
             possession: Vec::new(),
         }
     }
 }
 
-/// One `[[challenges.possession]]`.
+/// One `[[challenges.possession]]`: issued to every plugin whose reported
+/// component has `digest`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PossessionTemplate {
-    /// The plugin's configured name on the gateways.
-    pub plugin: String,
+    /// The approved component (`[[component]]` with a verifier).
+    pub digest: String,
     /// The plugin-specific challenge kind, e.g. `echo-hash`.
     pub kind: String,
     /// Kind-specific parameters, hex.
     #[serde(default)]
     pub params: String,
-    /// The plugin component whose `verify` checks the answers.
-    pub component: PathBuf,
-    /// Its pinned digest, `sha256:<hex>`; a different file is refused.
-    pub digest: String,
 }
 
-/// Plugin components loaded to run `verify`, by plugin name.
+/// Verifier components loaded to run `verify`, by digest, with a job
+/// engine and a module store for proofs that re-execute jobs.
 pub struct Verifiers {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     _runtime: Runtime,
     _ledger: Arc<Ledger>,
 }
 
+/// Jobs one verifier may run: as a gateway's default `[plugin.jobs]`.
+fn verifier_jobs() -> JobsConfig {
+    JobsConfig::default()
+}
+
 impl Verifiers {
-    /// Loads every template's component and checks its digest.
-    pub async fn load(templates: &[PossessionTemplate], data_dir: &Path) -> anyhow::Result<Self> {
+    /// Loads every approved component that names a verifier, checks its
+    /// digest, and stores its job modules.
+    pub async fn load(components: &[ApprovedComponent], data_dir: &Path) -> anyhow::Result<Self> {
+        let scratch = data_dir.join("verifiers");
+        std::fs::create_dir_all(&scratch)?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let jobs = Arc::new(depin_gateway::jobs::JobEngine::open(
+            &scratch.join("jobs"),
+            workers,
+        )?);
         let runtime = Runtime::new(
             &RuntimeConfig {
                 max_instances: 16,
                 ..RuntimeConfig::default()
             },
             Some(&data_dir.join("compiled")),
-        )?;
-        let scratch = data_dir.join("verifiers");
-        std::fs::create_dir_all(&scratch)?;
+        )?
+        .with_jobs(jobs.clone());
         let ledger = Ledger::open(&scratch)?;
         let mut plugins = BTreeMap::new();
-        for t in templates {
-            if plugins.contains_key(&t.plugin) {
-                continue;
-            }
+        for c in components {
+            let Some(file) = &c.verifier else { continue };
+            // The module store is per plugin name: one per digest.
+            let name = format!("verifier-{}", &c.digest["sha256:".len()..][..16]);
             let cfg = PluginConfig {
-                name: t.plugin.clone(),
-                component: t.component.clone(),
+                name: name.clone(),
+                component: file.clone(),
+                jobs: (!c.job_modules.is_empty()).then(verifier_jobs),
                 ..PluginConfig::default()
             };
             // `verify` needs no gateway configuration, and the collector has
@@ -104,20 +129,27 @@ impl Verifiers {
             // linked, described) but its `init` is not called, so a plugin
             // whose `init` requires settings (the relay's `upstream`) can
             // still check proofs.
-            let compiled = runtime.compile(&t.component).map_err(anyhow::Error::msg)?;
+            let compiled = runtime.compile(file).map_err(anyhow::Error::msg)?;
             let loaded = LoadedPlugin::prepare(&runtime, &cfg, ledger.clone(), compiled)
                 .await
                 .map(Arc::new)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", t.component.display()))?;
-            if loaded.digest != t.digest {
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if loaded.digest != c.digest {
                 anyhow::bail!(
-                    "{}: digest is {}, but challenges.possession pins {}",
-                    t.component.display(),
+                    "{}: digest is {}, but its [[component]] approves {}",
+                    file.display(),
                     loaded.digest,
-                    t.digest
+                    c.digest
                 );
             }
-            plugins.insert(t.plugin.clone(), loaded);
+            for m in &c.job_modules {
+                let wasm = std::fs::read(m).map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
+                let max = verifier_jobs().max_module_bytes as usize;
+                jobs.put_module(&name, wasm, max)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
+            }
+            plugins.insert(c.digest.clone(), loaded);
         }
         Ok(Self {
             plugins,
@@ -126,10 +158,10 @@ impl Verifiers {
         })
     }
 
-    /// Whether the plugin's `verify` accepts `payload` for `spec`. A
-    /// verifier that traps counts as a failed proof.
-    pub async fn verify(&self, spec: &ChallengeSpec, payload: Vec<u8>) -> bool {
-        let Some(plugin) = self.plugins.get(&spec.plugin) else {
+    /// Whether the verifier of `digest` accepts `payload` for `spec`. A
+    /// verifier that traps, or no verifier, counts as a failed proof.
+    pub async fn verify(&self, digest: &str, spec: &ChallengeSpec, payload: Vec<u8>) -> bool {
+        let Some(plugin) = self.plugins.get(digest) else {
             return false;
         };
         let proof = depin_gateway::runtime::contract::Proof {
@@ -148,73 +180,134 @@ fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-/// Issues one round of challenges to every gateway that has reported.
-/// Returns how many were issued.
-pub fn issue_round(store: &CollectorStore, config: &ChallengesConfig) -> anyhow::Result<usize> {
+/// When each gateway gets its next round (in memory: after a restart every
+/// gateway gets a fresh random time).
+#[derive(Debug, Default)]
+pub struct Rounds {
+    next_ms: HashMap<String, u64>,
+}
+
+impl Rounds {
+    /// Whether `gateway` is due at `now`; when it is, draws its next time.
+    /// A gateway seen for the first time gets a random time first.
+    fn due(&mut self, gateway: &str, now: u64, interval_ms: u64) -> bool {
+        let draw = || now + rand::thread_rng().gen_range(interval_ms / 2..=interval_ms * 3 / 2);
+        match self.next_ms.get(gateway).copied() {
+            None => {
+                let first = now + rand::thread_rng().gen_range(0..=interval_ms);
+                self.next_ms.insert(gateway.to_string(), first);
+                false
+            }
+            Some(t) if t <= now => {
+                let next = draw();
+                self.next_ms.insert(gateway.to_string(), next);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
+/// Issues challenges to every gateway that has reported and whose random
+/// round time has come; expires overdue ones first. Returns how many were
+/// issued.
+pub fn issue_round(
+    store: &CollectorStore,
+    config: &ChallengesConfig,
+    rounds: &mut Rounds,
+    now: u64,
+) -> anyhow::Result<usize> {
     let mut issued = 0;
     for gateway in store.gateway_ids()? {
-        let now = now_ms();
-        let mut open = 0;
-        for c in store.challenges_of(&gateway)? {
-            if c.status != "pending" && c.status != "sent" {
-                continue;
-            }
-            if c.issued_ms.saturating_add(config.answer_timeout_ms) < now {
-                store.set_status(&c.spec.id, "expired")?;
-            } else {
-                open += 1;
-            }
+        let open = store.expire_overdue(&gateway, now)?;
+        if !rounds.due(&gateway, now, config.interval_ms) {
+            continue;
         }
         let mut room = config.max_open.saturating_sub(open);
-        let recent = store.latest_reports(&gateway, 8)?;
         let mut specs = Vec::new();
         if config.inclusion
-            && let Some(r) = recent.iter().find(|r| r.report.records > 0)
+            && let Some((epoch, records)) = pick_epoch_with_records(store, &gateway)?
         {
-            specs.push(ChallengeSpec {
-                id: random_hex(16),
-                family: "inclusion".into(),
-                epoch: r.report.epoch,
-                index: rand::thread_rng().gen_range(0..r.report.records),
-                plugin: String::new(),
-                kind: "inclusion".into(),
-                nonce: random_hex(16),
-                params: String::new(),
-            });
-        }
-        for t in &config.possession {
-            let runs_it = recent
-                .iter()
-                .any(|r| r.report.totals.iter().any(|x| x.plugin == t.plugin));
-            if runs_it {
-                specs.push(ChallengeSpec {
+            specs.push((
+                ChallengeSpec {
                     id: random_hex(16),
-                    family: "possession".into(),
-                    epoch: 0,
-                    index: 0,
-                    plugin: t.plugin.clone(),
-                    kind: t.kind.clone(),
-                    nonce: random_hex(32),
-                    params: t.params.clone(),
-                });
+                    family: "inclusion".into(),
+                    epoch,
+                    index: rand::thread_rng().gen_range(0..records),
+                    plugin: String::new(),
+                    kind: "inclusion".into(),
+                    nonce: random_hex(16),
+                    params: String::new(),
+                    deadline_ms: 0,
+                },
+                String::new(),
+            ));
+        }
+        if let Some(latest) = store.latest_reports(&gateway, 1)?.pop() {
+            for t in &config.possession {
+                for c in &latest.report.components {
+                    if c.digest_string() != t.digest {
+                        continue;
+                    }
+                    specs.push((
+                        ChallengeSpec {
+                            id: random_hex(16),
+                            family: "possession".into(),
+                            epoch: 0,
+                            index: 0,
+                            plugin: c.plugin.clone(),
+                            kind: t.kind.clone(),
+                            nonce: random_hex(32),
+                            params: t.params.clone(),
+                            deadline_ms: 0,
+                        },
+                        t.digest.clone(),
+                    ));
+                }
             }
         }
-        for spec in specs {
+        for (mut spec, digest) in specs {
             if room == 0 {
                 break;
             }
+            let deadline_ms = now + config.answer_timeout_ms;
+            spec.deadline_ms = deadline_ms;
             store.issue(&ChallengeRecord {
                 spec,
                 gateway: gateway.clone(),
-                issued_ms: now_ms(),
+                issued_ms: now,
+                deadline_ms,
+                digest,
                 status: "pending".into(),
-                counted_in: None,
+                decided_ms: None,
             })?;
             room -= 1;
             issued += 1;
         }
     }
     Ok(issued)
+}
+
+/// A random accepted epoch of `gateway` that has records: (epoch, count).
+fn pick_epoch_with_records(
+    store: &CollectorStore,
+    gateway: &str,
+) -> Result<Option<(u64, u64)>, ChainError> {
+    let epochs = store.report_epochs(gateway)?;
+    if epochs.is_empty() {
+        return Ok(None);
+    }
+    for _ in 0..8 {
+        let epoch = epochs[rand::thread_rng().gen_range(0..epochs.len())];
+        let Some(bytes) = store.report(gateway, epoch)? else {
+            continue;
+        };
+        let r = SignedReport::decode(&bytes).map_err(|e| ChainError::Storage(e.to_string()))?;
+        if r.report.records > 0 {
+            return Ok(Some((epoch, r.report.records)));
+        }
+    }
+    Ok(None)
 }
 
 /// Why an answer was refused (the verdict itself is not an error).
@@ -230,13 +323,16 @@ pub enum AnswerRejection {
     Storage(String),
 }
 
-/// Checks an answer and records the verdict; returns whether it passed.
+/// Checks an answer and records the verdict; returns the challenge id and
+/// the status it ends in (`passed`, `failed`, or `expired` when the answer
+/// came after the deadline).
 pub async fn judge(
     store: &CollectorStore,
     verifiers: &Verifiers,
     cert_gateway: &str,
     bytes: &[u8],
-) -> Result<(String, bool), AnswerRejection> {
+) -> Result<(String, String), AnswerRejection> {
+    let received = now_ms();
     let answer = Answer::decode(bytes).map_err(|e| AnswerRejection::Malformed(e.to_string()))?;
     if format!("dpg1{}", hex::encode(answer.gateway_key)) != cert_gateway {
         return Err(AnswerRejection::WrongGateway);
@@ -245,10 +341,10 @@ pub async fn judge(
     let record = store
         .challenge(&answer.challenge_id)
         .map_err(storage)?
-        .filter(|c| c.gateway == cert_gateway && (c.status == "sent" || c.status == "pending"))
+        .filter(|c| c.gateway == cert_gateway && crate::store::OPEN.contains(&c.status.as_str()))
         .ok_or_else(|| AnswerRejection::Unknown(answer.challenge_id.clone()))?;
     let spec = &record.spec;
-    let passed = if !answer.answered {
+    let passed = if !answer.answered || record.deadline_ms < received {
         false
     } else if spec.family == "inclusion" {
         let report = store
@@ -262,30 +358,48 @@ pub async fn judge(
             _ => false,
         }
     } else {
-        verifiers.verify(spec, answer.payload).await
+        verifiers.verify(&record.digest, spec, answer.payload).await
     };
-    store
-        .resolve(&answer.challenge_id, passed)
+    // Judged by when the answer arrived, not by when the verifier finished.
+    let status = store
+        .resolve(&answer.challenge_id, passed, received)
         .map_err(storage)?;
-    Ok((answer.challenge_id, passed))
+    Ok((answer.challenge_id, status))
 }
 
-/// Issues challenges every `interval_ms` and wakes long-polls.
+/// Issues challenges (at random times per gateway), prunes decided ones
+/// past retention, and wakes long-polls.
 pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesConfig) {
     if config.interval_ms == 0 {
         return;
     }
-    let mut every = tokio::time::interval(Duration::from_millis(config.interval_ms));
+    // Ticks often enough that the random times keep their spread.
+    let tick = Duration::from_millis((config.interval_ms / 8).clamp(10, 1_000));
+    let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let rounds = Arc::new(std::sync::Mutex::new(Rounds::default()));
     loop {
         every.tick().await;
         let c = collector.clone();
         let cfg = config.clone();
-        match tokio::task::spawn_blocking(move || issue_round(&c.store, &cfg)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                tracing::debug!(issued = n, "challenges issued");
-                collector.challenge_ready.notify_waiters();
+        let r = rounds.clone();
+        let work = move || {
+            let now = now_ms();
+            let issued = issue_round(&c.store, &cfg, &mut r.lock().expect("rounds"), now)?;
+            let pruned = c
+                .store
+                .prune_decided(now.saturating_sub(cfg.retention_ms), 1_000)?;
+            anyhow::Ok((issued, pruned))
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok((issued, pruned))) => {
+                if pruned > 0 {
+                    tracing::debug!(pruned, "decided challenges pruned");
+                }
+                if issued > 0 {
+                    tracing::debug!(issued, "challenges issued");
+                    collector.challenge_ready.notify_waiters();
+                }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot issue challenges"),
             Err(e) => tracing::error!(error = %e, "challenge issuer panicked"),
@@ -296,57 +410,86 @@ pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesC
 #[cfg(test)]
 mod tests {
     use depin_gateway::identity::DeviceKey;
-    use depin_protocol::report::EpochReport;
+    use depin_protocol::report::{EpochReport, REPORT_VERSION};
 
     use super::*;
 
+    struct Zero;
+    impl crate::store::Decide for Zero {
+        fn decide(&self, _: &SignedReport, _: &[ChallengeRecord]) -> (serde_json::Value, u128) {
+            (serde_json::Value::Null, 0)
+        }
+    }
+
     #[test]
-    fn unanswered_challenges_expire_and_make_room_for_new_ones() {
+    fn rounds_come_at_random_times_and_unanswered_challenges_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = CollectorStore::open(dir.path()).unwrap();
         let key = DeviceKey::generate();
-        let report = EpochReport {
-            gateway_key: key.verifying_key().to_bytes(),
-            epoch: 7,
-            length_ms: 1000,
-            prev_hash: [0; 32],
-            first_seq: 1,
-            records: 5,
-            merkle_root: [1; 32],
-            totals: vec![],
-            subject_totals: vec![],
-            proofs: vec![],
-            reward_micro: 0,
+        for epoch in [7, 8] {
+            let report = EpochReport {
+                version: REPORT_VERSION,
+                gateway_key: key.verifying_key().to_bytes(),
+                epoch,
+                length_ms: 1000,
+                prev_hash: store
+                    .latest_reports(&key.gateway_id(), 1)
+                    .unwrap()
+                    .pop()
+                    .map_or([0; 32], |r| r.hash()),
+                first_seq: 1,
+                records: 5,
+                merkle_root: [1; 32],
+                components: vec![],
+                totals: vec![],
+                subject_totals: vec![],
+                proofs: vec![],
+                reward_micro: 0,
+            }
+            .sign(key.signing_key());
+            let end = (epoch + 1) * 1000;
+            store.accept(&report, end, end, &Zero).unwrap();
         }
-        .sign(key.signing_key());
-        store.accept(&report, 0).unwrap();
         let config = ChallengesConfig {
-            interval_ms: 1,
-            inclusion: true,
+            interval_ms: 1000,
             max_open: 1,
-            answer_timeout_ms: 60_000,
-            possession: vec![],
+            answer_timeout_ms: 500,
+            ..ChallengesConfig::default()
         };
-        assert_eq!(issue_round(&store, &config).unwrap(), 1);
-        // full: nothing new while the first is open
-        assert_eq!(issue_round(&store, &config).unwrap(), 0);
+        let mut rounds = Rounds::default();
+        // first sight: a random first time within one interval
+        assert_eq!(
+            issue_round(&store, &config, &mut rounds, 10_000).unwrap(),
+            0
+        );
+        assert_eq!(
+            issue_round(&store, &config, &mut rounds, 11_000).unwrap(),
+            1
+        );
+        // the next round comes 500..=1500 ms later, and only with room
+        assert_eq!(
+            issue_round(&store, &config, &mut rounds, 11_001).unwrap(),
+            0
+        );
         let sent = store.take_pending(&key.gateway_id()).unwrap();
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].spec.epoch, 7);
+        assert!([7, 8].contains(&sent[0].spec.epoch));
+        assert_eq!(sent[0].spec.deadline_ms, 11_500);
         assert!(sent[0].spec.index < 5);
-        std::thread::sleep(Duration::from_millis(5));
-        let expiring = ChallengesConfig {
-            answer_timeout_ms: 1,
-            ..config
-        };
-        assert_eq!(issue_round(&store, &expiring).unwrap(), 1);
-        let mut statuses: Vec<String> = store
-            .challenges_of(&key.gateway_id())
-            .unwrap()
-            .into_iter()
-            .map(|c| c.status)
-            .collect();
-        statuses.sort();
-        assert_eq!(statuses, ["expired", "pending"]);
+        // unanswered: it expires, and the next round has room again
+        assert_eq!(
+            issue_round(&store, &config, &mut rounds, 12_600).unwrap(),
+            1
+        );
+        let id = &sent[0].spec.id;
+        assert_eq!(store.challenge(id).unwrap().unwrap().status, "expired");
+        // the times differ between gateways and rounds
+        let mut seen = std::collections::BTreeSet::new();
+        for g in 0..20 {
+            let mut r = Rounds::default();
+            r.due(&format!("g{g}"), 0, 1000);
+            seen.insert(r.next_ms[&format!("g{g}")]);
+        }
+        assert!(seen.len() > 10, "{seen:?}");
     }
 }

@@ -28,12 +28,95 @@ pub struct CollectorConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// Challenge issuance and the components that verify possession proofs.
+    /// Challenge issuance, possession templates and retention.
     #[serde(default)]
     pub challenges: super::challenges::ChallengesConfig,
+    /// The epoch schedule the collector fixes for every gateway.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Approved components, one `[[component]]` each: a digest, the kind
+    /// its records are rated as, and the verifier of its proofs.
+    #[serde(default, rename = "component")]
+    pub components: Vec<ApprovedComponent>,
+    /// Bounds of the HTTPS server.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// The gateways allowed to report, one `[[gateway]]` table each.
     #[serde(default, rename = "gateway")]
     pub gateways: Vec<GatewayEntry>,
+}
+
+/// `[schedule]`: epochs as the collector counts them. Epoch `n` covers
+/// `[n * length_ms, (n + 1) * length_ms)` Unix ms, for every gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Epoch length, ms; a report of another length is refused
+    /// (`wrong-length`). Gateways set the same `[epochs] length_ms`.
+    pub length_ms: u64,
+    /// A report is accepted only once its epoch ended this long ago
+    /// (`not-ended` before). Every challenge due in the epoch is decided
+    /// by then; gateways set `[epochs] close_delay_ms` at least this.
+    pub grace_ms: u64,
+    /// Admit version-1 reports (no component digests). Their records are
+    /// rated by the kind the gateway claims, which the gateway can fake:
+    /// only for a migration window. Refused (`legacy-report`) otherwise.
+    pub admit_v1: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        // The gateways' defaults: one hour, closed one second after.
+        Self {
+            length_ms: 3_600_000,
+            grace_ms: 1_000,
+            admit_v1: false,
+        }
+    }
+}
+
+/// One `[[component]]`: a plugin component the network approves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovedComponent {
+    /// `sha256:<hex>` of the component file (`depin-gateway plugin
+    /// inspect FILE` prints it).
+    pub digest: String,
+    /// The resource kind its records are rated as (`storage-cache`,
+    /// `hotspot-relay`, `compute-task`, `sensor-aggregator`, `other`).
+    pub kind: String,
+    /// The component file whose `verify` checks its possession proofs
+    /// (its digest must be `digest`); without one, no possession
+    /// challenge can name this digest.
+    pub verifier: Option<PathBuf>,
+    /// Job modules (wasm32-wasip1) the verifier's job engine holds, for
+    /// proofs that re-execute a job (compute-task canaries).
+    #[serde(default)]
+    pub job_modules: Vec<PathBuf>,
+}
+
+/// `[server]`: bounds of the HTTPS server; each protects the collector
+/// from clients that connect and stall.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// A TLS handshake not done in this long is dropped, ms.
+    pub handshake_timeout_ms: u64,
+    /// A request whose headers do not arrive in this long is dropped, ms.
+    pub header_timeout_ms: u64,
+    /// Most connections open at once; more wait in the listen backlog
+    /// (`depin_collector_connections` shows the count).
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            max_connections: 1024,
+        }
+    }
 }
 
 /// One `[[gateway]]`: a gateway id and the client certificate it uses.
@@ -62,13 +145,53 @@ impl CollectorConfig {
         c.key_file = resolve(&c.key_file);
         c.client_ca_file = resolve(&c.client_ca_file);
         c.policy = c.policy.as_deref().map(resolve);
-        for (i, t) in c.challenges.possession.iter_mut().enumerate() {
-            t.component = resolve(&t.component);
-            if !t.digest.starts_with("sha256:") {
+        let digest_ok = |d: &str| {
+            d.strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && hex::decode(h).is_ok())
+        };
+        if c.schedule.length_ms == 0 {
+            return Err(err(
+                Some("schedule.length_ms".into()),
+                "must be greater than 0".into(),
+            ));
+        }
+        let mut approved = BTreeMap::new();
+        for (i, a) in c.components.iter_mut().enumerate() {
+            if !digest_ok(&a.digest) {
                 return Err(err(
-                    Some(format!("challenges.possession[{i}].digest")),
-                    "must be `sha256:<hex>` (see `depin-gateway plugin inspect`)".into(),
+                    Some(format!("component[{i}].digest")),
+                    "must be `sha256:<64 hex>` (see `depin-gateway plugin inspect`)".into(),
                 ));
+            }
+            if a.kind.is_empty() {
+                return Err(err(Some(format!("component[{i}].kind")), "is empty".into()));
+            }
+            if let Some(first) = approved.insert(a.digest.clone(), (i, a.verifier.is_some())) {
+                return Err(err(
+                    Some(format!("component[{i}].digest")),
+                    format!("already approved by component[{}]", first.0),
+                ));
+            }
+            a.verifier = a.verifier.as_deref().map(resolve);
+            for m in &mut a.job_modules {
+                *m = resolve(m);
+            }
+        }
+        for (i, t) in c.challenges.possession.iter_mut().enumerate() {
+            match approved.get(&t.digest) {
+                Some((_, true)) => {}
+                Some((_, false)) => {
+                    return Err(err(
+                        Some(format!("challenges.possession[{i}].digest")),
+                        "its [[component]] names no verifier".into(),
+                    ));
+                }
+                None => {
+                    return Err(err(
+                        Some(format!("challenges.possession[{i}].digest")),
+                        "is not an approved [[component]] digest".into(),
+                    ));
+                }
             }
             if hex::decode(&t.params).is_err() {
                 return Err(err(
@@ -141,7 +264,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway[0].cert_sha256"), "{e}");
         let e = load(&format!(
-            "{BASE}[[challenges.possession]]\nplugin = \"p\"\nkind = \"k\"\ncomponent = \"p.wasm\"\ndigest = \"abc\"\n"
+            "{BASE}[[challenges.possession]]\nkind = \"k\"\ndigest = \"sha256:{}\"\n",
+            "ab".repeat(32)
         ))
         .unwrap_err();
         assert_eq!(
@@ -149,6 +273,13 @@ mod tests {
             Some("challenges.possession[0].digest"),
             "{e}"
         );
+        let e = load(&format!(
+            "{BASE}[[component]]\ndigest = \"abc\"\nkind = \"other\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("component[0].digest"), "{e}");
+        let e = load(&format!("{BASE}[schedule]\nlength_ms = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("schedule.length_ms"), "{e}");
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
     }

@@ -1,20 +1,21 @@
 //! The reference collector (`depin-collector --config collector.toml`):
-//! receives epoch reports over mutual TLS and keeps the authoritative
-//! record.
+//! receives epoch reports over mutual TLS, issues and judges challenges,
+//! and decides every reward line by line, trusting nothing a gateway can
+//! fake (see `intake` for the checks and `docs/operators/collector.md`
+//! for the threat model).
 //!
-//! For each `POST /v1/reports` it checks, in order: the client certificate
-//! maps to a known gateway id (403); the body is a canonical, correctly
-//! signed report (400 malformed, 401 bad signature); the report's gateway
-//! key is the one the certificate maps to (403); the reward estimate equals
-//! the collector's recomputation under its policy (422); the report extends
-//! the gateway's chain (409: gap, reordering, conflicting report). The same
-//! report again gets the same acknowledgement and is counted once.
-//!
-//! Also serves `GET /v1/gateways`, `GET /v1/rewards?epoch=N` (JSON) and a
-//! Prometheus `GET /metrics`.
+//! Serves over HTTPS (client certificate required): `POST /v1/reports`
+//! (the acknowledgement carries the collector's decision), `GET
+//! /v1/challenges?wait_ms=N` (long poll), `POST /v1/challenges/answer`,
+//! `GET /v1/gateways`, `GET /v1/gateways/{id}/epochs/{n}` (the decision:
+//! reward lines with reasons), `GET /v1/rewards?epoch=N` and a Prometheus
+//! `GET /metrics`. `depin-collector explain --gateway ID --epoch N` prints
+//! the same decision from the store.
 
 pub mod challenges;
 pub mod config;
+pub mod explain;
+pub mod intake;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -23,99 +24,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use depin_gateway::upstream::tls::{fingerprint, server_config};
-use depin_protocol::report::{ReportError, SignedReport};
+use depin_protocol::report::SignedReport;
 use depin_protocol::rewards::RewardPolicy;
+use depin_protocol::time::now_ms;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use config::CollectorConfig;
+pub use intake::{Rejection, check_report};
 pub use store::{Accepted, ChainError, CollectorStore};
 
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
-/// Why a report was refused, with its HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum Rejection {
-    #[error("{0}")]
-    Malformed(ReportError),
-    #[error("{0}")]
-    BadSignature(ReportError),
-    #[error("the report is signed for {report} but the client certificate belongs to {cert}")]
-    WrongGateway { report: String, cert: String },
-    #[error("the reward estimate {estimate} does not match the policy's {computed}")]
-    RewardMismatch { estimate: u128, computed: u128 },
-    #[error(transparent)]
-    Chain(ChainError),
-}
-
-impl Rejection {
-    fn status(&self) -> StatusCode {
-        match self {
-            Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
-            Rejection::BadSignature(_) => StatusCode::UNAUTHORIZED,
-            Rejection::WrongGateway { .. } => StatusCode::FORBIDDEN,
-            Rejection::RewardMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::Chain(ChainError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            Rejection::Chain(ChainError::ProofMismatch(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::Chain(_) => StatusCode::CONFLICT,
-        }
-    }
-
-    /// The metrics label.
-    fn reason(&self) -> &'static str {
-        match self {
-            Rejection::Malformed(_) => "malformed",
-            Rejection::BadSignature(_) => "bad_signature",
-            Rejection::WrongGateway { .. } => "wrong_gateway",
-            Rejection::RewardMismatch { .. } => "reward_mismatch",
-            Rejection::Chain(ChainError::Storage(_)) => "storage",
-            Rejection::Chain(ChainError::ProofMismatch(_)) => "proof_mismatch",
-            Rejection::Chain(_) => "chain",
-        }
-    }
-}
-
-/// Checks a report's encoding, signature, sender and reward; does not touch
-/// storage. Returns the report and the collector's reward.
-pub fn check_report(
-    bytes: &[u8],
-    cert_gateway: &str,
-    policy: &RewardPolicy,
-) -> Result<(SignedReport, u128), Rejection> {
-    let report = SignedReport::decode(bytes).map_err(|e| match e {
-        ReportError::BadSignature => Rejection::BadSignature(e),
-        other => Rejection::Malformed(other),
-    })?;
-    let id = report.report.gateway_id();
-    if id != cert_gateway {
-        return Err(Rejection::WrongGateway {
-            report: id,
-            cert: cert_gateway.to_string(),
-        });
-    }
-    let computed = report.report.reward_under(policy);
-    if computed != report.report.reward_micro {
-        return Err(Rejection::RewardMismatch {
-            estimate: report.report.reward_micro,
-            computed,
-        });
-    }
-    Ok((report, computed))
-}
-
 /// A running collector's shared state.
 pub struct Collector {
     store: CollectorStore,
     policy: RewardPolicy,
+    schedule: config::ScheduleConfig,
+    server: config::ServerConfig,
+    /// Approved component digest -> kind.
+    approved: BTreeMap<String, String>,
     certs: BTreeMap<String, String>,
     accepted: AtomicU64,
     duplicates: AtomicU64,
@@ -125,6 +63,9 @@ pub struct Collector {
     pub challenge_ready: tokio::sync::Notify,
     proofs_passed: AtomicU64,
     proofs_failed: AtomicU64,
+    proofs_expired: AtomicU64,
+    connections: Arc<tokio::sync::Semaphore>,
+    handshakes_timed_out: AtomicU64,
 }
 
 impl Collector {
@@ -138,40 +79,69 @@ impl Collector {
         Ok(Self {
             store: CollectorStore::open(&config.data_dir)?,
             policy,
+            schedule: config.schedule.clone(),
+            server: config.server.clone(),
+            approved: config
+                .components
+                .iter()
+                .map(|c| (c.digest.clone(), c.kind.clone()))
+                .collect(),
             certs: config.cert_map(),
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
-            verifiers: challenges::Verifiers::load(&config.challenges.possession, &config.data_dir)
-                .await?,
+            verifiers: challenges::Verifiers::load(&config.components, &config.data_dir).await?,
             challenge_ready: tokio::sync::Notify::new(),
             proofs_passed: AtomicU64::new(0),
             proofs_failed: AtomicU64::new(0),
+            proofs_expired: AtomicU64::new(0),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            handshakes_timed_out: AtomicU64::new(0),
         })
     }
 
-    /// Checks and stores one report from `cert_gateway`.
+    /// Checks one report from `cert_gateway` and, when it may count,
+    /// decides and stores it. A refusal of a report that is signed by the
+    /// certificate's gateway is kept for `explain`.
     pub fn receive(
         &self,
         bytes: &[u8],
         cert_gateway: &str,
     ) -> Result<(SignedReport, Accepted), Rejection> {
+        let now = now_ms();
+        let decider = intake::Decider {
+            policy: &self.policy,
+            approved: &self.approved,
+        };
         let result =
-            check_report(bytes, cert_gateway, &self.policy).and_then(|(report, reward)| {
+            check_report(bytes, cert_gateway, &self.schedule, now).and_then(|(report, end_ms)| {
                 self.store
-                    .accept(&report, reward)
+                    .accept(&report, end_ms, now, &decider)
                     .map(|a| (report, a))
                     .map_err(Rejection::Chain)
             });
         match &result {
-            Ok((_, Accepted::New)) => {
+            Ok((_, Accepted::New(_))) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
             }
-            Ok((_, Accepted::Duplicate)) => {
+            Ok((_, Accepted::Duplicate(_))) => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                *self.rejected.lock().unwrap().entry(e.reason()).or_default() += 1;
+                *self.rejected.lock().unwrap().entry(e.name()).or_default() += 1;
+                let authentic = !matches!(
+                    e,
+                    Rejection::Malformed(_)
+                        | Rejection::BadSignature(_)
+                        | Rejection::WrongGateway { .. }
+                        | Rejection::Chain(ChainError::Storage(_))
+                );
+                if authentic && let Ok(report) = SignedReport::decode(bytes) {
+                    let refusal = intake::refusal_json(&report, e, now);
+                    if let Err(err) = self.store.record_refusal(cert_gateway, &refusal) {
+                        tracing::error!(error = %err, "cannot keep a refusal");
+                    }
+                }
             }
         }
         result
@@ -212,6 +182,20 @@ impl Collector {
             "depin_collector_challenges_total{{verdict=\"failed\"}} {}\n",
             self.proofs_failed.load(Ordering::Relaxed)
         ));
+        out.push_str(&format!(
+            "depin_collector_challenges_total{{verdict=\"expired\"}} {}\n",
+            self.proofs_expired.load(Ordering::Relaxed)
+        ));
+        let open = self.server.max_connections - self.connections.available_permits();
+        out.push_str("# HELP depin_collector_connections Open client connections (bound: server.max_connections).\n");
+        out.push_str("# TYPE depin_collector_connections gauge\n");
+        out.push_str(&format!("depin_collector_connections {open}\n"));
+        out.push_str("# HELP depin_collector_tls_handshake_timeouts_total TLS handshakes dropped after server.handshake_timeout_ms.\n");
+        out.push_str("# TYPE depin_collector_tls_handshake_timeouts_total counter\n");
+        out.push_str(&format!(
+            "depin_collector_tls_handshake_timeouts_total {}\n",
+            self.handshakes_timed_out.load(Ordering::Relaxed)
+        ));
         let gateways = self.store.gateways().map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
@@ -247,11 +231,11 @@ impl Collector {
                     tokio::task::spawn_blocking(move || this.receive(&body, &gateway)).await;
                 match outcome {
                     Ok(Ok((report, accepted))) => {
-                        let status = match accepted {
-                            Accepted::New => "accepted",
-                            Accepted::Duplicate => "duplicate",
+                        let (status, decision) = match accepted {
+                            Accepted::New(d) => ("accepted", d),
+                            Accepted::Duplicate(d) => ("duplicate", d),
                         };
-                        tracing::info!(gateway = %report.report.gateway_id(), epoch = report.report.epoch, status, "report received");
+                        tracing::info!(gateway = %report.report.gateway_id(), epoch = report.report.epoch, status, reward_micro = decision["reward_micro"].as_str().unwrap_or("?"), "report received");
                         json(
                             StatusCode::OK,
                             serde_json::json!({
@@ -259,12 +243,16 @@ impl Collector {
                                 "gateway_id": report.report.gateway_id(),
                                 "epoch": report.report.epoch,
                                 "hash": hex::encode(report.hash()),
+                                "decision": decision,
                             }),
                         )
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "report rejected");
-                        text(e.status(), e.to_string())
+                        tracing::warn!(error = %e, reason = e.name(), "report refused");
+                        json(
+                            e.status(),
+                            serde_json::json!({"refused": e.name(), "message": e.to_string()}),
+                        )
                     }
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
@@ -309,17 +297,18 @@ impl Collector {
                     Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
                 };
                 match challenges::judge(&self.store, &self.verifiers, &gateway, &body).await {
-                    Ok((id, passed)) => {
-                        let counter = if passed {
-                            &self.proofs_passed
-                        } else {
-                            &self.proofs_failed
+                    Ok((id, status)) => {
+                        let counter = match status.as_str() {
+                            "passed" => &self.proofs_passed,
+                            "expired" => &self.proofs_expired,
+                            _ => &self.proofs_failed,
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%gateway, challenge = %id, passed, "challenge judged");
+                        let passed = status == "passed";
+                        tracing::info!(%gateway, challenge = %id, %status, "challenge judged");
                         json(
                             StatusCode::OK,
-                            serde_json::json!({"id": id, "passed": passed}),
+                            serde_json::json!({"id": id, "passed": passed, "status": status}),
                         )
                     }
                     Err(e @ challenges::AnswerRejection::Storage(_)) => {
@@ -332,6 +321,23 @@ impl Collector {
                         text(StatusCode::CONFLICT, e.to_string())
                     }
                     Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            }
+            ("GET", p) if p.starts_with("/v1/gateways/") => {
+                let rest = &p["/v1/gateways/".len()..];
+                let parsed = rest
+                    .split_once("/epochs/")
+                    .and_then(|(id, n)| Some((id.to_string(), n.parse::<u64>().ok()?)));
+                let Some((id, epoch)) = parsed else {
+                    return text(StatusCode::NOT_FOUND, format!("no route {method} {path}"));
+                };
+                match self.store.explain(&id, epoch) {
+                    Ok(Some(d)) => json(StatusCode::OK, d),
+                    Ok(None) => text(
+                        StatusCode::NOT_FOUND,
+                        format!("no report of {id} for epoch {epoch} was received"),
+                    ),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
             ("GET", "/v1/gateways") => match self.store.gateways() {
@@ -371,10 +377,21 @@ impl Collector {
         }
     }
 
-    /// Serves HTTPS on `listener` forever.
+    /// Serves HTTPS on `listener` forever: at most
+    /// `server.max_connections` connections at once (more wait in the
+    /// backlog), TLS handshakes bounded by `server.handshake_timeout_ms`,
+    /// request headers by `server.header_timeout_ms`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
         let acceptor = TlsAcceptor::from(tls);
+        let handshake = Duration::from_millis(self.server.handshake_timeout_ms);
+        let header = Duration::from_millis(self.server.header_timeout_ms);
         loop {
+            let permit = self
+                .connections
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -385,10 +402,16 @@ impl Collector {
             let acceptor = acceptor.clone();
             let this = self.clone();
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        this.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%remote, "TLS handshake timed out");
                         return;
                     }
                 };
@@ -404,6 +427,8 @@ impl Collector {
                     async move { Ok::<_, Infallible>(this.handle(peer, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header)
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
             });
@@ -428,20 +453,50 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 /// depin-collector: the reference collector. Accepts gateways' epoch
-/// reports over mutual TLS, checks them, recomputes rewards, and issues and
-/// judges challenges. Runs until SIGTERM or SIGINT.
+/// reports over mutual TLS, checks them, issues and judges challenges, and
+/// decides rewards line by line. Runs until SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
 #[command(name = "depin-collector", version, about, long_about)]
 pub struct Cli {
     /// The collector's configuration file.
-    #[arg(long, short, default_value = "collector.toml")]
+    #[arg(long, short, default_value = "collector.toml", global = true)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the collector's decision on one gateway's epoch: the reward
+    /// lines (plugin, digest, unit, quantity, rate, amount, reason), the
+    /// proof score from the collector's own records, or why the report was
+    /// refused. Reads the store (the collector must be stopped; a running
+    /// one answers GET /v1/gateways/{id}/epochs/{n}).
+    Explain {
+        /// The gateway id, `dpg1...`.
+        #[arg(long)]
+        gateway: String,
+        /// The epoch number.
+        #[arg(long)]
+        epoch: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; the exit code says whether it worked.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli.config) {
+    let result = match cli.command {
+        None => run(&cli.config),
+        Some(Command::Explain {
+            gateway,
+            epoch,
+            json,
+        }) => explain::run(&cli.config, &gateway, epoch, json),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,10 +1,14 @@
-//! `collector.redb`: accepted reports, each gateway's chain head and the
-//! rewards per epoch.
+//! `collector.redb`: accepted reports, each gateway's chain head, every
+//! challenge issued with its deadline and verdict, and the decision (reward
+//! lines with reasons) per gateway and epoch.
 //!
-//! Guarantees: a report is accepted at most once (the same bytes again are
-//! a duplicate with the same acknowledgement); a gateway's accepted reports
-//! form an unbroken chain from its first report (previous hash = zeros),
-//! in epoch order.
+//! Guarantees: a report is accepted at most once (the same bytes as the
+//! last accepted report again are a duplicate with the same
+//! acknowledgement); a gateway's accepted reports form an unbroken chain of
+//! consecutive epochs from its first report (previous hash = zeros).
+//! Accepting a report, deciding its epoch's challenges and storing its
+//! decision happen in one transaction. Challenges are found by (gateway,
+//! status) and by (gateway, deadline), never by a full scan.
 
 use std::path::Path;
 
@@ -19,35 +23,67 @@ const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repor
 const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 /// challenge id -> JSON `ChallengeRecord`
 const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
+/// (gateway id, status, challenge id) -> deadline ms
+const BY_STATUS: TableDefinition<(&str, &str, &str), u64> =
+    TableDefinition::new("challenges-by-status");
+/// (gateway id, deadline ms, challenge id) -> ()
+const BY_DEADLINE: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("challenges-by-deadline");
 /// (epoch, gateway id) -> reward, micro-tokens
 const REWARDS: TableDefinition<(u64, &str), u128> = TableDefinition::new("rewards");
+/// (gateway id, epoch) -> JSON decision (what `explain` shows)
+const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("decisions");
+/// gateway id -> JSON of its latest refused report
+const REFUSALS: TableDefinition<&str, &[u8]> = TableDefinition::new("refusals");
+
+/// Statuses of a challenge that wait for an answer.
+pub const OPEN: [&str; 2] = ["pending", "sent"];
+/// Statuses of a decided challenge.
+pub const DECIDED: [&str; 3] = ["passed", "failed", "expired"];
 
 /// What happened to a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    /// New, stored and counted.
-    New,
-    /// Already stored byte for byte; not counted again.
-    Duplicate,
+    /// New, stored and counted; the collector's decision.
+    New(serde_json::Value),
+    /// The last accepted report again; not counted again. Its decision.
+    Duplicate(serde_json::Value),
 }
 
-/// Why a report does not fit the gateway's chain.
+/// Why a report does not fit the gateway's chain; each has a name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("a different report for epoch {0} was already accepted")]
-    Conflict(u64),
-    #[error("epoch {epoch} is not after the last accepted epoch {last} (replay or reordering)")]
-    Old { epoch: u64, last: u64 },
+    Overlapping(u64),
+    #[error("epoch {epoch} precedes the last accepted epoch {last}")]
+    Preceding { epoch: u64, last: u64 },
+    #[error("epoch {epoch} was accepted before, and the chain has moved on to {last}")]
+    Replayed { epoch: u64, last: u64 },
     #[error(
-        "the previous-report hash does not match the last accepted report (epoch {last}): a report is missing (gap) or the chain forks"
+        "epoch {epoch} does not follow the last accepted epoch {last} (its previous-report hash or its number leaves a gap, or the chain forks)"
     )]
-    Gap { last: u64 },
+    Gap { epoch: u64, last: u64 },
     #[error("the first report of a gateway must start its chain (previous hash all zeros)")]
     NotGenesis,
-    #[error("the report's challenge results do not match the collector's: {0}")]
-    ProofMismatch(String),
+    #[error("the report lists challenge {0}, which the collector never issued to this gateway")]
+    UnknownChallenge(String),
     #[error("storage failed: {0}")]
     Storage(String),
+}
+
+impl ChainError {
+    /// The documented refusal name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChainError::Overlapping(_) => "overlapping",
+            ChainError::Preceding { .. } => "preceding",
+            ChainError::Replayed { .. } => "replayed",
+            ChainError::Gap { .. } => "gap",
+            ChainError::NotGenesis => "not-genesis",
+            ChainError::UnknownChallenge(_) => "unknown-challenge",
+            ChainError::Storage(_) => "storage",
+        }
+    }
 }
 
 /// A challenge the collector issued, and what became of it.
@@ -56,17 +92,27 @@ pub struct ChallengeRecord {
     pub spec: depin_protocol::proofs::ChallengeSpec,
     pub gateway: String,
     pub issued_ms: u64,
-    /// `pending` (not yet fetched), `sent`, `passed`, `failed`, or
-    /// `expired` (not answered in time; never counted).
+    /// Answers after this are not judged; unanswered it is `expired`,
+    /// which counts as failed in the epoch the deadline falls in.
+    pub deadline_ms: u64,
+    /// Possession: the component digest whose verifier judges it.
+    #[serde(default)]
+    pub digest: String,
+    /// `pending` (not yet fetched), `sent`, `passed`, `failed`, `expired`.
     pub status: String,
-    /// The epoch whose report counted the result.
-    pub counted_in: Option<u64>,
+    /// When it was decided.
+    #[serde(default)]
+    pub decided_ms: Option<u64>,
 }
 
 impl<E: Into<redb::Error>> From<E> for ChainError {
     fn from(e: E) -> Self {
         ChainError::Storage(e.into().to_string())
     }
+}
+
+fn storage(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Storage(e.to_string())
 }
 
 /// A gateway as the collector knows it.
@@ -79,6 +125,13 @@ pub struct GatewaySummary {
     pub reward_micro: String,
 }
 
+/// How the collector decides an accepted report's reward: given the
+/// report and the challenges due in its epoch (the collector's records),
+/// the decision as JSON and the reward.
+pub trait Decide {
+    fn decide(&self, report: &SignedReport, due: &[ChallengeRecord]) -> (serde_json::Value, u128);
+}
+
 /// The open collector store.
 pub struct CollectorStore {
     db: Database,
@@ -89,85 +142,139 @@ impl CollectorStore {
     pub fn open(data_dir: &Path) -> Result<Self, ChainError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| ChainError::Storage(format!("{}: {e}", data_dir.display())))?;
-        let db = Database::create(data_dir.join("collector.redb"))?;
+        let path = data_dir.join("collector.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => ChainError::Storage(format!(
+                "{}: in use by a running collector (ask it: GET /v1/gateways/ID/epochs/N)",
+                path.display()
+            )),
+            other => ChainError::Storage(format!("{}: {other}", path.display())),
+        })?;
         let txn = db.begin_write()?;
         txn.open_table(REPORTS)?;
         txn.open_table(HEADS)?;
         txn.open_table(REWARDS)?;
         txn.open_table(CHALLENGES)?;
+        txn.open_table(BY_STATUS)?;
+        txn.open_table(BY_DEADLINE)?;
+        txn.open_table(DECISIONS)?;
+        txn.open_table(REFUSALS)?;
         txn.commit()?;
         Ok(Self { db })
     }
 
-    /// Accepts `report` (already verified) for `gateway` if it extends the
-    /// chain; `reward` is the collector's own computation.
-    pub fn accept(&self, report: &SignedReport, reward: u128) -> Result<Accepted, ChainError> {
+    /// Accepts `report` (already checked: encoding, signature, sender,
+    /// schedule) if it extends its gateway's chain: decides every challenge
+    /// due in `[start_ms, end_ms)` (open ones expire), cross-checks the
+    /// report's list against them, and stores the decision `decide` makes.
+    pub fn accept(
+        &self,
+        report: &SignedReport,
+        end_ms: u64,
+        now_ms: u64,
+        decide: &dyn Decide,
+    ) -> Result<Accepted, ChainError> {
         let gateway = report.report.gateway_id();
         let epoch = report.report.epoch;
         let txn = self.db.begin_write()?;
-        {
+        let decision = {
             let mut reports = txn.open_table(REPORTS)?;
-            if let Some(existing) = reports.get((gateway.as_str(), epoch))? {
-                return if existing.value() == report.bytes.as_slice() {
-                    Ok(Accepted::Duplicate)
-                } else {
-                    Err(ChainError::Conflict(epoch))
-                };
-            }
             let mut heads = txn.open_table(HEADS)?;
             let head = heads.get(gateway.as_str())?.map(|v| decode_head(v.value()));
+            if let Some(existing) = reports.get((gateway.as_str(), epoch))? {
+                let last = head.map_or(epoch, |h| h.0);
+                return if existing.value() != report.bytes.as_slice() {
+                    Err(ChainError::Overlapping(epoch))
+                } else if epoch == last {
+                    let d = txn
+                        .open_table(DECISIONS)?
+                        .get((gateway.as_str(), epoch))?
+                        .map(|v| serde_json::from_slice(v.value()))
+                        .transpose()
+                        .map_err(storage)?
+                        .unwrap_or(serde_json::Value::Null);
+                    Ok(Accepted::Duplicate(d))
+                } else {
+                    Err(ChainError::Replayed { epoch, last })
+                };
+            }
             match head {
                 None if report.report.prev_hash != GENESIS_HASH => {
                     return Err(ChainError::NotGenesis);
                 }
-                // By start time, so a gateway may change its epoch length.
-                Some((last, _, last_start)) if report.report.start_ms() <= last_start => {
-                    return Err(ChainError::Old { epoch, last });
+                Some((last, _, _)) if epoch < last => {
+                    return Err(ChainError::Preceding { epoch, last });
                 }
-                Some((last, hash, _)) if report.report.prev_hash != hash => {
-                    return Err(ChainError::Gap { last });
+                Some((last, hash, _)) if epoch != last + 1 || report.report.prev_hash != hash => {
+                    return Err(ChainError::Gap { epoch, last });
                 }
                 _ => {}
             }
-            let mut challenges = txn.open_table(CHALLENGES)?;
-            for p in &report.report.proofs {
-                let mut c = match challenges.get(p.challenge_id.as_str())? {
-                    Some(v) => serde_json::from_slice::<ChallengeRecord>(v.value())
-                        .map_err(|e| ChainError::Storage(e.to_string()))?,
-                    None => {
-                        return Err(ChainError::ProofMismatch(format!(
-                            "challenge {} was never issued",
-                            p.challenge_id
-                        )));
+            let start = report.report.start_ms();
+            let due = decide_due(&txn, &gateway, start, end_ms, now_ms)?;
+            {
+                let challenges = txn.open_table(CHALLENGES)?;
+                for p in &report.report.proofs {
+                    let known = challenges
+                        .get(p.challenge_id.as_str())?
+                        .map(|v| serde_json::from_slice::<ChallengeRecord>(v.value()))
+                        .transpose()
+                        .map_err(storage)?
+                        .is_some_and(|c| c.gateway == gateway);
+                    if !known {
+                        return Err(ChainError::UnknownChallenge(p.challenge_id.clone()));
                     }
-                };
-                let result = if p.passed { "passed" } else { "failed" };
-                if c.gateway != gateway || c.status != result || c.counted_in.is_some() {
-                    return Err(ChainError::ProofMismatch(format!(
-                        "challenge {}: the report says {result}, the collector has {} for {}{}",
-                        p.challenge_id,
-                        c.status,
-                        c.gateway,
-                        c.counted_in
-                            .map_or(String::new(), |e| format!(", counted in epoch {e}"))
-                    )));
                 }
-                c.counted_in = Some(epoch);
-                let json =
-                    serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
-                challenges.insert(p.challenge_id.as_str(), json.as_slice())?;
             }
+            let (decision, reward) = decide.decide(report, &due);
             reports.insert((gateway.as_str(), epoch), report.bytes.as_slice())?;
             let mut head = [0u8; 48];
             head[..8].copy_from_slice(&epoch.to_be_bytes());
             head[8..40].copy_from_slice(&report.hash());
-            head[40..].copy_from_slice(&report.report.start_ms().to_be_bytes());
+            head[40..].copy_from_slice(&start.to_be_bytes());
             heads.insert(gateway.as_str(), head.as_slice())?;
             txn.open_table(REWARDS)?
                 .insert((epoch, gateway.as_str()), reward)?;
-        }
+            let json = serde_json::to_vec(&decision).map_err(storage)?;
+            txn.open_table(DECISIONS)?
+                .insert((gateway.as_str(), epoch), json.as_slice())?;
+            decision
+        };
         txn.commit()?;
-        Ok(Accepted::New)
+        Ok(Accepted::New(decision))
+    }
+
+    /// Keeps `gateway`'s latest refused report (one per gateway: a
+    /// gateway cannot fill the store with refusals).
+    pub fn record_refusal(
+        &self,
+        gateway: &str,
+        refusal: &serde_json::Value,
+    ) -> Result<(), ChainError> {
+        let json = serde_json::to_vec(refusal).map_err(storage)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(REFUSALS)?.insert(gateway, json.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The collector's decision on `gateway`'s `epoch`: the stored
+    /// decision of an accepted report, else the latest refusal when it
+    /// names that epoch.
+    pub fn explain(
+        &self,
+        gateway: &str,
+        epoch: u64,
+    ) -> Result<Option<serde_json::Value>, ChainError> {
+        let txn = self.db.begin_read()?;
+        if let Some(v) = txn.open_table(DECISIONS)?.get((gateway, epoch))? {
+            return serde_json::from_slice(v.value()).map(Some).map_err(storage);
+        }
+        let Some(v) = txn.open_table(REFUSALS)?.get(gateway)? else {
+            return Ok(None);
+        };
+        let refusal: serde_json::Value = serde_json::from_slice(v.value()).map_err(storage)?;
+        Ok((refusal["epoch"].as_u64() == Some(epoch)).then_some(refusal))
     }
 
     /// Every gateway that has reported, with its totals.
@@ -221,55 +328,151 @@ impl CollectorStore {
             .get((gateway, epoch))?
             .map(|v| v.value().to_vec()))
     }
+
+    /// The epochs of `gateway`'s accepted reports, oldest first.
+    pub fn report_epochs(&self, gateway: &str) -> Result<Vec<u64>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))? {
+            out.push(entry?.0.value().1);
+        }
+        Ok(out)
+    }
+}
+
+/// Decides every challenge of `gateway` due in `[start, end)`: open ones
+/// expire (their deadline has passed); returns them all.
+fn decide_due(
+    txn: &redb::WriteTransaction,
+    gateway: &str,
+    start: u64,
+    end: u64,
+    now_ms: u64,
+) -> Result<Vec<ChallengeRecord>, ChainError> {
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = {
+        let t = txn.open_table(BY_DEADLINE)?;
+        let mut ids = Vec::new();
+        for e in t.range((gateway, start, "")..(gateway, end, ""))? {
+            ids.push(e?.0.value().2.to_string());
+        }
+        ids
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(mut c) = get_challenge(txn, &id)? else {
+            continue;
+        };
+        if OPEN.contains(&c.status.as_str()) && c.deadline_ms <= now_ms {
+            set_status(txn, &mut c, "expired", now_ms)?;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn get_challenge(
+    txn: &redb::WriteTransaction,
+    id: &str,
+) -> Result<Option<ChallengeRecord>, ChainError> {
+    let t = txn.open_table(CHALLENGES)?;
+    let v = t.get(id)?;
+    v.map(|v| serde_json::from_slice(v.value()).map_err(storage))
+        .transpose()
+}
+
+fn put_challenge(txn: &redb::WriteTransaction, c: &ChallengeRecord) -> Result<(), ChainError> {
+    let json = serde_json::to_vec(c).map_err(storage)?;
+    txn.open_table(CHALLENGES)?
+        .insert(c.spec.id.as_str(), json.as_slice())?;
+    Ok(())
+}
+
+/// Moves `c` to `status` in the record and the (gateway, status) index.
+fn set_status(
+    txn: &redb::WriteTransaction,
+    c: &mut ChallengeRecord,
+    status: &str,
+    now_ms: u64,
+) -> Result<(), ChainError> {
+    {
+        let mut idx = txn.open_table(BY_STATUS)?;
+        idx.remove((c.gateway.as_str(), c.status.as_str(), c.spec.id.as_str()))?;
+        idx.insert(
+            (c.gateway.as_str(), status, c.spec.id.as_str()),
+            c.deadline_ms,
+        )?;
+    }
+    c.status = status.to_string();
+    if DECIDED.contains(&status) {
+        c.decided_ms = Some(now_ms);
+    }
+    put_challenge(txn, c)
 }
 
 impl CollectorStore {
     /// Stores a newly issued challenge.
     pub fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
-        let json = serde_json::to_vec(c).map_err(|e| ChainError::Storage(e.to_string()))?;
         let txn = self.db.begin_write()?;
-        txn.open_table(CHALLENGES)?
-            .insert(c.spec.id.as_str(), json.as_slice())?;
+        put_challenge(&txn, c)?;
+        txn.open_table(BY_STATUS)?.insert(
+            (c.gateway.as_str(), c.status.as_str(), c.spec.id.as_str()),
+            c.deadline_ms,
+        )?;
+        txn.open_table(BY_DEADLINE)?
+            .insert((c.gateway.as_str(), c.deadline_ms, c.spec.id.as_str()), ())?;
         txn.commit()?;
         Ok(())
     }
 
-    /// Every challenge of `gateway` (all statuses).
-    pub fn challenges_of(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
+    /// Ids and deadlines of `gateway`'s challenges in `status`.
+    pub fn ids_in(&self, gateway: &str, status: &str) -> Result<Vec<(String, u64)>, ChainError> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(CHALLENGES)?;
+        let t = txn.open_table(BY_STATUS)?;
         let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (_, v) = entry?;
-            let c: ChallengeRecord = serde_json::from_slice(v.value())
-                .map_err(|e| ChainError::Storage(e.to_string()))?;
-            if c.gateway == gateway {
-                out.push(c);
-            }
+        for e in t.range((gateway, status, "")..(gateway, status, "\u{10ffff}"))? {
+            let (k, v) = e?;
+            out.push((k.value().2.to_string(), v.value()));
         }
         Ok(out)
     }
 
-    /// Hands out `gateway`'s pending challenges, marking them sent.
+    /// Every challenge of `gateway` in `status`.
+    pub fn challenges_in(
+        &self,
+        gateway: &str,
+        status: &str,
+    ) -> Result<Vec<ChallengeRecord>, ChainError> {
+        let mut out = Vec::new();
+        for (id, _) in self.ids_in(gateway, status)? {
+            out.extend(self.challenge(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Hands out `gateway`'s pending challenges, marking them sent. Reads
+    /// only (no commit) when there are none.
     pub fn take_pending(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
+        if self.ids_in(gateway, "pending")?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = depin_protocol::time::now_ms();
         let txn = self.db.begin_write()?;
-        let mut taken = Vec::new();
-        {
-            let mut t = txn.open_table(CHALLENGES)?;
-            let mut pending = Vec::new();
-            for entry in t.iter()? {
-                let (k, v) = entry?;
-                let c: ChallengeRecord = serde_json::from_slice(v.value())
-                    .map_err(|e| ChainError::Storage(e.to_string()))?;
-                if c.gateway == gateway && c.status == "pending" {
-                    pending.push((k.value().to_string(), c));
-                }
+        let ids: Vec<String> = {
+            let t = txn.open_table(BY_STATUS)?;
+            let mut ids = Vec::new();
+            for e in t.range((gateway, "pending", "")..(gateway, "pending", "\u{10ffff}"))? {
+                ids.push(e?.0.value().2.to_string());
             }
-            for (id, mut c) in pending {
-                c.status = "sent".into();
-                let json =
-                    serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
-                t.insert(id.as_str(), json.as_slice())?;
+            ids
+        };
+        let mut taken = Vec::new();
+        for id in ids {
+            if let Some(mut c) = get_challenge(&txn, &id)? {
+                set_status(&txn, &mut c, "sent", now)?;
                 taken.push(c);
             }
         }
@@ -277,27 +480,83 @@ impl CollectorStore {
         Ok(taken)
     }
 
-    /// Records the verdict on challenge `id`, once.
-    pub fn resolve(&self, id: &str, passed: bool) -> Result<(), ChainError> {
-        self.set_status(id, if passed { "passed" } else { "failed" })
-    }
-
-    /// Sets a challenge's status (`expired` when it went unanswered).
-    pub fn set_status(&self, id: &str, status: &str) -> Result<(), ChainError> {
+    /// Records the verdict on challenge `id` if it is still open; returns
+    /// the status it ends in (an answer after the deadline finds it
+    /// `expired`).
+    pub fn resolve(&self, id: &str, passed: bool, now_ms: u64) -> Result<String, ChainError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(CHALLENGES)?;
-            let mut c: ChallengeRecord = match t.get(id)? {
-                Some(v) => serde_json::from_slice(v.value())
-                    .map_err(|e| ChainError::Storage(e.to_string()))?,
-                None => return Err(ChainError::Storage(format!("no challenge {id}"))),
+        let Some(mut c) = get_challenge(&txn, id)? else {
+            return Err(ChainError::Storage(format!("no challenge {id}")));
+        };
+        if OPEN.contains(&c.status.as_str()) {
+            let status = if c.deadline_ms < now_ms {
+                "expired"
+            } else if passed {
+                "passed"
+            } else {
+                "failed"
             };
-            c.status = status.into();
-            let json = serde_json::to_vec(&c).map_err(|e| ChainError::Storage(e.to_string()))?;
-            t.insert(id, json.as_slice())?;
+            set_status(&txn, &mut c, status, now_ms)?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(c.status)
+    }
+
+    /// Expires `gateway`'s open challenges whose deadline passed; returns
+    /// how many are still open.
+    pub fn expire_overdue(&self, gateway: &str, now_ms: u64) -> Result<usize, ChainError> {
+        let mut open = Vec::new();
+        for s in OPEN {
+            open.extend(self.ids_in(gateway, s)?);
+        }
+        let overdue: Vec<&String> = open
+            .iter()
+            .filter(|(_, d)| *d < now_ms)
+            .map(|(id, _)| id)
+            .collect();
+        if !overdue.is_empty() {
+            let txn = self.db.begin_write()?;
+            for id in &overdue {
+                if let Some(mut c) = get_challenge(&txn, id)?
+                    && OPEN.contains(&c.status.as_str())
+                {
+                    set_status(&txn, &mut c, "expired", now_ms)?;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(open.len() - overdue.len())
+    }
+
+    /// Removes decided challenges whose deadline is older than
+    /// `before_ms`, at most `limit`; returns how many.
+    pub fn prune_decided(&self, before_ms: u64, limit: usize) -> Result<usize, ChainError> {
+        let mut victims = Vec::new();
+        for gateway in self.gateway_ids()? {
+            for s in DECIDED {
+                for (id, deadline) in self.ids_in(&gateway, s)? {
+                    if deadline < before_ms && victims.len() < limit {
+                        victims.push((gateway.clone(), s, id, deadline));
+                    }
+                }
+            }
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut all = txn.open_table(CHALLENGES)?;
+            let mut by_status = txn.open_table(BY_STATUS)?;
+            let mut by_deadline = txn.open_table(BY_DEADLINE)?;
+            for (g, s, id, d) in &victims {
+                all.remove(id.as_str())?;
+                by_status.remove((g.as_str(), *s, id.as_str()))?;
+                by_deadline.remove((g.as_str(), *d, id.as_str()))?;
+            }
+        }
+        txn.commit()?;
+        Ok(victims.len())
     }
 
     /// One challenge.
@@ -306,9 +565,7 @@ impl CollectorStore {
         let t = txn.open_table(CHALLENGES)?;
         match t.get(id)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| ChainError::Storage(e.to_string())),
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(storage),
         }
     }
 
@@ -319,9 +576,7 @@ impl CollectorStore {
         let mut out = Vec::new();
         for entry in t.range((gateway, 0)..=(gateway, u64::MAX))?.rev().take(n) {
             let (_, v) = entry?;
-            out.push(
-                SignedReport::decode(v.value()).map_err(|e| ChainError::Storage(e.to_string()))?,
-            );
+            out.push(SignedReport::decode(v.value()).map_err(storage)?);
         }
         Ok(out)
     }
@@ -354,19 +609,28 @@ fn decode_head(b: &[u8]) -> (u64, Hash, u64) {
 #[cfg(test)]
 mod tests {
     use depin_gateway::identity::DeviceKey;
-    use depin_protocol::report::EpochReport;
+    use depin_protocol::report::{EpochReport, REPORT_VERSION};
 
     use super::*;
 
-    fn report(key: &DeviceKey, epoch: u64, length_ms: u64, prev: Hash) -> SignedReport {
+    struct Zero;
+    impl Decide for Zero {
+        fn decide(&self, _: &SignedReport, due: &[ChallengeRecord]) -> (serde_json::Value, u128) {
+            (serde_json::json!({ "due": due.len() }), 0)
+        }
+    }
+
+    fn report(key: &DeviceKey, epoch: u64, prev: Hash) -> SignedReport {
         EpochReport {
+            version: REPORT_VERSION,
             gateway_key: key.verifying_key().to_bytes(),
             epoch,
-            length_ms,
+            length_ms: 1000,
             prev_hash: prev,
             first_seq: 0,
             records: 0,
             merkle_root: [0; 32],
+            components: vec![],
             totals: vec![],
             subject_totals: vec![],
             proofs: vec![],
@@ -375,28 +639,77 @@ mod tests {
         .sign(key.signing_key())
     }
 
+    fn accept(store: &CollectorStore, r: &SignedReport) -> Result<Accepted, ChainError> {
+        let end = r.report.start_ms() + r.report.length_ms;
+        store.accept(r, end, end + 1, &Zero)
+    }
+
     #[test]
-    fn chain_survives_an_epoch_length_change_and_refuses_going_back() {
+    fn the_chain_refuses_each_way_out_of_order_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let store = CollectorStore::open(dir.path()).unwrap();
         let key = DeviceKey::generate();
-        let a = report(&key, 10, 1000, GENESIS_HASH);
-        assert_eq!(store.accept(&a, 0).unwrap(), Accepted::New);
-        assert_eq!(store.accept(&a, 0).unwrap(), Accepted::Duplicate);
-        let b = report(&key, 11, 1000, a.hash());
-        assert_eq!(store.accept(&b, 0).unwrap(), Accepted::New);
-        // epoch 6 of 2000 ms starts at 12 000, after epoch 11 of 1000 ms
-        let c = report(&key, 6, 2000, b.hash());
-        assert_eq!(store.accept(&c, 0).unwrap(), Accepted::New);
-        let back = report(&key, 5, 2000, c.hash());
-        assert!(matches!(
-            store.accept(&back, 0),
-            Err(ChainError::Old { .. })
-        ));
-        let gap = report(&key, 8, 2000, [7; 32]);
-        assert!(matches!(store.accept(&gap, 0), Err(ChainError::Gap { .. })));
-        let stranger = report(&DeviceKey::generate(), 3, 1000, [1; 32]);
-        assert_eq!(store.accept(&stranger, 0), Err(ChainError::NotGenesis));
+        let a = report(&key, 10, GENESIS_HASH);
+        assert!(matches!(accept(&store, &a), Ok(Accepted::New(_))));
+        assert!(matches!(accept(&store, &a), Ok(Accepted::Duplicate(_))));
+        let b = report(&key, 11, a.hash());
+        assert!(matches!(accept(&store, &b), Ok(Accepted::New(_))));
+        let name = |r: &SignedReport| accept(&store, r).unwrap_err().name();
+        assert_eq!(name(&a), "replayed");
+        assert_eq!(name(&report(&key, 11, [3; 32])), "overlapping");
+        assert_eq!(name(&report(&key, 10, [3; 32])), "overlapping");
+        assert_eq!(name(&report(&key, 9, b.hash())), "preceding");
+        assert_eq!(name(&report(&key, 13, b.hash())), "gap");
+        assert_eq!(name(&report(&key, 12, [7; 32])), "gap");
+        assert_eq!(
+            name(&report(&DeviceKey::generate(), 3, [1; 32])),
+            "not-genesis"
+        );
         assert_eq!(store.gateways().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn open_challenges_due_in_the_epoch_expire_when_it_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CollectorStore::open(dir.path()).unwrap();
+        let key = DeviceKey::generate();
+        let gw = key.gateway_id();
+        for (id, deadline) in [("in", 10_500), ("after", 11_200)] {
+            store
+                .issue(&ChallengeRecord {
+                    spec: depin_protocol::proofs::ChallengeSpec {
+                        id: id.into(),
+                        family: "inclusion".into(),
+                        epoch: 0,
+                        index: 0,
+                        plugin: String::new(),
+                        kind: "inclusion".into(),
+                        nonce: String::new(),
+                        params: String::new(),
+                        deadline_ms: deadline,
+                    },
+                    gateway: gw.clone(),
+                    issued_ms: 10_000,
+                    deadline_ms: deadline,
+                    digest: String::new(),
+                    status: "pending".into(),
+                    decided_ms: None,
+                })
+                .unwrap();
+        }
+        let a = report(&key, 10, GENESIS_HASH);
+        let Accepted::New(d) = accept(&store, &a).unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(d["due"], 1);
+        assert_eq!(store.challenge("in").unwrap().unwrap().status, "expired");
+        assert_eq!(store.challenge("after").unwrap().unwrap().status, "pending");
+        assert_eq!(store.ids_in(&gw, "expired").unwrap().len(), 1);
+        // an answer after the deadline finds it expired
+        assert_eq!(store.resolve("in", true, 12_000).unwrap(), "expired");
+        assert_eq!(store.prune_decided(10_501, 10).unwrap(), 1);
+        assert!(store.challenge("in").unwrap().is_none());
+        assert_eq!(store.take_pending(&gw).unwrap().len(), 1);
+        assert!(store.take_pending(&gw).unwrap().is_empty());
     }
 }

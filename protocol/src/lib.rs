@@ -9,7 +9,7 @@
 //! - [`record`]: usage records, their canonical encoding and chain hash;
 //! - [`report`]: the signed epoch report (feature `signing`);
 //! - [`proofs`]: challenges and signed answers (feature `signing`);
-//! - [`rewards`]: the reward policy and the reward function;
+//! - [`rewards`]: the reward policy, the reward function and its lines;
 //! - [`units`]: host-attested unit names;
 //! - [`time`]: the wall clock in Unix milliseconds.
 

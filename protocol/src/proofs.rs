@@ -54,6 +54,11 @@ pub struct ChallengeSpec {
     /// Kind-specific parameters, hex.
     #[serde(default)]
     pub params: String,
+    /// When the collector stops accepting an answer, Unix ms (0 from a
+    /// collector that sets none). The challenge counts in the epoch this
+    /// falls in, answered or not: unanswered counts as failed.
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
 /// Why an answer is not valid.

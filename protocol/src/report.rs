@@ -1,11 +1,11 @@
 //! The epoch report: what a gateway tells the collector about one epoch,
 //! in a canonical encoding both ends share, signed with the device key.
 //!
-//! Version 1, integers big-endian, `str` = u16 length + UTF-8:
+//! Version 2, integers big-endian, `str` = u16 length + UTF-8:
 //!
 //! ```text
 //! 4    magic "DPGR"
-//! u8   version (1)
+//! u8   version (2)
 //! 32   gateway public key (ed25519)
 //! u64  epoch number (start_ms / length_ms)
 //! u64  epoch length, ms
@@ -13,6 +13,10 @@
 //! u64  first record sequence number in the epoch (0 when empty)
 //! u64  record count
 //! 32   Merkle root over the records' chain hashes
+//! u16  number of components (v2 only): every plugin loaded at the close
+//!        or with records in the epoch, sorted by plugin, each once:
+//!        str plugin, 32 sha256 of the component file that produced the
+//!        plugin's records (zeros when unknown)
 //! u16  number of totals, then per total (sorted by plugin, source, unit):
 //!        str plugin, str resource kind, u8 source (0 host, 1 plugin),
 //!        str unit, u64 records, u128 quantity, u64 distinct subjects
@@ -28,6 +32,10 @@
 //!
 //! A report's hash (what the next report chains to) is the sha256 of all
 //! its bytes, signature included.
+//!
+//! Version 1 is version 2 without the component list. It still decodes
+//! (with an empty list) so a collector can refuse it by name, or admit it
+//! under an explicit legacy policy; new reports are always version 2.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
@@ -35,8 +43,11 @@ use crate::hash::Hash;
 use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
 
 const MAGIC: &[u8; 4] = b"DPGR";
-/// Version of the report encoding.
-pub const REPORT_VERSION: u8 = 1;
+/// Version of the report encoding written by this code.
+pub const REPORT_VERSION: u8 = 2;
+/// The previous version: no component digests. Decoded, never written
+/// except by [`EpochReport::encode`] of a report whose `version` says so.
+pub const REPORT_VERSION_LEGACY: u8 = 1;
 const SIGNATURE_LEN: usize = 64;
 
 /// Totals of one (plugin, source, unit) in an epoch.
@@ -78,9 +89,28 @@ pub struct ProofOutcome {
     pub passed: bool,
 }
 
+/// The component that produced one plugin's records in an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentDigest {
+    pub plugin: String,
+    /// sha256 of the component file (zeros when the gateway does not know
+    /// it, e.g. a plugin removed before it was ever seen loaded).
+    pub digest: Hash,
+}
+
+impl ComponentDigest {
+    /// `sha256:<hex>`, as plugin digests are written elsewhere.
+    pub fn digest_string(&self) -> String {
+        format!("sha256:{}", hex::encode(self.digest))
+    }
+}
+
 /// The contents of an epoch report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochReport {
+    /// Encoding version: [`REPORT_VERSION`], or [`REPORT_VERSION_LEGACY`]
+    /// for a decoded version-1 report.
+    pub version: u8,
     pub gateway_key: [u8; 32],
     pub epoch: u64,
     pub length_ms: u64,
@@ -88,6 +118,8 @@ pub struct EpochReport {
     pub first_seq: u64,
     pub records: u64,
     pub merkle_root: Hash,
+    /// Per plugin loaded at the close or with records, its component (v2).
+    pub components: Vec<ComponentDigest>,
     pub totals: Vec<EpochTotal>,
     /// Per-subject totals of plugin-claimed usage.
     pub subject_totals: Vec<SubjectTotal>,
@@ -117,7 +149,7 @@ impl EpochReport {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.totals.len() * 64);
         out.extend_from_slice(MAGIC);
-        out.push(REPORT_VERSION);
+        out.push(self.version);
         out.extend_from_slice(&self.gateway_key);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.length_ms.to_be_bytes());
@@ -125,6 +157,14 @@ impl EpochReport {
         out.extend_from_slice(&self.first_seq.to_be_bytes());
         out.extend_from_slice(&self.records.to_be_bytes());
         out.extend_from_slice(&self.merkle_root);
+        if self.version != REPORT_VERSION_LEGACY {
+            let n = u16::try_from(self.components.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&n.to_be_bytes());
+            for c in self.components.iter().take(usize::from(n)) {
+                put_str(&mut out, &c.plugin);
+                out.extend_from_slice(&c.digest);
+            }
+        }
         let n = u16::try_from(self.totals.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&n.to_be_bytes());
         for t in self.totals.iter().take(usize::from(n)) {
@@ -174,6 +214,11 @@ impl EpochReport {
     /// Epoch start, Unix milliseconds.
     pub fn start_ms(&self) -> u64 {
         self.epoch.saturating_mul(self.length_ms)
+    }
+
+    /// The component digest the report gives for `plugin`.
+    pub fn component_of(&self, plugin: &str) -> Option<&ComponentDigest> {
+        self.components.iter().find(|c| c.plugin == plugin)
     }
 
     /// Challenges counted and passed.
@@ -268,7 +313,8 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
     if r.take(4)? != MAGIC {
         return Err(ReportError::Malformed("not an epoch report (bad magic)"));
     }
-    if r.array::<1>()?[0] != REPORT_VERSION {
+    let version = r.array::<1>()?[0];
+    if version != REPORT_VERSION && version != REPORT_VERSION_LEGACY {
         return Err(ReportError::Malformed("unknown report version"));
     }
     let gateway_key = r.array()?;
@@ -278,6 +324,25 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
     let first_seq = r.u64()?;
     let records = r.u64()?;
     let merkle_root = r.array()?;
+    let mut components = Vec::new();
+    if version == REPORT_VERSION {
+        let n = r.u16()?;
+        for _ in 0..n {
+            let c = ComponentDigest {
+                plugin: r.str()?,
+                digest: r.array()?,
+            };
+            if components
+                .last()
+                .is_some_and(|p: &ComponentDigest| p.plugin >= c.plugin)
+            {
+                return Err(ReportError::Malformed(
+                    "components are not sorted by plugin, each once",
+                ));
+            }
+            components.push(c);
+        }
+    }
     let n = r.u16()?;
     let mut totals = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
@@ -328,6 +393,7 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
         return Err(ReportError::Malformed("trailing bytes"));
     }
     Ok(EpochReport {
+        version,
         gateway_key,
         epoch,
         length_ms,
@@ -335,6 +401,7 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
         first_seq,
         records,
         merkle_root,
+        components,
         totals,
         subject_totals,
         proofs,
@@ -348,6 +415,7 @@ mod tests {
 
     pub(crate) fn sample() -> EpochReport {
         EpochReport {
+            version: REPORT_VERSION,
             gateway_key: [7; 32],
             epoch: 3,
             length_ms: 1000,
@@ -355,6 +423,10 @@ mod tests {
             first_seq: 10,
             records: 2,
             merkle_root: [2; 32],
+            components: vec![ComponentDigest {
+                plugin: "tpl".into(),
+                digest: [3; 32],
+            }],
             totals: vec![EpochTotal {
                 plugin: "tpl".into(),
                 kind: "other".into(),
@@ -386,7 +458,73 @@ mod tests {
     }
 
     #[test]
-    fn encoding_matches_golden_bytes() {
+    fn encoding_v2_matches_golden_bytes() {
+        let expected = [
+            "44504752",
+            "02",
+            &"07".repeat(32),
+            "0000000000000003",
+            "00000000000003e8",
+            &"01".repeat(32),
+            "000000000000000a",
+            "0000000000000002",
+            &"02".repeat(32),
+            "0001",
+            "0003 74706c",
+            &"03".repeat(32),
+            "0001",
+            "0003 74706c",
+            "0005 6f74686572",
+            "01",
+            "0004 68697473",
+            "0000000000000002",
+            "00000000000000000000000000000005",
+            "0000000000000001",
+            "0001",
+            "0003 74706c",
+            "0004 68697473",
+            "0002 6431",
+            "0000000000000002",
+            "00000000000000000000000000000005",
+            "0002",
+            "0002 6331 01",
+            "0002 6332 00",
+            "00000000000000000000000000000009",
+        ]
+        .concat()
+        .replace(' ', "");
+        assert_eq!(hex::encode(sample().encode()), expected);
+    }
+
+    #[test]
+    fn version_1_still_decodes_without_components() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut r = sample();
+        r.version = REPORT_VERSION_LEGACY;
+        r.components.clear();
+        r.gateway_key = key.verifying_key().to_bytes();
+        let signed = r.clone().sign(&key);
+        let back = SignedReport::decode(&signed.bytes).unwrap();
+        assert_eq!(back.report, r);
+        assert_eq!(back.report.version, 1);
+        // a component list out of order (or naming a plugin twice) is refused
+        let mut v2 = sample();
+        v2.components.push(ComponentDigest {
+            plugin: "a".into(),
+            digest: [0; 32],
+        });
+        v2.gateway_key = key.verifying_key().to_bytes();
+        assert!(matches!(
+            SignedReport::decode(&v2.sign(&key).bytes),
+            Err(ReportError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_v1_matches_golden_bytes() {
+        let mut v1 = sample();
+        v1.version = REPORT_VERSION_LEGACY;
+        v1.components.clear();
         let expected = [
             "44504752",
             "01",
@@ -418,7 +556,7 @@ mod tests {
         ]
         .concat()
         .replace(' ', "");
-        assert_eq!(hex::encode(sample().encode()), expected);
+        assert_eq!(hex::encode(v1.encode()), expected);
     }
 
     #[test]

@@ -150,6 +150,29 @@ pub fn file_digest(path: &Path) -> String {
     )
 }
 
+/// The `[schedule]` table of a collector whose epochs are `length_ms` long
+/// and accepted `grace_ms` after they end.
+pub fn schedule_toml(length_ms: u64, grace_ms: u64) -> String {
+    format!("[schedule]\nlength_ms = {length_ms}\ngrace_ms = {grace_ms}\n")
+}
+
+/// A `[[component]]` table approving `digest` as `kind`, with the
+/// component file `verifier` (and its job modules) when given.
+pub fn approve(digest: &str, kind: &str, verifier: Option<&Path>, job_modules: &[&Path]) -> String {
+    let mut t = format!("[[component]]\ndigest = \"{digest}\"\nkind = \"{kind}\"\n");
+    if let Some(v) = verifier {
+        t.push_str(&format!("verifier = \"{}\"\n", v.display()));
+    }
+    if !job_modules.is_empty() {
+        let list: Vec<String> = job_modules
+            .iter()
+            .map(|m| format!("\"{}\"", m.display()))
+            .collect();
+        t.push_str(&format!("job_modules = [{}]\n", list.join(", ")));
+    }
+    t
+}
+
 /// A free loopback TCP port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,8 @@ use super::{LedgerLocation, data_dir, exit};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum EpochsCommand {
-    /// One line per closed epoch: records, reward, delivery state, root.
+    /// One line per closed epoch: records, estimate, collector figure,
+    /// delivery state, root.
     List {
         #[command(flatten)]
         at: LedgerLocation,
@@ -17,7 +18,8 @@ pub(super) enum EpochsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Totals, Merkle root, reward and delivery state of epoch N.
+    /// Totals, Merkle root, delivery state and reward of epoch N: the
+    /// gateway's estimate next to the collector's figure and reasons.
     Show {
         /// The epoch number.
         epoch: u64,

@@ -30,6 +30,10 @@ pub fn report_json(r: &SignedReport) -> serde_json::Value {
         "first_seq": p.first_seq,
         "records": p.records,
         "merkle_root": hex::encode(p.merkle_root),
+        "version": p.version,
+        "components": p.components.iter().map(|c| serde_json::json!({
+            "plugin": c.plugin, "digest": c.digest_string(),
+        })).collect::<Vec<_>>(),
         "totals": p.totals,
         "subject_totals": p.subject_totals,
         "proofs": p.proofs,
@@ -58,6 +62,9 @@ pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             .map(|e| {
                 let mut v = report_json(&e.report);
                 v["delivery"] = state(e).into();
+                if let Some(f) = &e.collector {
+                    v["collector"] = serde_json::json!(f);
+                }
                 v
             })
             .collect();
@@ -66,17 +73,20 @@ pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:>14}  {:>9}  {:>16}  {:<9}  ROOT",
-        "EPOCH", "RECORDS", "REWARD_MICRO", "DELIVERY"
+        "{:>14}  {:>9}  {:>16}  {:>16}  {:<9}  ROOT",
+        "EPOCH", "RECORDS", "ESTIMATE_MICRO", "COLLECTOR_MICRO", "DELIVERY"
     )?;
     for e in &epochs {
         let r = &e.report.report;
         writeln!(
             out,
-            "{:>14}  {:>9}  {:>16}  {:<9}  {}",
+            "{:>14}  {:>9}  {:>16}  {:>16}  {:<9}  {}",
             r.epoch,
             r.records,
             r.reward_micro,
+            e.collector
+                .as_ref()
+                .map_or("-".to_string(), |f| f.reward_micro.to_string()),
             state(e),
             hex::encode(r.merkle_root)
         )?;
@@ -108,13 +118,58 @@ pub fn show(
     if let Some(ms) = e.acknowledged_ms {
         v["acknowledged_ms"] = ms.into();
     }
+    if let Some(f) = &e.collector {
+        v["collector"] = serde_json::json!(f);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_report(&e.report);
         println!("delivery:     {}", state(&e));
+        print_side_by_side(&e);
     }
     Ok(true)
+}
+
+/// The gateway's estimate next to the collector's figure, line by line
+/// with the collector's reason, once the collector has answered.
+fn print_side_by_side(e: &ClosedEpoch) {
+    let p = &e.report.report;
+    let Some(f) = &e.collector else {
+        println!(
+            "collector:    no figure yet (estimate {} micro)",
+            p.reward_micro
+        );
+        return;
+    };
+    println!(
+        "reward:       estimate {} micro, collector {} micro (proof score {:.3})",
+        p.reward_micro,
+        f.reward_micro,
+        f.proof_score_ppm as f64 / 1e6
+    );
+    println!(
+        "  {:<16} {:<14} {:<6} {:<16} {:>20} {:>12} {:>14}  REASON",
+        "PLUGIN", "DIGEST", "SOURCE", "UNIT", "QUANTITY", "RATE", "AMOUNT_MICRO"
+    );
+    for l in &f.lines {
+        let rate = match (l.rate_micro, l.rate_per) {
+            (Some(m), Some(per)) => format!("{m}/{per}"),
+            _ => "-".into(),
+        };
+        let digest = l.digest.strip_prefix("sha256:").unwrap_or(&l.digest);
+        println!(
+            "  {:<16} {:<14} {:<6} {:<16} {:>20} {:>12} {:>14}  {}",
+            l.plugin,
+            &digest[..digest.len().min(12)],
+            l.source,
+            l.unit,
+            l.quantity,
+            rate,
+            l.amount_micro,
+            l.reason.as_str()
+        );
+    }
 }
 
 fn print_report(r: &SignedReport) {
@@ -127,12 +182,16 @@ fn print_report(r: &SignedReport) {
         p.length_ms
     );
     println!("records:      {} (from {})", p.records, p.first_seq);
+    println!("encoding:     v{}", p.version);
+    for c in &p.components {
+        println!("component:    {:<16} {}", c.plugin, c.digest_string());
+    }
     println!("merkle root:  {}", hex::encode(p.merkle_root));
     println!("report hash:  {}", hex::encode(r.hash()));
     println!("previous:     {}", hex::encode(p.prev_hash));
     let pr = p.proof_results();
     println!("proofs:       {} of {} passed", pr.passed, pr.issued);
-    println!("reward:       {} micro", p.reward_micro);
+    println!("estimate:     {} micro (the gateway's own)", p.reward_micro);
     println!("totals:");
     for t in &p.totals {
         println!(

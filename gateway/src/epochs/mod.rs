@@ -5,8 +5,8 @@
 //! Closing an epoch takes the ledger records that follow the previous
 //! epoch's last record and were committed before the epoch's end, and
 //! computes their totals per plugin, source and unit (with the number of
-//! distinct subjects), the Merkle root over their chain hashes, and the
-//! reward under the policy; the result is a signed report stored durably
+//! distinct subjects), the Merkle root over their chain hashes, the digest
+//! of each plugin's component, and the reward under the policy; the result is a signed report stored durably
 //! (with an outbox entry when a collector is configured). Epochs close in
 //! order and none is skipped, empty ones included, so the reports form a
 //! chain without gaps. Records of epoch `n` are the contiguous sequence
@@ -19,7 +19,7 @@ pub mod store;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash as _, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -28,7 +28,8 @@ use depin_protocol::Hash;
 use depin_protocol::merkle;
 use depin_protocol::record::Source;
 use depin_protocol::report::{
-    EpochReport, EpochTotal, MAX_SUBJECT_ROWS, SignedReport, SubjectTotal,
+    ComponentDigest, EpochReport, EpochTotal, MAX_SUBJECT_ROWS, REPORT_VERSION, SignedReport,
+    SubjectTotal,
 };
 use depin_protocol::rewards::{ProofResults, RewardInput, RewardPolicy};
 use depin_protocol::time::now_ms;
@@ -36,7 +37,7 @@ use depin_protocol::time::now_ms;
 use crate::identity::DeviceKey;
 use crate::ledger::{Ledger, LedgerError};
 use crate::service::{Service, Services};
-pub use store::{ClosedEpoch, Cursor, EpochStore, EpochStoreError};
+pub use store::{ClosedEpoch, CollectorFigure, Cursor, EpochStore, EpochStoreError, OutboxEntry};
 
 /// Why an epoch could not be closed.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +48,102 @@ pub enum CloseError {
     Store(#[from] EpochStoreError),
 }
 
+/// What a plugin is, as an epoch report states it: the kind its
+/// `describe` claims (for the gateway's own estimate only; the collector
+/// decides by digest) and the sha256 of its component file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginIdentity {
+    pub kind: String,
+    pub digest: Hash,
+    /// Loaded now (listed in the report even without records, so the
+    /// collector can challenge it).
+    pub loaded: bool,
+}
+
+/// Where an epoch close learns each plugin's identity: the plugins loaded
+/// now (followed across hot reloads, so a plugin added by a reload is in
+/// the next report with its digest), and the last identity seen of any
+/// plugin since removed.
+///
+/// A plugin replaced in the middle of an epoch is reported with the
+/// component loaded when the epoch closes.
+pub struct PluginIdentities {
+    table: Option<Arc<crate::plugin_table::PluginTable>>,
+    seen: Mutex<BTreeMap<String, PluginIdentity>>,
+}
+
+impl PluginIdentities {
+    /// Follows the gateway's plugin table.
+    pub fn follow(table: Arc<crate::plugin_table::PluginTable>) -> Self {
+        let ids = Self {
+            table: Some(table),
+            seen: Mutex::new(BTreeMap::new()),
+        };
+        ids.refresh();
+        ids
+    }
+
+    /// Fixed identities (tools and tests that run no plugins).
+    pub fn fixed(ids: BTreeMap<String, PluginIdentity>) -> Self {
+        Self {
+            table: None,
+            seen: Mutex::new(ids),
+        }
+    }
+
+    /// Fixed kinds with unknown (all-zero) digests.
+    pub fn from_kinds(kinds: BTreeMap<String, String>) -> Self {
+        Self::fixed(
+            kinds
+                .into_iter()
+                .map(|(p, kind)| {
+                    let id = PluginIdentity {
+                        kind,
+                        digest: [0; 32],
+                        loaded: true,
+                    };
+                    (p, id)
+                })
+                .collect(),
+        )
+    }
+
+    /// The identities in force: the loaded plugins over the remembered.
+    pub fn refresh(&self) -> BTreeMap<String, PluginIdentity> {
+        let mut seen = self.seen.lock().expect("identities lock");
+        if let Some(table) = &self.table {
+            for id in seen.values_mut() {
+                id.loaded = false;
+            }
+            for (_, p) in table.snapshot().plugins.iter() {
+                let digest = p
+                    .digest
+                    .strip_prefix("sha256:")
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 32]);
+                seen.insert(
+                    p.name().to_string(),
+                    PluginIdentity {
+                        kind: crate::runtime::contract::kind_name(p.info.kind).to_string(),
+                        digest,
+                        loaded: true,
+                    },
+                );
+            }
+        }
+        seen.clone()
+    }
+}
+
 /// Closes epochs over one ledger into one store.
 pub struct EpochCloser {
     pub ledger: Arc<Ledger>,
     pub store: Arc<EpochStore>,
     pub key: Arc<DeviceKey>,
     pub policy: RewardPolicy,
-    /// Resource kind of each plugin (`other` for plugins no longer loaded).
-    pub kinds: BTreeMap<String, String>,
+    /// Kind and component digest of each plugin.
+    pub identities: PluginIdentities,
     pub length_ms: u64,
     pub close_delay_ms: u64,
     /// Write closed reports to the outbox for delivery.
@@ -90,10 +179,13 @@ impl EpochCloser {
     fn close(&self, cursor: Cursor) -> Result<(SignedReport, Cursor), CloseError> {
         let epoch = cursor.next_epoch;
         let end_ms = (epoch + 1) * self.length_ms;
-        let content = EpochContent::collect(&self.ledger, cursor.next_seq, end_ms, &self.kinds)?;
-        // Challenge results are counted in the epoch that closes after
-        // they arrive; at most 1000 per report.
-        let mut proofs = self.store.pending_proofs()?;
+        let identities = self.identities.refresh();
+        let content = EpochContent::collect(&self.ledger, cursor.next_seq, end_ms, &identities)?;
+        // A challenge counts in the epoch its deadline falls in (the
+        // collector counts the same way, from its own records); one whose
+        // deadline fell in an earlier epoch but arrived late counts here.
+        // At most 1000 per report.
+        let mut proofs = self.store.proofs_due_before(end_ms)?;
         proofs.truncate(1000);
         let results = ProofResults {
             issued: proofs.len() as u32,
@@ -102,6 +194,7 @@ impl EpochCloser {
         let reward_micro = self.policy.reward(content.reward_inputs(), results);
         let records = content.hashes.len() as u64;
         let report = EpochReport {
+            version: REPORT_VERSION,
             gateway_key: self.key.verifying_key().to_bytes(),
             epoch,
             length_ms: self.length_ms,
@@ -115,6 +208,7 @@ impl EpochCloser {
                     .map(|h| merkle::leaf(&h))
                     .collect(),
             ),
+            components: content.components,
             totals: content.totals,
             subject_totals: content.subject_totals,
             proofs,
@@ -143,6 +237,9 @@ impl EpochCloser {
 pub struct EpochContent {
     /// Chain hashes of the records, in sequence order.
     pub hashes: Vec<Hash>,
+    /// Per plugin loaded or with records, its component digest, sorted by
+    /// plugin.
+    pub components: Vec<ComponentDigest>,
     /// Totals, sorted by plugin, source and unit.
     pub totals: Vec<EpochTotal>,
     /// Totals of plugin-claimed usage per subject: the first
@@ -158,7 +255,7 @@ impl EpochContent {
         ledger: &Ledger,
         from_seq: u64,
         end_ms: u64,
-        kinds: &BTreeMap<String, String>,
+        identities: &BTreeMap<String, PluginIdentity>,
     ) -> Result<Self, LedgerError> {
         type Key = (String, &'static str, String);
         let mut hashes = Vec::new();
@@ -196,14 +293,25 @@ impl EpochContent {
             }
             true
         })?;
+        let listed: std::collections::BTreeSet<&String> = sums
+            .keys()
+            .map(|(plugin, _, _)| plugin)
+            .chain(identities.iter().filter(|(_, i)| i.loaded).map(|(p, _)| p))
+            .collect();
+        let components: Vec<ComponentDigest> = listed
+            .into_iter()
+            .map(|plugin| ComponentDigest {
+                plugin: plugin.clone(),
+                digest: identities.get(plugin).map_or([0; 32], |i| i.digest),
+            })
+            .collect();
         let totals = sums
             .into_iter()
             .map(
                 |((plugin, source, unit), (records, quantity, subjects))| EpochTotal {
-                    kind: kinds
+                    kind: identities
                         .get(&plugin)
-                        .cloned()
-                        .unwrap_or_else(|| "other".into()),
+                        .map_or_else(|| "other".into(), |i| i.kind.clone()),
                     plugin,
                     source: source.into(),
                     unit,
@@ -227,6 +335,7 @@ impl EpochContent {
             .collect();
         Ok(Self {
             hashes,
+            components,
             totals,
             subject_totals,
         })
@@ -271,22 +380,13 @@ pub fn start(
             );
         }
     }
-    let kinds = plugins
-        .snapshot()
-        .plugins
-        .iter()
-        .map(|(_, p)| {
-            let kind = crate::runtime::contract::kind_name(p.info.kind);
-            (p.name().to_string(), kind.to_string())
-        })
-        .collect();
     let key = Arc::new(DeviceKey::from_signing_key(key.signing_key().clone()));
     let closer = Arc::new(EpochCloser {
         ledger: ledger.clone(),
         store: store.clone(),
         key: key.clone(),
         policy,
-        kinds,
+        identities: PluginIdentities::follow(plugins.clone()),
         length_ms: config.epochs.length_ms,
         close_delay_ms: config.epochs.close_delay_ms,
         deliver: client.is_some(),
@@ -404,7 +504,7 @@ mod tests {
             store: store.clone(),
             key: Arc::new(DeviceKey::generate()),
             policy,
-            kinds: BTreeMap::new(),
+            identities: PluginIdentities::from_kinds(BTreeMap::new()),
             length_ms: 1000,
             close_delay_ms: 100,
             deliver: true,
@@ -433,9 +533,10 @@ mod tests {
         assert_eq!(made[2].report.prev_hash, made[1].hash());
         // all three wait in the outbox, oldest first
         assert_eq!(store.outbox_len().unwrap(), 3);
-        assert_eq!(store.outbox_first().unwrap().unwrap().0, 5);
-        store.acknowledge(5, 9_000).unwrap();
-        assert_eq!(store.outbox_first().unwrap().unwrap().0, 6);
+        let first = store.outbox_first().unwrap().unwrap();
+        assert_eq!(first.epoch, 5);
+        store.acknowledge(&first, 9_000, None).unwrap();
+        assert_eq!(store.outbox_first().unwrap().unwrap().epoch, 6);
         let listed = store.list().unwrap();
         assert_eq!(listed.len(), 3);
         assert_eq!(listed[0].acknowledged_ms, Some(9_000));
@@ -452,6 +553,49 @@ mod tests {
         assert_eq!(store.outbox_len().unwrap(), 2);
         assert_eq!(store.enqueue_unacknowledged().unwrap(), 1);
         assert_eq!(store.outbox_len().unwrap(), 3);
+        ledger.close();
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_close_order_when_the_length_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        commit(&ledger, vec![record("hits", 1, 5_100)]).await;
+        let store = Arc::new(EpochStore::open(dir.path()).unwrap());
+        let closer = |length_ms| EpochCloser {
+            ledger: ledger.clone(),
+            store: store.clone(),
+            key: Arc::new(DeviceKey::from_signing_key(
+                ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+            )),
+            policy: RewardPolicy::default(),
+            identities: PluginIdentities::fixed(BTreeMap::from([(
+                "tpl".to_string(),
+                PluginIdentity {
+                    kind: "other".into(),
+                    digest: [9; 32],
+                    loaded: true,
+                },
+            )])),
+            length_ms,
+            close_delay_ms: 100,
+            deliver: true,
+        };
+        closer(1000).close_due(5_500).unwrap();
+        let made = closer(1000).close_due(8_100).unwrap();
+        assert_eq!(made.len(), 3);
+        assert_eq!(made[0].report.components.len(), 1);
+        assert_eq!(made[0].report.components[0].digest, [9; 32]);
+        // twice as long: epoch 4 of 2000 ms starts where epoch 8 of 1000
+        // would have; its number is smaller, its place in the chain later
+        let made = closer(2000).close_due(10_200).unwrap();
+        assert_eq!(made[0].report.epoch, 4);
+        let mut delivered = Vec::new();
+        while let Some(entry) = store.outbox_first().unwrap() {
+            delivered.push(entry.epoch);
+            store.acknowledge(&entry, 11_000, None).unwrap();
+        }
+        assert_eq!(delivered, [5, 6, 7, 4]);
         ledger.close();
     }
 }

@@ -217,8 +217,15 @@ impl Responder {
         serde_json::from_slice(&body).map_err(|e| DeliveryError::BadAck(e.to_string()))
     }
 
-    /// Answers one challenge and records the collector's verdict.
+    /// Answers one challenge and records the collector's verdict. The
+    /// challenge is noted first: without a verdict it counts as failed in
+    /// the epoch its deadline falls in, as it does at the collector.
     async fn handle(&self, c: ChallengeSpec) {
+        let (store, id, deadline) = (self.store.clone(), c.id.clone(), c.deadline_ms);
+        let noted = tokio::task::spawn_blocking(move || store.note_challenge(&id, deadline)).await;
+        if !matches!(noted, Ok(Ok(()))) {
+            tracing::error!(challenge = %c.id, "cannot note a challenge");
+        }
         let result = match c.family.as_str() {
             "inclusion" => {
                 let (store, ledger, spec) = (self.store.clone(), self.ledger.clone(), c.clone());
@@ -262,8 +269,10 @@ impl Responder {
         };
         if let Some(passed) = verdict {
             tracing::info!(challenge = %c.id, family = %c.family, passed, "challenge answered");
-            let (store, id) = (self.store.clone(), c.id.clone());
-            let stored = tokio::task::spawn_blocking(move || store.record_proof(&id, passed)).await;
+            let (store, id, deadline) = (self.store.clone(), c.id.clone(), c.deadline_ms);
+            let stored =
+                tokio::task::spawn_blocking(move || store.record_proof(&id, passed, deadline))
+                    .await;
             if !matches!(stored, Ok(Ok(()))) {
                 tracing::error!(challenge = %c.id, "cannot store a challenge result");
             }

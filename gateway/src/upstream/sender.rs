@@ -2,8 +2,10 @@
 //!
 //! Guarantees: a report leaves the outbox only after the collector
 //! acknowledged exactly that report (the acknowledgement carries its hash).
-//! Reports are sent one at a time in epoch order, so the collector sees the
-//! chain in order. A report sent again after a crash or a lost
+//! Reports are sent one at a time in close order, so the collector sees the
+//! chain in order. The acknowledgement also carries the collector's figure
+//! (reward, proof score, reward lines), kept next to the gateway's own
+//! estimate. A report sent again after a crash or a lost
 //! acknowledgement is recognised by the collector as a duplicate and counted
 //! once. Failures back off exponentially (with jitter) up to
 //! `retry_max_ms`.
@@ -25,7 +27,7 @@ use super::tls::{TlsError, client_config};
 use crate::config::{CollectorUrl, UpstreamConfig};
 use depin_protocol::time::now_ms;
 
-use crate::epochs::EpochStore;
+use crate::epochs::{CollectorFigure, EpochStore};
 use crate::service::Service;
 
 /// Why one delivery attempt failed.
@@ -199,11 +201,14 @@ async fn deliver_pending(
         .map_err(|e| DeliveryError::Store(e.to_string()))?
         .map_err(|e| DeliveryError::Store(e.to_string()))?;
         crate::metrics::global().set_outbox_depth(depth);
-        let Some((epoch, bytes)) = next else {
+        let Some(entry) = next else {
             return Ok(());
         };
-        let hash = hex::encode(sha2::Sha256::digest(&bytes));
-        let (status, body) = client.request("POST", "/v1/reports", bytes).await?;
+        let epoch = entry.epoch;
+        let hash = hex::encode(sha2::Sha256::digest(&entry.bytes));
+        let (status, body) = client
+            .request("POST", "/v1/reports", entry.bytes.clone())
+            .await?;
         if status != 200 {
             return Err(DeliveryError::Status {
                 status,
@@ -215,14 +220,18 @@ async fn deliver_pending(
         if ack["hash"].as_str() != Some(hash.as_str()) || ack["epoch"].as_u64() != Some(epoch) {
             return Err(DeliveryError::BadAck(ack.to_string()));
         }
+        // A collector that sends no figure (or an unreadable one) still
+        // acknowledged the report.
+        let figure: Option<CollectorFigure> = serde_json::from_value(ack["decision"].clone()).ok();
         let s = store.clone();
-        tokio::task::spawn_blocking(move || s.acknowledge(epoch, now_ms()))
+        tokio::task::spawn_blocking(move || s.acknowledge(&entry, now_ms(), figure.as_ref()))
             .await
             .map_err(|e| DeliveryError::Store(e.to_string()))?
             .map_err(|e| DeliveryError::Store(e.to_string()))?;
         tracing::info!(
             epoch,
             status = ack["status"].as_str().unwrap_or("?"),
+            collector_reward_micro = ack["decision"]["reward_micro"].as_str().unwrap_or("?"),
             "report delivered"
         );
     }
