@@ -9,6 +9,7 @@
 //! that read the process-wide metrics use plugin names no other test uses.
 
 mod cli;
+mod collector;
 mod compute_task;
 mod durability;
 mod http;

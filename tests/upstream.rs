@@ -54,17 +54,17 @@ fn gateway_home(pki: &Pki, port: u16, client: &depin_e2e::upstream::ClientCert) 
     home
 }
 
-fn gateway_id(home: &Home) -> String {
+pub(crate) fn gateway_id(home: &Home) -> String {
     DeviceKey::load(&home.key_path()).unwrap().gateway_id()
 }
 
-async fn get_json(client: &CollectorClient, path: &str) -> serde_json::Value {
+pub(crate) async fn get_json(client: &CollectorClient, path: &str) -> serde_json::Value {
     let (status, body) = client.request("GET", path, Vec::new()).await.expect("GET");
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).expect("JSON")
 }
 
-async fn reports_at_collector(client: &CollectorClient, id: &str) -> u64 {
+pub(crate) async fn reports_at_collector(client: &CollectorClient, id: &str) -> u64 {
     let gws = get_json(client, "/v1/gateways").await;
     gws.as_array()
         .unwrap()
@@ -73,7 +73,7 @@ async fn reports_at_collector(client: &CollectorClient, id: &str) -> u64 {
         .map_or(0, |g| g["reports"].as_u64().unwrap())
 }
 
-async fn wait_for_reports(client: &CollectorClient, id: &str, n: u64) {
+pub(crate) async fn wait_for_reports(client: &CollectorClient, id: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while reports_at_collector(client, id).await < n {
         assert!(Instant::now() < deadline, "collector never got {n} reports");
@@ -82,7 +82,7 @@ async fn wait_for_reports(client: &CollectorClient, id: &str, n: u64) {
 }
 
 /// The gateway's closed epochs (gateway stopped), as `epochs list --json`.
-fn gateway_epochs(home: &Home) -> Vec<serde_json::Value> {
+pub(crate) fn gateway_epochs(home: &Home) -> Vec<serde_json::Value> {
     let config = home.config_path.to_str().unwrap();
     let (code, out, err) = run_cli(BIN, &["epochs", "list", "--config", config, "--json"]);
     assert_eq!(code, 0, "{err}");
