@@ -673,7 +673,7 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
-    let (passed, failed) =
+    let (_, failed) =
         wait_for_verdicts(&https, Duration::from_secs(90), |passed, _| passed >= 1).await;
     assert_eq!(failed, 0, "honest canaries pass");
     assert!(gw.terminate());

@@ -176,6 +176,7 @@ fn report_verification(count: u64) {
             })
             .collect();
         let mut r = EpochReport {
+            version: depin_protocol::report::REPORT_VERSION,
             gateway_key: key.verifying_key().to_bytes(),
             epoch,
             length_ms: LENGTH_MS,
@@ -183,6 +184,10 @@ fn report_verification(count: u64) {
             first_seq: epoch * 4000 + 1,
             records: 4000,
             merkle_root: [7; 32],
+            components: vec![depin_protocol::report::ComponentDigest {
+                plugin: "bench".into(),
+                digest: [3; 32],
+            }],
             totals,
             subject_totals: Vec::new(),
             proofs: Vec::new(),
@@ -194,10 +199,21 @@ fn report_verification(count: u64) {
         signed.push(s);
     }
     let id = key.gateway_id();
+    let schedule = depin_collector::config::ScheduleConfig {
+        length_ms: LENGTH_MS,
+        grace_ms: 0,
+        admit_v1: false,
+    };
+    let now = (count + 1) * LENGTH_MS;
+    let approved = BTreeMap::from([(format!("sha256:{}", "03".repeat(32)), "other".to_string())]);
+    let decider = depin_collector::intake::Decider {
+        policy: &policy,
+        approved: &approved,
+    };
 
     let started = Instant::now();
     for s in &signed {
-        check_report(&s.bytes, &id, &policy).expect("valid report");
+        check_report(&s.bytes, &id, &schedule, now).expect("valid report");
     }
     let check_rate = count as f64 / started.elapsed().as_secs_f64();
 
@@ -206,8 +222,8 @@ fn report_verification(count: u64) {
     let stored = count.min(2000);
     let started = Instant::now();
     for s in signed.iter().take(stored as usize) {
-        let (r, reward) = check_report(&s.bytes, &id, &policy).expect("valid report");
-        store.accept(&r, reward).expect("accepted");
+        let (r, end_ms) = check_report(&s.bytes, &id, &schedule, now).expect("valid report");
+        store.accept(&r, end_ms, now, &decider).expect("accepted");
     }
     let store_rate = stored as f64 / started.elapsed().as_secs_f64();
 
@@ -222,10 +238,10 @@ fn report_verification(count: u64) {
     let baseline_rate = count as f64 / started.elapsed().as_secs_f64();
     println!("2. report verification at the collector");
     println!(
-        "   check (decode, canonical, signature, sender, reward): {check_rate:>9.0} reports/s"
+        "   check (decode, canonical, signature, sender, schedule): {check_rate:>7.0} reports/s"
     );
     println!(
-        "   check + durable chain insert ({stored} reports):      {store_rate:>9.0} reports/s"
+        "   check + decision + durable chain insert ({stored}):   {store_rate:>9.0} reports/s"
     );
     println!(
         "   baseline (bare ed25519 verify):                       {baseline_rate:>9.0} reports/s"
