@@ -703,3 +703,64 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
     assert_eq!(verdict["status"], "failed", "{verdict}");
     assert_eq!(verdict["passed"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_added_by_a_hot_reload_is_reported_with_its_digest() {
+    let home = Home::new(
+        &[PluginSpec::new("template", plugin("template_plugin"), "/t")],
+        &format!("[epochs]\nlength_ms = {LENGTH_MS}\nclose_delay_ms = 150\n"),
+    );
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    assert_eq!(http.post("/t/echo", b"before").await.status, 200);
+    let hostile = plugin("hostile_plugin");
+    let mut config = std::fs::read_to_string(&home.config_path).unwrap();
+    config.push_str(&format!(
+        "[[plugin]]\nname = \"added\"\ncomponent = \"{}\"\nroute = \"/a\"\n",
+        hostile.display()
+    ));
+    std::fs::write(&home.config_path, config).unwrap();
+    let reloaded_at = now_ms();
+    unsafe { libc::kill(gw.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get("/a/ok").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not add the plugin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // two more epochs close after the reload
+    tokio::time::sleep(Duration::from_millis(2 * LENGTH_MS + 400)).await;
+    assert!(gw.terminate());
+    let epochs = gateway_epochs(&home);
+    let added = digest_bytes(&file_digest(&hostile));
+    let template = digest_bytes(&file_digest(&plugin("template_plugin")));
+    let digest_of = |e: &Value, name: &str| {
+        e["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["plugin"] == name)
+            .map(|c| c["digest"].as_str().unwrap().to_string())
+    };
+    let last = epochs.last().unwrap();
+    assert!(
+        last["start_ms"].as_u64().unwrap() > reloaded_at,
+        "{epochs:?}"
+    );
+    assert_eq!(
+        digest_of(last, "added"),
+        Some(format!("sha256:{}", hex::encode(added))),
+        "{last}"
+    );
+    assert_eq!(
+        digest_of(last, "template"),
+        Some(format!("sha256:{}", hex::encode(template)))
+    );
+    let first = epochs.first().unwrap();
+    if first["start_ms"].as_u64().unwrap() + LENGTH_MS < reloaded_at {
+        assert_eq!(digest_of(first, "added"), None, "{first}");
+    }
+    assert_eq!(last["version"], 2);
+}
