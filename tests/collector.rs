@@ -764,3 +764,77 @@ async fn a_plugin_added_by_a_hot_reload_is_reported_with_its_digest() {
     }
     assert_eq!(last["version"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_dropped_and_the_collector_keeps_serving() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let port = free_port();
+    let (f, cert) = Forger::new(&pki, port, "client");
+    let _collector = start_collector(
+        tmp.path(),
+        &pki,
+        port,
+        &[(f.id(), cert.sha256.clone())],
+        "[server]\nhandshake_timeout_ms = 300\nheader_timeout_ms = 300\nmax_connections = 4\n\
+         [challenges]\ninterval_ms = 0\n",
+    );
+    // More idle TCP connections than the cap: none of them sends a byte.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    // A client that completes the handshake and then says nothing.
+    let tls =
+        depin_gateway::upstream::tls::client_config(&pki.ca_file, &cert.cert_file, &cert.key_file)
+            .unwrap();
+    let started = Instant::now();
+    // A real request still gets through: the stalled ones are dropped.
+    let gws = get_json(&f.https, "/v1/gateways").await;
+    assert_eq!(gws, serde_json::json!([]));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for mut s in idle {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the stalled connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut silent = connector.connect(name, tcp).await.expect("handshake");
+    let mut buf = [0u8; 256];
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("a client that sends no request is dropped")
+        .unwrap_or(0);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // hyper may answer 408 before closing; it never waits for ever
+    assert!(
+        n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        &buf[..n]
+    );
+    let (_, m) = f
+        .https
+        .request("GET", "/metrics", Vec::new())
+        .await
+        .unwrap();
+    let m = String::from_utf8_lossy(&m);
+    let timeouts: u64 = m
+        .lines()
+        .find(|l| l.starts_with("depin_collector_tls_handshake_timeouts_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(timeouts >= 6, "{m}");
+}
