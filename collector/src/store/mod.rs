@@ -17,6 +17,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use depin_protocol::report::SignedReport;
 use depin_protocol::{GENESIS_HASH, Hash};
 
+mod challenges;
+
+use challenges::decide_due;
+
 /// (gateway id, epoch) -> signed report bytes
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
 /// gateway id -> last epoch (8) || last report hash (32) || its start ms (8)
@@ -93,7 +97,9 @@ pub struct ChallengeRecord {
     pub gateway: String,
     pub issued_ms: u64,
     /// Answers after this are not judged; unanswered it is `expired`,
-    /// which counts as failed in the epoch the deadline falls in.
+    /// which counts as failed in the epoch the deadline falls in. (0 in
+    /// records of an older collector: never due in any epoch.)
+    #[serde(default)]
     pub deadline_ms: u64,
     /// Possession: the component digest whose verifier judges it.
     #[serde(default)]
@@ -329,246 +335,6 @@ impl CollectorStore {
             .map(|v| v.value().to_vec()))
     }
 
-    /// The epochs of `gateway`'s accepted reports, oldest first.
-    pub fn report_epochs(&self, gateway: &str) -> Result<Vec<u64>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REPORTS)?;
-        let mut out = Vec::new();
-        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))? {
-            out.push(entry?.0.value().1);
-        }
-        Ok(out)
-    }
-}
-
-/// Decides every challenge of `gateway` due in `[start, end)`: open ones
-/// expire (their deadline has passed); returns them all.
-fn decide_due(
-    txn: &redb::WriteTransaction,
-    gateway: &str,
-    start: u64,
-    end: u64,
-    now_ms: u64,
-) -> Result<Vec<ChallengeRecord>, ChainError> {
-    if start >= end {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = {
-        let t = txn.open_table(BY_DEADLINE)?;
-        let mut ids = Vec::new();
-        for e in t.range((gateway, start, "")..(gateway, end, ""))? {
-            ids.push(e?.0.value().2.to_string());
-        }
-        ids
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(mut c) = get_challenge(txn, &id)? else {
-            continue;
-        };
-        if OPEN.contains(&c.status.as_str()) && c.deadline_ms <= now_ms {
-            set_status(txn, &mut c, "expired", now_ms)?;
-        }
-        out.push(c);
-    }
-    Ok(out)
-}
-
-fn get_challenge(
-    txn: &redb::WriteTransaction,
-    id: &str,
-) -> Result<Option<ChallengeRecord>, ChainError> {
-    let t = txn.open_table(CHALLENGES)?;
-    let v = t.get(id)?;
-    v.map(|v| serde_json::from_slice(v.value()).map_err(storage))
-        .transpose()
-}
-
-fn put_challenge(txn: &redb::WriteTransaction, c: &ChallengeRecord) -> Result<(), ChainError> {
-    let json = serde_json::to_vec(c).map_err(storage)?;
-    txn.open_table(CHALLENGES)?
-        .insert(c.spec.id.as_str(), json.as_slice())?;
-    Ok(())
-}
-
-/// Moves `c` to `status` in the record and the (gateway, status) index.
-fn set_status(
-    txn: &redb::WriteTransaction,
-    c: &mut ChallengeRecord,
-    status: &str,
-    now_ms: u64,
-) -> Result<(), ChainError> {
-    {
-        let mut idx = txn.open_table(BY_STATUS)?;
-        idx.remove((c.gateway.as_str(), c.status.as_str(), c.spec.id.as_str()))?;
-        idx.insert(
-            (c.gateway.as_str(), status, c.spec.id.as_str()),
-            c.deadline_ms,
-        )?;
-    }
-    c.status = status.to_string();
-    if DECIDED.contains(&status) {
-        c.decided_ms = Some(now_ms);
-    }
-    put_challenge(txn, c)
-}
-
-impl CollectorStore {
-    /// Stores a newly issued challenge.
-    pub fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
-        let txn = self.db.begin_write()?;
-        put_challenge(&txn, c)?;
-        txn.open_table(BY_STATUS)?.insert(
-            (c.gateway.as_str(), c.status.as_str(), c.spec.id.as_str()),
-            c.deadline_ms,
-        )?;
-        txn.open_table(BY_DEADLINE)?
-            .insert((c.gateway.as_str(), c.deadline_ms, c.spec.id.as_str()), ())?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Ids and deadlines of `gateway`'s challenges in `status`.
-    pub fn ids_in(&self, gateway: &str, status: &str) -> Result<Vec<(String, u64)>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(BY_STATUS)?;
-        let mut out = Vec::new();
-        for e in t.range((gateway, status, "")..(gateway, status, "\u{10ffff}"))? {
-            let (k, v) = e?;
-            out.push((k.value().2.to_string(), v.value()));
-        }
-        Ok(out)
-    }
-
-    /// Every challenge of `gateway` in `status`.
-    pub fn challenges_in(
-        &self,
-        gateway: &str,
-        status: &str,
-    ) -> Result<Vec<ChallengeRecord>, ChainError> {
-        let mut out = Vec::new();
-        for (id, _) in self.ids_in(gateway, status)? {
-            out.extend(self.challenge(&id)?);
-        }
-        Ok(out)
-    }
-
-    /// Hands out `gateway`'s pending challenges, marking them sent. Reads
-    /// only (no commit) when there are none.
-    pub fn take_pending(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
-        if self.ids_in(gateway, "pending")?.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = depin_protocol::time::now_ms();
-        let txn = self.db.begin_write()?;
-        let ids: Vec<String> = {
-            let t = txn.open_table(BY_STATUS)?;
-            let mut ids = Vec::new();
-            for e in t.range((gateway, "pending", "")..(gateway, "pending", "\u{10ffff}"))? {
-                ids.push(e?.0.value().2.to_string());
-            }
-            ids
-        };
-        let mut taken = Vec::new();
-        for id in ids {
-            if let Some(mut c) = get_challenge(&txn, &id)? {
-                set_status(&txn, &mut c, "sent", now)?;
-                taken.push(c);
-            }
-        }
-        txn.commit()?;
-        Ok(taken)
-    }
-
-    /// Records the verdict on challenge `id` if it is still open; returns
-    /// the status it ends in (an answer after the deadline finds it
-    /// `expired`).
-    pub fn resolve(&self, id: &str, passed: bool, now_ms: u64) -> Result<String, ChainError> {
-        let txn = self.db.begin_write()?;
-        let Some(mut c) = get_challenge(&txn, id)? else {
-            return Err(ChainError::Storage(format!("no challenge {id}")));
-        };
-        if OPEN.contains(&c.status.as_str()) {
-            let status = if c.deadline_ms < now_ms {
-                "expired"
-            } else if passed {
-                "passed"
-            } else {
-                "failed"
-            };
-            set_status(&txn, &mut c, status, now_ms)?;
-        }
-        txn.commit()?;
-        Ok(c.status)
-    }
-
-    /// Expires `gateway`'s open challenges whose deadline passed; returns
-    /// how many are still open.
-    pub fn expire_overdue(&self, gateway: &str, now_ms: u64) -> Result<usize, ChainError> {
-        let mut open = Vec::new();
-        for s in OPEN {
-            open.extend(self.ids_in(gateway, s)?);
-        }
-        let overdue: Vec<&String> = open
-            .iter()
-            .filter(|(_, d)| *d < now_ms)
-            .map(|(id, _)| id)
-            .collect();
-        if !overdue.is_empty() {
-            let txn = self.db.begin_write()?;
-            for id in &overdue {
-                if let Some(mut c) = get_challenge(&txn, id)?
-                    && OPEN.contains(&c.status.as_str())
-                {
-                    set_status(&txn, &mut c, "expired", now_ms)?;
-                }
-            }
-            txn.commit()?;
-        }
-        Ok(open.len() - overdue.len())
-    }
-
-    /// Removes decided challenges whose deadline is older than
-    /// `before_ms`, at most `limit`; returns how many.
-    pub fn prune_decided(&self, before_ms: u64, limit: usize) -> Result<usize, ChainError> {
-        let mut victims = Vec::new();
-        for gateway in self.gateway_ids()? {
-            for s in DECIDED {
-                for (id, deadline) in self.ids_in(&gateway, s)? {
-                    if deadline < before_ms && victims.len() < limit {
-                        victims.push((gateway.clone(), s, id, deadline));
-                    }
-                }
-            }
-        }
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut all = txn.open_table(CHALLENGES)?;
-            let mut by_status = txn.open_table(BY_STATUS)?;
-            let mut by_deadline = txn.open_table(BY_DEADLINE)?;
-            for (g, s, id, d) in &victims {
-                all.remove(id.as_str())?;
-                by_status.remove((g.as_str(), *s, id.as_str()))?;
-                by_deadline.remove((g.as_str(), *d, id.as_str()))?;
-            }
-        }
-        txn.commit()?;
-        Ok(victims.len())
-    }
-
-    /// One challenge.
-    pub fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(CHALLENGES)?;
-        match t.get(id)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(storage),
-        }
-    }
-
     /// The gateway's accepted reports, newest first, at most `n`.
     pub fn latest_reports(&self, gateway: &str, n: usize) -> Result<Vec<SignedReport>, ChainError> {
         let txn = self.db.begin_read()?;
@@ -588,6 +354,17 @@ impl CollectorStore {
         let mut out = Vec::new();
         for entry in t.iter()? {
             out.push(entry?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// The epochs of `gateway`'s accepted reports, oldest first.
+    pub fn report_epochs(&self, gateway: &str) -> Result<Vec<u64>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))? {
+            out.push(entry?.0.value().1);
         }
         Ok(out)
     }
