@@ -197,34 +197,53 @@ impl CollectorStore {
     }
 
     /// Removes decided challenges whose deadline is older than
-    /// `before_ms`, at most `limit`; returns how many.
+    /// `before_ms`, at most `limit`; returns how many. Reads only the
+    /// (gateway, deadline) index range below `before_ms`.
     pub fn prune_decided(&self, before_ms: u64, limit: usize) -> Result<usize, ChainError> {
-        let mut victims = Vec::new();
-        for gateway in self.gateway_ids()? {
-            for s in DECIDED {
-                for (id, deadline) in self.ids_in(&gateway, s)? {
-                    if deadline < before_ms && victims.len() < limit {
-                        victims.push((gateway.clone(), s, id, deadline));
-                    }
+        let mut old = Vec::new();
+        {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(BY_DEADLINE)?;
+            for gateway in self.gateway_ids()? {
+                let range = (gateway.as_str(), 0, "")..(gateway.as_str(), before_ms, "");
+                for e in t.range(range)?.take(limit - old.len().min(limit)) {
+                    let (k, _) = e?;
+                    let (g, d, id) = k.value();
+                    old.push((g.to_string(), d, id.to_string()));
                 }
             }
         }
-        if victims.is_empty() {
+        if old.is_empty() {
             return Ok(0);
         }
         let txn = self.db.begin_write()?;
+        let mut pruned = 0;
         {
             let mut all = txn.open_table(CHALLENGES)?;
             let mut by_status = txn.open_table(BY_STATUS)?;
             let mut by_deadline = txn.open_table(BY_DEADLINE)?;
-            for (g, s, id, d) in &victims {
+            for (g, d, id) in &old {
+                let record: Option<ChallengeRecord> = all
+                    .get(id.as_str())?
+                    .map(|v| serde_json::from_slice(v.value()))
+                    .transpose()
+                    .map_err(storage)?;
+                // Open ones are expired first (by the issuer), then pruned.
+                if let Some(c) = &record
+                    && !DECIDED.contains(&c.status.as_str())
+                {
+                    continue;
+                }
+                if let Some(c) = &record {
+                    by_status.remove((g.as_str(), c.status.as_str(), id.as_str()))?;
+                }
                 all.remove(id.as_str())?;
-                by_status.remove((g.as_str(), *s, id.as_str()))?;
                 by_deadline.remove((g.as_str(), *d, id.as_str()))?;
+                pruned += 1;
             }
         }
         txn.commit()?;
-        Ok(victims.len())
+        Ok(pruned)
     }
 
     /// One challenge.
