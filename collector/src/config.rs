@@ -155,6 +155,15 @@ impl CollectorConfig {
                 "must be greater than 0".into(),
             ));
         }
+        for (key, value) in [
+            ("server.max_connections", c.server.max_connections as u64),
+            ("server.handshake_timeout_ms", c.server.handshake_timeout_ms),
+            ("server.header_timeout_ms", c.server.header_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(err(Some(key.into()), "must be greater than 0".into()));
+            }
+        }
         let mut approved = BTreeMap::new();
         for (i, a) in c.components.iter_mut().enumerate() {
             if !digest_ok(&a.digest) {
@@ -280,6 +289,8 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("component[0].digest"), "{e}");
         let e = load(&format!("{BASE}[schedule]\nlength_ms = 0\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("schedule.length_ms"), "{e}");
+        let e = load(&format!("{BASE}[server]\nmax_connections = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.max_connections"), "{e}");
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
     }
