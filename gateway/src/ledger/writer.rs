@@ -2,7 +2,6 @@
 //! and chains its records, logs it with one write and one fdatasync, and
 //! starts checkpoints when they are due.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -13,7 +12,12 @@ use redb::Database;
 use super::checkpoint::{CheckpointJob, store, store_checkpoint};
 use super::encoding::{EncodedRecords, encode_group};
 use super::overlay::{Layer, Overlay};
+use super::serial::KvEffects;
 use super::{CommitReceipt, Head, KvWrite, LedgerError, wal};
+
+/// Longest value that can hold a counter (`i64::MIN` in decimal, with
+/// room for surrounding spaces).
+const MAX_COUNTER_BYTES: usize = 24;
 
 /// Most commits taken into one group.
 const MAX_GROUP: usize = 1024;
@@ -26,7 +30,7 @@ const CHECKPOINT_BYTES: u64 = 1 << 20;
 /// One call's effects, queued for the writer.
 pub(super) struct CommitRequest {
     pub(super) records: EncodedRecords,
-    pub(super) kv: BTreeMap<String, KvWrite>,
+    pub(super) kv: KvEffects,
     pub(super) plugin: Arc<str>,
     pub(super) reply: tokio::sync::oneshot::Sender<Result<CommitReceipt, LedgerError>>,
 }
@@ -213,7 +217,39 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut group: Vec<CommitRequest>) {
+    /// Refuses the calls of `group` whose reads no longer hold (see
+    /// `serial.rs`), in group order: a call is checked against everything
+    /// logged before it, including the calls before it in the group.
+    fn check(&self, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
+        if group
+            .iter()
+            .all(|c| c.kv.reads.is_empty() && c.kv.adds.is_empty() && !c.kv.conflicted)
+        {
+            return group;
+        }
+        let mut group = group;
+        let verdicts = {
+            let overlay = self.overlay.lock().expect("ledger overlay lock");
+            overlay
+                .serial
+                .check_group(group.iter_mut().map(|c| (&c.plugin, &mut c.kv)))
+        };
+        let mut passed = Vec::with_capacity(group.len());
+        for (c, ok) in group.into_iter().zip(verdicts) {
+            if ok {
+                passed.push(c);
+            } else {
+                let _ = c.reply.send(Err(LedgerError::Conflict));
+            }
+        }
+        passed
+    }
+
+    fn commit(&mut self, group: Vec<CommitRequest>) {
+        let mut group = self.check(group);
+        if group.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let n = group.len();
         match self.log_group(&mut group) {
@@ -247,23 +283,26 @@ impl Writer {
         let before = self.head;
         let (after, receipts) = encode_group(before, group, &mut self.block);
         wal::begin_entry(&mut self.entry, &before, &after, &self.block);
-        let writes = group.iter().map(|c| c.kv.len()).sum();
+        let writes = group.iter().map(|c| c.kv.writes.len()).sum();
         wal::put_kv(
             &mut self.entry,
             writes,
             group
                 .iter()
-                .flat_map(|c| c.kv.iter().map(|(k, w)| (&*c.plugin, k.as_str(), w))),
+                .flat_map(|c| c.kv.writes.iter().map(|(k, w)| (&*c.plugin, k.as_str(), w))),
         );
         let mut layer = Layer::default();
         layer.add_block(before.seq + 1, &self.block, after);
         for c in group.iter_mut() {
-            for (key, write) in std::mem::take(&mut c.kv) {
+            for (key, write) in c.kv.writes.iter_mut() {
                 let value = match write {
-                    KvWrite::Set(v) => Some(v),
+                    // What publishing needs of a value is whether it is a
+                    // counter: small values are copied, large ones moved.
+                    KvWrite::Set(v) if v.len() <= MAX_COUNTER_BYTES => Some(v.clone()),
+                    KvWrite::Set(v) => Some(std::mem::take(v)),
                     KvWrite::Delete => None,
                 };
-                layer.add_kv(&c.plugin, key, value);
+                layer.add_kv(&c.plugin, key.clone(), value);
             }
         }
         if wal::Wal::ever_fits(self.entry.len()) {
@@ -277,6 +316,7 @@ impl Writer {
             self.wal.append(&mut self.entry).map_err(log_failed)?;
             let mut overlay = self.overlay.lock().expect("ledger overlay lock");
             overlay.current.absorb(layer);
+            publish(&mut overlay, group);
             self.pending_since.get_or_insert(Instant::now());
         } else {
             // Larger than a whole region (huge key-value writes): stored
@@ -285,6 +325,10 @@ impl Writer {
             let generation = self.wal.generation + 1;
             store(&self.db, &layer, generation)?;
             self.wal.restart(generation).map_err(log_failed)?;
+            publish(
+                &mut self.overlay.lock().expect("ledger overlay lock"),
+                group,
+            );
         }
         self.head = after;
         Ok(receipts)
@@ -413,4 +457,14 @@ impl Writer {
         self.rotate()?;
         self.settle()
     }
+}
+
+/// Makes the kv changes of a logged group visible with their versions,
+/// under the same lock as its values, and forgets versions no running call
+/// needs any more.
+fn publish(overlay: &mut Overlay, group: &mut [CommitRequest]) {
+    for c in group.iter_mut() {
+        overlay.serial.publish(&c.plugin, &mut c.kv);
+    }
+    overlay.serial.prune();
 }
