@@ -18,6 +18,7 @@ mod otel;
 mod relay;
 mod sandbox;
 mod sensors;
+mod serializable;
 mod storage_cache;
 mod udp;
 mod upstream;

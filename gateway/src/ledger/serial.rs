@@ -394,19 +394,17 @@ impl Serial {
                 }
                 ok
             };
-            if passes {
-                if !kv.writes.is_empty() {
-                    let mine = written.entry(plugin.clone()).or_default();
-                    for (key, write) in &kv.writes {
-                        mine.insert(key.clone(), ());
-                        let slot = (plugin.clone(), key.clone());
-                        if !kv.adds.iter().any(|t| t.key == *key) {
-                            let value = match write {
-                                KvWrite::Set(v) => counter_value(Some(v)),
-                                KvWrite::Delete => Some(0),
-                            };
-                            counters.insert(slot, value);
-                        }
+            if passes && !kv.writes.is_empty() {
+                let mine = written.entry(plugin.clone()).or_default();
+                for (key, write) in &kv.writes {
+                    mine.insert(key.clone(), ());
+                    let slot = (plugin.clone(), key.clone());
+                    if !kv.adds.iter().any(|t| t.key == *key) {
+                        let value = match write {
+                            KvWrite::Set(v) => counter_value(Some(v)),
+                            KvWrite::Delete => Some(0),
+                        };
+                        counters.insert(slot, value);
                     }
                 }
             }
