@@ -347,70 +347,83 @@ impl Serial {
             .map(|c| c.committed)
     }
 
-    /// Checks the calls of a group in order, as the writer will log them.
-    /// Returns which pass; for those, their increments are turned into
-    /// writes of the counters' new values.
-    pub(super) fn check_group<'a>(
+    /// Checks the calls of a group, as the writer will log them: in
+    /// order, except that a call whose increment was reserved after one
+    /// not yet committed waits for it (a call after it in the group, or a
+    /// later group). Returns each call's verdict and the order in which the
+    /// passing calls are to be logged. For those, their increments are
+    /// turned into writes of the counters' new values.
+    pub(super) fn check_group(
         &self,
-        calls: impl Iterator<Item = (&'a Arc<str>, &'a mut KvEffects)>,
-    ) -> Vec<bool> {
-        // Keys written by earlier calls of the group, and counters' values
-        // after them.
-        let mut written: HashMap<Arc<str>, BTreeMap<String, ()>> = HashMap::new();
-        let mut counters: HashMap<(Arc<str>, String), Option<i64>> = HashMap::new();
-        let mut verdicts = Vec::new();
-        for (plugin, kv) in calls {
-            let passes = !kv.conflicted && self.reads_hold(plugin, &kv.reads, &written) && {
-                // Each increment must be reserved against the value the
-                // counter has when it commits.
-                let mut ok = true;
-                let mut values: Vec<(String, i64)> = Vec::new();
-                for t in &kv.adds {
-                    let slot = (plugin.clone(), t.key.clone());
-                    let current = match values.iter().find(|(k, _)| *k == t.key) {
-                        Some((_, v)) => Some(*v),
-                        None => counters
-                            .get(&slot)
-                            .copied()
-                            .or_else(|| self.chain_value(plugin, &t.key))
-                            .flatten(),
-                    };
-                    if current != Some(t.base) {
-                        ok = false;
-                        break;
-                    }
-                    let after = t.base + t.delta;
-                    match values.iter_mut().find(|(k, _)| *k == t.key) {
-                        Some(v) => v.1 = after,
-                        None => values.push((t.key.clone(), after)),
-                    }
+        calls: &mut [(&Arc<str>, &mut KvEffects)],
+    ) -> (Vec<Verdict>, Vec<usize>) {
+        let mut group = GroupChanges::default();
+        let mut verdicts = vec![Verdict::Wait; calls.len()];
+        let mut order = Vec::with_capacity(calls.len());
+        let mut undecided: Vec<usize> = (0..calls.len()).collect();
+        loop {
+            let mut progress = false;
+            undecided.retain(|&i| {
+                let (plugin, kv) = &mut calls[i];
+                let verdict = self.check_call(plugin, kv, &group);
+                if verdict == Verdict::Pass {
+                    group.add(plugin, kv);
+                    order.push(i);
+                    progress = true;
                 }
-                if ok {
-                    for (key, value) in values {
-                        kv.writes
-                            .insert(key.clone(), KvWrite::Set(value.to_string().into_bytes()));
-                        counters.insert((plugin.clone(), key), Some(value));
-                    }
-                }
-                ok
-            };
-            if passes && !kv.writes.is_empty() {
-                let mine = written.entry(plugin.clone()).or_default();
-                for (key, write) in &kv.writes {
-                    mine.insert(key.clone(), ());
-                    let slot = (plugin.clone(), key.clone());
-                    if !kv.adds.iter().any(|t| t.key == *key) {
-                        let value = match write {
-                            KvWrite::Set(v) => counter_value(Some(v)),
-                            KvWrite::Delete => Some(0),
-                        };
-                        counters.insert(slot, value);
-                    }
-                }
+                verdicts[i] = verdict;
+                verdict == Verdict::Wait
+            });
+            if !progress || undecided.is_empty() {
+                return (verdicts, order);
             }
-            verdicts.push(passes);
         }
-        verdicts
+    }
+
+    /// One call, after the calls of its group that passed before it.
+    fn check_call(&self, plugin: &Arc<str>, kv: &mut KvEffects, group: &GroupChanges) -> Verdict {
+        if kv.conflicted || !self.reads_hold(plugin, &kv.reads, &group.written) {
+            return Verdict::Conflict;
+        }
+        // Each increment must be reserved against the value the counter has
+        // when it commits.
+        let mut values: Vec<(String, i64)> = Vec::new();
+        for t in &kv.adds {
+            let current = match values.iter().find(|(k, _)| *k == t.key) {
+                Some((_, v)) => Some(*v),
+                None => group
+                    .counters
+                    .get(&(plugin.clone(), t.key.clone()))
+                    .copied()
+                    .or_else(|| self.chain_value(plugin, &t.key))
+                    .flatten(),
+            };
+            if current != Some(t.base) {
+                // Reserved after an increment that may still commit: wait
+                // for it. Refused once an earlier one was released.
+                let open = self
+                    .chains
+                    .get(&**plugin)
+                    .and_then(|c| c.get(&t.key))
+                    .and_then(|c| c.tickets.iter().find(|r| r.id == t.id))
+                    .is_some_and(|r| !r.doomed);
+                return if open && current.is_some() {
+                    Verdict::Wait
+                } else {
+                    Verdict::Conflict
+                };
+            }
+            let after = t.base + t.delta;
+            match values.iter_mut().find(|(k, _)| *k == t.key) {
+                Some(v) => v.1 = after,
+                None => values.push((t.key.clone(), after)),
+            }
+        }
+        for (key, value) in values {
+            kv.writes
+                .insert(key, KvWrite::Set(value.to_string().into_bytes()));
+        }
+        Verdict::Pass
     }
 
     fn reads_hold(
@@ -419,6 +432,9 @@ impl Serial {
         reads: &ReadSet,
         written: &HashMap<Arc<str>, BTreeMap<String, ()>>,
     ) -> bool {
+        if reads.is_empty() {
+            return true;
+        }
         let Some(snapshot) = reads.snapshot() else {
             return true;
         };
@@ -506,6 +522,45 @@ impl Serial {
     #[cfg(test)]
     pub(super) fn kept(&self) -> usize {
         self.order.len()
+    }
+}
+
+/// What the writer does with a call of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Logged.
+    Pass,
+    /// Refused: it read what changed since its snapshot, or an increment
+    /// it reserved can no longer commit.
+    Conflict,
+    /// Kept back: an increment reserved before one of its own has not
+    /// committed yet.
+    Wait,
+}
+
+/// The changes of the calls of a group that passed so far.
+#[derive(Debug, Default)]
+struct GroupChanges {
+    /// plugin -> keys written.
+    written: HashMap<Arc<str>, BTreeMap<String, ()>>,
+    /// Counters' values after them (`None`: not a counter).
+    counters: HashMap<(Arc<str>, String), Option<i64>>,
+}
+
+impl GroupChanges {
+    fn add(&mut self, plugin: &Arc<str>, kv: &KvEffects) {
+        if kv.writes.is_empty() {
+            return;
+        }
+        let mine = self.written.entry(plugin.clone()).or_default();
+        for (key, write) in &kv.writes {
+            mine.insert(key.clone(), ());
+            let value = match write {
+                KvWrite::Set(v) => counter_value(Some(v)),
+                KvWrite::Delete => Some(0),
+            };
+            self.counters.insert((plugin.clone(), key.clone()), value);
+        }
     }
 }
 
@@ -647,15 +702,13 @@ mod tests {
         let mut first = writes(&[("k", "1")]).kv;
         let mut second = reader(snapshot, &["k"], &[], &[("j", "1")]).kv;
         let mut unrelated = reader(Snapshot::new(serial.begin(), overlay), &["x"], &[], &[]).kv;
-        let verdicts = serial.check_group(
-            [
-                (&plugin, &mut first),
-                (&plugin, &mut second),
-                (&plugin, &mut unrelated),
-            ]
-            .into_iter(),
-        );
-        assert_eq!(verdicts, [true, false, true]);
+        let (verdicts, order) = serial.check_group(&mut [
+            (&plugin, &mut first),
+            (&plugin, &mut second),
+            (&plugin, &mut unrelated),
+        ]);
+        assert_eq!(verdicts, [Verdict::Pass, Verdict::Conflict, Verdict::Pass]);
+        assert_eq!(order, [0, 2]);
     }
 
     #[tokio::test]
@@ -676,7 +729,8 @@ mod tests {
             e.kv.adds.push(t);
             e
         };
-        // Out of order: the later one cannot commit first.
+        // Out of order: the later one waits for the earlier one, and
+        // conflicts when that does not commit in time.
         assert!(matches!(
             ledger.commit(p.clone(), with(two)).await,
             Err(LedgerError::Conflict)
@@ -723,6 +777,28 @@ mod tests {
             ledger.kv_add(&p, "s", 1).unwrap().unwrap_err(),
             AddRefused::NotACounter
         );
+    }
+
+    #[tokio::test]
+    async fn a_later_increment_waits_for_an_earlier_one_committed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let p: Arc<str> = "p".into();
+        let one = ledger.kv_add(&p, "n", 1).unwrap().unwrap();
+        let two = ledger.kv_add(&p, "n", 1).unwrap().unwrap();
+        let with = |t: AddTicket| {
+            let mut e = CallEffects::default();
+            e.kv.adds.push(t);
+            e
+        };
+        let later = {
+            let (ledger, p, e) = (ledger.clone(), p.clone(), with(two));
+            tokio::spawn(async move { ledger.commit(p, e).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        ledger.commit(p.clone(), with(one)).await.unwrap();
+        later.await.unwrap().unwrap();
+        assert_eq!(ledger.kv_get("p", "n").unwrap(), Some(b"2".to_vec()));
     }
 
     #[tokio::test]

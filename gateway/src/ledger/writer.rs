@@ -12,8 +12,15 @@ use redb::Database;
 use super::checkpoint::{CheckpointJob, store, store_checkpoint};
 use super::encoding::{EncodedRecords, encode_group};
 use super::overlay::{Layer, Overlay};
-use super::serial::KvEffects;
+use super::serial::{KvEffects, Verdict};
 use super::{CommitReceipt, Head, KvWrite, LedgerError, wal};
+
+/// Longest a commit whose `kv.add` increment was reserved after one not
+/// yet committed waits for it; then it conflicts (and its call is run
+/// again). Bounds the wait on a call that never commits.
+const MAX_ADD_WAIT: Duration = Duration::from_millis(50);
+/// How often the writer looks again at commits kept waiting.
+const WAIT_POLL: Duration = Duration::from_millis(1);
 
 /// Longest value that can hold a counter (`i64::MIN` in decimal, with
 /// room for surrounding spaces).
@@ -82,6 +89,8 @@ pub(super) struct Writer {
     checkpointer: Option<JoinHandle<()>>,
     /// A job is with the checkpoint thread.
     checkpointing: bool,
+    /// Commits kept back for an earlier increment, with when they arrived.
+    waiting: Vec<(Instant, CommitRequest)>,
     #[cfg(test)]
     hold_checkpoints: bool,
 }
@@ -121,6 +130,7 @@ impl Writer {
             done,
             checkpointer: Some(checkpointer),
             checkpointing: false,
+            waiting: Vec::new(),
             #[cfg(test)]
             hold_checkpoints: false,
         }
@@ -143,10 +153,17 @@ impl Writer {
         #[cfg_attr(not(test), allow(unused_mut))]
         let mut last_checkpoint = true;
         while !stop {
-            let msg = match self.checkpoint_due_in() {
+            let due = match (self.checkpoint_due_in(), self.waiting.is_empty()) {
+                (due, true) => due,
+                (due, false) => Some(due.map_or(WAIT_POLL, |d| d.min(WAIT_POLL))),
+            };
+            let msg = match due {
                 Some(due) => match rx.recv_timeout(due) {
                     Ok(m) => m,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if !self.waiting.is_empty() {
+                            self.commit(Vec::new());
+                        }
                         self.maybe_checkpoint();
                         continue;
                     }
@@ -204,6 +221,9 @@ impl Writer {
             let _ = handle.join();
         }
         // Drain anything that raced with Stop.
+        for (_, c) in self.waiting.drain(..) {
+            let _ = c.reply.send(Err(LedgerError::Closed));
+        }
         while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
             let _ = c.reply.send(Err(LedgerError::Closed));
         }
@@ -217,29 +237,42 @@ impl Writer {
         }
     }
 
-    /// Refuses the calls of `group` whose reads no longer hold (see
-    /// `serial.rs`), in group order: a call is checked against everything
-    /// logged before it, including the calls before it in the group.
-    fn check(&self, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
-        if group
+    /// Checks the calls of `group` (after those kept waiting from earlier
+    /// groups) against everything logged before them (see `serial.rs`):
+    /// refuses those that conflict, keeps back those whose increment waits
+    /// for an earlier one (at most [`MAX_ADD_WAIT`]), and returns the rest
+    /// in the order they are to be logged.
+    fn check(&mut self, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
+        let now = Instant::now();
+        let mut arrived: Vec<(Instant, CommitRequest)> = std::mem::take(&mut self.waiting);
+        arrived.extend(group.into_iter().map(|c| (now, c)));
+        if arrived
             .iter()
-            .all(|c| c.kv.reads.is_empty() && c.kv.adds.is_empty() && !c.kv.conflicted)
+            .all(|(_, c)| c.kv.reads.is_empty() && c.kv.adds.is_empty() && !c.kv.conflicted)
         {
-            return group;
+            return arrived.into_iter().map(|(_, c)| c).collect();
         }
-        let mut group = group;
-        let verdicts = {
+        let (verdicts, order) = {
             let overlay = self.overlay.lock().expect("ledger overlay lock");
-            overlay
-                .serial
-                .check_group(group.iter_mut().map(|c| (&c.plugin, &mut c.kv)))
+            let mut calls: Vec<(&Arc<str>, &mut KvEffects)> = arrived
+                .iter_mut()
+                .map(|(_, c)| (&c.plugin, &mut c.kv))
+                .collect();
+            overlay.serial.check_group(&mut calls)
         };
-        let mut passed = Vec::with_capacity(group.len());
-        for (c, ok) in group.into_iter().zip(verdicts) {
-            if ok {
-                passed.push(c);
-            } else {
-                let _ = c.reply.send(Err(LedgerError::Conflict));
+        let mut slots: Vec<Option<(Instant, CommitRequest)>> =
+            arrived.into_iter().map(Some).collect();
+        let passed = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each call passes once").1)
+            .collect();
+        for (slot, verdict) in slots.into_iter().zip(verdicts) {
+            let Some((since, c)) = slot else { continue };
+            match verdict {
+                Verdict::Wait if since.elapsed() < MAX_ADD_WAIT => self.waiting.push((since, c)),
+                _ => {
+                    let _ = c.reply.send(Err(LedgerError::Conflict));
+                }
             }
         }
         passed
