@@ -479,4 +479,34 @@ mod tests {
         m.set_outbox_depth(3);
         assert!(m.render_prometheus().contains("depin_outbox_depth 3\n"));
     }
+
+    #[test]
+    fn conflicts_and_retries_are_counted_by_plugin() {
+        let m = Metrics::new();
+        let p: Arc<str> = "conflicted".into();
+        m.record_conflict(&p, ConflictOutcome::Retried);
+        m.record_conflict(&p, ConflictOutcome::Retried);
+        m.record_conflict(&p, ConflictOutcome::Failed);
+        assert_eq!(
+            m.conflicts("conflicted"),
+            ConflictCounts {
+                conflicts: 3,
+                retries: 2,
+                failed: 1
+            }
+        );
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("depin_call_conflicts_total{plugin=\"conflicted\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("depin_call_retries_total{plugin=\"conflicted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("depin_call_conflict_failures_total{plugin=\"conflicted\"} 1"),
+            "{text}"
+        );
+    }
 }

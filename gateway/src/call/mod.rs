@@ -141,3 +141,47 @@ pub async fn commit_encoded(
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflicted() -> KvEffects {
+        KvEffects {
+            conflicted: true,
+            ..KvEffects::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_after_a_request_that_cannot_be_repeated_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let plugin: Arc<str> = "p".into();
+        let r = commit_encoded(
+            &ledger,
+            &plugin,
+            EncodedRecords::default(),
+            conflicted(),
+            None,
+        )
+        .await;
+        assert!(matches!(r, Err(LedgerError::Conflict)), "{r:?}");
+        let effect = "a POST request to http://127.0.0.1:9/jobs".to_string();
+        let r = commit_encoded(
+            &ledger,
+            &plugin,
+            EncodedRecords::default(),
+            conflicted(),
+            Some(effect),
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, LedgerError::Unrepeatable(_)));
+        assert!(
+            e.to_string()
+                .contains("after it made a POST request to http://127.0.0.1:9/jobs"),
+            "{e}"
+        );
+    }
+}

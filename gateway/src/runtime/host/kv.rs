@@ -273,3 +273,116 @@ impl Host for KvView<'_> {
         e.into_wit()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::PluginLimits;
+    use crate::ledger::CallEffects;
+    use crate::runtime::PluginShared;
+    use crate::runtime::host::outbound_http::HttpOutbound;
+
+    fn call(ledger: &Arc<Ledger>, limits: PluginLimits) -> CallState {
+        let shared = PluginShared {
+            name: "kv-test".into(),
+            config: BTreeMap::new(),
+            limits,
+            memory_cap_bytes: 1 << 20,
+            units: BTreeSet::new(),
+            outbound_udp: BTreeSet::new(),
+            blobs: None,
+            outbound_http: Arc::new(HttpOutbound::new(&[], None).expect("no origins")),
+            jobs: None,
+        };
+        CallState::new(Arc::new(shared), ledger.clone(), "t".into(), 10)
+    }
+
+    fn guest_error<T: std::fmt::Debug>(r: Result<T, Blame<KvError>>) -> String {
+        match r {
+            Err(Blame::Guest(e)) => format!("{e:?}"),
+            other => panic!("expected an error for the plugin, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_per_call_limit_counts_key_bytes_and_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let limits = PluginLimits {
+            kv_write_bytes: 100,
+            kv_ops: 5,
+            ..PluginLimits::default()
+        };
+        let mut s = call(&ledger, limits);
+        // Deletes write no value, but their keys count.
+        let key = "k".repeat(40);
+        view(&mut s).delete(format!("{key}1")).unwrap();
+        view(&mut s).delete(format!("{key}2")).unwrap();
+        let e = guest_error(view(&mut s).delete(format!("{key}3")));
+        assert!(e.contains("limits.kv_write_bytes"), "{e}");
+        // Reads count as operations.
+        view(&mut s).get("a".into()).unwrap();
+        view(&mut s).get("b".into()).unwrap();
+        let e = guest_error(view(&mut s).get("c".into()));
+        assert!(e.contains("limits.kv_ops"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn add_reserves_in_order_and_updates_the_calls_own_write_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut a = call(&ledger, PluginLimits::default());
+        let mut b = call(&ledger, PluginLimits::default());
+        assert_eq!(view(&mut a).add("n".into(), 2).unwrap(), 2);
+        assert_eq!(view(&mut b).add("n".into(), 3).unwrap(), 5, "counts a's");
+        // A call reads its own increment without reading the store.
+        assert_eq!(view(&mut a).get("n".into()).unwrap(), Some(b"2".to_vec()));
+        assert!(a.kv.reads.is_empty());
+        // On its own write, add changes the write.
+        view(&mut a).set("m".into(), b"40".to_vec()).unwrap();
+        assert_eq!(view(&mut a).add("m".into(), 2).unwrap(), 42);
+        assert!(
+            guest_error(
+                view(&mut a)
+                    .set("t".into(), b"x".to_vec())
+                    .and_then(|()| view(&mut a).add("t".into(), 1))
+            )
+            .contains("not a decimal integer")
+        );
+        for s in [a, b] {
+            let effects = CallEffects {
+                kv: s.kv.into_effects(),
+                ..CallEffects::default()
+            };
+            ledger.commit("kv-test".into(), effects).await.unwrap();
+        }
+        assert_eq!(ledger.kv_get("kv-test", "n").unwrap(), Some(b"5".to_vec()));
+        assert_eq!(ledger.kv_get("kv-test", "m").unwrap(), Some(b"42".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_read_of_a_key_written_since_the_snapshot_stops_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut s = call(&ledger, PluginLimits::default());
+        assert_eq!(view(&mut s).get("x".into()).unwrap(), None);
+        let mut other = CallEffects::default();
+        other
+            .kv
+            .writes
+            .insert("y".into(), KvWrite::Set(b"1".to_vec()));
+        ledger.commit("kv-test".into(), other).await.unwrap();
+        match view(&mut s).get("y".into()) {
+            Err(Blame::Host(e)) => {
+                assert!(matches!(
+                    e.downcast_ref::<LedgerError>(),
+                    Some(LedgerError::Conflict)
+                ))
+            }
+            other => panic!("expected a conflict trap, got {other:?}"),
+        }
+    }
+}
