@@ -131,10 +131,10 @@ fn plugin_inspect_shows_describe_and_the_contract_fit() {
     let template = plugin("template_plugin");
     let (code, out, err) = run_cli(BIN, &["plugin", "inspect", template.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("contract: fits depin:plugin@0.1.3"), "{out}");
+    assert!(out.contains("contract: fits depin:plugin@0.1.4"), "{out}");
     assert!(out.contains("plugin:   template"), "{out}");
     assert!(out.contains("requests"), "{out}");
-    assert!(out.contains("depin:plugin/kv@0.1.3"), "{out}");
+    assert!(out.contains("depin:plugin/kv@0.1.4"), "{out}");
 
     let other = plugin("other_world_plugin");
     let (code, out, _) = run_cli(

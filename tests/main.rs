@@ -19,6 +19,7 @@ mod otel;
 mod relay;
 mod sandbox;
 mod sensors;
+mod serializable;
 mod storage_cache;
 mod udp;
 mod upstream;

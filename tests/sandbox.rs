@@ -156,7 +156,7 @@ async fn a_component_of_another_world_is_refused_with_what_is_missing() {
     .await;
     assert!(e.contains("plugin `greeter`"), "{e}");
     assert!(e.contains("other_world_plugin.wasm"), "{e}");
-    assert!(e.contains("depin:plugin@0.1.3"), "{e}");
+    assert!(e.contains("depin:plugin@0.1.4"), "{e}");
     assert!(
         e.contains("missing exports: init, handle-http, handle-datagram"),
         "{e}"

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use depin_e2e::sensors::{Mosquitto, Sensor, free_port, mqtt_table};
+use depin_e2e::sensors::{Mosquitto, Sensor, free_port, mqtt_table, rumqtt_publisher};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin};
 use depin_gateway::RunningGateway;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
@@ -75,20 +75,8 @@ async fn wait_accepted(http: &HttpClient, n: u64) -> Value {
     }
 }
 
-/// A Rust MQTT client (rumqttc) that publishes at QoS 1; its event loop runs
-/// in a task that ends when the test's runtime does.
 async fn rust_publisher(port: u16, id: &str) -> AsyncClient {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5)).set_inflight(50);
-    let (client, mut eventloop) = AsyncClient::new(o, 1000);
-    tokio::spawn(async move {
-        while let Ok(e) = eventloop.poll().await {
-            if let Event::Incoming(Packet::Disconnect) = e {
-                break;
-            }
-        }
-    });
-    client
+    rumqtt_publisher(port, id).await
 }
 
 fn temp_pack(values: &[f64]) -> String {

@@ -84,7 +84,7 @@ async fn epoch_close(n: u64) {
             .collect();
         let effects = CallEffects {
             records,
-            kv: Default::default(),
+            ..CallEffects::default()
         };
         ledger
             .commit("bench".into(), effects)

@@ -14,10 +14,13 @@
 //! 6. Hotspot relay packets/s and added latency: gateway vs a native relay
 //!    doing the same parsing (`relay.rs`).
 //! 7. Sensor readings accepted/s by HTTP and MQTT vs native (`sensors.rs`).
+//! 8. Serializable calls: `kv.add` vs get+set on a hot key, uncontended
+//!    get+set, against GET /hello in the same run (`serial.rs`).
 
 mod compute;
 mod relay;
 mod sensors;
+mod serial;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,6 +78,9 @@ async fn main() {
     if run("7") {
         sensors::run(Duration::from_secs(secs)).await;
     }
+    if run("8") {
+        serial::run(Duration::from_secs(secs)).await;
+    }
 }
 
 fn template_home() -> Home {
@@ -100,12 +106,12 @@ async fn instantiate_and_call() {
         body: vec![],
     };
     for _ in 0..2_000 {
-        let _ = p.handle_http(&id, req()).await;
+        let _ = p.handle_http(&id, Arc::new(req())).await;
     }
     let n = 50_000u32;
     let started = Instant::now();
     for _ in 0..n {
-        let o = p.handle_http(&id, req()).await;
+        let o = p.handle_http(&id, Arc::new(req())).await;
         assert!(o.result.is_ok());
     }
     let per_call = started.elapsed() / n;

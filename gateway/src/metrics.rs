@@ -150,6 +150,30 @@ pub struct Metrics {
     /// Reports waiting in the upstream outbox; `None` until the outbox
     /// reports it (it is not exported before).
     outbox_depth: Mutex<Option<u64>>,
+    /// Conflicts between concurrent calls, by plugin.
+    conflicts: Mutex<BTreeMap<Arc<str>, ConflictCounts>>,
+}
+
+/// How often one plugin's calls conflicted and were run again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictCounts {
+    /// Calls refused at commit (or stopped while running) because a
+    /// concurrent call changed what they read.
+    pub conflicts: u64,
+    /// Calls run again after a conflict.
+    pub retries: u64,
+    /// Calls that gave up: out of retries, or an effect that cannot be
+    /// repeated was made before the conflict.
+    pub failed: u64,
+}
+
+/// What happened after a call conflicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictOutcome {
+    /// The call is run again.
+    Retried,
+    /// The call failed: no retries left, or it cannot be repeated.
+    Failed,
 }
 
 /// The registry every part of the gateway records into.
@@ -175,7 +199,32 @@ impl Metrics {
             }),
             reloads: Mutex::new(Reloads::default()),
             outbox_depth: Mutex::new(None),
+            conflicts: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts one conflict of a call of `plugin` and what came of it.
+    pub fn record_conflict(&self, plugin: &Arc<str>, outcome: ConflictOutcome) {
+        let mut all = self.conflicts.lock().expect("metrics lock");
+        let c = match all.get_mut(plugin) {
+            Some(c) => c,
+            None => all.entry(plugin.clone()).or_default(),
+        };
+        c.conflicts += 1;
+        match outcome {
+            ConflictOutcome::Retried => c.retries += 1,
+            ConflictOutcome::Failed => c.failed += 1,
+        }
+    }
+
+    /// One plugin's conflict counts (zero before its first conflict).
+    pub fn conflicts(&self, name: &str) -> ConflictCounts {
+        self.conflicts
+            .lock()
+            .expect("metrics lock")
+            .get(name)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Counts one call of `plugin`.
@@ -346,6 +395,29 @@ impl Metrics {
             );
             let _ = writeln!(out, "depin_outbox_depth {depth}");
         }
+        let conflicts = self.conflicts.lock().expect("metrics lock").clone();
+        for (name, help, value) in [
+            (
+                "depin_call_conflicts_total",
+                "Calls refused because a concurrent call changed what they read.",
+                (|c: &ConflictCounts| c.conflicts) as fn(&ConflictCounts) -> u64,
+            ),
+            (
+                "depin_call_retries_total",
+                "Calls run again from the start after a conflict.",
+                |c| c.retries,
+            ),
+            (
+                "depin_call_conflict_failures_total",
+                "Calls that failed after a conflict (out of retries, or not repeatable).",
+                |c| c.failed,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for (p, c) in &conflicts {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", escape(p), value(c));
+            }
+        }
         out
     }
 }
@@ -406,5 +478,35 @@ mod tests {
         assert!(!text.contains("depin_outbox_depth"));
         m.set_outbox_depth(3);
         assert!(m.render_prometheus().contains("depin_outbox_depth 3\n"));
+    }
+
+    #[test]
+    fn conflicts_and_retries_are_counted_by_plugin() {
+        let m = Metrics::new();
+        let p: Arc<str> = "conflicted".into();
+        m.record_conflict(&p, ConflictOutcome::Retried);
+        m.record_conflict(&p, ConflictOutcome::Retried);
+        m.record_conflict(&p, ConflictOutcome::Failed);
+        assert_eq!(
+            m.conflicts("conflicted"),
+            ConflictCounts {
+                conflicts: 3,
+                retries: 2,
+                failed: 1
+            }
+        );
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("depin_call_conflicts_total{plugin=\"conflicted\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("depin_call_retries_total{plugin=\"conflicted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("depin_call_conflict_failures_total{plugin=\"conflicted\"} 1"),
+            "{text}"
+        );
     }
 }

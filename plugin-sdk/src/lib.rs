@@ -291,6 +291,15 @@ pub mod kv {
         host::list_keys(prefix, limit)
     }
 
+    /// Adds `delta` to the counter under `key` (a decimal integer, what
+    /// [`set_json`] writes for a number; absent counts as 0) and returns
+    /// its new value. The increment commits with the call; the value is
+    /// exact in commit order, and concurrent `add`s of one key do not
+    /// conflict with each other as [`get`] then [`set`] would.
+    pub fn add(key: &str, delta: i64) -> Result<i64, KvError> {
+        host::add(key, delta)
+    }
+
     /// A JSON value stored under `key`. A value that does not parse as `T`
     /// is reported as a store error.
     pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, KvError> {

@@ -234,6 +234,28 @@ pub mod native {
             Ok(())
         }
 
+        pub fn add(key: &str, delta: i64) -> Result<i64, KvError> {
+            check(key)?;
+            with(|s| {
+                let current = match s.kv.get(key) {
+                    None => 0,
+                    Some(v) => std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            KvError::Store(format!(
+                                "`{key}` holds a value that is not a decimal integer; `add` needs a counter"
+                            ))
+                        })?,
+                };
+                let value = current.checked_add(delta).ok_or_else(|| {
+                    KvError::Store(format!("adding {delta} to `{key}` overflows an s64"))
+                })?;
+                s.kv.insert(key.to_string(), value.to_string().into_bytes());
+                Ok(value)
+            })
+        }
+
         pub fn list_keys(prefix: &str, limit: u32) -> Result<Vec<String>, KvError> {
             Ok(with(|s| {
                 s.kv.range(prefix.to_string()..)

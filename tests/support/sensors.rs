@@ -161,3 +161,20 @@ impl Sensor {
         ]
     }
 }
+
+/// A Rust MQTT client (rumqttc) that publishes at QoS 1; its event loop runs
+/// in a task that ends when the test's runtime does.
+pub async fn rumqtt_publisher(port: u16, id: &str) -> rumqttc::AsyncClient {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5)).set_inflight(50);
+    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    tokio::spawn(async move {
+        while let Ok(e) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Disconnect) = e {
+                break;
+            }
+        }
+    });
+    client
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::ledger::CallEffects;
+use crate::ledger::{CallEffects, KvEffects, LedgerError};
 use crate::runtime::contract::{
     Challenge, Datagram, HttpRequest, HttpResponse, Proof, ResourcePlugin,
 };
@@ -31,6 +31,10 @@ pub enum CallError {
     Busy,
     #[error("host failure: {0}")]
     Host(String),
+    /// A concurrent call changed what this one read while it ran: it had
+    /// no effect and is run again.
+    #[error("the call conflicted with a concurrent call")]
+    Conflict,
 }
 
 impl CallError {
@@ -43,6 +47,7 @@ impl CallError {
             CallError::Fuel(_) => "fuel",
             CallError::Busy => "busy",
             CallError::Host(_) => "host",
+            CallError::Conflict => "conflict",
         }
     }
 }
@@ -67,7 +72,7 @@ impl LoadedPlugin {
     pub async fn handle_http(
         &self,
         request_id: &Arc<str>,
-        req: HttpRequest,
+        req: Arc<HttpRequest>,
     ) -> CallOutcome<(HttpResponse, Option<PassThrough>)> {
         self.call(request_id.clone(), move |p, s| {
             Box::pin(async move {
@@ -228,6 +233,7 @@ impl LoadedPlugin {
         let wall = started.elapsed();
         let mut state = store.into_data();
         let mut records = std::mem::take(&mut state.jobs.host_records);
+        let unrepeatable = state.unrepeatable.take();
         match result {
             Ok(value) => CallOutcome {
                 result: Ok(value),
@@ -236,11 +242,29 @@ impl LoadedPlugin {
                         records.append(&mut state.metering.usage);
                         records
                     },
-                    kv: state.kv.writes,
+                    kv: std::mem::take(&mut state.kv).into_effects(),
+                    unrepeatable,
                 },
                 fuel,
                 wall,
             },
+            Err(e) if e.downcast_ref::<LedgerError>().is_some() => {
+                // Stopped by a conflict: nothing of it is kept, and
+                // committing it makes the caller run it again.
+                CallOutcome {
+                    result: Err(CallError::Conflict),
+                    effects: CallEffects {
+                        records,
+                        kv: KvEffects {
+                            conflicted: true,
+                            ..KvEffects::default()
+                        },
+                        unrepeatable,
+                    },
+                    fuel,
+                    wall,
+                }
+            }
             Err(e) => {
                 let error = self.classify(&state, &e);
                 tracing::warn!(

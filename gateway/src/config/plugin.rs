@@ -150,6 +150,12 @@ pub struct PluginLimits {
     /// Fuel budget per call; unlimited when absent. Fuel used is always
     /// measured and recorded.
     pub fuel: Option<u64>,
+    /// Bytes of kv keys and values one call may write (`set`, `delete`,
+    /// `add`), keys counted too.
+    pub kv_write_bytes: u64,
+    /// kv operations (`get`, `set`, `delete`, `list-keys`, `add`) one call
+    /// may make.
+    pub kv_ops: u32,
 }
 
 impl Default for PluginLimits {
@@ -158,6 +164,8 @@ impl Default for PluginLimits {
             memory_mb: 64,
             cpu_ms: 1_000,
             fuel: None,
+            kv_write_bytes: 8 << 20,
+            kv_ops: 10_000,
         }
     }
 }

@@ -477,7 +477,7 @@ mod tests {
     async fn commit(ledger: &Ledger, records: Vec<NewRecord>) {
         let effects = CallEffects {
             records,
-            kv: Default::default(),
+            ..CallEffects::default()
         };
         ledger.commit("tpl".into(), effects).await.unwrap();
     }

@@ -301,26 +301,38 @@ impl Subscriber {
         let Some(plugin) = self.table.get(&self.name) else {
             return Delivery::Keep("the plugin is no longer loaded".into());
         };
-        let outcome = plugin
-            .handle_message(id, publish.topic.clone(), publish.payload.to_vec())
-            .await;
-        let verdict = match &outcome.result {
-            Ok(Ok(())) => Delivery::Ack,
-            Ok(Err(message)) => {
-                Delivery::Keep(format!("the plugin asked for redelivery: {message}"))
+        // Run again from the start on a conflict (see `call::serialized`).
+        let committed = call::serialized(&plugin, || async {
+            let outcome = plugin
+                .handle_message(id, publish.topic.clone(), publish.payload.to_vec())
+                .await;
+            let verdict = match &outcome.result {
+                Ok(Ok(())) => Delivery::Ack,
+                Ok(Err(message)) => {
+                    Delivery::Keep(format!("the plugin asked for redelivery: {message}"))
+                }
+                Err(CallError::Busy) => Delivery::Keep("too many plugin calls at once".into()),
+                Err(CallError::Host(e)) => Delivery::Keep(format!("host failure: {e}")),
+                Err(CallError::Conflict) => Delivery::Keep("conflicted".into()),
+                // A trap or an exceeded limit happens again on every
+                // redelivery: the message is dropped (and logged) rather
+                // than retried forever.
+                Err(e) => {
+                    tracing::error!(plugin = %self.name, request_id = %id, topic = %publish.topic, error = %e, "message dropped: the plugin call failed");
+                    Delivery::Ack
+                }
+            };
+            let measured =
+                HostMeasurements::of_call(outcome.wall, outcome.fuel).bytes_in(bytes_in);
+            let result = call::commit(&self.ledger, &self.name, id, measured, outcome.effects).await;
+            call::Committed {
+                value: verdict,
+                result,
             }
-            Err(CallError::Busy) => Delivery::Keep("too many plugin calls at once".into()),
-            Err(CallError::Host(e)) => Delivery::Keep(format!("host failure: {e}")),
-            // A trap or an exceeded limit happens again on every redelivery:
-            // the message is dropped (and logged) rather than retried forever.
-            Err(e) => {
-                tracing::error!(plugin = %self.name, request_id = %id, topic = %publish.topic, error = %e, "message dropped: the plugin call failed");
-                Delivery::Ack
-            }
-        };
-        let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel).bytes_in(bytes_in);
-        if let Err(e) = call::commit(&self.ledger, &self.name, id, measured, outcome.effects).await
-        {
+        })
+        .await;
+        let verdict = committed.value;
+        if let Err(e) = committed.result {
             return Delivery::Keep(format!("cannot commit usage: {e}"));
         }
         tracing::debug!(plugin = %self.name, request_id = %id, topic = %publish.topic, duration_us = started.elapsed().as_micros() as u64, "message handled");

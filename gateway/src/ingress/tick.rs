@@ -30,10 +30,18 @@ impl Ticker {
                 _ = interval.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            let outcome = self.plugin.tick(&id, depin_protocol::time::now_ms()).await;
-            let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel);
             let name = self.plugin.name();
-            if let Err(e) = call::commit(&self.ledger, name, &id, measured, outcome.effects).await {
+            // Run again from the start on a conflict (see `call::serialized`).
+            let committed = call::serialized(&self.plugin, || async {
+                let outcome = self.plugin.tick(&id, depin_protocol::time::now_ms()).await;
+                let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel);
+                call::Committed {
+                    value: (),
+                    result: call::commit(&self.ledger, name, &id, measured, outcome.effects).await,
+                }
+            })
+            .await;
+            if let Err(e) = committed.result {
                 tracing::error!(plugin = %name, error = %e, "cannot commit a tick's usage");
             }
         }

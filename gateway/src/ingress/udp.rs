@@ -409,34 +409,49 @@ impl Relay {
             .ingress
             .clone()
             .map(|port| port as Arc<dyn RecentPeers>);
-        let outcome = plugin
-            .handle_datagram_on(&id, datagram, inbound.session, ingress)
-            .await;
-        // A failed call was logged by the runtime; it sends nothing.
-        let (replies, queued) = outcome.result.unwrap_or_default();
-        let mut sends = Vec::with_capacity(replies.len() + queued.len());
-        match &self.ingress {
-            Some(port) => sends.extend(
-                port.clear(&id, replies)
-                    .into_iter()
-                    .map(|(to, payload)| (port.socket.clone(), to, payload)),
-            ),
-            None if !replies.is_empty() => {
-                tracing::warn!(plugin = %self.name, request_id = %id, "answers dropped: the plugin has no UDP ingress socket ([plugin.udp] listen)");
+        // Run again from the start on a conflict; only the last run's
+        // datagrams are sent, after its commit.
+        let (datagram, ingress, id, session) = (&datagram, &ingress, &id, &inbound.session);
+        let plugin = &*plugin;
+        let committed = call::serialized(plugin, || async move {
+            let outcome = plugin
+                .handle_datagram_on(id, datagram.clone(), session.clone(), ingress.clone())
+                .await;
+            // A failed call was logged by the runtime; it sends nothing.
+            let (replies, queued) = match &outcome.result {
+                Ok(_) => outcome.result.unwrap_or_default(),
+                Err(_) => Default::default(),
+            };
+            let mut sends = Vec::with_capacity(replies.len() + queued.len());
+            match &self.ingress {
+                Some(port) => sends.extend(
+                    port.clear(id, replies)
+                        .into_iter()
+                        .map(|(to, payload)| (port.socket.clone(), to, payload)),
+                ),
+                None if !replies.is_empty() => {
+                    tracing::warn!(plugin = %self.name, request_id = %id, "answers dropped: the plugin has no UDP ingress socket ([plugin.udp] listen)");
+                }
+                None => {}
             }
-            None => {}
-        }
-        for q in queued {
-            if let Some(send) = self.check_upstream(&id, q).await {
-                sends.push(send);
+            for q in queued {
+                if let Some(send) = self.check_upstream(id, q).await {
+                    sends.push(send);
+                }
             }
-        }
-        let bytes_out: u64 = sends.iter().map(|s| s.2.len() as u64).sum();
-        let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel)
-            .bytes_in(bytes_in)
-            .bytes_out(bytes_out);
-        if let Err(e) = call::commit(&self.ledger, &self.name, &id, measured, outcome.effects).await
-        {
+            let bytes_out: u64 = sends.iter().map(|s| s.2.len() as u64).sum();
+            let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel)
+                .bytes_in(bytes_in)
+                .bytes_out(bytes_out);
+            let result = call::commit(&self.ledger, &self.name, id, measured, outcome.effects).await;
+            call::Committed {
+                value: sends,
+                result,
+            }
+        })
+        .await;
+        let sends = committed.value;
+        if let Err(e) = committed.result {
             tracing::error!(plugin = %self.name, request_id = %id, error = %e, "cannot commit a datagram's usage; its answers are not sent");
             return;
         }

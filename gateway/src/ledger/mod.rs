@@ -38,12 +38,13 @@ mod reader;
 use depin_protocol::record;
 mod recovery;
 mod scan;
+mod serial;
 #[cfg(test)]
 mod tests;
 mod wal;
 mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -63,6 +64,7 @@ pub use record::{
     DecodeError, FORMAT_VERSION, GENESIS_HASH, Hash, MAX_EVIDENCE_BYTES, MAX_SUBJECT_BYTES,
     NewRecord, Source, UsageRecord,
 };
+pub use serial::{AddRefused, AddTicket, KvEffects, ReadSet, Snapshot, counter_value};
 pub use wal::WAL_FILE;
 
 /// Records are stored in blocks, one block per commit group:
@@ -90,6 +92,20 @@ pub enum LedgerError {
     Storage(String),
     #[error("the ledger is closed")]
     Closed,
+    /// The call read something a call committed after its snapshot: it
+    /// had no effect and is run again (see `serial.rs`).
+    #[error("the call conflicted with a concurrent call")]
+    Conflict,
+    /// The call conflicted every time it was run.
+    #[error(
+        "the call conflicted with concurrent calls {0} times in a row and had no effect; try again"
+    )]
+    Contended(u32),
+    /// The call conflicted after an effect that cannot be repeated.
+    #[error(
+        "the call conflicted with a concurrent call after it made {0}, which cannot be repeated; the call had no effect"
+    )]
+    Unrepeatable(String),
 }
 
 impl<E: Into<redb::Error>> From<E> for LedgerError {
@@ -110,8 +126,12 @@ pub enum KvWrite {
 pub struct CallEffects {
     /// Usage records, in the order they were produced.
     pub records: Vec<NewRecord>,
-    /// Key-value writes (last write per key wins).
-    pub kv: BTreeMap<String, KvWrite>,
+    /// Key-value writes, reads and increments.
+    pub kv: KvEffects,
+    /// An effect of the call that cannot be repeated (a non-GET request
+    /// through `outbound-http`), if any: on a conflict the call fails
+    /// instead of being run again.
+    pub unrepeatable: Option<String>,
 }
 
 impl CallEffects {
@@ -237,8 +257,11 @@ impl Ledger {
         &self,
         plugin: Arc<str>,
         records: EncodedRecords,
-        kv: BTreeMap<String, KvWrite>,
+        kv: KvEffects,
     ) -> Result<CommitReceipt, LedgerError> {
+        if kv.conflicted {
+            return Err(LedgerError::Conflict);
+        }
         if records.is_empty() && kv.is_empty() {
             return Ok(CommitReceipt {
                 seqs: None,
@@ -268,6 +291,106 @@ impl Ledger {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
         Ok(table.get((plugin, key))?.map(|v| v.value().to_vec()))
+    }
+
+    /// A snapshot of everything committed so far, for a call's reads.
+    pub fn snapshot(&self) -> Snapshot {
+        let version = self.overlay().serial.begin();
+        Snapshot::new(version, self.overlay.clone())
+    }
+
+    /// The value of a plugin's key as of `snapshot`. `Conflict` when the
+    /// key was written after it.
+    pub fn kv_get_at(
+        &self,
+        snapshot: &Snapshot,
+        plugin: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, LedgerError> {
+        {
+            let overlay = self.overlay();
+            if overlay.serial.key_changed(plugin, key, snapshot.version) {
+                return Err(LedgerError::Conflict);
+            }
+            if let Some(logged) = overlay.kv_get(plugin, key) {
+                return Ok(logged);
+            }
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        let value = table.get((plugin, key))?.map(|v| v.value().to_vec());
+        // Written (and even checkpointed) while redb was read: not the
+        // snapshot's value.
+        if self
+            .overlay()
+            .serial
+            .key_changed(plugin, key, snapshot.version)
+        {
+            return Err(LedgerError::Conflict);
+        }
+        Ok(value)
+    }
+
+    /// [`Self::kv_list`] as of `snapshot`. `Conflict` when a key with the
+    /// prefix was written after it.
+    pub fn kv_list_at(
+        &self,
+        snapshot: &Snapshot,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, LedgerError> {
+        let changed = |ledger: &Self| {
+            ledger
+                .overlay()
+                .serial
+                .prefix_changed(plugin, prefix, snapshot.version)
+        };
+        if changed(self) {
+            return Err(LedgerError::Conflict);
+        }
+        let keys = self.kv_list(plugin, prefix, limit)?;
+        if changed(self) {
+            return Err(LedgerError::Conflict);
+        }
+        Ok(keys)
+    }
+
+    /// Reserves `delta` on the counter `key` of `plugin` (see `serial.rs`):
+    /// the ticket carries the value the call is given.
+    pub fn kv_add(
+        &self,
+        plugin: &Arc<str>,
+        key: &str,
+        delta: i64,
+    ) -> Result<Result<AddTicket, AddRefused>, LedgerError> {
+        let mut overlay = self.overlay();
+        let logged = overlay.kv_get(plugin, key);
+        let db = &self.db;
+        let reserved = overlay.serial.reserve(plugin, key, delta, || {
+            // No reservation is open on the key: its committed value, read
+            // under the lock so no commit slips in between.
+            let value = match logged {
+                Some(v) => v,
+                None => {
+                    let txn = db.begin_read()?;
+                    let table = txn.open_table(KV)?;
+                    table.get((&**plugin, key))?.map(|v| v.value().to_vec())
+                }
+            };
+            Ok(counter_value(value.as_deref()))
+        })?;
+        drop(overlay);
+        Ok(reserved.map(|(id, base)| {
+            AddTicket::new(
+                id,
+                plugin.clone(),
+                key.to_string(),
+                base,
+                delta,
+                self.overlay.clone(),
+            )
+        }))
     }
 
     /// Committed keys of a plugin that start with `prefix`, in order.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::Head;
+use super::serial::Serial;
 
 /// Commit groups that are durable in the log but not yet in redb.
 #[derive(Debug, Default)]
@@ -56,6 +57,8 @@ impl Layer {
 pub(super) struct Overlay {
     pub(super) current: Layer,
     pub(super) applying: Option<Arc<Layer>>,
+    /// Versions, snapshots and reservations (see `serial.rs`).
+    pub(super) serial: Serial,
 }
 
 impl Overlay {

@@ -28,7 +28,7 @@ fn verified_records(dir: &Path) -> u64 {
 fn effects(records: Vec<NewRecord>) -> CallEffects {
     CallEffects {
         records,
-        kv: BTreeMap::new(),
+        ..CallEffects::default()
     }
 }
 
@@ -77,7 +77,7 @@ async fn records_encoded_by_the_caller_are_numbered_stamped_and_chained_by_the_w
         "numbered at commit"
     );
     let receipt = ledger
-        .commit_encoded("p".into(), records, BTreeMap::new())
+        .commit_encoded("p".into(), records, KvEffects::default())
         .await
         .unwrap();
     assert_eq!(receipt.seqs, Some((1, 2)));
@@ -116,9 +116,11 @@ async fn kv_writes_commit_with_records_and_are_namespaced() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();
     let mut e = effects(vec![]);
-    e.kv.insert("a/1".into(), KvWrite::Set(b"x".to_vec()));
-    e.kv.insert("a/2".into(), KvWrite::Set(b"y".to_vec()));
-    e.kv.insert("b".into(), KvWrite::Set(b"z".to_vec()));
+    e.kv.writes
+        .insert("a/1".into(), KvWrite::Set(b"x".to_vec()));
+    e.kv.writes
+        .insert("a/2".into(), KvWrite::Set(b"y".to_vec()));
+    e.kv.writes.insert("b".into(), KvWrite::Set(b"z".to_vec()));
     ledger.commit("one".into(), e).await.unwrap();
     assert_eq!(ledger.kv_get("one", "a/1").unwrap(), Some(b"x".to_vec()));
     assert_eq!(ledger.kv_get("two", "a/1").unwrap(), None);
@@ -126,7 +128,7 @@ async fn kv_writes_commit_with_records_and_are_namespaced() {
     assert_eq!(ledger.kv_list("one", "", 2).unwrap(), vec!["a/1", "a/2"]);
     assert!(ledger.kv_list("two", "", 10).unwrap().is_empty());
     let mut e = effects(vec![]);
-    e.kv.insert("a/1".into(), KvWrite::Delete);
+    e.kv.writes.insert("a/1".into(), KvWrite::Delete);
     ledger.commit("one".into(), e).await.unwrap();
     assert_eq!(ledger.kv_get("one", "a/1").unwrap(), None);
 }
@@ -187,8 +189,10 @@ async fn logged_groups_are_visible_before_and_after_their_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();
     let mut e = effects(vec![rec("u", 1), rec("u", 2)]);
-    e.kv.insert("k/1".into(), KvWrite::Set(b"a".to_vec()));
-    e.kv.insert("k/2".into(), KvWrite::Set(b"b".to_vec()));
+    e.kv.writes
+        .insert("k/1".into(), KvWrite::Set(b"a".to_vec()));
+    e.kv.writes
+        .insert("k/2".into(), KvWrite::Set(b"b".to_vec()));
     ledger.commit("p".into(), e).await.unwrap();
     // Logged, not yet checkpointed: readers see it.
     assert!(ledger.overlay().head().is_some(), "still in the log");
@@ -206,8 +210,9 @@ async fn logged_groups_are_visible_before_and_after_their_checkpoint() {
     assert_eq!(ledger.kv_list("p", "k/", 10).unwrap(), vec!["k/1", "k/2"]);
     // A logged delete hides a stored key; a logged set adds one.
     let mut e = effects(vec![rec("u", 3)]);
-    e.kv.insert("k/1".into(), KvWrite::Delete);
-    e.kv.insert("k/0".into(), KvWrite::Set(b"z".to_vec()));
+    e.kv.writes.insert("k/1".into(), KvWrite::Delete);
+    e.kv.writes
+        .insert("k/0".into(), KvWrite::Set(b"z".to_vec()));
     ledger.commit("p".into(), e).await.unwrap();
     assert_eq!(ledger.kv_get("p", "k/1").unwrap(), None);
     assert_eq!(ledger.kv_list("p", "k/", 10).unwrap(), vec!["k/0", "k/2"]);
@@ -224,7 +229,8 @@ async fn a_crash_loses_no_acknowledged_commit() {
     let ledger = Ledger::open(dir.path()).unwrap();
     for i in 0..10u64 {
         let mut e = effects(vec![rec("u", i)]);
-        e.kv.insert(format!("k/{i}"), KvWrite::Set(vec![i as u8]));
+        e.kv.writes
+            .insert(format!("k/{i}"), KvWrite::Set(vec![i as u8]));
         ledger.commit("p".into(), e).await.unwrap();
     }
     ledger.abandon();
@@ -255,7 +261,7 @@ async fn commit_numbered(
     value: Vec<u8>,
 ) -> Result<CommitReceipt, LedgerError> {
     let mut e = effects(vec![rec("u", i)]);
-    e.kv.insert(format!("k/{i}"), KvWrite::Set(value));
+    e.kv.writes.insert(format!("k/{i}"), KvWrite::Set(value));
     ledger.commit("p".into(), e).await
 }
 
@@ -450,7 +456,7 @@ async fn a_group_larger_than_the_log_goes_straight_to_redb() {
         .unwrap();
     let mut e = effects(vec![rec("u", 2)]);
     let big = vec![7u8; wal::REGION_BYTES as usize + 1];
-    e.kv.insert("big".into(), KvWrite::Set(big.clone()));
+    e.kv.writes.insert("big".into(), KvWrite::Set(big.clone()));
     let receipt = ledger.commit("p".into(), e).await.unwrap();
     assert_eq!(receipt.seqs, Some((2, 2)));
     assert_eq!(ledger.kv_get("p", "big").unwrap(), Some(big));

@@ -2,7 +2,6 @@
 //! and chains its records, logs it with one write and one fdatasync, and
 //! starts checkpoints when they are due.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -13,7 +12,19 @@ use redb::Database;
 use super::checkpoint::{CheckpointJob, store, store_checkpoint};
 use super::encoding::{EncodedRecords, encode_group};
 use super::overlay::{Layer, Overlay};
+use super::serial::{KvEffects, Verdict};
 use super::{CommitReceipt, Head, KvWrite, LedgerError, wal};
+
+/// Longest a commit whose `kv.add` increment was reserved after one not
+/// yet committed waits for it; then it conflicts (and its call is run
+/// again). Bounds the wait on a call that never commits.
+const MAX_ADD_WAIT: Duration = Duration::from_millis(50);
+/// How often the writer looks again at commits kept waiting.
+const WAIT_POLL: Duration = Duration::from_millis(1);
+
+/// Longest value that can hold a counter (`i64::MIN` in decimal, with
+/// room for surrounding spaces).
+const MAX_COUNTER_BYTES: usize = 24;
 
 /// Most commits taken into one group.
 const MAX_GROUP: usize = 1024;
@@ -26,7 +37,7 @@ const CHECKPOINT_BYTES: u64 = 1 << 20;
 /// One call's effects, queued for the writer.
 pub(super) struct CommitRequest {
     pub(super) records: EncodedRecords,
-    pub(super) kv: BTreeMap<String, KvWrite>,
+    pub(super) kv: KvEffects,
     pub(super) plugin: Arc<str>,
     pub(super) reply: tokio::sync::oneshot::Sender<Result<CommitReceipt, LedgerError>>,
 }
@@ -78,6 +89,8 @@ pub(super) struct Writer {
     checkpointer: Option<JoinHandle<()>>,
     /// A job is with the checkpoint thread.
     checkpointing: bool,
+    /// Commits kept back for an earlier increment, with when they arrived.
+    waiting: Vec<(Instant, CommitRequest)>,
     #[cfg(test)]
     hold_checkpoints: bool,
 }
@@ -117,6 +130,7 @@ impl Writer {
             done,
             checkpointer: Some(checkpointer),
             checkpointing: false,
+            waiting: Vec::new(),
             #[cfg(test)]
             hold_checkpoints: false,
         }
@@ -139,10 +153,17 @@ impl Writer {
         #[cfg_attr(not(test), allow(unused_mut))]
         let mut last_checkpoint = true;
         while !stop {
-            let msg = match self.checkpoint_due_in() {
+            let due = match (self.checkpoint_due_in(), self.waiting.is_empty()) {
+                (due, true) => due,
+                (due, false) => Some(due.map_or(WAIT_POLL, |d| d.min(WAIT_POLL))),
+            };
+            let msg = match due {
                 Some(due) => match rx.recv_timeout(due) {
                     Ok(m) => m,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if !self.waiting.is_empty() {
+                            self.commit(Vec::new());
+                        }
                         self.maybe_checkpoint();
                         continue;
                     }
@@ -200,6 +221,9 @@ impl Writer {
             let _ = handle.join();
         }
         // Drain anything that raced with Stop.
+        for (_, c) in self.waiting.drain(..) {
+            let _ = c.reply.send(Err(LedgerError::Closed));
+        }
         while let Ok(WriterMsg::Commit(c)) = rx.try_recv() {
             let _ = c.reply.send(Err(LedgerError::Closed));
         }
@@ -213,7 +237,52 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut group: Vec<CommitRequest>) {
+    /// Checks the calls of `group` (after those kept waiting from earlier
+    /// groups) against everything logged before them (see `serial.rs`):
+    /// refuses those that conflict, keeps back those whose increment waits
+    /// for an earlier one (at most [`MAX_ADD_WAIT`]), and returns the rest
+    /// in the order they are to be logged.
+    fn check(&mut self, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
+        let now = Instant::now();
+        let mut arrived: Vec<(Instant, CommitRequest)> = std::mem::take(&mut self.waiting);
+        arrived.extend(group.into_iter().map(|c| (now, c)));
+        if arrived
+            .iter()
+            .all(|(_, c)| c.kv.reads.is_empty() && c.kv.adds.is_empty() && !c.kv.conflicted)
+        {
+            return arrived.into_iter().map(|(_, c)| c).collect();
+        }
+        let (verdicts, order) = {
+            let overlay = self.overlay.lock().expect("ledger overlay lock");
+            let mut calls: Vec<(&Arc<str>, &mut KvEffects)> = arrived
+                .iter_mut()
+                .map(|(_, c)| (&c.plugin, &mut c.kv))
+                .collect();
+            overlay.serial.check_group(&mut calls)
+        };
+        let mut slots: Vec<Option<(Instant, CommitRequest)>> =
+            arrived.into_iter().map(Some).collect();
+        let passed = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each call passes once").1)
+            .collect();
+        for (slot, verdict) in slots.into_iter().zip(verdicts) {
+            let Some((since, c)) = slot else { continue };
+            match verdict {
+                Verdict::Wait if since.elapsed() < MAX_ADD_WAIT => self.waiting.push((since, c)),
+                _ => {
+                    let _ = c.reply.send(Err(LedgerError::Conflict));
+                }
+            }
+        }
+        passed
+    }
+
+    fn commit(&mut self, group: Vec<CommitRequest>) {
+        let mut group = self.check(group);
+        if group.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let n = group.len();
         match self.log_group(&mut group) {
@@ -247,23 +316,26 @@ impl Writer {
         let before = self.head;
         let (after, receipts) = encode_group(before, group, &mut self.block);
         wal::begin_entry(&mut self.entry, &before, &after, &self.block);
-        let writes = group.iter().map(|c| c.kv.len()).sum();
+        let writes = group.iter().map(|c| c.kv.writes.len()).sum();
         wal::put_kv(
             &mut self.entry,
             writes,
             group
                 .iter()
-                .flat_map(|c| c.kv.iter().map(|(k, w)| (&*c.plugin, k.as_str(), w))),
+                .flat_map(|c| c.kv.writes.iter().map(|(k, w)| (&*c.plugin, k.as_str(), w))),
         );
         let mut layer = Layer::default();
         layer.add_block(before.seq + 1, &self.block, after);
         for c in group.iter_mut() {
-            for (key, write) in std::mem::take(&mut c.kv) {
+            for (key, write) in c.kv.writes.iter_mut() {
                 let value = match write {
-                    KvWrite::Set(v) => Some(v),
+                    // What publishing needs of a value is whether it is a
+                    // counter: small values are copied, large ones moved.
+                    KvWrite::Set(v) if v.len() <= MAX_COUNTER_BYTES => Some(v.clone()),
+                    KvWrite::Set(v) => Some(std::mem::take(v)),
                     KvWrite::Delete => None,
                 };
-                layer.add_kv(&c.plugin, key, value);
+                layer.add_kv(&c.plugin, key.clone(), value);
             }
         }
         if wal::Wal::ever_fits(self.entry.len()) {
@@ -277,6 +349,7 @@ impl Writer {
             self.wal.append(&mut self.entry).map_err(log_failed)?;
             let mut overlay = self.overlay.lock().expect("ledger overlay lock");
             overlay.current.absorb(layer);
+            publish(&mut overlay, group);
             self.pending_since.get_or_insert(Instant::now());
         } else {
             // Larger than a whole region (huge key-value writes): stored
@@ -285,6 +358,10 @@ impl Writer {
             let generation = self.wal.generation + 1;
             store(&self.db, &layer, generation)?;
             self.wal.restart(generation).map_err(log_failed)?;
+            publish(
+                &mut self.overlay.lock().expect("ledger overlay lock"),
+                group,
+            );
         }
         self.head = after;
         Ok(receipts)
@@ -413,4 +490,14 @@ impl Writer {
         self.rotate()?;
         self.settle()
     }
+}
+
+/// Makes the kv changes of a logged group visible with their versions,
+/// under the same lock as its values, and forgets versions no running call
+/// needs any more.
+fn publish(overlay: &mut Overlay, group: &mut [CommitRequest]) {
+    for c in group.iter_mut() {
+        overlay.serial.publish(&c.plugin, &mut c.kv);
+    }
+    overlay.serial.prune();
 }

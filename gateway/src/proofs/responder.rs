@@ -121,25 +121,40 @@ impl Prover {
         let id: Arc<str> = format!("challenge-{}", c.id).into();
         let port = self.udp.get(&c.plugin);
         let ingress = port.clone().map(|p| p as Arc<dyn RecentPeers>);
-        let outcome = plugin.prove_with_replies(&id, c.to_wit(), ingress).await;
-        let (result, replies) = match outcome.result {
-            Ok((proof, replies)) => (Ok(proof), replies),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        let sends = match &port {
-            Some(port) => port.clear(&id, replies),
-            None => Vec::new(),
-        };
-        // Only what a proof sends is metered: proving is not service to a
-        // client, so its wall time and fuel are not recorded.
-        let bytes_out: u64 = sends.iter().map(|(_, p)| p.len() as u64).sum();
-        let measured = HostMeasurements {
-            bytes_out: (bytes_out > 0).then_some(bytes_out),
-            ..HostMeasurements::default()
-        };
-        if let Err(e) =
-            call::commit(&self.ledger, plugin.name(), &id, measured, outcome.effects).await
-        {
+        // Run again from the start on a conflict (see `call::serialized`);
+        // only the last run's datagrams are sent, after its commit.
+        let (id_ref, port_ref, ingress) = (&id, &port, &ingress);
+        let plugin = &*plugin;
+        let committed = call::serialized(plugin, || async move {
+            let id = id_ref;
+            let outcome = plugin
+                .prove_with_replies(id, c.to_wit(), ingress.clone())
+                .await;
+            let (result, replies) = match outcome.result {
+                Ok((proof, replies)) => (Ok(proof), replies),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            let sends = match port_ref {
+                Some(port) => port.clear(id, replies),
+                None => Vec::new(),
+            };
+            // Only what a proof sends is metered: proving is not service to
+            // a client, so its wall time and fuel are not recorded.
+            let bytes_out: u64 = sends.iter().map(|(_, p)| p.len() as u64).sum();
+            let measured = HostMeasurements {
+                bytes_out: (bytes_out > 0).then_some(bytes_out),
+                ..HostMeasurements::default()
+            };
+            let committed =
+                call::commit(&self.ledger, plugin.name(), id, measured, outcome.effects).await;
+            call::Committed {
+                value: (result, sends),
+                result: committed,
+            }
+        })
+        .await;
+        let (result, sends) = committed.value;
+        if let Err(e) = committed.result {
             tracing::error!(plugin = %c.plugin, error = %e, "cannot commit what `prove` wrote");
             return Attempt::Failed(format!("cannot commit what `prove` wrote: {e}"));
         }

@@ -46,7 +46,7 @@ pub fn kind_name(kind: ResourceKind) -> &'static str {
 }
 
 /// The contract this gateway speaks.
-pub const CONTRACT: &str = "depin:plugin@0.1.3";
+pub const CONTRACT: &str = "depin:plugin@0.1.4";
 const PACKAGE: &str = "depin:plugin";
 const VERSION_MAJOR_MINOR: &str = "0.1";
 
@@ -176,7 +176,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.3 does not define"),
+            e.contains("`depin:plugin/teleport@0.1.0`, which depin:plugin@0.1.4 does not define"),
             "{e}"
         );
         assert!(e.contains("built against depin:plugin@0.2.0"), "{e}");
@@ -228,11 +228,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             runtime.linker().instantiate_pre(&component).map(|_| ())
         };
-        for version in ["0.1.0", "0.1.1", "0.1.2", "0.1.3"] {
+        for version in ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4"] {
             assert!(links(version).is_ok(), "{version}: {:?}", links(version));
         }
         assert!(links("0.2.0").is_err(), "0.2 is another contract");
-        assert!(CONTRACT.ends_with("@0.1.3"));
+        assert!(CONTRACT.ends_with("@0.1.4"));
     }
 
     #[test]

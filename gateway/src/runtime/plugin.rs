@@ -15,7 +15,7 @@ use super::{CacheOutcome, Runtime};
 use crate::blobstore::BlobStore;
 use crate::call::{self, HostMeasurements};
 use crate::config::{PluginConfig, PluginLimits};
-use crate::ledger::Ledger;
+use crate::ledger::{CallEffects, Ledger};
 
 /// What every call of a plugin shares: identity, configuration, limits.
 #[derive(Debug, Clone)]
@@ -68,6 +68,9 @@ pub struct LoadedPlugin {
     /// after every load, so a reload never serves the old plugin's answers.
     pub reuse: super::reuse::ReuseTable,
     pub(crate) pre: ResourcePluginPre<CallState>,
+    /// Calls take turns here: a first run shares it with other calls; a
+    /// run after repeated conflicts has it alone (see `call::serialized`).
+    pub(crate) turns: tokio::sync::RwLock<()>,
     pub(crate) engine: wasmtime::Engine,
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) max_ticks: u64,
@@ -102,27 +105,45 @@ impl LoadedPlugin {
             .await
             .map_err(fail)?;
         let config = cfg.config_strings();
-        let outcome = plugin
-            .call("load".into(), move |p, s| {
-                Box::pin(async move { p.call_init(s, &config).await })
-            })
+        let (plugin_ref, ledger_ref, config_ref) = (&plugin, &ledger, &config);
+        let committed = call::serialized(&plugin, || async move {
+            let (plugin, ledger) = (plugin_ref, ledger_ref);
+            let config = config_ref.clone();
+            let outcome = plugin
+                .call("load".into(), move |p, s| {
+                    Box::pin(async move { p.call_init(s, &config).await })
+                })
+                .await;
+            let init = match outcome.result {
+                Err(e) => Err(format!("`init` failed: {e}")),
+                Ok(Err(message)) => Err(format!("`init` refused its configuration: {message}")),
+                Ok(Ok(())) => Ok(()),
+            };
+            // A refused `init` is not committed, but a conflict is still
+            // reported as one, so it is run again.
+            let effects = match &init {
+                Ok(()) => outcome.effects,
+                Err(_) if outcome.effects.kv.conflicted => outcome.effects,
+                Err(_) => CallEffects::default(),
+            };
+            let result = call::commit(
+                ledger,
+                &plugin.shared.name,
+                "load",
+                HostMeasurements::default(),
+                effects,
+            )
             .await;
-        match outcome.result {
-            Err(e) => return Err(fail(format!("`init` failed: {e}"))),
-            Ok(Err(message)) => {
-                return Err(fail(format!("`init` refused its configuration: {message}")));
+            call::Committed {
+                value: init,
+                result,
             }
-            Ok(Ok(())) => {}
-        }
-        call::commit(
-            &ledger,
-            &plugin.shared.name,
-            "load",
-            HostMeasurements::default(),
-            outcome.effects,
-        )
-        .await
-        .map_err(|e| fail(format!("cannot commit what `init` wrote: {e}")))?;
+        })
+        .await;
+        committed.value.map_err(fail)?;
+        committed
+            .result
+            .map_err(|e| fail(format!("cannot commit what `init` wrote: {e}")))?;
         Ok(Arc::new(plugin))
     }
 
@@ -175,6 +196,7 @@ impl LoadedPlugin {
             cache,
             reuse: Default::default(),
             pre,
+            turns: Default::default(),
             engine: runtime.engine().clone(),
             ledger,
             max_ticks: runtime.ticks_for(Duration::from_millis(cfg.limits.cpu_ms)),

@@ -43,6 +43,9 @@ pub struct CallState {
     pub(crate) jobs: JobsState,
     /// Datagrams queued through `outbound-udp`, and where this one came from.
     pub(crate) outbound_udp: UdpState,
+    /// The first `outbound-http` request of the call that cannot be
+    /// repeated (not a GET or HEAD), if any.
+    pub(crate) unrepeatable: Option<String>,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -73,6 +76,7 @@ impl CallState {
             blobs: BlobsState::default(),
             jobs: JobsState::default(),
             outbound_udp: UdpState::default(),
+            unrepeatable: None,
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

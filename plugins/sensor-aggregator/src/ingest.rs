@@ -297,8 +297,8 @@ impl Writes {
     }
 
     /// Counters are never read and written back by a pack: each call adds
-    /// its own delta key, which `tick` folds into the total. Concurrent calls
-    /// therefore never lose each other's counts.
+    /// its own delta key, which `tick` folds into the total, so packs of
+    /// different devices do not conflict over a shared total.
     fn count(&mut self, counter: &str, call: &str, n: u64) {
         self.kv
             .insert(store::delta_key(counter, call), n.to_string().into_bytes());

@@ -56,11 +56,10 @@ impl Plugin for Template {
     }
 
     fn tick(now_ms: u64) {
-        let ticks = kv::get_json::<u64>("ticks").ok().flatten().unwrap_or(0) + 1;
-        if let Err(e) = kv::set_json("ticks", &ticks) {
-            log::warn(&format!("cannot count the tick: {e}"));
+        match kv::add("ticks", 1) {
+            Ok(ticks) => log::debug(&format!("tick {ticks} at {now_ms}")),
+            Err(e) => log::warn(&format!("cannot count the tick: {e}")),
         }
-        log::debug(&format!("tick {ticks} at {now_ms}"));
     }
 
     fn prove(c: Challenge) -> Result<Proof, String> {
@@ -111,12 +110,23 @@ fn route(req: &HttpRequest) -> HttpResponse {
             HttpResponse::json(200, &serde_json::json!({ "ticks": ticks }))
         }
         ("POST", "/counter") => {
-            let count = match kv::get_json::<u64>("counter") {
-                Ok(n) => n.unwrap_or(0) + 1,
-                Err(e) => return HttpResponse::text(500, &e.to_string()),
+            // `?key=name` counts under its own key; `?via=get-set` reads
+            // and writes the counter instead of adding to it (the same
+            // result, but concurrent calls conflict and are run again).
+            let key = match req.query_param("key") {
+                Some(name) => format!("counter/{name}"),
+                None => "counter".to_string(),
             };
-            match kv::set_json("counter", &count) {
-                Ok(()) => HttpResponse::json(200, &serde_json::json!({ "count": count })),
+            let count = if req.query_param("via") == Some("get-set") {
+                kv::get_json::<i64>(&key).and_then(|n| {
+                    let n = n.unwrap_or(0) + 1;
+                    kv::set_json(&key, &n).map(|()| n)
+                })
+            } else {
+                kv::add(&key, 1)
+            };
+            match count {
+                Ok(count) => HttpResponse::json(200, &serde_json::json!({ "count": count })),
                 Err(e) => HttpResponse::text(500, &e.to_string()),
             }
         }
@@ -202,6 +212,20 @@ mod tests {
             Template::handle_http(HttpRequest::new("POST", "/counter"));
         }
         assert_eq!(host.kv("counter").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn counter_by_add_and_by_get_set_count_the_same_keys() {
+        let host = host();
+        let post = |query: &str| {
+            let r = Template::handle_http(HttpRequest::new("POST", "/counter").with_query(query));
+            String::from_utf8(r.body_bytes().to_vec()).unwrap()
+        };
+        assert_eq!(post(""), r#"{"count":1}"#);
+        assert_eq!(post("via=get-set"), r#"{"count":2}"#);
+        assert_eq!(post("key=a&via=get-set"), r#"{"count":1}"#);
+        assert_eq!(post("key=a"), r#"{"count":2}"#);
+        assert_eq!(host.kv("counter/a").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! phases: route → read body → call plugin → commit usage → respond. The
 //! response is sent only after the call's usage records are durable.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use tracing::Instrument;
 
 use crate::call::{self, CallError, HostMeasurements, RequestIds};
 use crate::config::HttpConfig;
-use crate::ledger::{CallEffects, EncodedRecords, KvWrite, Ledger, LedgerError};
+use crate::ledger::{CallEffects, EncodedRecords, KvEffects, Ledger, LedgerError};
 use crate::metrics::CallObservation;
 use crate::plugin_table::PluginTable;
 use crate::runtime::LoadedPlugin;
@@ -254,93 +253,122 @@ impl HttpIngress {
             && request.body.is_empty())
         .then(|| reuse::key(&request.method, &request.path, &request.query));
 
-        // Phase: call the plugin.
+        // Phases: call the plugin, build the response, commit; all of it
+        // again from the start when the call conflicted with a concurrent
+        // one (see `call::serialized`).
         let timeout = Duration::from_millis(self.limits.call_timeout_ms);
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, plugin.handle_http(request_id, request)).await;
-
-        // Phase: build the response and the call's records.
-        let mut keep = None;
-        let (response, effects, fuel, wall, error) = match outcome {
-            Err(_) => {
-                tracing::warn!(
-                    timeout_ms = self.limits.call_timeout_ms,
-                    "plugin call timed out"
-                );
-                let r = error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    request_id,
-                    &format!(
-                        "the plugin did not answer within {} ms",
-                        self.limits.call_timeout_ms
-                    ),
-                );
-                let error = Some("timeout");
-                (r, CallEffects::default(), 0, started.elapsed(), error)
-            }
-            Ok(o) => {
-                let error = o.result.as_ref().err().map(|e| e.kind());
-                let (result, pass) = match o.result {
-                    Ok((r, pass)) => (Ok(r), pass),
-                    Err(e) => (Err(e), None),
-                };
-                // The plugin's answer and claims, when it marked the answer
-                // reusable (kept once the call's records are durable). Not
-                // a blob passed through: it is not stored.
-                keep = reuse_key
-                    .filter(|_| pass.is_none())
-                    .zip(result.as_ref().ok())
-                    .and_then(|(key, r)| {
-                        let ttl = reuse::requested(r)?;
-                        Some((key, r.clone(), ttl))
-                    });
-                let response = match result {
-                    Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
-                        plugin.shared.blobs.as_deref(),
-                        r,
-                        &conditional,
-                        request_id,
-                        false,
-                        pass,
-                    ),
-                    Ok(r) => plugin_response(r, request_id),
-                    Err(e) => {
-                        let status = match e {
-                            CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                            _ => StatusCode::INTERNAL_SERVER_ERROR,
-                        };
-                        error_response(
-                            status,
-                            request_id,
-                            &format!("plugin call failed: {}", e.kind()),
-                        )
-                    }
-                };
-                (response, o.effects, o.fuel, o.wall, error)
-            }
-        };
-
-        // Phase: commit usage, then respond.
-        let bytes_out = response_size(&response);
+        let request = Arc::new(request);
         let name = plugin.name();
-        let measured = HostMeasurements::of_call(wall, fuel)
-            .bytes_in(bytes_in)
-            .bytes_out(bytes_out);
-        let encoded = call::records(name, request_id, &measured, &effects.records);
-        let facts = CallFacts {
-            error,
-            fuel,
-            bytes_in,
-            bytes_out,
-            reused: false,
+        let request = &request;
+        let reuse_key = &reuse_key;
+        let conditional = &conditional;
+        let committed = call::serialized(plugin, || async move {
+            let started = Instant::now();
+            let outcome =
+                tokio::time::timeout(timeout, plugin.handle_http(request_id, request.clone()))
+                    .await;
+
+            // Phase: build the response and the call's records.
+            let mut keep = None;
+            let (response, effects, fuel, wall, error) = match outcome {
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = self.limits.call_timeout_ms,
+                        "plugin call timed out"
+                    );
+                    let r = error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        request_id,
+                        &format!(
+                            "the plugin did not answer within {} ms",
+                            self.limits.call_timeout_ms
+                        ),
+                    );
+                    let error = Some("timeout");
+                    (r, CallEffects::default(), 0, started.elapsed(), error)
+                }
+                Ok(o) => {
+                    let error = o.result.as_ref().err().map(|e| e.kind());
+                    let (result, pass) = match o.result {
+                        Ok((r, pass)) => (Ok(r), pass),
+                        Err(e) => (Err(e), None),
+                    };
+                    // The plugin's answer and claims, when it marked the
+                    // answer reusable (kept once the call's records are
+                    // durable). Not a blob passed through: it is not stored.
+                    keep = reuse_key
+                        .clone()
+                        .filter(|_| pass.is_none())
+                        .zip(result.as_ref().ok())
+                        .and_then(|(key, r)| {
+                            let ttl = reuse::requested(r)?;
+                            Some((key, r.clone(), ttl))
+                        });
+                    let response = match result {
+                        Ok(r) if matches!(r.body, Body::Blob(_)) => blob_body::respond(
+                            plugin.shared.blobs.as_deref(),
+                            r,
+                            conditional,
+                            request_id,
+                            false,
+                            pass,
+                        ),
+                        Ok(r) => plugin_response(r, request_id),
+                        Err(e) => {
+                            let status = match e {
+                                CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                                _ => StatusCode::INTERNAL_SERVER_ERROR,
+                            };
+                            error_response(
+                                status,
+                                request_id,
+                                &format!("plugin call failed: {}", e.kind()),
+                            )
+                        }
+                    };
+                    (response, o.effects, o.fuel, o.wall, error)
+                }
+            };
+
+            // Phase: commit usage.
+            let bytes_out = response_size(&response);
+            let measured = HostMeasurements::of_call(wall, fuel)
+                .bytes_in(bytes_in)
+                .bytes_out(bytes_out);
+            let facts = CallFacts {
+                error,
+                fuel,
+                bytes_in,
+                bytes_out,
+                reused: false,
+            };
+            let CallEffects {
+                records: claims,
+                kv,
+                unrepeatable,
+            } = effects;
+            let result = match call::records(name, request_id, &measured, &claims) {
+                Ok(encoded) => {
+                    call::commit_encoded(&self.ledger, name, encoded, kv, unrepeatable).await
+                }
+                Err(e) => Err(e),
+            };
+            call::Committed {
+                value: (response, facts, keep, claims),
+                result,
+            }
+        })
+        .await;
+
+        // Phase: respond.
+        let (response, mut facts, keep, claims) = committed.value;
+        let response = match committed.result {
+            Ok(_) => response,
+            Err(e) => {
+                facts.error = Some(commit_failed(&e));
+                commit_failure_response(&e, request_id)
+            }
         };
-        let CallEffects {
-            records: claims,
-            kv,
-        } = effects;
-        let (response, facts) = self
-            .commit_then_respond(plugin, encoded, kv, response, facts, request_id)
-            .await;
         if let Some((key, answer, ttl)) = keep
             && facts.error.is_none()
             && (response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED)
@@ -350,14 +378,14 @@ impl HttpIngress {
         (response, facts)
     }
 
-    /// Commits the call's effects, then gives back the response; a 503
-    /// instead when the ledger cannot take them (the request had no
-    /// effect).
+    /// Commits the effects of an answer made without a plugin call, then
+    /// gives back the response; a 503 instead when they cannot be
+    /// committed (the request had no effect).
     async fn commit_then_respond(
         &self,
         plugin: &LoadedPlugin,
         records: Result<EncodedRecords, LedgerError>,
-        kv: BTreeMap<String, KvWrite>,
+        kv: KvEffects,
         response: Response<HttpBody>,
         mut facts: CallFacts,
         request_id: &Arc<str>,
@@ -373,17 +401,36 @@ impl HttpIngress {
         match committed {
             Ok(_) => (response, facts),
             Err(e) => {
-                tracing::error!(error = %e, "cannot commit usage; withholding the response");
-                facts.error = Some("ledger");
-                let r = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    request_id,
-                    "the usage ledger is unavailable; the request had no effect",
-                );
-                (r, facts)
+                facts.error = Some(commit_failed(&e));
+                (commit_failure_response(&e, request_id), facts)
             }
         }
     }
+}
+
+/// The error kind of a call whose effects were not committed.
+fn commit_failed(e: &LedgerError) -> &'static str {
+    match e {
+        LedgerError::Conflict | LedgerError::Contended(_) | LedgerError::Unrepeatable(_) => {
+            "conflict"
+        }
+        _ => "ledger",
+    }
+}
+
+/// The answer, instead of the plugin's, when the call's effects could not
+/// be committed: 503, and the request had no effect.
+fn commit_failure_response(e: &LedgerError, request_id: &Arc<str>) -> Response<HttpBody> {
+    let message = match e {
+        LedgerError::Conflict | LedgerError::Contended(_) | LedgerError::Unrepeatable(_) => {
+            e.to_string()
+        }
+        _ => {
+            tracing::error!(error = %e, "cannot commit usage; withholding the response");
+            "the usage ledger is unavailable; the request had no effect".to_string()
+        }
+    };
+    error_response(StatusCode::SERVICE_UNAVAILABLE, request_id, &message)
 }
 
 /// An accept error (out of file descriptors and the like): logged, then a

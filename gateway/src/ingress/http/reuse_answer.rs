@@ -2,7 +2,6 @@
 //! no plugin call, the same claims, the host's own records, durable before
 //! the response.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,7 +82,7 @@ impl HttpIngress {
             .commit_then_respond(
                 plugin,
                 encoded,
-                BTreeMap::new(),
+                Default::default(),
                 response,
                 facts,
                 request_id,

@@ -6,7 +6,10 @@
 //!
 //! Datagrams: `panic` traps; `to <ip:port>` answers to that address instead
 //! of the sender; `send <host:port>` asks `outbound-udp` to send there and
-//! answers with the result; anything else is echoed back.
+//! answers with the result; `slow-count <host:port>` reads the kv counter
+//! `count`, waits 300 ms, writes it back plus one and sends `count-<n>`
+//! there (a call that conflicts with a `/count` made meanwhile); anything
+//! else is echoed back. `/count` adds one to `count` by a read and a write.
 
 use depin_plugin_sdk::{
     Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
@@ -45,6 +48,10 @@ impl Plugin for Hostile {
                 let _ = kv::set("poison", b"1");
                 panic!("asked to panic after metering");
             }
+            "/count" => match read_count().and_then(|n| write_count(n + 1)) {
+                Ok(n) => HttpResponse::text(200, &n.to_string()),
+                Err(e) => HttpResponse::text(500, &e),
+            },
             "/poison" => match kv::get("poison") {
                 Ok(Some(_)) => HttpResponse::text(200, "present"),
                 _ => HttpResponse::text(404, "absent"),
@@ -82,6 +89,18 @@ impl Plugin for Hostile {
         } else if let Some(target) = text.strip_prefix("send ") {
             let result = outbound_udp::send(target, b"upstream", "s1");
             answer(&d.peer, format!("{result:?}").into_bytes())
+        } else if let Some(target) = text.strip_prefix("slow-count ") {
+            let n = read_count();
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_millis(300) {
+                std::hint::black_box(started);
+            }
+            let result = n.and_then(|n| write_count(n + 1)).and_then(|n| {
+                outbound_udp::send(target, format!("count-{n}").as_bytes(), "s1")
+                    .map(|()| n)
+                    .map_err(|e| format!("{e:?}"))
+            });
+            answer(&d.peer, format!("{result:?}").into_bytes())
         } else if let Some(peer) = text.strip_prefix("reply ") {
             let result = outbound_udp::reply(peer, b"replied");
             answer(&d.peer, format!("{result:?}").into_bytes())
@@ -90,6 +109,21 @@ impl Plugin for Hostile {
             answer(&d.peer, d.payload)
         }
     }
+}
+
+fn read_count() -> Result<u64, String> {
+    match kv::get("count").map_err(|e| format!("{e:?}"))? {
+        None => Ok(0),
+        Some(b) => String::from_utf8_lossy(&b)
+            .parse()
+            .map_err(|e| format!("{e}")),
+    }
+}
+
+fn write_count(n: u64) -> Result<u64, String> {
+    kv::set("count", n.to_string().as_bytes())
+        .map(|()| n)
+        .map_err(|e| format!("{e:?}"))
 }
 
 export_plugin!(Hostile);

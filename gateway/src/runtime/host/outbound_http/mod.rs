@@ -224,9 +224,13 @@ impl From<OutboundError> for HttpError {
 }
 
 /// What `outbound-http` functions reach during one call: the plugin's
-/// allow-list and connection pool. The capability keeps no per-call state.
+/// allow-list and connection pool, and the call's note of a request that
+/// cannot be repeated.
 pub(crate) struct OutboundHttpView<'a> {
     outbound: &'a HttpOutbound,
+    /// The first request of the call that was not a GET or HEAD: a call
+    /// that made one is not run again after a conflict.
+    unrepeatable: &'a mut Option<String>,
     plugin: &'a str,
     request_id: &'a str,
 }
@@ -235,6 +239,7 @@ pub(crate) struct OutboundHttpView<'a> {
 pub(crate) fn view(call: &mut CallState) -> OutboundHttpView<'_> {
     OutboundHttpView {
         outbound: &call.plugin.outbound_http,
+        unrepeatable: &mut call.unrepeatable,
         plugin: &call.plugin.name,
         request_id: &call.request_id,
     }
@@ -250,6 +255,13 @@ impl HasData for OutboundHttp {
 impl Host for OutboundHttpView<'_> {
     async fn fetch(&mut self, req: OutboundRequest) -> Result<OutboundResponse, Blame<HttpError>> {
         let uri = self.outbound.check(&req.url).map_err(HttpError::from)?;
+        if self.unrepeatable.is_none()
+            && !["GET", "HEAD"]
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&req.method))
+        {
+            *self.unrepeatable = Some(format!("a {} request to {}", req.method, req.url));
+        }
         let response = self
             .outbound
             .send(&req.method, uri, &req.headers, req.body)
