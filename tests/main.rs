@@ -11,6 +11,7 @@
 mod cli;
 mod compute_task;
 mod durability;
+mod hostile_network;
 mod http;
 mod jobs;
 mod ops;

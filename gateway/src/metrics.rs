@@ -346,6 +346,7 @@ impl Metrics {
             );
             let _ = writeln!(out, "depin_outbox_depth {depth}");
         }
+        crate::ingress::pressure::render(&mut out);
         out
     }
 }

@@ -1,0 +1,217 @@
+//! The network ingresses under hostile load: slow clients, floods, spoofed
+//! sources. Each test runs an attack on loopback while a normal client
+//! keeps being served, and checks the bound that holds.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use depin_e2e::ops::TestCa;
+use depin_e2e::{Home, HttpClient, PluginSpec, plugin};
+use depin_gateway::RunningGateway;
+use depin_gateway::ingress::pressure;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn template(name: &'static str, route: &'static str) -> PluginSpec {
+    PluginSpec::new(name, plugin("template_plugin"), route).config("greeting = \"hi\"")
+}
+
+/// How one slow connection ended.
+#[derive(Debug)]
+struct SlowEnd {
+    /// When the server closed it, from the first byte sent; `None` if it
+    /// was still open when the attacker gave up.
+    closed_after: Option<Duration>,
+    /// What the server sent before closing.
+    received: Vec<u8>,
+}
+
+/// Sends `head` at once, then one byte of `trickle` (cycled) every 100 ms
+/// until the server closes the connection or `give_up` has passed.
+async fn trickle(mut stream: TcpStream, head: &'static [u8], trickle: &'static [u8]) -> SlowEnd {
+    let started = Instant::now();
+    let give_up = Duration::from_secs(6);
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = |received, started: Instant| SlowEnd {
+        closed_after: Some(started.elapsed()),
+        received,
+    };
+    if stream.write_all(head).await.is_err() {
+        return closed(received, started);
+    }
+    for i in 0.. {
+        if started.elapsed() > give_up {
+            return SlowEnd {
+                closed_after: None,
+                received,
+            };
+        }
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return closed(received, started),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let byte = trickle[i % trickle.len()];
+                if stream.write_all(&[byte]).await.is_err() {
+                    return closed(received, started);
+                }
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_heads_and_bodies_are_cut_off_while_another_peer_is_served() {
+    let home = Home::new(
+        &[template("slowloris-t", "/t")],
+        "[http]\nheader_read_timeout_ms = 1000\nbody_read_timeout_ms = 1000\n\
+         max_connections = 64\nmax_connections_per_peer = 8\n",
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.http_addr;
+    let refused_before = pressure::value(pressure::HTTP_CONNECTIONS_REFUSED, &[("reason", "peer")]);
+    let timeouts_before = pressure::value(pressure::HTTP_BODY_TIMEOUTS, &[]);
+
+    // The attacker, on 127.0.0.1: 24 connections, half trickling a request
+    // head, half a declared 1000-byte body.
+    let mut attack = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        if i % 2 == 0 {
+            attack.spawn(trickle(
+                stream,
+                b"GET /t/hello HTTP/1.1\r\nhost: gw\r\n",
+                b"x-slow: 1\r\n",
+            ));
+        } else {
+            attack.spawn(trickle(
+                stream,
+                b"POST /t/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 1000\r\n\r\n",
+                b"z",
+            ));
+        }
+    }
+
+    // Another peer, on 127.0.0.2, is served all along.
+    let normal = HttpClient::new_from(addr, IpAddr::from([127, 0, 0, 2]));
+    let mut served = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let r = normal
+            .send("GET", "/t/hello?name=n", "")
+            .await
+            .expect("normal client");
+        assert_eq!((r.status, r.text().as_str()), (200, "hi, n"));
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 10, "{served}");
+
+    let ends: Vec<SlowEnd> = attack.join_all().await;
+    let still_open: Vec<_> = ends.iter().filter(|e| e.closed_after.is_none()).collect();
+    assert!(still_open.is_empty(), "connections held: {still_open:?}");
+    // 16 over the per-peer cap were closed at once, without an answer.
+    let refused = ends
+        .iter()
+        .filter(|e| e.closed_after.unwrap() < Duration::from_millis(500) && e.received.is_empty())
+        .count();
+    assert_eq!(refused, 16, "{ends:?}");
+    // The 8 admitted ones were cut off at their read timeout; trickled
+    // bodies got 408.
+    let timed_out: Vec<_> = ends
+        .iter()
+        .filter(|e| e.closed_after.unwrap() >= Duration::from_millis(800))
+        .collect();
+    assert_eq!(timed_out.len(), 8, "{ends:?}");
+    assert!(
+        timed_out
+            .iter()
+            .any(|e| e.received.starts_with(b"HTTP/1.1 408")),
+        "{ends:?}"
+    );
+    assert!(
+        pressure::value(pressure::HTTP_CONNECTIONS_REFUSED, &[("reason", "peer")])
+            >= refused_before + 16
+    );
+    assert!(pressure::value(pressure::HTTP_BODY_TIMEOUTS, &[]) > timeouts_before);
+    gw.shutdown().await;
+}
+
+/// One HTTP/2 frame as read off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Frame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        payload,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_caps_streams_pings_idle_clients_and_drops_silent_ones() {
+    let ca = TestCa::new();
+    let home = Home::new(
+        &[template("h2-limits-t", "/t")],
+        "[http]\nh2_keep_alive_interval_ms = 300\nh2_keep_alive_timeout_ms = 300\n\
+         h2_max_concurrent_streams = 7\n\
+         [http.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+    );
+    let dir = home.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    ca.leaf().write(&dir.join("cert.pem"), &dir.join("key.pem"));
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+
+    let tcp = TcpStream::connect(gw.http_addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(ca.client_config(&[b"h2"]))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    // The client preface and an empty SETTINGS frame; then never another
+    // byte, not even the ack of the server's SETTINGS or PING.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut max_streams = None;
+    let mut pinged = false;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut tls)).await {
+            Err(_) => break false,
+            Ok(Err(_)) => break true,
+            Ok(Ok(f)) => match f.kind {
+                // SETTINGS (not an ack): 6-byte entries of id and value.
+                4 if f.flags & 1 == 0 => {
+                    for e in f.payload.chunks_exact(6) {
+                        if u16::from_be_bytes([e[0], e[1]]) == 3 {
+                            max_streams = Some(u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+                        }
+                    }
+                }
+                6 if f.flags & 1 == 0 => pinged = true,
+                // GOAWAY: the server gives up on the silent client.
+                7 => break true,
+                _ => {}
+            },
+        }
+    };
+    assert_eq!(max_streams, Some(7));
+    assert!(pinged, "the server never pinged the idle connection");
+    assert!(closed, "a client that answers no ping was kept");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    gw.shutdown().await;
+}
