@@ -215,3 +215,90 @@ async fn http2_caps_streams_pings_idle_clients_and_drops_silent_ones() {
     assert!(started.elapsed() < Duration::from_secs(5));
     gw.shutdown().await;
 }
+
+/// A Rust MQTT client whose event loop runs in a task of its own.
+async fn mqtt_publisher(port: u16, id: &str) -> rumqttc::AsyncClient {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_mqtt_flood_waits_in_a_bounded_queue_while_http_is_served() {
+    use depin_e2e::sensors::Mosquitto;
+    use depin_gateway::ingress::mqtt::MAX_QUEUED;
+    let plugin_name = "mqtt-flood-s";
+    let labels = [("plugin", plugin_name)];
+    let broker = Mosquitto::start();
+    let table = format!(
+        "[plugin.mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"gw-flood\"\n\
+         topics = [\"flood/#\"]\nqos = 0\nkeep_alive_s = 30\n",
+        broker.port
+    );
+    let home = Home::new(
+        &[
+            PluginSpec::new(plugin_name, plugin("sensor_aggregator_plugin"), "/s")
+                .table(Box::leak(table.into_boxed_str()))
+                .config("admin_token = \"flood-test-admin-token\"\n"),
+        ],
+        "",
+    );
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    let publisher = mqtt_publisher(broker.port, "flooder").await;
+    // Wait until the gateway's subscription receives messages.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pressure::value(pressure::MQTT_QUEUED_PEAK, &labels) == 0 {
+        assert!(Instant::now() < deadline, "the subscription never received");
+        publisher
+            .publish(
+                "flood/probe",
+                rumqttc::QoS::AtMostOnce,
+                false,
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 1500 messages of 32 KiB (48 MiB) on one topic, as fast as the broker
+    // takes them; HTTP is asked meanwhile.
+    let flood = tokio::spawn(async move {
+        for i in 0..1500u32 {
+            let mut payload = vec![b'f'; 32 << 10];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            publisher
+                .publish("flood/one", rumqttc::QoS::AtMostOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pressure::value(pressure::MQTT_BACKPRESSURE, &labels) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never filled the queue"
+        );
+        let r = http.send("GET", "/s/stats", "").await.expect("stats");
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _publisher = flood.await.unwrap();
+    let r = http.send("GET", "/s/stats", "").await.expect("stats");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let peak = pressure::value(pressure::MQTT_QUEUED_PEAK, &labels);
+    assert!(
+        (LANE_FLOOR..=MAX_QUEUED as u64).contains(&peak),
+        "peak queue {peak}, bound {MAX_QUEUED}"
+    );
+    gw.shutdown().await;
+}
+
+/// A full hand-off queue holds at least this many messages: backpressure
+/// was reached with the queues full, not before.
+const LANE_FLOOR: u64 = 32;
