@@ -302,3 +302,130 @@ async fn a_qos0_mqtt_flood_waits_in_a_bounded_queue_while_http_is_served() {
 /// A full hand-off queue holds at least this many messages: backpressure
 /// was reached with the queues full, not before.
 const LANE_FLOOR: u64 = 32;
+
+/// Every datagram that arrives at `socket` within `quiet` of the previous
+/// one (the first may take up to 5 s).
+async fn receive_all(socket: &tokio::net::UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut wait = Duration::from_secs(5);
+    while let Ok(Ok((n, _))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+        wait = quiet;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_datagrams_obey_the_send_cap_and_a_spoofed_source_gets_no_amplification() {
+    use tokio::net::UdpSocket;
+    let name = "udp-bounds-hostile";
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let table = format!(
+        "[plugin.udp]\nlisten = \"127.0.0.1:0\"\n[plugin.outbound]\nudp = [\"{}\"]\n",
+        upstream.local_addr().unwrap()
+    );
+    let spec = PluginSpec::new(name, plugin("hostile_plugin"), "/h")
+        .table(Box::leak(table.into_boxed_str()));
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let addr = gw.udp_addr(name).unwrap();
+
+    // 100 one-byte answers to a 512-byte request: within the reply budget,
+    // over the send cap of 64.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut ask = b"flood 100 1 ".to_vec();
+    ask.resize(512, b' ');
+    client.send_to(&ask, addr).await.unwrap();
+    let got = receive_all(&client, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), depin_gateway::runtime::MAX_SENDS_PER_CALL);
+
+    // Ten 10-byte answers to an 11-byte request: only what fits three
+    // times the request goes out.
+    let victim = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    victim.send_to(b"flood 10 10", addr).await.unwrap();
+    let got = receive_all(&victim, Duration::from_millis(500)).await;
+    let bytes: usize = got.iter().map(Vec::len).sum();
+    assert_eq!((got.len(), bytes), (3, 30));
+
+    let dropped = |reason| {
+        pressure::value(
+            pressure::UDP_DROPPED,
+            &[("plugin", name), ("reason", reason)],
+        )
+    };
+    assert_eq!(dropped("send_cap"), 36);
+    assert_eq!(dropped("reply_budget"), 7);
+    gw.shutdown().await;
+}
+
+/// A GWMP PULL_DATA of the forwarder `eui`.
+fn pull_data(token: u16, eui: [u8; 8]) -> Vec<u8> {
+    let mut d = vec![2];
+    d.extend_from_slice(&token.to_be_bytes());
+    d.push(0x02);
+    d.extend_from_slice(&eui);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_forwarder_euis_cannot_keep_a_new_forwarder_from_its_session() {
+    use depin_gateway::ingress::udp::MAX_SESSIONS;
+    use tokio::net::UdpSocket;
+    let name = "udp-spoof-relay";
+    let ns = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ns_addr = ns.local_addr().unwrap();
+    let table = format!(
+        "[plugin.udp]\nlisten = \"127.0.0.1:0\"\n[plugin.outbound]\nudp = [\"{ns_addr}\"]\n"
+    );
+    let config = format!("upstream = \"{ns_addr}\"\n");
+    let spec = PluginSpec::new(name, plugin("hotspot_relay_plugin"), "/relay")
+        .table(Box::leak(table.into_boxed_str()))
+        .config(Box::leak(config.into_boxed_str()));
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let relay = gw.udp_addr(name).unwrap();
+
+    // 1155 PULL_DATA with made-up EUIs, from 33 sockets (so no one lane
+    // queue overflows), each opening an upstream session.
+    let spoofed = MAX_SESSIONS + 131;
+    let mut senders = Vec::new();
+    for s in 0..33u32 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..35u32 {
+            let n = s * 35 + i;
+            let mut eui = [0x5e; 8];
+            eui[4..].copy_from_slice(&n.to_be_bytes());
+            socket.send_to(&pull_data(1, eui), relay).await.unwrap();
+        }
+        senders.push(socket);
+    }
+    let upstream = receive_all(&ns, Duration::from_secs(2)).await;
+    assert!(
+        upstream.len() >= spoofed - 50,
+        "{} went upstream",
+        upstream.len()
+    );
+
+    // A real forwarder that was never seen: acknowledged, and its PULL_DATA
+    // goes upstream on a session of its own.
+    let eui = [0xaa, 0x55, 0, 0, 0, 0, 0, 0x01];
+    let forwarder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    forwarder
+        .send_to(&pull_data(0x4242, eui), relay)
+        .await
+        .unwrap();
+    let acks = receive_all(&forwarder, Duration::from_millis(300)).await;
+    assert_eq!(acks, [vec![2, 0x42, 0x42, 0x04]]);
+    let upstream = receive_all(&ns, Duration::from_millis(500)).await;
+    assert!(
+        upstream.iter().any(|d| d.len() >= 12 && d[4..12] == eui),
+        "the new forwarder's PULL_DATA did not go upstream"
+    );
+    let closed = pressure::value(
+        pressure::UDP_SESSIONS_CLOSED,
+        &[("plugin", name), ("reason", "lru")],
+    );
+    assert!(closed >= 100, "{closed} sessions closed to make room");
+    gw.shutdown().await;
+}

@@ -6,7 +6,8 @@
 //!
 //! Datagrams: `panic` traps; `to <ip:port>` answers to that address instead
 //! of the sender; `send <host:port>` asks `outbound-udp` to send there and
-//! answers with the result; anything else is echoed back.
+//! answers with the result; `flood <count> <size>` answers with that many
+//! datagrams of that size; anything else is echoed back.
 
 use depin_plugin_sdk::{
     Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
@@ -82,6 +83,19 @@ impl Plugin for Hostile {
         } else if let Some(target) = text.strip_prefix("send ") {
             let result = outbound_udp::send(target, b"upstream", "s1");
             answer(&d.peer, format!("{result:?}").into_bytes())
+        } else if let Some(args) = text.strip_prefix("flood ") {
+            // `flood <count> <size> [padding]`: that many datagrams of that
+            // size back to the sender.
+            let mut args = args
+                .split_whitespace()
+                .map(|a| a.parse::<usize>().unwrap_or(0));
+            let (count, size) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
+            (0..count)
+                .map(|i| Datagram {
+                    peer: d.peer.clone(),
+                    payload: vec![i as u8; size],
+                })
+                .collect()
         } else if let Some(peer) = text.strip_prefix("reply ") {
             let result = outbound_udp::reply(peer, b"replied");
             answer(&d.peer, format!("{result:?}").into_bytes())
