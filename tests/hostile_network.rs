@@ -3,6 +3,7 @@
 //! keeps being served, and checks the bound that holds.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use depin_e2e::ops::TestCa;
@@ -427,5 +428,42 @@ async fn spoofed_forwarder_euis_cannot_keep_a_new_forwarder_from_its_session() {
         &[("plugin", name), ("reason", "lru")],
     );
     assert!(closed >= 100, "{closed} sessions closed to make room");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_a_silent_origin_ends_at_its_wall_clock_deadline() {
+    use depin_gateway::call::CallError;
+    use depin_gateway::runtime::contract::Challenge;
+    // An origin that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            kept.push(tcp);
+        }
+    });
+    let table = format!("[plugin.outbound]\nhttp = [\"{origin}\"]\n");
+    let spec = PluginSpec::new("wall-deadline-hostile", plugin("hostile_plugin"), "/h")
+        .table(Box::leak(table.into_boxed_str()))
+        .limits("wall_ms = 500\n");
+    let home = Home::new(&[spec], "");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let started = Instant::now();
+    let outcome = gw.plugins[0]
+        .prove(
+            &Arc::from("prove-1"),
+            Challenge {
+                id: "c-1".into(),
+                kind: "fetch".into(),
+                nonce: b"n".to_vec(),
+                params: format!("{origin}/never").into_bytes(),
+            },
+        )
+        .await;
+    assert_eq!(outcome.result.unwrap_err(), CallError::Timeout(500));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    held.abort();
     gw.shutdown().await;
 }

@@ -300,6 +300,7 @@ impl GatewayConfig {
             }
             positive(&key("limits.memory_mb"), p.limits.memory_mb)?;
             positive(&key("limits.cpu_ms"), p.limits.cpu_ms)?;
+            positive(&key("limits.wall_ms"), p.limits.wall_ms)?;
             if p.limits.memory_mb > r.max_memory_mb {
                 return Err((
                     key("limits.memory_mb"),

@@ -150,6 +150,11 @@ pub struct PluginLimits {
     /// Fuel budget per call; unlimited when absent. Fuel used is always
     /// measured and recorded.
     pub fuel: Option<u64>,
+    /// Wall-clock deadline per call of any kind (tick, datagram, message,
+    /// prove, verify; HTTP calls are also bounded by `http.call_timeout_ms`),
+    /// in milliseconds: covers time spent waiting in host calls, which the
+    /// CPU deadline does not.
+    pub wall_ms: u64,
 }
 
 impl Default for PluginLimits {
@@ -158,6 +163,7 @@ impl Default for PluginLimits {
             memory_mb: 64,
             cpu_ms: 1_000,
             fuel: None,
+            wall_ms: 30_000,
         }
     }
 }

@@ -339,6 +339,7 @@ impl HttpIngress {
                     Err(e) => {
                         let status = match e {
                             CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                            CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                             _ => StatusCode::INTERNAL_SERVER_ERROR,
                         };
                         error_response(

@@ -2,7 +2,8 @@
 //! `/loop` never returns, `/bomb` allocates until it hits its memory cap,
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
 //! trapping (none of which may be kept), `/ok` answers 200. Its `prove`
-//! never returns for challenge kind `loop` and traps for `panic`.
+//! never returns for challenge kind `loop`, traps for `panic`, and for
+//! `fetch` waits on the URL in the challenge's params.
 //!
 //! Datagrams: `panic` traps; `to <ip:port>` answers to that address instead
 //! of the sender; `send <host:port>` asks `outbound-udp` to send there and
@@ -11,7 +12,7 @@
 
 use depin_plugin_sdk::{
     Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
-    export_plugin, kv, meter, outbound_udp,
+    export_plugin, kv, meter, outbound_http, outbound_udp,
 };
 
 struct Hostile;
@@ -63,6 +64,11 @@ impl Plugin for Hostile {
                 }
             }
             "panic" => panic!("asked to panic in prove"),
+            // Waits on the URL in `params` (an origin that never answers).
+            "fetch" => {
+                let url = String::from_utf8_lossy(&c.params).into_owned();
+                Err(format!("{:?}", outbound_http::get(&url, &[])))
+            }
             other => Err(format!("no challenge kind `{other}`")),
         }
     }
