@@ -63,3 +63,9 @@ bench-epochs:
 # Debian's nginx and wrk.
 bench-storage-cache: plugins
 	$(CARGO) run --release -p depin-bench --bin depin-bench-storage-cache
+
+.PHONY: bench-hostile
+# Slowloris, spoofed UDP sources and an MQTT flood against a gateway
+# process, each with its baseline (issue 19); needs mosquitto.
+bench-hostile: plugins gateway
+	$(CARGO) run --release -p depin-bench --bin depin-bench-hostile

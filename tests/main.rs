@@ -12,6 +12,7 @@ mod cli;
 mod collector;
 mod compute_task;
 mod durability;
+mod hostile_network;
 mod http;
 mod jobs;
 mod ops;

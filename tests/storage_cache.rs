@@ -163,13 +163,16 @@ async fn an_upstream_that_wants_tokens_is_mirrored_with_the_configured_credentia
             .unwrap()
             .starts_with("Bearer realm=")
     );
-    // The token service is allow-listed beside the registry.
+    // The token service is allow-listed beside the registry, and trusted
+    // with the credentials.
     let home = cache_home(
         &[registry.url(), tokens.url()],
         64 << 20,
         format!(
-            "upstream = \"{}\"\nupstream_username = \"puller\"\nupstream_password = \"s3cret\"\n",
-            registry.url()
+            "upstream = \"{}\"\nupstream_username = \"puller\"\nupstream_password = \"s3cret\"\n\
+             upstream_auth_realms = \"{}\"\n",
+            registry.url(),
+            tokens.url()
         ),
     );
     let gw = RunningGateway::start(&home.config()).await.expect("start");
@@ -221,6 +224,28 @@ async fn an_upstream_that_wants_tokens_is_mirrored_with_the_configured_credentia
     )
     .await;
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    gw.shutdown().await;
+
+    // With credentials but a token service that is not trusted with them
+    // (not the upstream's origin, not in upstream_auth_realms), it is asked
+    // anonymously: it refuses, and issues nothing.
+    let untrusted = cache_home(
+        &[registry.url(), tokens.url()],
+        64 << 20,
+        format!(
+            "upstream = \"{}\"\nupstream_username = \"puller\"\nupstream_password = \"s3cret\"\n",
+            registry.url()
+        ),
+    );
+    let gw = RunningGateway::start(&untrusted.config())
+        .await
+        .expect("start");
+    let issued = tokens.issued();
+    let (status, _, body) = call(gw.http_addr, "GET", "/v2/team/app/manifests/v1", &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("401"), "{text}");
+    assert_eq!(tokens.issued(), issued);
     gw.shutdown().await;
 }
 

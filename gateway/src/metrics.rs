@@ -418,6 +418,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", escape(p), value(c));
             }
         }
+        crate::ingress::pressure::render(&mut out);
         out
     }
 }

@@ -232,6 +232,17 @@ impl HttpClient {
         }
     }
 
+    /// A client whose connections leave from `local` (e.g. `127.0.0.2`, to
+    /// be another peer than a test's other loopback clients).
+    pub fn new_from(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{addr}"),
+        }
+    }
+
     pub async fn send(
         &self,
         method: &str,

@@ -29,6 +29,8 @@ pub enum CallError {
     Fuel(u64),
     #[error("too many plugin calls at once; try again")]
     Busy,
+    #[error("the plugin exceeded its wall-clock deadline of {0} ms")]
+    Timeout(u64),
     #[error("host failure: {0}")]
     Host(String),
     /// A concurrent call changed what this one read while it ran: it had
@@ -46,6 +48,7 @@ impl CallError {
             CallError::Memory(_) => "memory",
             CallError::Fuel(_) => "fuel",
             CallError::Busy => "busy",
+            CallError::Timeout(_) => "timeout",
             CallError::Host(_) => "host",
             CallError::Conflict => "conflict",
         }
@@ -63,6 +66,11 @@ pub struct CallOutcome<R> {
     /// Wall time from `Store::new` to the export's return.
     pub wall: Duration,
 }
+
+/// A call ran past its plugin's `limits.wall_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("wall-clock deadline exceeded")]
+struct WallClockExceeded;
 
 type ExportCall<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
@@ -225,10 +233,18 @@ impl LoadedPlugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let result = match self.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => f(&bindings, &mut store).await,
-            Err(e) => Err(e),
+        let wall_limit = Duration::from_millis(self.shared.limits.wall_ms);
+        let run = async {
+            match self.pre.instantiate_async(&mut store).await {
+                Ok(bindings) => f(&bindings, &mut store).await,
+                Err(e) => Err(e),
+            }
         };
+        // Dropping the call's future at the deadline cancels it (it yields
+        // at every epoch tick, so even a busy loop is reached).
+        let result = tokio::time::timeout(wall_limit, run)
+            .await
+            .unwrap_or_else(|_| Err(wasmtime::Error::new(WallClockExceeded)));
         let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0));
         let wall = started.elapsed();
         let mut state = store.into_data();
@@ -289,6 +305,9 @@ impl LoadedPlugin {
     }
 
     fn classify(&self, state: &CallState, e: &wasmtime::Error) -> CallError {
+        if e.downcast_ref::<WallClockExceeded>().is_some() {
+            return CallError::Timeout(self.shared.limits.wall_ms);
+        }
         if state.deadline_hit {
             return CallError::Deadline(self.shared.limits.cpu_ms);
         }

@@ -100,6 +100,28 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Serve over TLS; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// How long a client may take to send a request head (request line and
+    /// headers), from the moment the gateway waits for it; idle keep-alive
+    /// connections are closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a whole request body; past it the
+    /// request gets 408 and the connection is closed
+    /// (`depin_http_body_timeouts_total`).
+    pub body_read_timeout_ms: u64,
+    /// Open connections of the public ingress at once; more are closed at
+    /// accept (`depin_http_connections_refused_total{reason="total"}`).
+    pub max_connections: usize,
+    /// Open connections from one peer address at once (IPv6: one /64);
+    /// more are closed at accept
+    /// (`depin_http_connections_refused_total{reason="peer"}`).
+    pub max_connections_per_peer: usize,
+    /// HTTP/2: how often an idle connection is pinged.
+    pub h2_keep_alive_interval_ms: u64,
+    /// HTTP/2: how long a ping may go unanswered before the connection is
+    /// closed.
+    pub h2_keep_alive_timeout_ms: u64,
+    /// HTTP/2: requests (streams) one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +133,13 @@ impl Default for HttpConfig {
             call_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             tls: None,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            max_connections: 4096,
+            max_connections_per_peer: 256,
+            h2_keep_alive_interval_ms: 20_000,
+            h2_keep_alive_timeout_ms: 10_000,
+            h2_max_concurrent_streams: 32,
         }
     }
 }
@@ -204,6 +233,22 @@ impl GatewayConfig {
         }
         positive("http.max_headers", h.max_headers as u64)?;
         positive("http.call_timeout_ms", h.call_timeout_ms)?;
+        positive("http.header_read_timeout_ms", h.header_read_timeout_ms)?;
+        positive("http.body_read_timeout_ms", h.body_read_timeout_ms)?;
+        positive("http.max_connections", h.max_connections as u64)?;
+        positive(
+            "http.max_connections_per_peer",
+            h.max_connections_per_peer as u64,
+        )?;
+        positive(
+            "http.h2_keep_alive_interval_ms",
+            h.h2_keep_alive_interval_ms,
+        )?;
+        positive("http.h2_keep_alive_timeout_ms", h.h2_keep_alive_timeout_ms)?;
+        positive(
+            "http.h2_max_concurrent_streams",
+            u64::from(h.h2_max_concurrent_streams),
+        )?;
         if let Some(tls) = &h.tls {
             tls.validate()?;
         }
@@ -255,6 +300,7 @@ impl GatewayConfig {
             }
             positive(&key("limits.memory_mb"), p.limits.memory_mb)?;
             positive(&key("limits.cpu_ms"), p.limits.cpu_ms)?;
+            positive(&key("limits.wall_ms"), p.limits.wall_ms)?;
             if p.limits.memory_mb > r.max_memory_mb {
                 return Err((
                     key("limits.memory_mb"),

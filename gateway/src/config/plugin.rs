@@ -156,6 +156,11 @@ pub struct PluginLimits {
     /// kv operations (`get`, `set`, `delete`, `list-keys`, `add`) one call
     /// may make.
     pub kv_ops: u32,
+    /// Wall-clock deadline per call of any kind (tick, datagram, message,
+    /// prove, verify; HTTP calls are also bounded by `http.call_timeout_ms`),
+    /// in milliseconds: covers time spent waiting in host calls, which the
+    /// CPU deadline does not.
+    pub wall_ms: u64,
 }
 
 impl Default for PluginLimits {
@@ -166,6 +171,7 @@ impl Default for PluginLimits {
             fuel: None,
             kv_write_bytes: 8 << 20,
             kv_ops: 10_000,
+            wall_ms: 30_000,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod mqtt;
+pub mod pressure;
 pub mod tick;
 pub mod tls;
 pub mod udp;

@@ -15,6 +15,15 @@
 //!   subscription), so their commits share fsyncs.
 //! - A broker that is down or unreachable never stops the gateway: the
 //!   subscriber logs and reconnects with exponential backoff.
+//! - Memory is bounded under a flood: at most [`MAX_QUEUED`] received
+//!   messages wait for their call, per subscription. When the queues are
+//!   full the subscriber stops reading the broker connection (TCP flow
+//!   control then pushes back on the broker, which queues or drops by its
+//!   own limits) until a lane frees a slot. Each wait is counted in
+//!   `depin_mqtt_backpressure_total`; `depin_mqtt_queued_messages` (and its
+//!   `_peak`) show the queue. A wait longer than 1.5 keep-alive intervals
+//!   lets the broker drop the connection; QoS 1 messages not yet
+//!   acknowledged are then redelivered.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::call::{self, CallError, HostMeasurements, RequestIds};
 use crate::config::{MqttConfig, MqttTls};
+use crate::ingress::pressure;
 use crate::ledger::Ledger;
 use crate::plugin_table::PluginTable;
 use crate::service::Service;
@@ -36,6 +46,16 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 
 /// Messages of different topics handled at once, per subscription.
 const LANES: usize = 8;
+/// Messages received from the broker and waiting to be spread over the
+/// lanes.
+const HAND_OFF_QUEUE: usize = 32;
+/// Messages waiting in one lane.
+const LANE_QUEUE: usize = 4;
+/// Most messages one subscription holds at once: queued at the hand-off,
+/// queued in lanes, being handled by lanes, and one held by the spreader
+/// while it waits for a full lane. Memory is bounded by this times
+/// `max_message_bytes`.
+pub const MAX_QUEUED: usize = HAND_OFF_QUEUE + LANES * (LANE_QUEUE + 1) + 1;
 
 /// The lane of `topic` (stable within a process).
 fn lane_of(topic: &str) -> usize {
@@ -83,6 +103,7 @@ pub fn subscriptions(
                 name: name.clone(),
                 table: table.clone(),
                 ledger: ledger.clone(),
+                queued: QueueGauge::new(name.clone()),
             };
             Ok(Subscription {
                 subscriber,
@@ -175,6 +196,35 @@ struct Subscriber {
     name: Arc<str>,
     table: Arc<PluginTable>,
     ledger: Arc<Ledger>,
+    /// Messages received and not yet handled.
+    queued: QueueGauge,
+}
+
+/// Counts the messages a subscription holds, for `/metrics`.
+struct QueueGauge {
+    plugin: Arc<str>,
+    now: std::sync::atomic::AtomicU64,
+}
+
+impl QueueGauge {
+    fn new(plugin: Arc<str>) -> Self {
+        Self {
+            plugin,
+            now: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn received(&self) {
+        let n = self.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let labels = [("plugin", &*self.plugin)];
+        pressure::set(pressure::MQTT_QUEUED, &labels, n);
+        pressure::raise(pressure::MQTT_QUEUED_PEAK, &labels, n);
+    }
+
+    fn handled(&self) {
+        let n = self.now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+        pressure::set(pressure::MQTT_QUEUED, &[("plugin", &*self.plugin)], n);
+    }
 }
 
 impl Subscriber {
@@ -184,7 +234,7 @@ impl Subscriber {
     /// connection's keep-alive.
     async fn run(self, options: MqttOptions, mut stop: watch::Receiver<bool>) {
         let (client, eventloop) = AsyncClient::new(options, 1024);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(HAND_OFF_QUEUE);
         let this = Arc::new(self);
         let delivery = tokio::spawn(this.clone().deliver(client.clone(), rx));
         tokio::select! {
@@ -200,7 +250,7 @@ impl Subscriber {
         &self,
         client: &AsyncClient,
         mut eventloop: EventLoop,
-        tx: mpsc::UnboundedSender<Publish>,
+        tx: mpsc::Sender<Publish>,
     ) {
         let plugin = &self.name;
         let (host, port) = (&self.cfg.host, self.cfg.port);
@@ -224,7 +274,16 @@ impl Subscriber {
                     tracing::debug!(%plugin, codes = ?ack.return_codes, "mqtt subscribed");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(p).is_err() {
+                    self.queued.received();
+                    let p = match tx.try_send(p) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        Err(mpsc::error::TrySendError::Full(p)) => p,
+                    };
+                    // Backpressure: the broker connection is not read
+                    // until the queue has room.
+                    pressure::count(pressure::MQTT_BACKPRESSURE, &[("plugin", plugin)], 1);
+                    if tx.send(p).await.is_err() {
                         return;
                     }
                 }
@@ -246,24 +305,20 @@ impl Subscriber {
     /// Spreads messages over `LANES` lanes by topic: one topic always goes
     /// to the same lane, so its messages are handled in order, one at a
     /// time; different topics proceed concurrently and share commits.
-    async fn deliver(
-        self: Arc<Self>,
-        client: AsyncClient,
-        mut rx: mpsc::UnboundedReceiver<Publish>,
-    ) {
+    async fn deliver(self: Arc<Self>, client: AsyncClient, mut rx: mpsc::Receiver<Publish>) {
         let ids = Arc::new(RequestIds::default());
         // Dropping the set (when this task is aborted) aborts the lanes.
         let mut lanes = tokio::task::JoinSet::new();
         let senders: Vec<_> = (0..LANES)
             .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
                 lanes.spawn(self.clone().lane(client.clone(), rx, ids.clone()));
                 tx
             })
             .collect();
         while let Some(publish) = rx.recv().await {
             let lane = lane_of(&publish.topic);
-            if senders[lane].send(publish).is_err() {
+            if senders[lane].send(publish).await.is_err() {
                 return;
             }
         }
@@ -272,12 +327,13 @@ impl Subscriber {
     async fn lane(
         self: Arc<Self>,
         client: AsyncClient,
-        mut rx: mpsc::UnboundedReceiver<Publish>,
+        mut rx: mpsc::Receiver<Publish>,
         ids: Arc<RequestIds>,
     ) {
         while let Some(publish) = rx.recv().await {
             let id = ids.next();
             let verdict = self.handle(&id, &publish).await;
+            self.queued.handled();
             match verdict {
                 Delivery::Ack => {
                     if publish.qos != QoS::AtMostOnce

@@ -167,6 +167,9 @@ impl HttpIngress {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(admitted) = self.admit(peer) else {
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let this = self.clone();
                         let acceptor = tls.acceptor.clone();
@@ -196,6 +199,7 @@ impl HttpIngress {
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
+                            drop(admitted);
                         });
                     }
                     Err(e) => accept_failed(e).await,
@@ -209,15 +213,19 @@ impl HttpIngress {
     }
 
     fn auto_builder(&self) -> auto::Builder<TokioExecutor> {
+        let limits = &self.limits;
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(self.limits.max_header_bytes.max(8192))
-            .max_headers(self.limits.max_headers);
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers);
         b.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(self.limits.max_header_bytes.max(8192) as u32);
+            .max_header_list_size(limits.max_header_bytes.max(8192) as u32)
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .keep_alive_interval(Duration::from_millis(limits.h2_keep_alive_interval_ms))
+            .keep_alive_timeout(Duration::from_millis(limits.h2_keep_alive_timeout_ms));
         b
     }
 }

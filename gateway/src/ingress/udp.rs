@@ -23,11 +23,25 @@
 //! The ingress socket and its recent peers are also reachable outside a
 //! datagram's call, as an [`IngressPort`]: a `prove` call may `reply` to a
 //! recent peer (a beacon to a packet forwarder), under the same rule.
+//!
+//! Bounds against a flood or spoofed sources (each counted on `/metrics`,
+//! see [`crate::ingress::pressure`]): at most [`QUEUE_BYTES`] of datagrams
+//! wait per plugin, [`LANE_QUEUE`] per lane; the recent-peer table holds
+//! [`MAX_PEERS`] and forgets the least recently seen when full; upstream
+//! sessions are closed after [`SESSION_IDLE`] unused and the least recently
+//! used is closed when [`MAX_SESSIONS`] are open; a call sends at most
+//! [`MAX_SENDS_PER_CALL`] datagrams, the ones it returns included; and the
+//! answers a peer's datagram triggers are bounded by the bytes that peer
+//! sent ([`peers::REPLY_FACTOR`]), so the gateway is no amplifier for
+//! spoofed sources.
+
+mod peers;
+mod sessions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,11 +52,14 @@ use tokio::task::JoinHandle;
 use crate::call::{self, HostMeasurements};
 use crate::config::PluginConfig;
 use crate::gateway::StartError;
+use crate::ingress::pressure;
 use crate::ledger::Ledger;
 use crate::plugin_table::PluginTable;
 use crate::runtime::contract::Datagram;
-use crate::runtime::{QueuedDatagram, RecentPeers};
+use crate::runtime::{MAX_SENDS_PER_CALL, QueuedDatagram, RecentPeers};
 use crate::service::{Service, stopped};
+use peers::PeerTable;
+use sessions::SessionTable;
 
 /// Lanes per plugin: calls of one plugin that may run (or wait for their
 /// commit) at once. Each lane waits for its commit before its next call, so
@@ -53,37 +70,64 @@ pub const LANES: usize = 128;
 pub const LANE_QUEUE: usize = 128;
 /// How long an address that sent to the ingress socket may be answered.
 pub const PEER_TTL: Duration = Duration::from_secs(600);
-/// Most upstream sessions (sockets) one plugin may open.
+/// Most upstream sessions (sockets) one plugin has open; when full, the
+/// least recently used is closed to make room
+/// (`depin_udp_sessions_closed_total{reason="lru"}`).
 pub const MAX_SESSIONS: usize = 1024;
+/// An upstream session unused (nothing sent or received) this long is
+/// closed when room is next needed
+/// (`depin_udp_sessions_closed_total{reason="idle"}`); a packet forwarder
+/// pulls every few seconds, so its session stays open.
+pub const SESSION_IDLE: Duration = Duration::from_secs(180);
+/// Payload bytes of datagrams waiting for their call, per plugin, across
+/// all lanes; more are dropped (`depin_udp_dropped_total{reason="queue_bytes"}`).
+pub const QUEUE_BYTES: usize = 16 << 20;
 /// Largest datagram received.
 const MAX_DATAGRAM: usize = 65_535;
-/// Most remembered peers before expired ones are purged.
-const MAX_PEERS: usize = 65_536;
+/// Most remembered peers; when full, the least recently seen is forgotten
+/// (`depin_udp_peers_evicted_total`).
+pub const MAX_PEERS: usize = 65_536;
 
 /// A plugin's UDP ingress socket and the addresses that sent to it
 /// recently: the only addresses the plugin may answer from it.
 pub struct IngressPort {
     plugin: Arc<str>,
     socket: Arc<UdpSocket>,
-    /// Addresses that sent to the socket, and when last.
-    peers: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Addresses that sent to the socket: when last, and how much.
+    peers: Mutex<PeerTable>,
 }
 
 impl IngressPort {
-    fn remember(&self, peer: SocketAddr) {
-        let now = Instant::now();
-        let mut peers = self.peers.lock().expect("peers");
-        if peers.len() >= MAX_PEERS {
-            peers.retain(|_, seen| now.duration_since(*seen) < PEER_TTL);
-        }
-        if peers.len() < MAX_PEERS {
-            peers.insert(peer, now);
+    fn remember(&self, peer: SocketAddr, bytes: usize) {
+        let r = self
+            .peers
+            .lock()
+            .expect("peers")
+            .saw(peer, bytes as u64, Instant::now());
+        if r.evicted > 0 {
+            pressure::count(
+                pressure::UDP_PEERS_EVICTED,
+                &[("plugin", &self.plugin)],
+                r.evicted,
+            );
         }
     }
 
     /// Keeps the datagrams that may leave this socket (to a recent peer,
     /// `ip:port`); the others are logged with `request_id` and dropped.
     pub fn clear(&self, request_id: &str, datagrams: Vec<Datagram>) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.clear_triggered(request_id, None, datagrams)
+    }
+
+    /// Like [`Self::clear`], for the answers of a call that `trigger`'s
+    /// datagram caused: those to `trigger` itself must also fit its answer
+    /// budget (bytes it sent, times [`peers::REPLY_FACTOR`]).
+    fn clear_triggered(
+        &self,
+        request_id: &str,
+        trigger: Option<SocketAddr>,
+        datagrams: Vec<Datagram>,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
         datagrams
             .into_iter()
             .filter_map(|d| {
@@ -96,6 +140,21 @@ impl IngressPort {
                 };
                 if !self.may_answer(&peer) {
                     refuse("peer has not sent to this plugin's UDP socket recently");
+                    return None;
+                }
+                if trigger == Some(peer)
+                    && !self
+                        .peers
+                        .lock()
+                        .expect("peers")
+                        .spend(&peer, d.payload.len() as u64)
+                {
+                    pressure::count(
+                        pressure::UDP_DROPPED,
+                        &[("plugin", &self.plugin), ("reason", "reply_budget")],
+                        1,
+                    );
+                    refuse("answers to this peer would exceed what it sent (anti-reflection)");
                     return None;
                 }
                 Some((peer, d.payload))
@@ -119,8 +178,7 @@ impl RecentPeers for IngressPort {
         self.peers
             .lock()
             .expect("peers")
-            .get(peer)
-            .is_some_and(|seen| seen.elapsed() < PEER_TTL)
+            .may_answer(peer, Instant::now())
     }
 }
 
@@ -163,7 +221,8 @@ type SessionKey = (Arc<str>, bool);
 /// A datagram cleared to leave: from which socket, to whom, what.
 type Outgoing = (Arc<UdpSocket>, SocketAddr, Vec<u8>);
 
-/// One datagram waiting for its call.
+/// One datagram waiting for its call (its payload counted in the plugin's
+/// queued bytes until the call is done).
 struct Inbound {
     peer: SocketAddr,
     payload: Vec<u8>,
@@ -185,10 +244,10 @@ struct Relay {
     /// Every resolved allow-listed address: the only sources accepted on
     /// session sockets.
     sources: Mutex<HashSet<SocketAddr>>,
-    /// Upstream sockets by (session, IPv6?).
-    sessions: Mutex<HashMap<SessionKey, Arc<UdpSocket>>>,
-    /// Receive loops of the session sockets.
-    session_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Upstream sockets (and their receive loops) by (session, IPv6?).
+    sessions: Mutex<SessionTable<SessionKey, Arc<UdpSocket>>>,
+    /// Payload bytes waiting in the lanes, at most [`QUEUE_BYTES`].
+    queued_bytes: AtomicUsize,
     calls: AtomicU64,
 }
 
@@ -217,7 +276,7 @@ impl UdpIngress {
                 let port = IngressPort {
                     plugin: cfg.name.as_str().into(),
                     socket: Arc::new(socket),
-                    peers: Mutex::new(HashMap::new()),
+                    peers: Mutex::new(PeerTable::new(MAX_PEERS, PEER_TTL)),
                 };
                 (Some(Arc::new(port)), Some(addr))
             }
@@ -238,8 +297,8 @@ impl UdpIngress {
             lanes,
             targets: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashSet::new()),
-            sessions: Mutex::new(HashMap::new()),
-            session_tasks: Mutex::new(Vec::new()),
+            sessions: Mutex::new(SessionTable::new(MAX_SESSIONS, SESSION_IDLE)),
+            queued_bytes: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
         });
         for target in &cfg.outbound.udp {
@@ -264,7 +323,7 @@ impl UdpIngress {
     /// is running (calls in progress are cancelled).
     async fn stop(mut self) {
         let mut tasks = std::mem::take(&mut self.tasks);
-        tasks.append(&mut self.relay.session_tasks.lock().expect("session tasks"));
+        tasks.append(&mut self.relay.sessions.lock().expect("sessions").close_all());
         for t in &tasks {
             t.abort();
         }
@@ -314,15 +373,7 @@ impl Drop for UdpIngress {
         for t in &self.tasks {
             t.abort();
         }
-        for t in self
-            .relay
-            .session_tasks
-            .lock()
-            .expect("session tasks")
-            .iter()
-        {
-            t.abort();
-        }
+        self.relay.sessions.lock().expect("sessions").close_all();
     }
 }
 
@@ -341,7 +392,7 @@ impl Relay {
                     continue;
                 }
             };
-            port.remember(peer);
+            port.remember(peer, n);
             self.enqueue(Inbound {
                 peer,
                 payload: buf[..n].to_vec(),
@@ -353,6 +404,10 @@ impl Relay {
     /// Receive phase, session socket: only allow-listed sources get in.
     async fn receive_session(self: Arc<Self>, socket: Arc<UdpSocket>, session: Arc<str>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let key: SessionKey = (
+            session.clone(),
+            socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+        );
         loop {
             let (n, peer) = match socket.recv_from(&mut buf).await {
                 Ok(r) => r,
@@ -365,6 +420,10 @@ impl Relay {
                 tracing::debug!(plugin = %self.name, session = %session, %peer, "dropped a datagram from an address that is not allow-listed");
                 continue;
             }
+            self.sessions
+                .lock()
+                .expect("sessions")
+                .touch(&key, Instant::now());
             self.enqueue(Inbound {
                 peer,
                 payload: buf[..n].to_vec(),
@@ -381,14 +440,34 @@ impl Relay {
             None => inbound.peer.hash(&mut h),
         }
         let lane = (h.finish() % self.lanes.len() as u64) as usize;
+        let bytes = inbound.payload.len();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped("queue_bytes");
+            tracing::debug!(plugin = %self.name, lane, "udp queue over its byte budget; datagram dropped");
+            return;
+        }
         if self.lanes[lane].try_send(inbound).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped("lane_full");
             tracing::debug!(plugin = %self.name, lane, "udp lane full; datagram dropped");
         }
     }
 
+    fn dropped(&self, reason: &str) {
+        pressure::count(
+            pressure::UDP_DROPPED,
+            &[("plugin", &self.name), ("reason", reason)],
+            1,
+        );
+    }
+
     async fn serve_lane(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
         while let Some(inbound) = rx.recv().await {
+            let bytes = inbound.payload.len();
             self.handle(inbound).await;
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -397,6 +476,9 @@ impl Relay {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("udp-{n}").into();
         let bytes_in = inbound.payload.len() as u64;
+        // Answers to the sender of an ingress datagram count against its
+        // budget; a session datagram came from an allow-listed upstream.
+        let trigger = inbound.session.is_none().then_some(inbound.peer);
         let datagram = Datagram {
             peer: inbound.peer.to_string(),
             payload: inbound.payload,
@@ -418,14 +500,27 @@ impl Relay {
                 .handle_datagram_on(id, datagram.clone(), session.clone(), ingress.clone())
                 .await;
             // A failed call was logged by the runtime; it sends nothing.
-            let (replies, queued) = match &outcome.result {
+            let (mut replies, queued) = match &outcome.result {
                 Ok(_) => outcome.result.unwrap_or_default(),
                 Err(_) => Default::default(),
             };
+            // The send cap covers the datagrams the call returns too: those
+            // (last in `replies`) past it are dropped.
+            let room = MAX_SENDS_PER_CALL.saturating_sub(queued.len());
+            if replies.len() > room {
+                let over = replies.len() - room;
+                replies.truncate(room);
+                pressure::count(
+                    pressure::UDP_DROPPED,
+                    &[("plugin", &self.name), ("reason", "send_cap")],
+                    over as u64,
+                );
+                tracing::warn!(plugin = %self.name, request_id = %id, dropped = over, "answers dropped: a call sends at most {MAX_SENDS_PER_CALL} datagrams");
+            }
             let mut sends = Vec::with_capacity(replies.len() + queued.len());
             match &self.ingress {
                 Some(port) => sends.extend(
-                    port.clear(id, replies)
+                    port.clear_triggered(id, trigger, replies)
                         .into_iter()
                         .map(|(to, payload)| (port.socket.clone(), to, payload)),
                 ),
@@ -521,14 +616,20 @@ impl Relay {
         to: SocketAddr,
     ) -> Result<Arc<UdpSocket>, String> {
         let key = (session.clone(), to.is_ipv6());
+        let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("sessions");
-        if let Some(s) = sessions.get(&key) {
-            return Ok(s.clone());
+        if let Some(s) = sessions.get(&key, now) {
+            return Ok(s);
         }
-        if sessions.len() >= MAX_SESSIONS {
-            return Err(format!(
-                "the plugin already has {MAX_SESSIONS} upstream sessions"
-            ));
+        let closed = sessions.make_room(now);
+        for (reason, n) in [("idle", closed.idle), ("lru", closed.lru)] {
+            if n > 0 {
+                pressure::count(
+                    pressure::UDP_SESSIONS_CLOSED,
+                    &[("plugin", &self.name), ("reason", reason)],
+                    n,
+                );
+            }
         }
         let ip: IpAddr = match (to.ip().is_loopback(), to.is_ipv6()) {
             (true, false) => Ipv4Addr::LOCALHOST.into(),
@@ -543,17 +644,14 @@ impl Relay {
             UdpSocket::from_std(std_socket)
                 .map_err(|e| format!("cannot open an upstream socket: {e}"))?,
         );
-        sessions.insert(key, socket.clone());
-        drop(sessions);
         let receive = tokio::spawn(
             self.clone()
                 .receive_session(socket.clone(), session.clone()),
         );
-        self.session_tasks
-            .lock()
-            .expect("session tasks")
-            .push(receive);
-        tracing::debug!(plugin = %self.name, %session, "upstream session opened");
+        sessions.insert(key, socket.clone(), receive, now);
+        let open = sessions.len();
+        drop(sessions);
+        tracing::debug!(plugin = %self.name, %session, open, "upstream session opened");
         Ok(socket)
     }
 }

@@ -21,6 +21,7 @@ pub use cache::CacheOutcome;
 pub use contract::{CONTRACT, ComponentShape};
 pub use host::blobs::PassThrough;
 pub use host::outbound_http::BODY_IDLE_TIMEOUT;
+pub use host::outbound_udp::MAX_SENDS_PER_CALL;
 pub use host::outbound_udp::{QueuedDatagram, RecentPeers};
 pub use plugin::{LoadError, LoadedPlugin, PluginShared};
 

@@ -9,7 +9,13 @@
 //! its lifetime; an expired or refused one is deleted.
 //!
 //! The realm's origin must be on the plugin's outbound allow-list like the
-//! upstream's.
+//! upstream's. The configured credentials go only to the upstream's own
+//! origin, or to a realm whose origin is listed in `upstream_auth_realms`
+//! and is `https://` (or plain `http://` when the upstream itself is, so
+//! the credentials travel no less protected than to the upstream). Any
+//! other realm named by a challenge is asked anonymously: a registry, or
+//! whoever answers in its name, cannot collect the credentials by naming a
+//! realm of its choosing.
 
 use base64::Engine as _;
 use depin_plugin_sdk::{config, kv, outbound_http};
@@ -154,7 +160,20 @@ pub fn answer(header: &str, name: &str, now_us: u64) -> Result<Answer, String> {
             if let Some(service) = challenge.param("service") {
                 url.push_str(&format!("&service={}", encode(service)));
             }
-            let credentials = basic();
+            let credentials = basic().filter(|_| {
+                let trusted = realm_is_trusted(
+                    realm,
+                    config::get("upstream").as_deref(),
+                    config::get("upstream_auth_realms").as_deref(),
+                );
+                if !trusted {
+                    depin_plugin_sdk::log::warn(&format!(
+                        "the token service {realm} is neither the upstream's origin nor in \
+                         upstream_auth_realms: asking it without credentials"
+                    ));
+                }
+                trusted
+            });
             let mut headers = vec![("accept", "application/json")];
             if let Some(b) = &credentials {
                 headers.push(("authorization", b.as_str()));
@@ -204,6 +223,64 @@ pub fn answer(header: &str, name: &str, now_us: u64) -> Result<Answer, String> {
     }
 }
 
+/// `(scheme, host, port)` of an `http(s)://` URL, lower case, default ports
+/// filled in.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse() {
+            Ok(port) if !p.is_empty() => (h, port),
+            _ if authority.ends_with(']') => (authority, default),
+            _ => return None,
+        },
+        _ => (authority, default),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// The first entry of an `upstream_auth_realms` value that is not an
+/// origin, if any.
+pub fn unreadable_realm(list: &str) -> Option<&str> {
+    realm_entries(list).find(|r| origin(r).is_none())
+}
+
+fn realm_entries(list: &str) -> impl Iterator<Item = &str> {
+    list.split([',', ' ']).filter(|r| !r.is_empty())
+}
+
+/// Whether the configured credentials may go to the token service `realm`:
+/// it is on the `upstream`'s origin, or its origin is in `allowed` (origins
+/// separated by commas or spaces) and it is `https://` or the upstream is
+/// plain `http://` too.
+fn realm_is_trusted(realm: &str, upstream: Option<&str>, allowed: Option<&str>) -> bool {
+    let Some(realm) = origin(realm) else {
+        return false;
+    };
+    let upstream = upstream.and_then(origin);
+    if upstream.as_ref() == Some(&realm) {
+        return true;
+    }
+    let listed = realm_entries(allowed.unwrap_or(""))
+        .filter_map(origin)
+        .any(|o| o == realm);
+    let transport_ok =
+        realm.0 == "https" || upstream.is_some_and(|(scheme, _, _)| scheme == "http");
+    listed && transport_ok
+}
+
 /// Percent-encodes a query value (RFC 3986 unreserved characters stay).
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -238,6 +315,65 @@ mod tests {
         );
         assert_eq!(parse("Bearer").unwrap().params, vec![]);
         assert_eq!(parse(r#"Bearer realm="unterminated"#), None);
+    }
+
+    #[test]
+    fn credentials_go_to_the_upstream_origin_or_a_listed_https_realm_only() {
+        let hub = Some("https://registry-1.docker.io");
+        let listed = Some("https://auth.docker.io, https://other.example:8443");
+        assert!(realm_is_trusted(
+            "https://registry-1.docker.io:443/token",
+            hub,
+            None
+        ));
+        assert!(realm_is_trusted(
+            "https://auth.docker.io/token",
+            hub,
+            listed
+        ));
+        assert!(realm_is_trusted(
+            "https://other.example:8443/t?x=1",
+            hub,
+            listed
+        ));
+        assert!(!realm_is_trusted("https://auth.docker.io/token", hub, None));
+        assert!(!realm_is_trusted("https://evil.example/token", hub, listed));
+        assert!(!realm_is_trusted("https://other.example/t", hub, listed));
+        // A listed realm over plain HTTP only when the upstream is plain too.
+        let plain = Some("http://127.0.0.1:5000");
+        assert!(!realm_is_trusted(
+            "http://auth.docker.io/token",
+            hub,
+            Some("http://auth.docker.io")
+        ));
+        assert!(realm_is_trusted(
+            "http://127.0.0.1:5001/token",
+            plain,
+            Some("http://127.0.0.1:5001")
+        ));
+        assert!(!realm_is_trusted(
+            "http://127.0.0.1:5001/token",
+            plain,
+            None
+        ));
+        assert!(!realm_is_trusted(
+            "https://user@auth.docker.io/",
+            hub,
+            listed
+        ));
+        assert_eq!(unreadable_realm("https://a.example, http://b:1"), None);
+        assert_eq!(
+            unreadable_realm("https://a.example,ftp://b"),
+            Some("ftp://b")
+        );
+        assert_eq!(
+            origin("http://[::1]:5000/x"),
+            Some(("http".into(), "[::1]".into(), 5000))
+        );
+        assert_eq!(
+            origin("HTTPS://Auth.Example"),
+            Some(("https".into(), "auth.example".into(), 443))
+        );
     }
 
     #[test]

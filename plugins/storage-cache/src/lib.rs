@@ -93,6 +93,14 @@ impl Plugin for StorageCache {
         for (key, value) in &config {
             match key.as_str() {
                 "upstream_username" | "upstream_password" => {}
+                "upstream_auth_realms" => {
+                    if let Some(bad) = auth::unreadable_realm(value) {
+                        return Err(format!(
+                            "config `upstream_auth_realms`: `{bad}` is not an http:// or \
+                             https:// origin"
+                        ));
+                    }
+                }
                 "origin" | "upstream" => {
                     if !(value.starts_with("http://") || value.starts_with("https://")) {
                         return Err(format!(
@@ -120,7 +128,8 @@ impl Plugin for StorageCache {
                 other => {
                     return Err(format!(
                         "unknown config key `{other}` (known: origin, upstream, \
-                         upstream_username, upstream_password, tag_ttl_ms, hit_reuse_ms)"
+                         upstream_username, upstream_password, upstream_auth_realms, \
+                         tag_ttl_ms, hit_reuse_ms)"
                     ));
                 }
             }

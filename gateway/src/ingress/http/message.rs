@@ -36,7 +36,19 @@ impl HttpIngress {
             }
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, max).collect().await {
+        let timeout = std::time::Duration::from_millis(self.limits.body_read_timeout_ms);
+        let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await;
+        let Ok(collected) = collected else {
+            crate::ingress::pressure::count(crate::ingress::pressure::HTTP_BODY_TIMEOUTS, &[], 1);
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    self.limits.body_read_timeout_ms
+                ),
+            ));
+        };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()

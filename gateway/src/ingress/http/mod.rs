@@ -30,6 +30,7 @@ use crate::runtime::contract::Body;
 use crate::runtime::reuse;
 use crate::service::{STOP_GRACE, Service, stopped};
 
+mod admission;
 mod blob_body;
 mod message;
 mod reuse_answer;
@@ -43,6 +44,8 @@ pub struct HttpIngress {
     ledger: Arc<Ledger>,
     pub(crate) limits: HttpConfig,
     ids: RequestIds,
+    /// The connection caps of `limits`.
+    admission: Arc<admission::Admission>,
 }
 
 pub(crate) type HttpBody = http_body_util::Either<Full<Bytes>, blob_body::BlobBody>;
@@ -62,11 +65,14 @@ impl HttpIngress {
     /// An ingress that routes each request through the current plugins of
     /// `table`.
     pub fn new(table: Arc<PluginTable>, ledger: Arc<Ledger>, limits: HttpConfig) -> Self {
+        let admission =
+            admission::Admission::new(limits.max_connections, limits.max_connections_per_peer);
         Self {
             table,
             ledger,
             limits,
             ids: RequestIds::default(),
+            admission,
         }
     }
 
@@ -83,6 +89,9 @@ impl HttpIngress {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(admitted) = self.admit(peer) else {
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let conn = self
                             .connection_builder()
@@ -92,6 +101,7 @@ impl HttpIngress {
                             if let Err(e) = conn.await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
+                            drop(admitted);
                         });
                     }
                     Err(e) => accept_failed(e).await,
@@ -138,10 +148,23 @@ impl HttpIngress {
         }
     }
 
+    /// Counts a just-accepted connection from `peer` against the
+    /// connection caps; `None` (and the connection is closed when the
+    /// caller drops it) when a cap is reached.
+    pub(super) fn admit(&self, peer: SocketAddr) -> Option<admission::Admitted> {
+        match self.admission.admit(peer.ip()) {
+            Ok(a) => Some(a),
+            Err(refusal) => {
+                tracing::debug!(%peer, ?refusal, "connection refused: connection cap reached");
+                None
+            }
+        }
+    }
+
     fn connection_builder(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(Duration::from_millis(self.limits.header_read_timeout_ms))
             .max_buf_size(self.limits.max_header_bytes.max(8192))
             .max_headers(self.limits.max_headers);
         b
@@ -244,7 +267,16 @@ impl HttpIngress {
                     error: Some("request"),
                     ..CallFacts::default()
                 };
-                return (error_response(status, request_id, &message), facts);
+                let mut response = error_response(status, request_id, &message);
+                if status == StatusCode::REQUEST_TIMEOUT {
+                    // The rest of the body may still trickle in: the
+                    // connection is not kept for another request.
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                return (response, facts);
             }
         };
         let bytes_in = request_size(&request);
@@ -317,6 +349,7 @@ impl HttpIngress {
                         Err(e) => {
                             let status = match e {
                                 CallError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                                CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                                 _ => StatusCode::INTERNAL_SERVER_ERROR,
                             };
                             error_response(

@@ -2,18 +2,21 @@
 //! `/loop` never returns, `/bomb` allocates until it hits its memory cap,
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
 //! trapping (none of which may be kept), `/ok` answers 200. Its `prove`
-//! never returns for challenge kind `loop` and traps for `panic`.
+//! never returns for challenge kind `loop`, traps for `panic`, and for
+//! `fetch` waits on the URL in the challenge's params.
 //!
 //! Datagrams: `panic` traps; `to <ip:port>` answers to that address instead
 //! of the sender; `send <host:port>` asks `outbound-udp` to send there and
 //! answers with the result; `slow-count <host:port>` reads the kv counter
 //! `count`, waits 300 ms, writes it back plus one and sends `count-<n>`
-//! there (a call that conflicts with a `/count` made meanwhile); anything
-//! else is echoed back. `/count` adds one to `count` by a read and a write.
+//! there (a call that conflicts with a `/count` made meanwhile);
+//! `flood <count> <size>` answers with that many datagrams of that size;
+//! anything else is echoed back. `/count` adds one to `count` by a read and
+//! a write.
 
 use depin_plugin_sdk::{
     Challenge, Datagram, HttpRequest, HttpResponse, Plugin, PluginInfo, Proof, ResourceKind,
-    export_plugin, kv, meter, outbound_udp,
+    export_plugin, kv, meter, outbound_http, outbound_udp,
 };
 
 struct Hostile;
@@ -69,6 +72,11 @@ impl Plugin for Hostile {
                 }
             }
             "panic" => panic!("asked to panic in prove"),
+            // Waits on the URL in `params` (an origin that never answers).
+            "fetch" => {
+                let url = String::from_utf8_lossy(&c.params).into_owned();
+                Err(format!("{:?}", outbound_http::get(&url, &[])))
+            }
             other => Err(format!("no challenge kind `{other}`")),
         }
     }
@@ -101,6 +109,19 @@ impl Plugin for Hostile {
                     .map_err(|e| format!("{e:?}"))
             });
             answer(&d.peer, format!("{result:?}").into_bytes())
+        } else if let Some(args) = text.strip_prefix("flood ") {
+            // `flood <count> <size> [padding]`: that many datagrams of that
+            // size back to the sender.
+            let mut args = args
+                .split_whitespace()
+                .map(|a| a.parse::<usize>().unwrap_or(0));
+            let (count, size) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
+            (0..count)
+                .map(|i| Datagram {
+                    peer: d.peer.clone(),
+                    payload: vec![i as u8; size],
+                })
+                .collect()
         } else if let Some(peer) = text.strip_prefix("reply ") {
             let result = outbound_udp::reply(peer, b"replied");
             answer(&d.peer, format!("{result:?}").into_bytes())

@@ -38,12 +38,17 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects [`HttpOutbound::get_following`] follows.
 pub const MAX_REDIRECTS: usize = 5;
+/// Longest a `fetch` may take in all, response head and whole body: an
+/// origin that trickles its body cannot hold a call past it.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One plugin's outbound HTTP capability: its allow-list and one pool of
 /// kept-alive connections, `http://` and `https://` (rustls) alike.
 pub struct HttpOutbound {
     allowed: Vec<(String, String, u16)>,
     client: Client<PoolConnector, Full<Bytes>>,
+    /// [`FETCH_DEADLINE`], shorter in tests.
+    fetch_deadline: Duration,
 }
 
 impl std::fmt::Debug for HttpOutbound {
@@ -88,7 +93,11 @@ impl HttpOutbound {
         // `https://` URIs reach the connector too; it adds TLS.
         http.enforce_http(false);
         let client = Client::builder(TokioExecutor::new()).build(PoolConnector { http, tls });
-        Ok(Self { allowed, client })
+        Ok(Self {
+            allowed,
+            client,
+            fetch_deadline: FETCH_DEADLINE,
+        })
     }
 
     /// The parsed URL if its origin is allowed.
@@ -162,7 +171,9 @@ impl HttpOutbound {
     /// A GET of an allowed URL that follows redirects (301, 302, 303, 307,
     /// 308; at most [`MAX_REDIRECTS`]) as long as each target is allowed
     /// too. Registries answer blob requests with a redirect to a CDN or
-    /// object store. `authorization` is not sent on to another origin.
+    /// object store. Only the headers of
+    /// [`redirect::CROSS_ORIGIN_HEADERS`] are sent on to another origin
+    /// (no credentials, cookies or tokens of any name).
     pub async fn get_following(
         &self,
         uri: Uri,
@@ -190,7 +201,7 @@ impl HttpOutbound {
                 other => other,
             })?;
             if origin_of(&target) != origin_of(&uri) {
-                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+                headers.retain(|(k, _)| redirect::passes_to_another_origin(k));
             }
             uri = target;
         }
@@ -198,6 +209,41 @@ impl HttpOutbound {
             "more than {MAX_REDIRECTS} redirects from {}",
             origin_of(&uri)
         )))
+    }
+}
+
+impl HttpOutbound {
+    /// [`Self::send`], then the whole body (at most
+    /// [`MAX_RESPONSE_BYTES`]), all within [`FETCH_DEADLINE`].
+    pub async fn fetch_whole(
+        &self,
+        method: &str,
+        uri: Uri,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<(hyper::http::response::Parts, Bytes), HttpError> {
+        let deadline = tokio::time::Instant::now() + self.fetch_deadline;
+        let late = || {
+            HttpError::Io(format!(
+                "the response did not arrive in full within {} ms",
+                self.fetch_deadline.as_millis()
+            ))
+        };
+        let response = tokio::time::timeout_at(deadline, self.send(method, uri, headers, body))
+            .await
+            .map_err(|_| late())??;
+        let (parts, body) = response.into_parts();
+        let collected =
+            tokio::time::timeout_at(deadline, Limited::new(body, MAX_RESPONSE_BYTES).collect())
+                .await
+                .map_err(|_| late())?;
+        match collected {
+            Ok(b) => Ok((parts, b.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(HttpError::TooLarge(MAX_RESPONSE_BYTES as u64))
+            }
+            Err(e) => Err(HttpError::Io(format!("reading the body: {e}"))),
+        }
     }
 }
 
@@ -262,22 +308,13 @@ impl Host for OutboundHttpView<'_> {
         {
             *self.unrepeatable = Some(format!("a {} request to {}", req.method, req.url));
         }
-        let response = self
+        let (parts, body) = self
             .outbound
-            .send(&req.method, uri, &req.headers, req.body)
+            .fetch_whole(&req.method, uri, &req.headers, req.body)
             .await
-            .map_err(|e| {
-                tracing::debug!(plugin = %self.plugin, request_id = %self.request_id, url = %req.url, error = %e, "outbound request failed");
-                HttpError::from(e)
+            .inspect_err(|e| {
+                tracing::debug!(plugin = %self.plugin, request_id = %self.request_id, url = %req.url, error = ?e, "outbound request failed");
             })?;
-        let (parts, body) = response.into_parts();
-        let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(HttpError::TooLarge(MAX_RESPONSE_BYTES as u64).into());
-            }
-            Err(e) => return Err(HttpError::Io(format!("reading the body: {e}")).into()),
-        };
         let headers = parts
             .headers
             .iter()
@@ -488,6 +525,96 @@ mod tests {
         for t in [cdn, other, registry] {
             t.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_origin_carries_only_allow_listed_headers() {
+        let (cdn_port, cdn_heads, cdn) =
+            recording_server(vec![("/blob".into(), "200 OK\r\n".into())]).await;
+        let cdn_url = format!("http://127.0.0.1:{cdn_port}");
+        let (port, heads, registry) = recording_server(vec![
+            (
+                "/same".into(),
+                "307 Temporary Redirect\r\nlocation: /here\r\n".into(),
+            ),
+            ("/here".into(), "200 OK\r\n".into()),
+            (
+                "/cross".into(),
+                format!("307 Temporary Redirect\r\nlocation: {cdn_url}/blob\r\n"),
+            ),
+        ])
+        .await;
+        let registry_url = format!("http://127.0.0.1:{port}");
+        let outbound = HttpOutbound::new(&[registry_url.clone(), cdn_url], None).unwrap();
+        let headers: Vec<(String, String)> = [
+            ("X-Registry-Token", "secret-1"),
+            ("Cookie", "session=secret-2"),
+            ("Proxy-Authorization", "Basic secret-3"),
+            ("Range", "bytes=0-9"),
+            ("Accept", "application/octet-stream"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let get = |path: &str| {
+            let uri = outbound.check(&format!("{registry_url}{path}")).unwrap();
+            outbound.get_following(uri, &headers)
+        };
+        assert_eq!(get("/same").await.unwrap().status(), 200);
+        assert_eq!(get("/cross").await.unwrap().status(), 200);
+        let heads = heads.lock().unwrap().clone();
+        assert!(
+            heads
+                .iter()
+                .all(|h| h.contains("secret-1") && h.contains("secret-2")),
+            "the origin itself gets everything: {heads:?}"
+        );
+        let cdn_head = cdn_heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(!cdn_head.contains("secret"), "{cdn_head}");
+        assert!(cdn_head.contains("range: bytes=0-9"), "{cdn_head}");
+        assert!(
+            cdn_head.contains("accept: application/octet-stream"),
+            "{cdn_head}"
+        );
+        cdn.abort();
+        registry.abort();
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_is_cut_off_at_the_fetch_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = tcp.read(&mut buf).await;
+            // A prompt head, then one body byte every 100 ms: never idle
+            // for long, never done.
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
+            let _ = tcp.write_all(head).await;
+            loop {
+                if tcp.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        let mut outbound = HttpOutbound::new(std::slice::from_ref(&url), None).unwrap();
+        outbound.fetch_deadline = Duration::from_millis(700);
+        let started = std::time::Instant::now();
+        let uri = outbound.check(&format!("{url}/slow")).unwrap();
+        let e = outbound
+            .fetch_whole("GET", uri, &[], Vec::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, HttpError::Io(m) if m.contains("within 700 ms")),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        server.abort();
     }
 
     #[test]

@@ -5,6 +5,32 @@ use hyper::Uri;
 
 use super::OutboundError;
 
+/// The request headers a redirect to another origin carries on: content
+/// negotiation, ranges and validators. Everything else (`authorization`,
+/// `cookie`, `proxy-authorization`, API keys and tokens under any name) is
+/// meant for the origin it was sent to and is dropped.
+pub const CROSS_ORIGIN_HEADERS: [&str; 12] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "pragma",
+    "range",
+    "user-agent",
+];
+
+/// Whether request header `name` may follow a redirect to another origin.
+pub(super) fn passes_to_another_origin(name: &str) -> bool {
+    CROSS_ORIGIN_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// `scheme://host:port` of an absolute URI.
 pub(super) fn origin_of(uri: &Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
