@@ -31,6 +31,7 @@ wasm-target:
 
 plugins: wasm-target
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(PLUGINS)
+	@$(MAKE) --no-print-directory python-plugin
 
 gateway:
 	$(CARGO) build --release -p depin-gateway
@@ -63,3 +64,18 @@ bench-epochs:
 # Debian's nginx and wrk.
 bench-storage-cache: plugins
 	$(CARGO) run --release -p depin-bench --bin depin-bench-storage-cache
+
+.PHONY: python-plugin
+# The Python example plugin, built with componentize-py (PyPI) against wit/:
+# the copy .ci/run installs in target/py-tools, else one on PATH. Without
+# it the plugin is skipped with a note (the tests that need it say how to
+# install it).
+COMPONENTIZE_PY ?= $(firstword $(wildcard target/py-tools/bin/componentize-py) $(shell command -v componentize-py 2>/dev/null))
+python-plugin:
+	@if [ -z "$(COMPONENTIZE_PY)" ]; then \
+		echo "note: componentize-py not found; plugins/python-counter not built (pip install componentize-py)"; \
+	else \
+		mkdir -p target/$(WASM_TARGET)/plugin && \
+		cd plugins/python-counter && $(abspath $(COMPONENTIZE_PY)) -d ../../wit -w resource-plugin \
+			componentize app -o ../../target/$(WASM_TARGET)/plugin/python_counter.wasm; \
+	fi
