@@ -12,43 +12,42 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
-/// The Python plugin's component, built with componentize-py (from
-/// `target/py-tools`, where `.ci/run` installs it, or from `PATH`) once
-/// per test process, as `make plugins` builds it.
+/// Builds the Python plugin with componentize-py (from `target/py-tools`,
+/// where `.ci/run` installs it, or from `PATH`) against the contract in
+/// `wit`, as `make plugins` does.
+fn componentize(wit: &Path, out: &Path) {
+    let local = workspace().join("target/py-tools/bin/componentize-py");
+    let tool = if local.exists() {
+        local
+    } else {
+        PathBuf::from("componentize-py")
+    };
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let status = Command::new(&tool)
+        .current_dir(python_dir())
+        .arg("-d")
+        .arg(wit)
+        .args(["-w", "resource-plugin", "componentize", "app", "-o"])
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (install it: python3 -m venv target/py-tools && \
+                 target/py-tools/bin/pip install componentize-py)",
+                tool.display()
+            )
+        });
+    assert!(status.success(), "componentize-py failed");
+}
+
+/// The Python plugin's component, built once per test process.
 fn python_plugin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let root = workspace();
-            let local = root.join("target/py-tools/bin/componentize-py");
-            let tool = if local.exists() {
-                local
-            } else {
-                PathBuf::from("componentize-py")
-            };
             let out = root.join("target/wasm32-wasip2/plugin/python_counter.wasm");
-            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-            let status = Command::new(&tool)
-                .current_dir(root.join("plugins/python-counter"))
-                .args([
-                    "-d",
-                    "../../wit",
-                    "-w",
-                    "resource-plugin",
-                    "componentize",
-                    "app",
-                    "-o",
-                ])
-                .arg(&out)
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run {}: {e} (install it: python3 -m venv target/py-tools && \
-                         target/py-tools/bin/pip install componentize-py)",
-                        tool.display()
-                    )
-                });
-            assert!(status.success(), "componentize-py failed");
+            componentize(&root.join("wit"), &out);
             out
         })
         .clone()
@@ -155,6 +154,67 @@ fn the_python_component_fits_the_contract_and_imports_only_what_rust_plugins_may
             "{i}"
         );
     }
+}
+
+/// The Python plugin built against a copy of wit/ whose version is
+/// `version`, with `kv` given one more function when `extra` is set.
+fn python_plugin_against(dir: &Path, version: &str, extra_kv: Option<&str>) -> PathBuf {
+    let wit = dir.join(format!("wit-{version}"));
+    std::fs::create_dir_all(&wit).unwrap();
+    for entry in std::fs::read_dir(workspace().join("wit")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text = text.replace(
+            "package depin:plugin@0.1.3;",
+            &format!("package depin:plugin@{version};"),
+        );
+        if let (Some(f), Some("kv.wit")) = (extra_kv, path.file_name().and_then(|n| n.to_str())) {
+            text = text.replace(
+                "    /// Remove `key`;",
+                &format!("    {f}\n    /// Remove `key`;"),
+            );
+        }
+        std::fs::write(wit.join(path.file_name().unwrap()), text).unwrap();
+    }
+    let out = dir.join(format!("python-{version}.wasm"));
+    componentize(&wit, &out);
+    out
+}
+
+#[test]
+fn inspect_explains_a_python_plugin_built_against_another_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let inspect = |file: &Path| {
+        let (code, out, err) = run_cli(BIN, &["plugin", "inspect", file.to_str().unwrap()]);
+        (code, format!("{out}{err}"))
+    };
+    // Newer, using a function this gateway lacks.
+    let add = "add: func(key: string, delta: s64) -> result<s64, kv-error>;";
+    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.1.4", Some(add)));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("uses `kv.add`, which comes from depin:plugin@0.1.4, newer than this gateway's depin:plugin@0.1.3"),
+        "{out}"
+    );
+    assert!(out.contains("To change: upgrade the gateway"), "{out}");
+    assert!(
+        out.contains("built:    against depin:plugin@0.1.4 (newer than 0.1.3"),
+        "{out}"
+    );
+    // Older: still fits, and says so.
+    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.1.1", None));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("older than 0.1.3; 0.1.x plugins keep loading"),
+        "{out}"
+    );
+    // Another contract altogether.
+    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.2.0", None));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("built against depin:plugin@0.2.0, this gateway speaks depin:plugin@0.1.3. To change: rebuild"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

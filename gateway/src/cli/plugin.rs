@@ -83,6 +83,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         });
         let v = serde_json::json!({
             "file": file, "digest": digest, "contract": CONTRACT, "fits": fits, "problem": problem,
+            "built_against": shape.built_against(),
             "describe": info, "imports": shape.imports, "exports": shape.exports,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -91,8 +92,18 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("digest:   {digest}");
         match &problem {
             None => println!("contract: fits {CONTRACT}"),
-            Some(p) => println!("contract: {p}"),
+            Some(p) => match p.split_once(": ") {
+                // One line per problem, each with what to change.
+                Some((head, problems)) => {
+                    println!("contract: {head}:");
+                    for p in problems.split("; ") {
+                        println!("  - {p}");
+                    }
+                }
+                None => println!("contract: {p}"),
+            },
         }
+        println!("built:    against {}", shape.built_against());
         if let Some(i) = info {
             println!(
                 "plugin:   {} {} ({})",
