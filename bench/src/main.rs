@@ -14,8 +14,11 @@
 //! 6. Hotspot relay packets/s and added latency: gateway vs a native relay
 //!    doing the same parsing (`relay.rs`).
 //! 7. Sensor readings accepted/s by HTTP and MQTT vs native (`sensors.rs`).
+//! 8. Instantiate + call of the Python plugin vs the Rust template
+//!    (`python.rs`).
 
 mod compute;
+mod python;
 mod relay;
 mod sensors;
 
@@ -74,6 +77,9 @@ async fn main() {
     }
     if run("7") {
         sensors::run(Duration::from_secs(secs)).await;
+    }
+    if run("8") {
+        python::python_vs_rust().await;
     }
 }
 
