@@ -318,6 +318,36 @@ fn plugin_test_refuses_a_step_with_two_calls() {
     assert!(err.contains("step 1: give exactly one of"), "{err}");
 }
 
+#[test]
+fn outside_a_checkout_the_scaffold_depends_on_the_sdk_by_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("meter");
+    let (code, out, err) = run_cli(
+        BIN,
+        &["plugin", "new", "meter", "--dir", at.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let manifest = std::fs::read_to_string(at.join("Cargo.toml")).unwrap();
+    let version = format!("depin-plugin-sdk = \"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(manifest.contains(&version), "{manifest}");
+    assert!(!at.join("Cargo.lock").exists());
+    let lib = std::fs::read_to_string(at.join("src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("ResourceKind::Other") && lib.contains("pub struct Meter;"),
+        "{lib}"
+    );
+    // A name that is not a crate name is refused, and so is an existing directory.
+    let (code, _, err) = run_cli(BIN, &["plugin", "new", "Bad_Name"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a plugin name"), "{err}");
+    let (code, _, err) = run_cli(
+        BIN,
+        &["plugin", "new", "meter", "--dir", at.to_str().unwrap()],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("exists already"), "{err}");
+}
+
 /// Generates a plugin with the scaffold, builds it for wasm32-wasip2 with
 /// the one command its README gives, runs its tests as generated (native
 /// and end to end), then serves it from a gateway.
