@@ -71,11 +71,15 @@ bench-storage-cache: plugins
 # it the plugin is skipped with a note (the tests that need it say how to
 # install it).
 COMPONENTIZE_PY ?= $(firstword $(wildcard target/py-tools/bin/componentize-py) $(shell command -v componentize-py 2>/dev/null))
+PYTHON_COMPONENT := target/$(WASM_TARGET)/plugin/python_counter.wasm
 python-plugin:
 	@if [ -z "$(COMPONENTIZE_PY)" ]; then \
 		echo "note: componentize-py not found; plugins/python-counter not built (pip install componentize-py)"; \
 	else \
-		mkdir -p target/$(WASM_TARGET)/plugin && \
-		cd plugins/python-counter && $(abspath $(COMPONENTIZE_PY)) -d ../../wit -w resource-plugin \
-			componentize app -o ../../target/$(WASM_TARGET)/plugin/python_counter.wasm; \
+		$(MAKE) --no-print-directory $(PYTHON_COMPONENT); \
 	fi
+
+$(PYTHON_COMPONENT): plugins/python-counter/app.py $(wildcard wit/*.wit)
+	mkdir -p $(dir $@)
+	cd plugins/python-counter && $(abspath $(COMPONENTIZE_PY)) -d ../../wit -w resource-plugin \
+		componentize app -o ../../$@
