@@ -7,7 +7,8 @@
 //! over TCP to the HTTP ingress and datagrams over UDP to the plugin's UDP
 //! ingress; MQTT messages are handed to the plugin through the call path
 //! the MQTT ingress uses (no broker is needed, so the broker connection
-//! itself is not exercised); challenges are answered by the gateway's
+//! itself is not exercised); ticks are called and committed as the timer
+//! ingress does; challenges are answered by the gateway's
 //! challenge prover and the proof is checked with the plugin's `verify`,
 //! as the collector does. Steps run one at a time; each step's usage
 //! records are the ledger records committed while it ran.
@@ -65,13 +66,15 @@ struct Script {
     steps: Vec<Step>,
 }
 
-/// One call; exactly one of `http`, `datagram`, `message`, `challenge`.
+/// One call; exactly one of `http`, `datagram`, `message`, `tick`,
+/// `challenge`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Step {
     http: Option<HttpCall>,
     datagram: Option<DatagramCall>,
     message: Option<MessageCall>,
+    tick: Option<TickCall>,
     challenge: Option<ChallengeCall>,
     #[serde(default)]
     expect: Expect,
@@ -111,6 +114,13 @@ struct MessageCall {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TickCall {
+    /// The `now-ms` the plugin is given [default: the current time].
+    now_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ChallengeCall {
     kind: String,
     #[serde(default = "default_nonce")]
@@ -136,7 +146,8 @@ struct Expect {
     reply: Option<String>,
     /// How many datagrams came back.
     replies: Option<usize>,
-    /// An MQTT message was accepted (`handle-message` returned ok).
+    /// An MQTT message was accepted (`handle-message` returned ok), or a
+    /// tick ran without failing.
     ok: Option<bool>,
     /// `prove` answered with a proof.
     proved: Option<bool>,
@@ -179,11 +190,12 @@ impl TestPlugin {
                 s.http.is_some(),
                 s.datagram.is_some(),
                 s.message.is_some(),
+                s.tick.is_some(),
                 s.challenge.is_some(),
             ];
             if calls.iter().filter(|c| **c).count() != 1 {
                 bail!(
-                    "{}: step {}: give exactly one of http, datagram, message, challenge",
+                    "{}: step {}: give exactly one of http, datagram, message, tick, challenge",
                     self.script.display(),
                     i + 1
                 );
@@ -347,6 +359,23 @@ async fn run_step(
             ..Outcome::default()
         });
     }
+    if let Some(t) = &step.tick {
+        let Some(loaded) = gateway.table().get(&plugin.name) else {
+            bail!("the plugin is not loaded");
+        };
+        // As the timer ingress calls and commits a tick.
+        let id: Arc<str> = "tick".into();
+        let now_ms = t.now_ms.unwrap_or_else(depin_protocol::time::now_ms);
+        let outcome = loaded.tick(&id, now_ms).await;
+        let measured = HostMeasurements::of_call(outcome.wall, outcome.fuel);
+        call::commit(ledger, loaded.name(), &id, measured, outcome.effects).await?;
+        return Ok(Outcome {
+            call: format!("tick at {now_ms}"),
+            ok: Some(outcome.result.is_ok()),
+            error: outcome.result.err().map(|e| e.to_string()),
+            ..Outcome::default()
+        });
+    }
     let c = step
         .challenge
         .as_ref()
@@ -486,7 +515,7 @@ fn print_step(n: usize, o: &Outcome) {
         println!("  reply:    {}", shorten(r));
     }
     if let Some(ok) = o.ok {
-        println!("  accepted: {ok}");
+        println!("  ok:       {ok}");
     }
     if let Some(p) = &o.proof_hex {
         println!("  proof:    {p}");
