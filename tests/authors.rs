@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use depin_e2e::{Home, HttpClient, PluginSpec, plugin, run_cli, workspace};
 use depin_gateway::RunningGateway;
+use depin_gateway::runtime::CONTRACT;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
@@ -165,7 +166,7 @@ fn python_plugin_against(dir: &Path, version: &str, extra_kv: Option<&str>) -> P
         let path = entry.unwrap().path();
         let mut text = std::fs::read_to_string(&path).unwrap();
         text = text.replace(
-            "package depin:plugin@0.1.3;",
+            &format!("package {CONTRACT};"),
             &format!("package depin:plugin@{version};"),
         );
         if let (Some(f), Some("kv.wit")) = (extra_kv, path.file_name().and_then(|n| n.to_str())) {
@@ -188,31 +189,41 @@ fn inspect_explains_a_python_plugin_built_against_another_contract() {
         let (code, out, err) = run_cli(BIN, &["plugin", "inspect", file.to_str().unwrap()]);
         (code, format!("{out}{err}"))
     };
+    // This gateway's version, 0.1.N, and the next one.
+    let ours = CONTRACT.rsplit_once('@').unwrap().1;
+    let patch: u32 = ours.rsplit_once('.').unwrap().1.parse().unwrap();
+    let newer = format!("0.1.{}", patch + 1);
     // Newer, using a function this gateway lacks.
-    let add = "add: func(key: string, delta: s64) -> result<s64, kv-error>;";
-    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.1.4", Some(add)));
+    let extra = "tally: func(key: string, delta: s64) -> result<s64, kv-error>;";
+    let (code, out) = inspect(&python_plugin_against(dir.path(), &newer, Some(extra)));
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("uses `kv.add`, which comes from depin:plugin@0.1.4, newer than this gateway's depin:plugin@0.1.3"),
+        out.contains(&format!(
+            "uses `kv.tally`, which comes from depin:plugin@{newer}, newer than this gateway's {CONTRACT}"
+        )),
         "{out}"
     );
     assert!(out.contains("To change: upgrade the gateway"), "{out}");
     assert!(
-        out.contains("built:    against depin:plugin@0.1.4 (newer than 0.1.3"),
+        out.contains(&format!(
+            "built:    against depin:plugin@{newer} (newer than {ours}"
+        )),
         "{out}"
     );
     // Older: still fits, and says so.
-    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.1.1", None));
+    let (code, out) = inspect(&python_plugin_against(dir.path(), "0.1.0", None));
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("older than 0.1.3; 0.1.x plugins keep loading"),
+        out.contains(&format!("older than {ours}; 0.1.x plugins keep loading")),
         "{out}"
     );
     // Another contract altogether.
     let (code, out) = inspect(&python_plugin_against(dir.path(), "0.2.0", None));
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("built against depin:plugin@0.2.0, this gateway speaks depin:plugin@0.1.3. To change: rebuild"),
+        out.contains(&format!(
+            "built against depin:plugin@0.2.0, this gateway speaks {CONTRACT}. To change: rebuild"
+        )),
         "{out}"
     );
 }

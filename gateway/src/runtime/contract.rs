@@ -457,7 +457,9 @@ mod tests {
     fn a_function_of_a_newer_contract_is_explained_with_what_to_change() {
         let e = link_error("depin:plugin/kv@0.1.9", "add");
         assert!(
-            e.contains("uses `kv.add`, which comes from depin:plugin@0.1.9, newer than this gateway's depin:plugin@0.1.3"),
+            e.contains(&format!(
+                "uses `kv.add`, which comes from depin:plugin@0.1.9, newer than this gateway's {CONTRACT}"
+            )),
             "{e}"
         );
         assert!(e.contains("upgrade the gateway"), "{e}");
@@ -515,13 +517,13 @@ mod tests {
             imports: vec![format!("depin:plugin/kv@{v}")],
             exports: vec![],
         };
-        assert!(built("0.1.3").built_against().contains("this gateway's"));
-        assert!(
-            built("0.1.1")
-                .built_against()
-                .contains("older than 0.1.3; 0.1.x plugins keep loading")
-        );
-        assert!(built("0.1.4").built_against().contains("newer than 0.1.3"));
+        let ours = version_of(CONTRACT);
+        assert!(built(ours).built_against().contains("this gateway's"));
+        let older = built("0.1.0").built_against();
+        let wanted = format!("older than {ours}; 0.1.x plugins keep loading");
+        assert!(ours == "0.1.0" || older.contains(&wanted), "{older}");
+        let newer = built("0.1.999").built_against();
+        assert!(newer.contains(&format!("newer than {ours}")), "{newer}");
         assert!(built("0.2.0").built_against().contains("another contract"));
         let none = ComponentShape::default().built_against();
         assert!(none.contains("no depin:plugin import"), "{none}");
