@@ -31,6 +31,7 @@ wasm-target:
 
 plugins: wasm-target
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(PLUGINS)
+	@$(MAKE) --no-print-directory python-plugin
 
 gateway:
 	$(CARGO) build --release -p depin-gateway
@@ -69,3 +70,22 @@ bench-storage-cache: plugins
 # process, each with its baseline (issue 19); needs mosquitto.
 bench-hostile: plugins gateway
 	$(CARGO) run --release -p depin-bench --bin depin-bench-hostile
+
+.PHONY: python-plugin
+# The Python example plugin, built with componentize-py (PyPI) against wit/:
+# the copy .ci/run installs in target/py-tools, else one on PATH. Without
+# it the plugin is skipped with a note (the tests that need it say how to
+# install it).
+COMPONENTIZE_PY ?= $(firstword $(wildcard target/py-tools/bin/componentize-py) $(shell command -v componentize-py 2>/dev/null))
+PYTHON_COMPONENT := target/$(WASM_TARGET)/plugin/python_counter.wasm
+python-plugin:
+	@if [ -z "$(COMPONENTIZE_PY)" ]; then \
+		echo "note: componentize-py not found; plugins/python-counter not built (pip install componentize-py)"; \
+	else \
+		$(MAKE) --no-print-directory $(PYTHON_COMPONENT); \
+	fi
+
+$(PYTHON_COMPONENT): plugins/python-counter/app.py $(wildcard wit/*.wit)
+	mkdir -p $(dir $@)
+	cd plugins/python-counter && $(abspath $(COMPONENTIZE_PY)) -d ../../wit -w resource-plugin \
+		componentize app -o ../../$@

@@ -8,6 +8,7 @@
 //! environment) is tested against a gateway process of its own, and tests
 //! that read the process-wide metrics use plugin names no other test uses.
 
+mod authors;
 mod cli;
 mod collector;
 mod compute_task;

@@ -16,8 +16,11 @@
 //! 7. Sensor readings accepted/s by HTTP and MQTT vs native (`sensors.rs`).
 //! 8. Serializable calls: `kv.add` vs get+set on a hot key, uncontended
 //!    get+set, against GET /hello in the same run (`serial.rs`).
+//! 9. Instantiate + call of the Python plugin vs the Rust template
+//!    (`python.rs`).
 
 mod compute;
+mod python;
 mod relay;
 mod sensors;
 mod serial;
@@ -80,6 +83,9 @@ async fn main() {
     }
     if run("8") {
         serial::run(Duration::from_secs(secs)).await;
+    }
+    if run("9") {
+        python::python_vs_rust().await;
     }
 }
 

@@ -4,11 +4,13 @@
 //! what several subcommands share; each subcommand lives in its own file.
 
 mod epochs;
+mod harness;
 mod keygen;
 mod ledger;
 mod plugin;
 mod report;
 mod run;
+mod scaffold;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,7 +74,7 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Inspect plugin components.
+    /// Inspect plugin components, create a plugin crate, test a component.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,

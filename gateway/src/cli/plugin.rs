@@ -1,4 +1,5 @@
-//! `depin-gateway plugin`: inspect a plugin component.
+//! `depin-gateway plugin`: inspect a plugin component, create a new plugin
+//! crate, run a component in a gateway with a script.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,12 +23,22 @@ pub(super) enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a new plugin crate: a metered echo with a proof of what it
+    /// echoed, native tests, an end-to-end script, and a README.
+    New(super::scaffold::NewPlugin),
+    /// Run a component in a real gateway (in-process, fresh data directory)
+    /// and drive it with a script of HTTP requests, datagrams, MQTT messages
+    /// and challenges; print responses, usage records and proof results.
+    /// Exits with 1 if a step does not meet its expectations.
+    Test(super::harness::TestPlugin),
 }
 
 impl PluginCommand {
     pub(super) fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             PluginCommand::Inspect { file, json } => inspect(&file, json),
+            PluginCommand::New(new) => new.run(),
+            PluginCommand::Test(test) => test.run(),
         }
     }
 }
@@ -72,6 +83,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         });
         let v = serde_json::json!({
             "file": file, "digest": digest, "contract": CONTRACT, "fits": fits, "problem": problem,
+            "built_against": shape.built_against(),
             "describe": info, "imports": shape.imports, "exports": shape.exports,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -80,8 +92,18 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("digest:   {digest}");
         match &problem {
             None => println!("contract: fits {CONTRACT}"),
-            Some(p) => println!("contract: {p}"),
+            Some(p) => match p.split_once(": ") {
+                // One line per problem, each with what to change.
+                Some((head, problems)) => {
+                    println!("contract: {head}:");
+                    for p in problems.split("; ") {
+                        println!("  - {p}");
+                    }
+                }
+                None => println!("contract: {p}"),
+            },
         }
+        println!("built:    against {}", shape.built_against());
         if let Some(i) = info {
             println!(
                 "plugin:   {} {} ({})",

@@ -158,11 +158,12 @@ impl LoadedPlugin {
         let shape = ComponentShape::of(runtime.engine(), &component);
         let misfit = |p: String| format!("does not fit the contract {CONTRACT}: {p}");
         shape.check().map_err(misfit)?;
+        let explained = |e: wasmtime::Error| misfit(shape.explain_link_error(&format!("{e:#}")));
         let instance_pre = runtime
             .linker()
             .instantiate_pre(&component)
-            .map_err(|e| misfit(format!("{e:#}")))?;
-        let pre = ResourcePluginPre::new(instance_pre).map_err(|e| misfit(format!("{e:#}")))?;
+            .map_err(explained)?;
+        let pre = ResourcePluginPre::new(instance_pre).map_err(explained)?;
         let shared = PluginShared {
             name: cfg.name.as_str().into(),
             config: cfg.config_strings().into_iter().collect(),
