@@ -32,11 +32,11 @@ async fn per_call(p: &LoadedPlugin, n: u32) -> Duration {
         body: vec![],
     };
     for _ in 0..(n / 10).max(1) {
-        let _ = p.handle_http(&id, req()).await;
+        let _ = p.handle_http(&id, std::sync::Arc::new(req())).await;
     }
     let started = Instant::now();
     for _ in 0..n {
-        let o = p.handle_http(&id, req()).await;
+        let o = p.handle_http(&id, std::sync::Arc::new(req())).await;
         assert!(o.result.is_ok(), "{:?}", o.result.err());
     }
     started.elapsed() / n

@@ -267,6 +267,7 @@ async fn run_step(
         kind: c.kind.clone(),
         nonce: c.nonce_hex.clone(),
         params: c.params_hex.clone(),
+        deadline_ms: 0,
     };
     let mut o = Outcome {
         call: format!("challenge {}", c.kind),
