@@ -11,6 +11,7 @@
 mod cli;
 mod compute_task;
 mod durability;
+mod faults;
 mod http;
 mod jobs;
 mod ops;

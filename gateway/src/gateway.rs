@@ -229,6 +229,20 @@ impl RunningGateway {
         })
     }
 
+    /// Resolves, with the reason, once the ledger's storage has failed for
+    /// good (see [`crate::ledger::LedgerHealth`]); never otherwise.
+    pub async fn ledger_storage_failed(&self) -> String {
+        let mut health = self.ledger.watch_health();
+        loop {
+            if let Some(why) = health.borrow_and_update().storage_failed.clone() {
+                return why;
+            }
+            if health.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The plugin table every ingress reads per call.
     pub fn table(&self) -> &Arc<PluginTable> {
         self.reloader.table()

@@ -33,6 +33,7 @@
 
 mod checkpoint;
 mod encoding;
+mod health;
 mod overlay;
 mod reader;
 use depin_protocol::record;
@@ -51,6 +52,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use checkpoint::Checkpointer;
+use health::HealthCell;
 use overlay::Overlay;
 use recovery::{naming, open_db, read_head, recover};
 #[cfg(test)]
@@ -58,6 +60,7 @@ use writer::TestHook;
 use writer::{CommitRequest, Writer, WriterMsg};
 
 pub use encoding::EncodedRecords;
+pub use health::LedgerHealth;
 pub use reader::{BrokenLink, LedgerReader, UnitTotal, VerifyReport};
 pub use record::{
     DecodeError, FORMAT_VERSION, GENESIS_HASH, Hash, MAX_EVIDENCE_BYTES, MAX_SUBJECT_BYTES,
@@ -137,6 +140,7 @@ pub struct Ledger {
     overlay: Arc<Mutex<Overlay>>,
     tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<HealthCell>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -193,6 +197,7 @@ impl Ledger {
         };
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
+        let health = Arc::new(HealthCell::new());
         let checkpointer = Checkpointer::new(db.clone(), overlay.clone(), done_tx)
             .spawn(job_rx)
             .map_err(spawn_failed)?;
@@ -204,6 +209,7 @@ impl Ledger {
             jobs,
             done,
             checkpointer,
+            health.clone(),
         )
         .spawn(rx)
         .map_err(spawn_failed)?;
@@ -213,7 +219,19 @@ impl Ledger {
             overlay,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            health,
         }))
+    }
+
+    /// Whether commits are expected to succeed (see [`LedgerHealth`]).
+    pub fn health(&self) -> LedgerHealth {
+        self.health.get()
+    }
+
+    /// Changes of [`Self::health`], e.g. to stop the process once the
+    /// storage failed for good.
+    pub fn watch_health(&self) -> tokio::sync::watch::Receiver<LedgerHealth> {
+        self.health.subscribe()
     }
 
     /// The ledger file.

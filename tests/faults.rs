@@ -1,0 +1,236 @@
+//! Storage faults: a full disk under load is reported by readiness and
+//! health, ends the process with a non-zero status, loses nothing that was
+//! acknowledged, and a restart with space freed resumes on an intact chain.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
+use depin_gateway::ledger::{LedgerReader, Source};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
+
+/// A size-limited tmpfs mounted over a directory, unmounted when dropped.
+pub struct Tmpfs {
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "24m") at `at`; `Err` with the reason
+    /// where mounting is not allowed (not root, no CAP_SYS_ADMIN).
+    pub fn mount(at: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Self {
+            at: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .status();
+    }
+}
+
+/// Mounts a tmpfs of `size` as the home's data directory, keeping the
+/// device key; `None` (after saying why) where mounting is not allowed.
+pub fn data_dir_on_tmpfs(home: &Home, size: &str) -> Option<Tmpfs> {
+    let key = std::fs::read(home.key_path()).expect("device key");
+    let mount = match Tmpfs::mount(&home.data_dir(), size) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: this test needs to mount a size-limited tmpfs as data_dir \
+                 (run it as root); mount said: {why}"
+            );
+            return None;
+        }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(home.key_path())
+        .expect("key on the tmpfs");
+    f.write_all(&key).unwrap();
+    Some(mount)
+}
+
+/// Writes `path` until the file system is full; returns the bytes written.
+pub fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).expect("filler file");
+    let chunk = vec![0x5au8; 64 << 10];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    let _ = f.sync_all();
+    written
+}
+
+fn request_ids_in_ledger(data_dir: &Path) -> HashSet<String> {
+    let reader = LedgerReader::open(data_dir).expect("open the ledger");
+    let mut ids = HashSet::new();
+    reader
+        .for_each(|_, r| {
+            let (_, _, r) = r.expect("decodable record");
+            if r.source == Source::Host {
+                ids.insert(r.subject.expect("host records carry the request id"));
+            }
+            true
+        })
+        .unwrap();
+    ids
+}
+
+fn verify(data_dir: &Path) {
+    let (code, out, err) = run_cli(
+        BIN,
+        &["ledger", "verify", "--data-dir", data_dir.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "ledger verify: {out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_readiness_exits_non_zero_and_loses_no_acknowledged_request() {
+    let home = Home::new(
+        &[PluginSpec::new("template", plugin("template_plugin"), "/t")],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let Some(_mount) = data_dir_on_tmpfs(&home, "32m") else {
+        return;
+    };
+    let data_dir = home.data_dir();
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    let admin = HttpClient::new(gw.admin_addr.expect("admin listener"));
+    assert_eq!(admin.get("/readyz").await.status, 200);
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (http, acked, refused) = (http.clone(), acked.clone(), refused.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                match http.send("POST", "/t/echo", "some payload bytes").await {
+                    Ok(r) if r.status == 200 => acked.lock().unwrap().push(r.request_id()),
+                    Ok(r) if r.status == 503 => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(r) => panic!("unexpected status {} {}", r.status, r.text()),
+                    Err(_) => break, // the gateway is gone
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Fill the disk while the clients go on writing.
+    let filler = data_dir.join("filler");
+    let filled = tokio::task::spawn_blocking({
+        let filler = filler.clone();
+        move || fill(&filler)
+    })
+    .await
+    .unwrap();
+    assert!(filled > 0);
+
+    // Readiness and health turn 503 once the ledger cannot store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let readiness = loop {
+        let r = admin.send("GET", "/readyz", "").await;
+        match r {
+            Ok(r) if r.status == 503 => break r,
+            Ok(_) => {}
+            Err(e) => panic!("the gateway went away before /readyz said 503: {e}"),
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        readiness.text().contains("storage failed"),
+        "{}",
+        readiness.text()
+    );
+    let health = admin.get("/healthz").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+
+    // The process ends by itself, with the status a supervisor restarts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(75), "exit status");
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "clients were answered 503 while the disk was full"
+    );
+    let logs = gw.stderr_lines.lock().unwrap().join("\n");
+    assert!(logs.contains("ledger storage failed"), "{logs}");
+
+    // Space freed: the restarted gateway replays its log and serves again.
+    std::fs::remove_file(&filler).unwrap();
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let admin = HttpClient::new(gw.admin_addr.expect("admin listener"));
+    assert_eq!(admin.get("/readyz").await.status, 200);
+    let after = HttpClient::new(gw.addr)
+        .send("POST", "/t/echo", "after")
+        .await
+        .unwrap();
+    assert_eq!(after.status, 200);
+    assert!(gw.terminate(), "clean exit on SIGTERM");
+
+    verify(&data_dir);
+    let in_ledger = request_ids_in_ledger(&data_dir);
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<_> = acked.iter().filter(|id| !in_ledger.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged requests lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    assert!(in_ledger.contains(&after.request_id()));
+    eprintln!(
+        "disk full: {} acknowledged, {} refused with 503, 0 lost",
+        acked.len(),
+        refused.load(Ordering::Relaxed)
+    );
+}
