@@ -97,11 +97,14 @@ impl RunningGateway {
         crate::otel::init_from_env();
         let mut services = Services::default();
         let ledger = Ledger::open(&config.data_dir)?;
+        let seal = crate::runtime::CodeSeal::from_device_key(&key);
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
-            .with_blob_root(config.data_dir.join("blobs"));
+            .with_blob_root(config.data_dir.join("blobs"))
+            .with_code_seal(seal.clone());
         if config.plugins.iter().any(|p| p.jobs.is_some()) {
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?;
+            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?
+                .with_code_seal(seal);
             runtime = runtime.with_jobs(Arc::new(jobs));
         }
         let runtime = Arc::new(runtime);
