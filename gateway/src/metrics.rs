@@ -150,6 +150,8 @@ pub struct Metrics {
     /// Reports waiting in the upstream outbox; `None` until the outbox
     /// reports it (it is not exported before).
     outbox_depth: Mutex<Option<u64>>,
+    /// Plugin log lines dropped by the log rate limits, per plugin.
+    log_dropped: Mutex<BTreeMap<Arc<str>, u64>>,
 }
 
 /// The registry every part of the gateway records into.
@@ -175,6 +177,7 @@ impl Metrics {
             }),
             reloads: Mutex::new(Reloads::default()),
             outbox_depth: Mutex::new(None),
+            log_dropped: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -223,6 +226,19 @@ impl Metrics {
     /// the depth changes.
     pub fn set_outbox_depth(&self, depth: u64) {
         *self.outbox_depth.lock().expect("metrics lock") = Some(depth);
+    }
+
+    /// Counts `lines` log lines of `plugin` dropped by the log rate
+    /// limits (`depin_plugin_log_dropped_total`).
+    pub fn record_log_dropped(&self, plugin: &Arc<str>, lines: u64) {
+        let mut d = self.log_dropped.lock().expect("metrics lock");
+        *d.entry(plugin.clone()).or_default() += lines;
+    }
+
+    /// Log lines of `plugin` dropped so far.
+    pub fn log_dropped(&self, plugin: &str) -> u64 {
+        let d = self.log_dropped.lock().expect("metrics lock");
+        d.get(plugin).copied().unwrap_or(0)
     }
 
     /// A copy of one plugin's counters (`None` before its first call).
@@ -345,6 +361,19 @@ impl Metrics {
                 "Reports waiting in the upstream outbox.",
             );
             let _ = writeln!(out, "depin_outbox_depth {depth}");
+        }
+        header(
+            &mut out,
+            "depin_plugin_log_dropped_total",
+            "counter",
+            "Plugin log lines dropped by the per-call and per-plugin log limits.",
+        );
+        for (p, n) in self.log_dropped.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "depin_plugin_log_dropped_total{{plugin=\"{}\"}} {n}",
+                escape(p)
+            );
         }
         out
     }

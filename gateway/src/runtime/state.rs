@@ -43,6 +43,8 @@ pub struct CallState {
     pub(crate) jobs: JobsState,
     /// Datagrams queued through `outbound-udp`, and where this one came from.
     pub(crate) outbound_udp: UdpState,
+    /// What the call has logged, against the per-call log limits.
+    pub(crate) log: super::host::log::CallLog,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -73,6 +75,7 @@ impl CallState {
             blobs: BlobsState::default(),
             jobs: JobsState::default(),
             outbound_udp: UdpState::default(),
+            log: Default::default(),
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,
