@@ -215,7 +215,15 @@ async fn a_full_disk_fails_readiness_exits_non_zero_and_loses_no_acknowledged_re
         .await
         .unwrap();
     assert_eq!(after.status, 200);
-    assert!(gw.terminate(), "clean exit on SIGTERM");
+    unsafe { libc::kill(gw.child.id() as i32, libc::SIGTERM) };
+    let status = gw.child.wait().unwrap();
+    // Let the log reader take the last lines.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM, not {status:?}: {}",
+        gw.stderr_lines.lock().unwrap().join("\n")
+    );
 
     verify(&data_dir);
     let in_ledger = request_ids_in_ledger(&data_dir);
@@ -232,5 +240,165 @@ async fn a_full_disk_fails_readiness_exits_non_zero_and_loses_no_acknowledged_re
         "disk full: {} acknowledged, {} refused with 503, 0 lost",
         acked.len(),
         refused.load(Ordering::Relaxed)
+    );
+}
+
+/// The compiled file of the component at `component` in `data_dir`.
+fn compiled_file_of(data_dir: &Path, component: &Path) -> PathBuf {
+    let digest = depin_gateway::jobs::digest(&std::fs::read(component).unwrap());
+    let hex = digest.trim_start_matches("sha256:");
+    std::fs::read_dir(data_dir.join("compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{hex}-"))
+        })
+        .expect("the component was cached")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_or_altered_compiled_component_is_compiled_again_with_a_warning() {
+    let home = Home::new(
+        &[
+            PluginSpec::new("template", plugin("template_plugin"), "/t"),
+            PluginSpec::new("hostile", plugin("hostile_plugin"), "/h"),
+        ],
+        "",
+    );
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let before = HttpClient::new(gw.addr).get("/t/hello?name=ada").await;
+    assert_eq!(before.status, 200);
+    assert!(gw.terminate());
+    let template = compiled_file_of(&home.data_dir(), &plugin("template_plugin"));
+    let hostile = compiled_file_of(&home.data_dir(), &plugin("hostile_plugin"));
+    // Another component's compiled code, valid in itself, under the
+    // template's name; and a bit flipped in the hostile plugin's code.
+    std::fs::copy(&hostile, &template).unwrap();
+    let mut bytes = std::fs::read(&hostile).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&hostile, &bytes).unwrap();
+
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    let after = http.get("/t/hello?name=ada").await;
+    assert_eq!((after.status, after.text()), (200, before.text()));
+    assert_eq!(http.get("/h/ok").await.status, 200);
+    assert!(gw.terminate());
+    let logs = gw.stderr_lines.lock().unwrap().join("\n");
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains("discarding compiled component from the cache"))
+        .count();
+    assert_eq!(warnings, 2, "{logs}");
+    assert!(logs.contains("MAC does not check out"), "{logs}");
+    // Both were compiled again and cached afresh.
+    assert_ne!(
+        std::fs::read(&template).unwrap(),
+        std::fs::read(&hostile).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_compiled_job_module_is_compiled_again_and_the_job_runs() {
+    use depin_gateway::jobs::{JobEngine, RunLimits};
+    use depin_gateway::runtime::CodeSeal;
+    let dir = tempfile::tempdir().unwrap();
+    let seal = CodeSeal::ephemeral();
+    let open = || {
+        Arc::new(
+            JobEngine::open(dir.path(), 1)
+                .unwrap()
+                .with_code_seal(seal.clone()),
+        )
+    };
+    let limits = RunLimits {
+        fuel: 1 << 30,
+        memory_bytes: 32 << 20,
+        max_output: 1 << 20,
+    };
+    let wasm = depin_e2e::job_module("sha256");
+    let engine = open();
+    let digest = engine.put_module("compute", wasm, 4 << 20).await.unwrap();
+    let expected = engine
+        .run("compute", &digest, b"abc".to_vec(), limits.clone())
+        .await
+        .unwrap();
+    drop(engine);
+    let compiled = std::fs::read_dir(dir.path().join("compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("compiled code cached");
+    let mut bytes = std::fs::read(&compiled).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&compiled, &bytes).unwrap();
+    assert!(seal.read(&compiled).is_err());
+
+    let engine = open();
+    let got = engine
+        .run("compute", &digest, b"abc".to_vec(), limits)
+        .await
+        .unwrap();
+    assert_eq!(got, expected);
+    assert!(seal.read(&compiled).is_ok(), "cached again, sealed");
+}
+
+/// Sums `depin_plugin_log_dropped_total` of `plugin` in a metrics page.
+fn log_dropped(metrics: &str, plugin: &str) -> u64 {
+    let prefix = format!("depin_plugin_log_dropped_total{{plugin=\"{plugin}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_cut_per_call_and_per_plugin_counted_and_noticed_once() {
+    let home = Home::new(
+        &[PluginSpec::new("flooder", plugin("hostile_plugin"), "/h").limits("cpu_ms = 500")],
+        "[admin]\nlisten = \"127.0.0.1:0\"\nopen_metrics = true\n",
+    );
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let http = HttpClient::new(gw.addr);
+    let admin = HttpClient::new(gw.admin_addr.expect("admin listener"));
+    // Four calls, each logging 4 KiB lines in a loop for 500 ms.
+    for _ in 0..4 {
+        let r = http.get("/h/log-flood").await;
+        assert_eq!(r.status, 500, "ends at its deadline: {}", r.text());
+    }
+    assert_eq!(http.get("/h/ok").await.status, 200);
+    let metrics = admin.get("/metrics").await.text();
+    let dropped = log_dropped(&metrics, "flooder");
+    assert!(
+        dropped > 1000,
+        "dropped lines are counted: {dropped}\n{metrics}"
+    );
+    assert!(gw.terminate());
+    let logs = gw.stderr_lines.lock().unwrap().clone();
+    let kept = logs
+        .iter()
+        .filter(|l| l.contains("\"target\":\"plugin\"") && l.contains("xxxx"))
+        .count();
+    // At most 256 lines per call, and far fewer bytes than one unbounded
+    // call wrote (tens of MB).
+    assert!(kept > 0 && kept <= 4 * 256, "{kept} plugin lines kept");
+    let log_bytes: usize = logs.iter().map(|l| l.len()).sum();
+    assert!(
+        log_bytes < 4 << 20,
+        "the log stayed small: {log_bytes} bytes"
+    );
+    let notices = logs
+        .iter()
+        .filter(|l| l.contains("plugin log lines dropped"))
+        .count();
+    assert_eq!(notices, 1, "said once (within the notice interval)");
+    eprintln!(
+        "log flood: 4 calls x 500 ms of 4 KiB lines: {kept} lines kept \
+         ({log_bytes} log bytes), {dropped} dropped"
     );
 }
