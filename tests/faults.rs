@@ -402,3 +402,62 @@ async fn a_log_flood_is_cut_per_call_and_per_plugin_counted_and_noticed_once() {
          ({log_bytes} log bytes), {dropped} dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_lets_the_tick_in_flight_finish_so_its_job_runs_once() {
+    use depin_gateway::RunningGateway;
+    let home = Home::new(
+        &[
+            PluginSpec::new("compute", plugin("compute_task_plugin"), "/c")
+                .table(
+                    "tick_interval_ms = 50\n[plugin.jobs]\nqueue_limit = 10\n\
+                 max_fuel = 20000000000\nmax_memory_mb = 64\n",
+                )
+                .config("default_memory_mb = 32"),
+        ],
+        "",
+    );
+    let gw = RunningGateway::start_with_source(&home.config(), Some(&home.config_path))
+        .await
+        .expect("start");
+    let http = HttpClient::new(gw.http_addr);
+    let r = http
+        .send("PUT", "/c/modules", depin_e2e::job_module("spin"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let spin: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let spin = spin["digest"].as_str().unwrap().to_string();
+    // A job that runs for a while (until its fuel is gone).
+    let fuel = 1_500_000_000u64;
+    let r = http
+        .send("POST", &format!("/c/jobs?module={spin}&fuel={fuel}"), "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let id = id["id"].as_str().unwrap().to_string();
+    // A tick has taken it; reload while it runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.reload("test").await.expect("reload");
+    // The tick in flight ran to its end and committed: the job is done,
+    // not back in the queue to run again.
+    let job: serde_json::Value =
+        serde_json::from_slice(&http.get(&format!("/c/jobs/{id}")).await.body).unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["result"]["fuel_used"], fuel, "{job}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.shutdown().await;
+    let reader = LedgerReader::open(&home.data_dir()).unwrap();
+    let mut runs = 0;
+    reader
+        .for_each(|_, r| {
+            let (_, _, r) = r.unwrap();
+            if r.unit == "job-fuel" {
+                runs += 1;
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(runs, 1, "the job ran once");
+}
