@@ -429,7 +429,7 @@ async fn a_reload_lets_the_tick_in_flight_finish_so_its_job_runs_once() {
     let spin: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let spin = spin["digest"].as_str().unwrap().to_string();
     // A job that runs for a while (until its fuel is gone).
-    let fuel = 1_500_000_000u64;
+    let fuel = 20_000_000_000u64;
     let r = http
         .send("POST", &format!("/c/jobs?module={spin}&fuel={fuel}"), "")
         .await
