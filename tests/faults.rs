@@ -324,7 +324,7 @@ async fn an_altered_compiled_job_module_is_compiled_again_and_the_job_runs() {
     let engine = open();
     let digest = engine.put_module("compute", wasm, 4 << 20).await.unwrap();
     let expected = engine
-        .run("compute", &digest, b"abc".to_vec(), limits.clone())
+        .run("compute", &digest, b"abc".to_vec(), limits)
         .await
         .unwrap();
     drop(engine);

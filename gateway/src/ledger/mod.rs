@@ -209,8 +209,8 @@ impl Ledger {
             jobs,
             done,
             checkpointer,
-            health.clone(),
         )
+        .with_health(health.clone())
         .spawn(rx)
         .map_err(spawn_failed)?;
         Ok(Arc::new(Self {

@@ -416,7 +416,7 @@ async fn a_group_whose_log_write_failed_is_never_replayed() {
 async fn a_failed_commit_shows_in_health_until_the_next_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();
-    let mut health = ledger.watch_health();
+    let health = ledger.watch_health();
     commit_numbered(&ledger, 0, vec![0]).await.unwrap();
     assert!(ledger.health().is_ok());
     ledger.hook(TestHook::FailLogWrites(1));

@@ -107,7 +107,6 @@ impl Writer {
         jobs: mpsc::Sender<CheckpointJob>,
         done: mpsc::Receiver<Result<(), LedgerError>>,
         checkpointer: JoinHandle<()>,
-        health: Arc<HealthCell>,
     ) -> Self {
         Self {
             db,
@@ -121,10 +120,16 @@ impl Writer {
             done,
             checkpointer: Some(checkpointer),
             checkpointing: false,
-            health,
+            health: Arc::new(HealthCell::new()),
             #[cfg(test)]
             hold_checkpoints: false,
         }
+    }
+
+    /// Reports commit health to `health` (shared with the ledger's handle).
+    pub(super) fn with_health(mut self, health: Arc<HealthCell>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Starts the thread. It commits what `inbox` brings until it receives
