@@ -14,6 +14,7 @@ mod collector;
 mod compute_task;
 mod durability;
 mod hostile_network;
+mod faults;
 mod http;
 mod jobs;
 mod ops;

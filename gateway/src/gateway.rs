@@ -97,11 +97,14 @@ impl RunningGateway {
         crate::otel::init_from_env();
         let mut services = Services::default();
         let ledger = Ledger::open(&config.data_dir)?;
+        let seal = crate::runtime::CodeSeal::from_device_key(&key);
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
-            .with_blob_root(config.data_dir.join("blobs"));
+            .with_blob_root(config.data_dir.join("blobs"))
+            .with_code_seal(seal.clone());
         if config.plugins.iter().any(|p| p.jobs.is_some()) {
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?;
+            let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?
+                .with_code_seal(seal);
             runtime = runtime.with_jobs(Arc::new(jobs));
         }
         let runtime = Arc::new(runtime);
@@ -227,6 +230,20 @@ impl RunningGateway {
             reloader,
             _runtime: runtime,
         })
+    }
+
+    /// Resolves, with the reason, once the ledger's storage has failed for
+    /// good (see [`crate::ledger::LedgerHealth`]); never otherwise.
+    pub async fn ledger_storage_failed(&self) -> String {
+        let mut health = self.ledger.watch_health();
+        loop {
+            if let Some(why) = health.borrow_and_update().storage_failed.clone() {
+                return why;
+            }
+            if health.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// The plugin table every ingress reads per call.

@@ -152,6 +152,8 @@ pub struct Metrics {
     outbox_depth: Mutex<Option<u64>>,
     /// Conflicts between concurrent calls, by plugin.
     conflicts: Mutex<BTreeMap<Arc<str>, ConflictCounts>>,
+    /// Plugin log lines dropped by the log rate limits, per plugin.
+    log_dropped: Mutex<BTreeMap<Arc<str>, u64>>,
 }
 
 /// How often one plugin's calls conflicted and were run again.
@@ -200,6 +202,7 @@ impl Metrics {
             reloads: Mutex::new(Reloads::default()),
             outbox_depth: Mutex::new(None),
             conflicts: Mutex::new(BTreeMap::new()),
+            log_dropped: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -272,6 +275,19 @@ impl Metrics {
     /// the depth changes.
     pub fn set_outbox_depth(&self, depth: u64) {
         *self.outbox_depth.lock().expect("metrics lock") = Some(depth);
+    }
+
+    /// Counts `lines` log lines of `plugin` dropped by the log rate
+    /// limits (`depin_plugin_log_dropped_total`).
+    pub fn record_log_dropped(&self, plugin: &Arc<str>, lines: u64) {
+        let mut d = self.log_dropped.lock().expect("metrics lock");
+        *d.entry(plugin.clone()).or_default() += lines;
+    }
+
+    /// Log lines of `plugin` dropped so far.
+    pub fn log_dropped(&self, plugin: &str) -> u64 {
+        let d = self.log_dropped.lock().expect("metrics lock");
+        d.get(plugin).copied().unwrap_or(0)
     }
 
     /// A copy of one plugin's counters (`None` before its first call).
@@ -419,6 +435,19 @@ impl Metrics {
             }
         }
         crate::ingress::pressure::render(&mut out);
+        header(
+            &mut out,
+            "depin_plugin_log_dropped_total",
+            "counter",
+            "Plugin log lines dropped by the per-call and per-plugin log limits.",
+        );
+        for (p, n) in self.log_dropped.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "depin_plugin_log_dropped_total{{plugin=\"{}\"}} {n}",
+                escape(p)
+            );
+        }
         out
     }
 }

@@ -55,7 +55,25 @@ pub enum ReloadError {
 
 struct Current {
     config: GatewayConfig,
-    tickers: Vec<JoinHandle<()>>,
+    tickers: Tickers,
+}
+
+/// The tickers of one plugin generation.
+struct Tickers {
+    /// Turns true to stop them between ticks.
+    retire: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tickers {
+    /// Stops them between ticks: a tick in flight finishes and is
+    /// committed first (bounded by its CPU deadline and the ledger).
+    async fn retire(&mut self) {
+        let _ = self.retire.send(true);
+        for t in self.handles.drain(..) {
+            let _ = t.await;
+        }
+    }
 }
 
 /// Owns the plugin generations: builds them, swaps them in, runs their
@@ -130,9 +148,10 @@ impl Reloader {
                     .map(|(c, _)| c.name.clone())
                     .filter(|n| !config.plugins.iter().any(|p| &p.name == n))
                     .collect();
-                for t in current.tickers.drain(..) {
-                    t.abort();
-                }
+                // The old generation's ticks in flight finish before the
+                // new generation's tickers start: a tick cut short would
+                // leave its work (a job run) uncommitted, to be done again.
+                current.tickers.retire().await;
                 current.tickers = spawn_tickers(&set, &self.ledger, &self.shutdown);
                 let generation = set.generation;
                 self.table.swap(set);
@@ -247,20 +266,17 @@ impl Reloader {
         files
     }
 
-    /// Stops the tickers (at shutdown).
+    /// Stops the tickers (at shutdown), letting a tick in flight finish.
     pub async fn stop_tickers(&self) {
         let mut current = self.current.lock().await;
-        for t in current.tickers.drain(..) {
-            t.abort();
-            let _ = t.await;
-        }
+        current.tickers.retire().await;
     }
 }
 
 impl Drop for Reloader {
     fn drop(&mut self) {
         if let Ok(current) = self.current.try_lock() {
-            for t in &current.tickers {
+            for t in &current.tickers.handles {
                 t.abort();
             }
         }
@@ -283,18 +299,22 @@ fn spawn_tickers(
     set: &PluginSet,
     ledger: &Arc<Ledger>,
     shutdown: &watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
-    set.plugins
+) -> Tickers {
+    let (retire, retired) = watch::channel(false);
+    let handles = set
+        .plugins
         .iter()
         .filter_map(|(cfg, loaded)| {
             let ticker = Ticker {
                 plugin: loaded.clone(),
                 ledger: ledger.clone(),
                 every: Duration::from_millis(cfg.tick_interval_ms?),
+                retired: retired.clone(),
             };
             Some(ticker.spawn(shutdown.clone()))
         })
-        .collect()
+        .collect();
+    Tickers { retire, handles }
 }
 
 /// `sha256:<hex>` of a file, as `LoadedPlugin::digest` spells it.

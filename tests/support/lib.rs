@@ -294,6 +294,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The admin listener's address, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl GatewayProcess {
@@ -328,12 +330,13 @@ impl GatewayProcess {
                     && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && let Some(addr) = v["http_addr"].as_str()
                 {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                    let admin = v["admin_addr"].as_str().and_then(|a| a.parse().ok());
+                    let _ = tx.send((addr.parse::<SocketAddr>().expect("address"), admin));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+        let (addr, admin_addr) = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -347,6 +350,7 @@ impl GatewayProcess {
             child,
             addr,
             stderr_lines: lines,
+            admin_addr,
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! | endpoint | token | answers |
 //! |---|---|---|
-//! | `GET /healthz` | no | 200 while the process serves |
-//! | `GET /readyz` | no | 200 when the ledger is readable and plugins are loaded, else 503 |
+//! | `GET /healthz` | no | 200 while the process serves, 503 once the ledger's storage failed for good |
+//! | `GET /readyz` | no | 200 when the ledger is readable, commits succeed and plugins are loaded, else 503 |
 //! | `GET /metrics` | yes (unless `open_metrics`) | Prometheus text |
 //! | `GET /v1/status` | yes | gateway id, version, uptime, plugins, ledger head, last reload |
 //! | `POST /v1/plugins/reload` | yes | 200 with the reload report, or 409 with the error (old plugins keep serving) |
@@ -162,7 +162,14 @@ impl AdminApi {
             return r;
         }
         match (req.method(), path) {
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain"),
+            (&Method::GET, "/healthz") => match self.ledger.health().storage_failed {
+                None => text(StatusCode::OK, "ok\n", "text/plain"),
+                Some(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("ledger storage failed: {why}\n"),
+                    "text/plain",
+                ),
+            },
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => text(
                 StatusCode::OK,
@@ -212,10 +219,16 @@ impl AdminApi {
     fn readiness(&self) -> Response<AdminBody> {
         let ledger = self.ledger.head();
         let set = self.reloader.table().snapshot();
-        let ready = ledger.is_ok();
+        let health = self.ledger.health();
+        let ready = ledger.is_ok() && health.is_ok();
         let body = serde_json::json!({
             "ready": ready,
-            "ledger": match &ledger { Ok(_) => "open".to_string(), Err(e) => e.to_string() },
+            "ledger": match (&ledger, health.storage_failed, health.commit_failing) {
+                (Err(e), _, _) => e.to_string(),
+                (Ok(_), Some(why), _) => format!("storage failed: {why}"),
+                (Ok(_), None, Some(why)) => format!("commits failing: {why}"),
+                (Ok(_), None, None) => "open".to_string(),
+            },
             "plugins": set.plugins.len(),
             "generation": set.generation,
             "upstream": "not required",

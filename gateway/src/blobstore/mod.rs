@@ -4,8 +4,9 @@
 //! and names are digests checked before any file access.
 //!
 //! Guarantees: a blob file exists only if its bytes hashed to its digest
-//! when written (temp file, fsync, rename); the stored bytes never exceed
-//! the quota (space is reserved before a write and released if it fails);
+//! when written (temp file, fsync, rename, fsync of the directory); the
+//! stored bytes never exceed the quota (space is reserved before a write
+//! and released, with its temp file removed, if it fails);
 //! concurrent fetches of one digest can be serialized with [`BlobStore::flight`].
 //!
 //! Files: `digest.rs` (blob names), `hot.rs` (small blobs kept in memory),
@@ -222,6 +223,15 @@ impl BlobStore {
             count: a.count,
             quota: self.quota,
         }
+    }
+
+    /// Makes the names in the blob directory durable (after a rename).
+    fn sync_blob_dir(&self) -> io::Result<()> {
+        // Opened for reading: a directory handle opened for path lookups
+        // only (as `open_dir` does) cannot be synced.
+        let mut options = OpenOptions::new();
+        options.read(true);
+        self.dir.open_with(BLOBS, &options)?.sync_all()
     }
 
     fn reserve(&self, more: u64) -> Result<(), StoreError> {

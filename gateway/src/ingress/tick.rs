@@ -14,14 +14,20 @@ use crate::service::{Service, stopped};
 /// Calls one plugin's `tick` export every `every`, committing what it
 /// records and writes with the host's measurements (subject `tick`). A
 /// tick that is late does not make the next one early.
+///
+/// Stops between ticks, never during one: on shutdown or when `retired`
+/// turns true (a reload replaced its plugin generation), the tick in
+/// flight runs to its end and is committed first, so work it did (a job
+/// run) is recorded once and not done again by the next generation.
 pub struct Ticker {
     pub plugin: Arc<LoadedPlugin>,
     pub ledger: Arc<Ledger>,
     pub every: Duration,
+    pub retired: watch::Receiver<bool>,
 }
 
 impl Ticker {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut interval = tokio::time::interval(self.every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let id: Arc<str> = "tick".into();
@@ -29,6 +35,7 @@ impl Ticker {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = stopped(&mut shutdown) => return,
+                _ = stopped(&mut self.retired) => return,
             }
             let name = self.plugin.name();
             // Run again from the start on a conflict (see `call::serialized`).

@@ -89,6 +89,8 @@ pub struct JobEngine {
     linked: Mutex<HashMap<String, InstancePre<JobState>>>,
     workers: Arc<Semaphore>,
     metered: bool,
+    /// Authenticates the compiled code under `<root>/compiled/`.
+    seal: crate::runtime::CodeSeal,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -130,6 +132,7 @@ impl JobEngine {
             linked: Mutex::new(HashMap::new()),
             workers: Arc::new(Semaphore::new(workers.max(1))),
             metered,
+            seal: crate::runtime::CodeSeal::ephemeral(),
         })
     }
 
@@ -249,17 +252,26 @@ impl JobEngine {
     }
 
     /// Compiles `wasm`, or loads its compiled code from the on-disk cache
-    /// (keyed by digest and the engine's compatibility hash).
+    /// (keyed by digest and the engine's compatibility hash, sealed).
     fn compiled(&self, digest: &str, wasm: &[u8]) -> Result<Module, ModuleError> {
         let cached = self.compiled_path(digest);
         if cached.exists() {
-            // SAFETY: written by `Module::serialize` of an engine with the same
-            // compatibility hash, in the gateway's own data directory, under
-            // a name bound to the source digest.
-            match unsafe { Module::deserialize_file(&self.engine, &cached) } {
+            let loaded = self
+                .seal
+                .read(&cached)
+                .map_err(|e| e.to_string())
+                .and_then(|code| {
+                    // SAFETY: the code checked out under the gateway's
+                    // seal, so it was written by `Module::serialize` of
+                    // this gateway under a name bound to the source digest
+                    // and the engine's compatibility hash.
+                    unsafe { Module::deserialize(&self.engine, &code) }
+                        .map_err(|e| format!("{e:#}"))
+                });
+            match loaded {
                 Ok(m) => return Ok(m),
                 Err(e) => {
-                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled job module");
+                    tracing::warn!(path = %cached.display(), error = %e, "discarding compiled job module from the cache; compiling it again");
                     let _ = std::fs::remove_file(&cached);
                 }
             }
@@ -277,12 +289,22 @@ impl JobEngine {
         }
         match module.serialize() {
             Ok(bytes) => {
-                if let Err(e) = write_durably(&path, &bytes) {
+                if let Some(dir) = path.parent()
+                    && let Err(e) =
+                        std::fs::create_dir_all(dir).and_then(|()| self.seal.write(&path, &bytes))
+                {
                     tracing::warn!(error = %e, "cannot write the job compile cache");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled job module"),
         }
+    }
+
+    /// Compiled code in the cache is trusted only under `seal` (by default
+    /// a key of this process alone).
+    pub fn with_code_seal(mut self, seal: crate::runtime::CodeSeal) -> Self {
+        self.seal = seal;
+        self
     }
 
     fn compiled_path(&self, digest: &str) -> PathBuf {

@@ -33,6 +33,7 @@
 
 mod checkpoint;
 mod encoding;
+mod health;
 mod overlay;
 mod reader;
 use depin_protocol::record;
@@ -52,6 +53,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use checkpoint::Checkpointer;
+use health::HealthCell;
 use overlay::Overlay;
 use recovery::{naming, open_db, read_head, recover};
 #[cfg(test)]
@@ -59,6 +61,7 @@ use writer::TestHook;
 use writer::{CommitRequest, Writer, WriterMsg};
 
 pub use encoding::EncodedRecords;
+pub use health::LedgerHealth;
 pub use reader::{BrokenLink, LedgerReader, UnitTotal, VerifyReport};
 pub use record::{
     DecodeError, FORMAT_VERSION, GENESIS_HASH, Hash, MAX_EVIDENCE_BYTES, MAX_SUBJECT_BYTES,
@@ -157,6 +160,7 @@ pub struct Ledger {
     overlay: Arc<Mutex<Overlay>>,
     tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<HealthCell>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -213,6 +217,7 @@ impl Ledger {
         };
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
+        let health = Arc::new(HealthCell::new());
         let checkpointer = Checkpointer::new(db.clone(), overlay.clone(), done_tx)
             .spawn(job_rx)
             .map_err(spawn_failed)?;
@@ -225,6 +230,7 @@ impl Ledger {
             done,
             checkpointer,
         )
+        .with_health(health.clone())
         .spawn(rx)
         .map_err(spawn_failed)?;
         Ok(Arc::new(Self {
@@ -233,7 +239,19 @@ impl Ledger {
             overlay,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            health,
         }))
+    }
+
+    /// Whether commits are expected to succeed (see [`LedgerHealth`]).
+    pub fn health(&self) -> LedgerHealth {
+        self.health.get()
+    }
+
+    /// Changes of [`Self::health`], e.g. to stop the process once the
+    /// storage failed for good.
+    pub fn watch_health(&self) -> tokio::sync::watch::Receiver<LedgerHealth> {
+        self.health.subscribe()
     }
 
     /// The ledger file.

@@ -419,6 +419,27 @@ async fn a_group_whose_log_write_failed_is_never_replayed() {
 }
 
 #[tokio::test]
+async fn a_failed_commit_shows_in_health_until_the_next_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let health = ledger.watch_health();
+    commit_numbered(&ledger, 0, vec![0]).await.unwrap();
+    assert!(ledger.health().is_ok());
+    ledger.hook(TestHook::FailLogWrites(1));
+    commit_numbered(&ledger, 1, vec![1]).await.unwrap_err();
+    let failing = ledger.health();
+    assert!(!failing.is_ok());
+    assert!(
+        failing.commit_failing.unwrap().contains("injected"),
+        "the reason is kept"
+    );
+    assert_eq!(failing.storage_failed, None, "the log recovers by itself");
+    assert!(health.has_changed().unwrap());
+    commit_numbered(&ledger, 2, vec![2]).await.unwrap();
+    assert!(ledger.health().is_ok());
+}
+
+#[tokio::test]
 async fn a_failed_log_entry_is_erased_before_the_log_changes_region() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();

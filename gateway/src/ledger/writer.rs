@@ -11,6 +11,7 @@ use redb::Database;
 
 use super::checkpoint::{CheckpointJob, store, store_checkpoint};
 use super::encoding::{EncodedRecords, encode_group};
+use super::health::HealthCell;
 use super::overlay::{Layer, Overlay};
 use super::serial::{KvEffects, Verdict};
 use super::{CommitReceipt, Head, KvWrite, LedgerError, wal};
@@ -91,6 +92,8 @@ pub(super) struct Writer {
     checkpointing: bool,
     /// Commits kept back for an earlier increment, with when they arrived.
     waiting: Vec<(Instant, CommitRequest)>,
+    /// What readiness and the process supervisor see.
+    health: Arc<HealthCell>,
     #[cfg(test)]
     hold_checkpoints: bool,
 }
@@ -131,9 +134,16 @@ impl Writer {
             checkpointer: Some(checkpointer),
             checkpointing: false,
             waiting: Vec::new(),
+            health: Arc::new(HealthCell::new()),
             #[cfg(test)]
             hold_checkpoints: false,
         }
+    }
+
+    /// Reports commit health to `health` (shared with the ledger's handle).
+    pub(super) fn with_health(mut self, health: Arc<HealthCell>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Starts the thread. It commits what `inbox` brings until it receives
@@ -285,8 +295,17 @@ impl Writer {
         }
         let started = Instant::now();
         let n = group.len();
-        match self.log_group(&mut group) {
+        let logged = match self.health.storage_failed() {
+            // redb refuses every transaction after an I/O error: nothing
+            // logged now could be checkpointed before a restart.
+            Some(why) => Err(LedgerError::Storage(format!(
+                "the ledger storage failed earlier ({why}); the gateway must restart"
+            ))),
+            None => self.log_group(&mut group),
+        };
+        match logged {
             Ok(receipts) => {
+                self.health.commit_succeeded();
                 crate::metrics::global().record_ledger_commit(n, started.elapsed());
                 tracing::trace!(
                     group_size = n,
@@ -300,6 +319,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, group_size = n, "ledger commit failed");
+                self.health.commit_failed(&e.to_string());
                 for c in group {
                     let _ = c.reply.send(Err(e.clone()));
                 }
@@ -356,7 +376,7 @@ impl Writer {
             // straight in redb, after everything logged before it.
             self.checkpoint_now()?;
             let generation = self.wal.generation + 1;
-            store(&self.db, &layer, generation)?;
+            store(&self.db, &layer, generation).inspect_err(|e| self.storage_failed(e))?;
             self.wal.restart(generation).map_err(log_failed)?;
             publish(
                 &mut self.overlay.lock().expect("ledger overlay lock"),
@@ -370,6 +390,10 @@ impl Writer {
     /// How long until a checkpoint is due; `None` when none is wanted.
     fn checkpoint_due_in(&mut self) -> Option<Duration> {
         self.collect_done();
+        if self.health.storage_failed().is_some() {
+            // Retrying cannot succeed on this handle.
+            return None;
+        }
         let since = self.pending_since?;
         let due = (since + CHECKPOINT_AFTER).saturating_duration_since(Instant::now());
         Some(if self.checkpointing {
@@ -390,6 +414,7 @@ impl Writer {
         self.checkpointing = false;
         if let Err(e) = result {
             tracing::error!(error = %e, "ledger checkpoint failed; the log keeps the groups");
+            self.storage_failed(&e);
             // Retried later, not in a tight loop.
             self.pending_since = Some(Instant::now());
         }
@@ -404,7 +429,7 @@ impl Writer {
             .pending_since
             .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER)
             || self.wal.used() >= CHECKPOINT_BYTES;
-        if !due || self.checkpointing {
+        if !due || self.checkpointing || self.health.storage_failed().is_some() {
             return;
         }
         let failed = self.applying_layer();
@@ -479,9 +504,15 @@ impl Writer {
         }
         let failed = self.applying_layer();
         if let Some(layer) = failed {
-            store_checkpoint(&self.db, &self.overlay, &layer, self.wal.generation)?;
+            store_checkpoint(&self.db, &self.overlay, &layer, self.wal.generation)
+                .inspect_err(|e| self.storage_failed(e))?;
         }
         Ok(())
+    }
+
+    /// A redb transaction failed: the handle is unusable until reopened.
+    fn storage_failed(&self, e: &LedgerError) {
+        self.health.fail_storage(&e.to_string());
     }
 
     /// Moves everything logged into redb before returning.

@@ -1,6 +1,7 @@
 //! Compiled components on disk, keyed by the component's sha256 and the
 //! engine's compatibility hash, so a restart does not recompile and an
-//! engine upgrade never loads stale code.
+//! engine upgrade never loads stale code. Each file is sealed
+//! ([`CodeSeal`]): one that does not check out is compiled again.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use super::seal::CodeSeal;
 
 /// Whether a component came from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,7 @@ fn cache_path(dir: &Path, digest: &str, engine: &Engine) -> PathBuf {
 pub fn compile(
     engine: &Engine,
     cache_dir: Option<&Path>,
+    seal: &CodeSeal,
     path: &Path,
 ) -> Result<(Component, String, CacheOutcome), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the component: {e}"))?;
@@ -49,13 +53,20 @@ pub fn compile(
     if let Some(cached) = &cached
         && cached.exists()
     {
-        // SAFETY: the file was written by `Component::serialize` of an engine
-        // with the same compatibility hash, into the gateway's own data
-        // directory; its name binds it to the source digest.
-        match unsafe { Component::deserialize_file(engine, cached) } {
+        let loaded = seal
+            .read(cached)
+            .map_err(|e| e.to_string())
+            .and_then(|code| {
+                // SAFETY: the code checked out under the gateway's seal, so it
+                // was written by `Component::serialize` of this gateway for
+                // this file name, i.e. this source digest and an engine with
+                // the same compatibility hash.
+                unsafe { Component::deserialize(engine, &code) }.map_err(|e| format!("{e:#}"))
+            });
+        match loaded {
             Ok(component) => return Ok((component, digest, CacheOutcome::Hit)),
             Err(e) => {
-                tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled component");
+                tracing::warn!(path = %cached.display(), error = %e, "discarding compiled component from the cache; compiling it again");
                 let _ = std::fs::remove_file(cached);
             }
         }
@@ -63,18 +74,14 @@ pub fn compile(
     let component =
         Component::from_binary(engine, &bytes).map_err(|e| format!("invalid component: {e:#}"))?;
     if let Some(cached) = &cached
-        && let Err(e) = store(&component, cached)
+        && let Err(e) = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|code| seal.write(cached, &code).map_err(|e| e.to_string()))
     {
         tracing::warn!(path = %cached.display(), error = %e, "cannot write the compile cache");
     }
     Ok((component, digest, CacheOutcome::Compiled))
-}
-
-fn store(component: &Component, path: &Path) -> Result<(), String> {
-    let bytes = component.serialize().map_err(|e| e.to_string())?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 /// A friendly error for files that are not components at all.

@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
     imports: {
         "depin:plugin/blobs.fetch-into": async | trappable,
         "depin:plugin/blobs.pass-through": async | trappable,
+        "depin:plugin/blobs.put": async | trappable,
         "depin:plugin/outbound-http.fetch": async | trappable,
         "depin:plugin/jobs.put-module": async | trappable,
         "depin:plugin/jobs.run": async | trappable,

@@ -7,6 +7,7 @@ pub mod contract;
 mod host;
 mod plugin;
 pub mod reuse;
+mod seal;
 pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub use host::outbound_http::BODY_IDLE_TIMEOUT;
 pub use host::outbound_udp::MAX_SENDS_PER_CALL;
 pub use host::outbound_udp::{QueuedDatagram, RecentPeers};
 pub use plugin::{LoadError, LoadedPlugin, PluginShared};
+pub use seal::CodeSeal;
 
 use crate::config::RuntimeConfig;
 use state::CallState;
@@ -33,6 +35,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
     cache_dir: Option<PathBuf>,
+    /// Authenticates the compiled code in `cache_dir`.
+    seal: CodeSeal,
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     blob_root: Option<PathBuf>,
@@ -69,11 +73,20 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
+            seal: CodeSeal::ephemeral(),
             tick,
             ticker_stop,
             blob_root: None,
             jobs: None,
         })
+    }
+
+    /// Compiled code in the cache is trusted only under `seal` (by
+    /// default a key of this process alone, so nothing cached by another
+    /// process is loaded).
+    pub fn with_code_seal(mut self, seal: CodeSeal) -> Self {
+        self.seal = seal;
+        self
     }
 
     /// Plugins with `[plugin.blobs]` keep their blob stores under `dir`
@@ -95,7 +108,7 @@ impl Runtime {
 
     /// Compiles the component at `path`, or loads it from the compile cache.
     pub fn compile(&self, path: &Path) -> Result<(Component, String, CacheOutcome), String> {
-        cache::compile(&self.engine, self.cache_dir.as_deref(), path)
+        cache::compile(&self.engine, self.cache_dir.as_deref(), &self.seal, path)
     }
 
     /// Offers the `jobs` capability, backed by `jobs`, to plugins that have

@@ -46,6 +46,8 @@ pub struct CallState {
     /// The first `outbound-http` request of the call that cannot be
     /// repeated (not a GET or HEAD), if any.
     pub(crate) unrepeatable: Option<String>,
+    /// What the call has logged, against the per-call log limits.
+    pub(crate) log: super::host::log::CallLog,
     /// Built on the first WASI call only.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -77,6 +79,7 @@ impl CallState {
             jobs: JobsState::default(),
             outbound_udp: UdpState::default(),
             unrepeatable: None,
+            log: Default::default(),
             wasi: None,
             table: ResourceTable::new(),
             stderr: None,

@@ -307,17 +307,22 @@ impl Host for BlobsView<'_> {
         }
     }
 
-    fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<BlobStat, Blame<BlobError>> {
-        let store = self.blob_store()?;
+    async fn put(&mut self, digest: String, bytes: Vec<u8>) -> Result<BlobStat, Blame<BlobError>> {
+        let store = self.blob_store()?.clone();
         let d = parse(&digest)?;
         if let Ok(Some(size)) = store.stat(&d) {
             return Ok(BlobStat { digest, size });
         }
-        let mut writer = store
-            .begin(&d, Some(bytes.len() as u64))
-            .map_err(store_error)?;
-        writer.write(&bytes).map_err(store_error)?;
-        let size = writer.commit().map_err(store_error)?;
+        // Writing, fsync and rename off the async workers: a sync can take
+        // long enough to stall every call sharing the worker.
+        let size = tokio::task::spawn_blocking(move || {
+            let mut writer = store.begin(&d, Some(bytes.len() as u64))?;
+            writer.write(&bytes)?;
+            writer.commit()
+        })
+        .await
+        .map_err(|e| BlobError::Io(format!("the put task failed: {e}")))?
+        .map_err(store_error)?;
         Ok(BlobStat { digest, size })
     }
 

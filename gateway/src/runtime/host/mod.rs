@@ -13,7 +13,7 @@ pub(crate) mod blobs;
 mod config;
 pub(crate) mod jobs;
 pub(crate) mod kv;
-mod log;
+pub(crate) mod log;
 pub(crate) mod metering;
 pub(crate) mod outbound_http;
 pub mod outbound_udp;

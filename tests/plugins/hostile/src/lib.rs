@@ -1,7 +1,8 @@
 //! A plugin that misbehaves on request, for the sandbox tests:
 //! `/loop` never returns, `/bomb` allocates until it hits its memory cap,
 //! `/panic` traps, `/meter-then-panic` records usage and writes kv before
-//! trapping (none of which may be kept), `/ok` answers 200. Its `prove`
+//! trapping (none of which may be kept), `/log-flood` writes 4 KiB log
+//! lines in a loop until its CPU deadline, `/ok` answers 200. Its `prove`
 //! never returns for challenge kind `loop`, traps for `panic`, and for
 //! `fetch` waits on the URL in the challenge's params.
 //!
@@ -46,6 +47,12 @@ impl Plugin for Hostile {
                 }
             }
             "/panic" => panic!("asked to panic"),
+            "/log-flood" => {
+                let line = "x".repeat(4096);
+                loop {
+                    depin_plugin_sdk::log::info(std::hint::black_box(&line));
+                }
+            }
             "/meter-then-panic" => {
                 let _ = meter("calls", 1000);
                 let _ = kv::set("poison", b"1");
