@@ -150,6 +150,30 @@ pub struct Metrics {
     /// Reports waiting in the upstream outbox; `None` until the outbox
     /// reports it (it is not exported before).
     outbox_depth: Mutex<Option<u64>>,
+    /// Self-check runs and failures by (plugin, challenge kind).
+    self_checks: Mutex<BTreeMap<(String, String), SelfCheckCounts>>,
+    /// Report deliveries to the collector.
+    deliveries: Mutex<DeliveryState>,
+}
+
+/// Runs and failures of one plugin's self-check of one kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct SelfCheckCounts {
+    runs: u64,
+    failures: u64,
+}
+
+/// What the report sender has seen of the collector.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryState {
+    /// Delivery rounds that emptied the outbox.
+    pub ok: u64,
+    /// Delivery rounds that failed.
+    pub failed: u64,
+    /// When a round last emptied the outbox, Unix ms.
+    pub last_ok_ms: Option<u64>,
+    /// When a round last failed, Unix ms, and why.
+    pub last_error: Option<(u64, String)>,
 }
 
 /// The registry every part of the gateway records into.
@@ -175,6 +199,8 @@ impl Metrics {
             }),
             reloads: Mutex::new(Reloads::default()),
             outbox_depth: Mutex::new(None),
+            self_checks: Mutex::new(BTreeMap::new()),
+            deliveries: Mutex::new(DeliveryState::default()),
         }
     }
 
@@ -223,6 +249,38 @@ impl Metrics {
     /// the depth changes.
     pub fn set_outbox_depth(&self, depth: u64) {
         *self.outbox_depth.lock().expect("metrics lock") = Some(depth);
+    }
+
+    /// Counts one self-check of `plugin` with challenge `kind`.
+    pub fn record_self_check(&self, plugin: &str, kind: &str, passed: bool) {
+        let mut checks = self.self_checks.lock().expect("metrics lock");
+        let c = checks
+            .entry((plugin.to_string(), kind.to_string()))
+            .or_default();
+        c.runs += 1;
+        c.failures += u64::from(!passed);
+    }
+
+    /// Counts one delivery round of the report sender: `Ok` when it
+    /// emptied the outbox, else why it stopped.
+    pub fn record_delivery(&self, result: Result<(), String>) {
+        let now = depin_protocol::time::now_ms();
+        let mut d = self.deliveries.lock().expect("metrics lock");
+        match result {
+            Ok(()) => {
+                d.ok += 1;
+                d.last_ok_ms = Some(now);
+            }
+            Err(e) => {
+                d.failed += 1;
+                d.last_error = Some((now, e));
+            }
+        }
+    }
+
+    /// What the report sender has seen of the collector so far.
+    pub fn deliveries(&self) -> DeliveryState {
+        self.deliveries.lock().expect("metrics lock").clone()
     }
 
     /// A copy of one plugin's counters (`None` before its first call).
@@ -346,6 +404,47 @@ impl Metrics {
             );
             let _ = writeln!(out, "depin_outbox_depth {depth}");
         }
+        let checks = self.self_checks.lock().expect("metrics lock").clone();
+        for (name, help, value) in [
+            (
+                "depin_self_checks_total",
+                "Self-checks run: the gateway's own challenges to its plugins, by plugin and kind.",
+                (|c: &SelfCheckCounts| c.runs) as fn(&SelfCheckCounts) -> u64,
+            ),
+            (
+                "depin_self_check_failures_total",
+                "Self-checks whose proof was missing or failed the plugin's own verify.",
+                |c| c.failures,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for ((plugin, kind), c) in &checks {
+                let _ = writeln!(
+                    out,
+                    "{name}{{plugin=\"{}\",kind=\"{}\"}} {}",
+                    escape(plugin),
+                    escape(kind),
+                    value(c)
+                );
+            }
+        }
+        let d = self.deliveries();
+        header(
+            &mut out,
+            "depin_report_deliveries_total",
+            "counter",
+            "Report delivery rounds to the collector by result.",
+        );
+        let _ = writeln!(
+            out,
+            "depin_report_deliveries_total{{result=\"ok\"}} {}",
+            d.ok
+        );
+        let _ = writeln!(
+            out,
+            "depin_report_deliveries_total{{result=\"failed\"}} {}",
+            d.failed
+        );
         out
     }
 }
