@@ -10,6 +10,7 @@
 
 mod cli;
 mod compute_task;
+mod console;
 mod durability;
 mod http;
 mod jobs;
