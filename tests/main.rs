@@ -14,6 +14,7 @@ mod console;
 mod durability;
 mod http;
 mod jobs;
+mod monitoring;
 mod ops;
 mod otel;
 mod relay;
