@@ -15,6 +15,7 @@ mod durability;
 mod http;
 mod jobs;
 mod monitoring;
+mod operator_cli;
 mod ops;
 mod otel;
 mod relay;
