@@ -13,6 +13,7 @@ PLUGINS += -p storage-cache-plugin
 PLUGINS += -p compute-task-plugin
 PLUGINS += -p hotspot-relay-plugin
 PLUGINS += -p sensor-aggregator-plugin
+PLUGINS += -p broken-proofs-plugin
 # Job modules (WASI preview 1) of the compute-task tests and benchmark.
 JOB_TARGET := wasm32-wasip1
 

@@ -13,12 +13,14 @@ use crate::identity::DeviceKey;
 use crate::ledger::Ledger;
 use crate::runtime::{LoadedPlugin, Runtime};
 
+use crate::admin::console::ConsoleSources;
 use crate::admin::{AdminApi, AdminServer};
 use crate::ingress::http::{HttpIngress, HttpServer};
 use crate::ingress::mqtt;
 use crate::ingress::tls::{CertWatcher, TlsIngress};
 use crate::ingress::udp::{IngressPorts, UdpIngress};
 use crate::plugin_table::PluginTable;
+use crate::proofs::self_check::{SelfCheckBoard, SelfChecks};
 use crate::reload::{ConfigWatcher, ReloadError, ReloadReport, Reloader};
 use crate::service::Services;
 
@@ -128,9 +130,17 @@ impl RunningGateway {
             None => None,
         };
         let gateway_id = key.gateway_id();
+        let epoch_store = Arc::new(crate::epochs::EpochStore::open(&config.data_dir)?);
+        let self_checks = Arc::new(SelfCheckBoard::default());
         let admin = match &config.admin {
             Some(a) => {
                 let epoch_length_ms = config.epochs.length_ms;
+                let sources = ConsoleSources {
+                    data_dir: config.data_dir.clone(),
+                    epochs: epoch_store.clone(),
+                    self_checks: self_checks.clone(),
+                    upstream: config.upstream.as_ref().map(|u| u.url.clone()),
+                };
                 Some(
                     AdminApi::bind(
                         a,
@@ -138,6 +148,7 @@ impl RunningGateway {
                         ledger.clone(),
                         reloader.clone(),
                         epoch_length_ms,
+                        sources,
                     )
                     .await?,
                 )
@@ -205,10 +216,22 @@ impl RunningGateway {
             config,
             &key,
             &ledger,
+            epoch_store,
             reloader.table(),
             &ingress_ports,
             &mut services,
         )?;
+        if !config.self_check.possession.is_empty() {
+            services.start(SelfChecks {
+                config: config.self_check.clone(),
+                prover: crate::proofs::responder::Prover::new(
+                    reloader.table().clone(),
+                    ledger.clone(),
+                    ingress_ports.clone(),
+                ),
+                board: self_checks,
+            });
+        }
         tracing::info!(
             http_addr = %http_addr,
             admin_addr = admin_addr.map(|a| a.to_string()),

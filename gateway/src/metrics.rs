@@ -154,6 +154,10 @@ pub struct Metrics {
     conflicts: Mutex<BTreeMap<Arc<str>, ConflictCounts>>,
     /// Plugin log lines dropped by the log rate limits, per plugin.
     log_dropped: Mutex<BTreeMap<Arc<str>, u64>>,
+    /// Self-check runs and failures by (plugin, challenge kind).
+    self_checks: Mutex<BTreeMap<(String, String), SelfCheckCounts>>,
+    /// Report deliveries to the collector.
+    deliveries: Mutex<DeliveryState>,
 }
 
 /// How often one plugin's calls conflicted and were run again.
@@ -176,6 +180,26 @@ pub enum ConflictOutcome {
     Retried,
     /// The call failed: no retries left, or it cannot be repeated.
     Failed,
+}
+
+/// Runs and failures of one plugin's self-check of one kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct SelfCheckCounts {
+    runs: u64,
+    failures: u64,
+}
+
+/// What the report sender has seen of the collector.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryState {
+    /// Delivery rounds that emptied the outbox.
+    pub ok: u64,
+    /// Delivery rounds that failed.
+    pub failed: u64,
+    /// When a round last emptied the outbox, Unix ms.
+    pub last_ok_ms: Option<u64>,
+    /// When a round last failed, Unix ms, and why.
+    pub last_error: Option<(u64, String)>,
 }
 
 /// The registry every part of the gateway records into.
@@ -203,6 +227,8 @@ impl Metrics {
             outbox_depth: Mutex::new(None),
             conflicts: Mutex::new(BTreeMap::new()),
             log_dropped: Mutex::new(BTreeMap::new()),
+            self_checks: Mutex::new(BTreeMap::new()),
+            deliveries: Mutex::new(DeliveryState::default()),
         }
     }
 
@@ -288,6 +314,38 @@ impl Metrics {
     pub fn log_dropped(&self, plugin: &str) -> u64 {
         let d = self.log_dropped.lock().expect("metrics lock");
         d.get(plugin).copied().unwrap_or(0)
+    }
+
+    /// Counts one self-check of `plugin` with challenge `kind`.
+    pub fn record_self_check(&self, plugin: &str, kind: &str, passed: bool) {
+        let mut checks = self.self_checks.lock().expect("metrics lock");
+        let c = checks
+            .entry((plugin.to_string(), kind.to_string()))
+            .or_default();
+        c.runs += 1;
+        c.failures += u64::from(!passed);
+    }
+
+    /// Counts one delivery round of the report sender: `Ok` when it
+    /// emptied the outbox, else why it stopped.
+    pub fn record_delivery(&self, result: Result<(), String>) {
+        let now = depin_protocol::time::now_ms();
+        let mut d = self.deliveries.lock().expect("metrics lock");
+        match result {
+            Ok(()) => {
+                d.ok += 1;
+                d.last_ok_ms = Some(now);
+            }
+            Err(e) => {
+                d.failed += 1;
+                d.last_error = Some((now, e));
+            }
+        }
+    }
+
+    /// What the report sender has seen of the collector so far.
+    pub fn deliveries(&self) -> DeliveryState {
+        self.deliveries.lock().expect("metrics lock").clone()
     }
 
     /// A copy of one plugin's counters (`None` before its first call).
@@ -448,6 +506,47 @@ impl Metrics {
                 escape(p)
             );
         }
+        let checks = self.self_checks.lock().expect("metrics lock").clone();
+        for (name, help, value) in [
+            (
+                "depin_self_checks_total",
+                "Self-checks run: the gateway's own challenges to its plugins, by plugin and kind.",
+                (|c: &SelfCheckCounts| c.runs) as fn(&SelfCheckCounts) -> u64,
+            ),
+            (
+                "depin_self_check_failures_total",
+                "Self-checks whose proof was missing or failed the plugin's own verify.",
+                |c| c.failures,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for ((plugin, kind), c) in &checks {
+                let _ = writeln!(
+                    out,
+                    "{name}{{plugin=\"{}\",kind=\"{}\"}} {}",
+                    escape(plugin),
+                    escape(kind),
+                    value(c)
+                );
+            }
+        }
+        let d = self.deliveries();
+        header(
+            &mut out,
+            "depin_report_deliveries_total",
+            "counter",
+            "Report delivery rounds to the collector by result.",
+        );
+        let _ = writeln!(
+            out,
+            "depin_report_deliveries_total{{result=\"ok\"}} {}",
+            d.ok
+        );
+        let _ = writeln!(
+            out,
+            "depin_report_deliveries_total{{result=\"failed\"}} {}",
+            d.failed
+        );
         out
     }
 }

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub mod browser;
 pub mod ops;
 pub mod registry;
 pub mod sensors;
@@ -74,6 +75,8 @@ pub fn plugin(file_stem: &str) -> PathBuf {
                 "hotspot-relay-plugin",
                 "-p",
                 "sensor-aggregator-plugin",
+                "-p",
+                "broken-proofs-plugin",
             ],
         )
     });

@@ -7,10 +7,16 @@
 //! | `GET /readyz` | no | 200 when the ledger is readable, commits succeed and plugins are loaded, else 503 |
 //! | `GET /metrics` | yes (unless `open_metrics`) | Prometheus text |
 //! | `GET /v1/status` | yes | gateway id, version, uptime, plugins, ledger head, last reload |
-//! | `POST /v1/plugins/reload` | yes | 200 with the reload report, or 409 with the error (old plugins keep serving) |
+//! | `POST /v1/plugins/reload` | yes, always | 200 with the reload report, or 409 with the error (old plugins keep serving) |
+//! | `/ui` | sign-in | the operator's console ([`console`]) |
 //!
 //! With `token_file` set, the token endpoints require
-//! `Authorization: Bearer <token>` and answer 401 otherwise.
+//! `Authorization: Bearer <token>` and answer 401 otherwise. Requests that
+//! change something need the token even on loopback: without `token_file`
+//! they answer 403. Every request's `Host` must be the listener's own
+//! address, `localhost` on a loopback listener, or one of
+//! `admin.allowed_hosts`; others get 403, so a web page whose name was
+//! rebound to the box's address cannot use the API (DNS rebinding).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +34,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub mod console;
 
 use crate::config::AdminConfig;
 use crate::ledger::Ledger;
@@ -57,6 +65,9 @@ pub struct AdminApi {
     open_metrics: bool,
     /// `[epochs] length_ms`, for the current epoch in `/v1/status`.
     epoch_length_ms: u64,
+    /// `admin.allowed_hosts`, lower-case.
+    allowed_hosts: Vec<String>,
+    console: console::Console,
 }
 
 type AdminBody = Full<Bytes>;
@@ -70,6 +81,7 @@ impl AdminApi {
         ledger: Arc<Ledger>,
         reloader: Arc<Reloader>,
         epoch_length_ms: u64,
+        console_sources: console::ConsoleSources,
     ) -> Result<(Arc<Self>, TcpListener), AdminError> {
         let token = match &config.token_file {
             None => None,
@@ -94,7 +106,14 @@ impl AdminApi {
                     addr: config.listen,
                     source,
                 })?;
+        let console = console::Console::new(console_sources, reloader.clone(), gateway_id.clone());
         let api = Arc::new(Self {
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            console,
             gateway_id,
             started: Instant::now(),
             ledger,
@@ -118,12 +137,13 @@ impl AdminApi {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
+                        let Ok(local) = stream.local_addr() else { continue };
                         let this = self.clone();
                         let mut stop = connections.clone();
                         tokio::spawn(async move {
                             let service = service_fn(move |req| {
                                 let this = this.clone();
-                                async move { Ok::<_, Infallible>(this.handle(req).await) }
+                                async move { Ok::<_, Infallible>(this.handle(req, local).await) }
                             });
                             let conn = http1::Builder::new()
                                 .timer(TokioTimer::new())
@@ -145,8 +165,34 @@ impl AdminApi {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
+    async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<AdminBody> {
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let Some(host) = host.filter(|h| self.host_allowed(h, local)) else {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({ "error": "Host is not a name of this admin listener (admin.allowed_hosts)" }),
+            );
+        };
         let path = req.uri().path();
+        if path == "/ui" || path.starts_with("/ui/") {
+            let admission = console::Admission {
+                token: self.token.as_deref(),
+                bearer_ok: self.token.is_some() && self.authorized(&req),
+                host: &host,
+                ready: self.is_ready(),
+            };
+            return self.console.handle(req, admission).await;
+        }
+        if req.method() == Method::POST && self.token.is_none() {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({ "error": "requests that change something need admin.token_file, also on loopback" }),
+            );
+        }
         let needs_token = match path {
             "/healthz" | "/readyz" => false,
             "/metrics" => !self.open_metrics,
@@ -171,11 +217,11 @@ impl AdminApi {
                 ),
             },
             (&Method::GET, "/readyz") => self.readiness(),
-            (&Method::GET, "/metrics") => text(
-                StatusCode::OK,
-                &crate::metrics::global().render_prometheus(),
-                "text/plain; version=0.0.4",
-            ),
+            (&Method::GET, "/metrics") => {
+                let mut body = crate::metrics::global().render_prometheus();
+                body.push_str(&self.console.gauges(self.is_ready()).await);
+                text(StatusCode::OK, &body, "text/plain; version=0.0.4")
+            }
             (&Method::GET, "/v1/status") => json(StatusCode::OK, self.status()),
             (&Method::POST, "/v1/plugins/reload") => match self.reloader.reload("admin").await {
                 Ok(report) => json(
@@ -214,6 +260,32 @@ impl AdminApi {
             return false;
         };
         constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    /// Whether `Host` names this listener: its own address, `localhost`
+    /// on a loopback listener, or a configured name.
+    fn host_allowed(&self, host: &str, local: SocketAddr) -> bool {
+        if host == local.to_string() {
+            return true;
+        }
+        if self.allowed_hosts.iter().any(|h| h == host) {
+            return true;
+        }
+        let (name, port) = match host.rsplit_once(':') {
+            Some((n, p)) if !n.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+                (n, p.parse::<u16>().ok())
+            }
+            _ => (host, None),
+        };
+        self.allowed_hosts.iter().any(|h| h == name)
+            || (name == "localhost"
+                && local.ip().is_loopback()
+                && port.is_none_or(|p| p == local.port()))
+    }
+
+    /// Whether `/readyz` answers 200.
+    fn is_ready(&self) -> bool {
+        self.readiness().status() == StatusCode::OK
     }
 
     fn readiness(&self) -> Response<AdminBody> {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::progress::Progress;
 use super::{LedgerLocation, data_dir};
 use crate::ledger::LedgerReader;
 
@@ -35,9 +36,35 @@ impl LedgerCommand {
     }
 }
 
+/// Runs `walk` over `reader` while a progress line (on a terminal)
+/// follows the records it has visited.
+fn with_progress<T>(
+    reader: &LedgerReader,
+    label: &'static str,
+    walk: impl FnOnce(&LedgerReader) -> T,
+) -> T {
+    let total = reader.head().ok().map(|h| h.seq);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut progress = Progress::new(label, "records", total);
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = reader.visited();
+                progress.advance(now - seen);
+                seen = now;
+                std::thread::sleep(super::progress::REDRAW);
+            }
+        });
+        let result = walk(reader);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
+}
+
 fn verify(at: &LedgerLocation) -> anyhow::Result<ExitCode> {
     let reader = LedgerReader::open(&data_dir(at)?)?;
-    let report = reader.verify()?;
+    let report = with_progress(&reader, "ledger verify", LedgerReader::verify)?;
     match report.broken {
         None => {
             println!("ok, {} records", report.records);
@@ -55,7 +82,7 @@ fn verify(at: &LedgerLocation) -> anyhow::Result<ExitCode> {
 
 fn summary(at: &LedgerLocation, json: bool) -> anyhow::Result<ExitCode> {
     let reader = LedgerReader::open(&data_dir(at)?)?;
-    let totals = reader.summary()?;
+    let totals = with_progress(&reader, "ledger summary", LedgerReader::summary)?;
     let mut out = std::io::stdout().lock();
     if json {
         let rows: Vec<_> = totals

@@ -8,7 +8,9 @@ mod harness;
 mod keygen;
 mod ledger;
 mod plugin;
+mod progress;
 mod report;
+mod rewards;
 mod run;
 mod scaffold;
 
@@ -23,6 +25,7 @@ use epochs::EpochsCommand;
 use ledger::LedgerCommand;
 use plugin::PluginCommand;
 use report::ReportCommand;
+use rewards::RewardsCommand;
 
 /// depin-gateway: run sandboxed WebAssembly resource plugins (hotspot relay,
 /// storage cache, compute, sensors) and meter the service they provide into
@@ -89,6 +92,12 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// What past epochs would earn under another policy (the gateway must
+    /// be stopped).
+    Rewards {
+        #[command(subcommand)]
+        command: RewardsCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -101,16 +110,34 @@ struct LedgerLocation {
     data_dir: Option<PathBuf>,
 }
 
-/// Runs the command line; the exit code says whether it worked.
+/// Runs the command line; the exit code says whether it worked (see
+/// `docs/operators/cli.md` for each command's codes).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command that prints stops quietly when its reader goes away
+        // (`… | head`), as other Unix tools do, instead of failing a write
+        // and panicking. The server keeps ignoring SIGPIPE: its sockets
+        // report closed peers as errors.
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(code) => code,
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write to a reader that went away.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -121,6 +148,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => command.run(),
         Command::Epochs { command } => command.run(),
         Command::Report { command } => command.run(),
+        Command::Rewards { command } => command.run(),
     }
 }
 

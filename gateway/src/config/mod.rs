@@ -9,6 +9,7 @@ mod mqtt;
 mod ops;
 mod plugin;
 mod policy;
+mod self_check;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use plugin::{
 };
 use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
 pub use policy::{load_policy, parse_policy};
+pub use self_check::{SelfCheckConfig, SelfCheckTemplate};
 pub use upstream::{CollectorUrl, UpstreamConfig};
 
 #[cfg(test)]
@@ -70,6 +72,9 @@ pub struct GatewayConfig {
     /// Hot reload of the plugins.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// The gateway's own challenges to its plugins; off without templates.
+    #[serde(default)]
+    pub self_check: SelfCheckConfig,
 }
 
 /// Log output format.
@@ -256,6 +261,7 @@ impl GatewayConfig {
             admin.validate()?;
         }
         self.reload.validate()?;
+        self.self_check.validate(&self.plugins)?;
         let r = &self.runtime;
         positive("runtime.max_instances", u64::from(r.max_instances))?;
         positive("runtime.max_memory_mb", r.max_memory_mb)?;

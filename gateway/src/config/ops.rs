@@ -46,6 +46,12 @@ pub struct AdminConfig {
     /// one, e.g. annotation-based Prometheus discovery).
     #[serde(default)]
     pub open_metrics: bool,
+    /// Host names the admin listener answers to besides its own address
+    /// (and `localhost` on a loopback listener), e.g. the name Prometheus
+    /// or a reverse proxy uses. `name` allows any port, `name:port` only
+    /// that one. Requests with any other `Host` are refused (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_admin_listen() -> SocketAddr {

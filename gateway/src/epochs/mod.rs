@@ -352,12 +352,14 @@ impl EpochContent {
 }
 
 /// Starts closing epochs (and, with `[upstream]`, delivering reports) for a
-/// starting gateway. Fails before anything runs when the policy, the epoch
-/// store or the TLS files are not right.
+/// starting gateway into `store` (opened by the caller, who shares it with
+/// the console). Fails before anything runs when the policy or the TLS
+/// files are not right.
 pub fn start(
     config: &crate::config::GatewayConfig,
     key: &DeviceKey,
     ledger: &Arc<Ledger>,
+    store: Arc<EpochStore>,
     plugins: &Arc<crate::plugin_table::PluginTable>,
     udp: &crate::ingress::udp::IngressPorts,
     services: &mut Services,
@@ -366,7 +368,6 @@ pub fn start(
         Some(p) => crate::config::load_policy(p)?,
         None => RewardPolicy::default(),
     };
-    let store = Arc::new(EpochStore::open(&config.data_dir)?);
     let client = match &config.upstream {
         Some(u) => Some(crate::upstream::sender::CollectorClient::new(u)?),
         None => None,

@@ -43,6 +43,8 @@ pub struct UnitTotal {
 /// Fails with `InUse` while a gateway has the ledger open.
 pub struct LedgerReader {
     db: Database,
+    /// Records visited by walks so far, for progress output.
+    visited: std::sync::atomic::AtomicU64,
 }
 
 impl LedgerReader {
@@ -59,7 +61,21 @@ impl LedgerReader {
         // What a gateway logged but did not checkpoint (it crashed or was
         // killed) is replayed, as the gateway itself would on start.
         recover(&db, data_dir).map_err(|e| naming(&path, e))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            visited: Default::default(),
+        })
+    }
+
+    /// Records visited by walks (`for_each`, `verify`, `summary`) so far;
+    /// another thread may read it while a walk runs.
+    pub fn visited(&self) -> u64 {
+        self.visited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The stored chain head (its `seq` is the number of records).
+    pub fn head(&self) -> Result<Head, LedgerError> {
+        read_head(&self.db)
     }
 
     /// Calls `f` with every record in sequence order: its position in the
@@ -79,6 +95,8 @@ impl LedgerReader {
         for entry in table.iter()? {
             let (k, v) = entry?;
             for (seq, e) in (k.value()..).zip(block_entries(v.value())) {
+                self.visited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let parsed =
                     e.and_then(|(hash, enc)| UsageRecord::decode(enc).map(|r| (prev, hash, r)));
                 if let Ok((_, hash, _)) = &parsed {

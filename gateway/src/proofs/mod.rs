@@ -3,6 +3,7 @@
 //! `depin_protocol::proofs`, shared with the collector.
 
 pub mod responder;
+pub mod self_check;
 
 use depin_protocol::proofs::ChallengeSpec;
 

@@ -163,7 +163,12 @@ async fn send_reports(
 ) {
     let mut delay = config.retry_min_ms;
     loop {
-        let wait = match deliver_pending(&store, &client).await {
+        let delivered = deliver_pending(&store, &client).await;
+        crate::metrics::global().record_delivery(match &delivered {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        });
+        let wait = match delivered {
             Ok(()) => {
                 delay = config.retry_min_ms;
                 None
