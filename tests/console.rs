@@ -94,8 +94,19 @@ async fn admin_form(
         .expect("admin request")
 }
 
+/// Where the test saves its screenshots: `target/screenshots/`, or the
+/// ones the operator docs show (`docs/operators/`) when
+/// `UPDATE_SCREENSHOTS=1`, so an ordinary test run leaves the checkout as
+/// it found it.
 fn screenshot_path(name: &str) -> std::path::PathBuf {
-    depin_e2e::workspace().join("docs/operators").join(name)
+    let root = depin_e2e::workspace();
+    let dir = if std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        root.join("docs/operators")
+    } else {
+        root.join("target/screenshots")
+    };
+    std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+    dir.join(name)
 }
 
 async fn save_full_page(browser: &Browser, width: u32, name: &str) {

@@ -63,11 +63,8 @@ pub enum CollectorView {
     NoCollector,
     /// Delivered or waiting, and the collector's figure is not known here.
     NotYetReported,
-    /// The collector's figure and the reasons of its reward lines.
-    // Filled from the figure the collector returns with its
-    // acknowledgement, once the epoch store keeps it; until then every
-    // epoch is one of the two above.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The collector's figure (from its acknowledgement) and the distinct
+    /// reasons of its reward lines, each with how many lines carry it.
     Reported {
         figure_micro: u128,
         reasons: Vec<String>,
@@ -297,7 +294,19 @@ fn delivery(e: &ClosedEpoch) -> &'static str {
 }
 
 fn collector_view(e: &ClosedEpoch, upstream: bool) -> CollectorView {
-    if !upstream && e.acknowledged_ms.is_none() {
+    if let Some(figure) = &e.collector {
+        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for line in &figure.lines {
+            *reasons.entry(line.reason.as_str()).or_default() += 1;
+        }
+        CollectorView::Reported {
+            figure_micro: figure.reward_micro,
+            reasons: reasons
+                .into_iter()
+                .map(|(reason, n)| format!("{reason} ×{n}"))
+                .collect(),
+        }
+    } else if !upstream && e.acknowledged_ms.is_none() {
         CollectorView::NoCollector
     } else {
         CollectorView::NotYetReported
