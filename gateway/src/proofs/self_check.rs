@@ -151,6 +151,7 @@ pub async fn check(prover: &Prover, t: &SelfCheckTemplate) -> Result<(), String>
         kind: t.kind.clone(),
         nonce: hex::encode(nonce),
         params: t.params.clone(),
+        deadline_ms: 0,
     };
     let payload = prover.answer(&spec).await?;
     let plugin = prover

@@ -198,7 +198,7 @@ impl Snapshot {
             })
             .collect();
         let usage = usage_series(&recent);
-        let mut challenges: Vec<ChallengeRow> = match sources.epochs.pending_proofs() {
+        let mut challenges: Vec<ChallengeRow> = match sources.epochs.proofs_due_before(u64::MAX) {
             Ok(p) => p
                 .into_iter()
                 .map(|p| ChallengeRow {
@@ -230,7 +230,12 @@ impl Snapshot {
                 problems.push(format!("outbox: {e}"));
                 0
             }),
-            oldest_pending: sources.epochs.outbox_first().ok().flatten().map(|(e, _)| e),
+            oldest_pending: sources
+                .epochs
+                .outbox_first()
+                .ok()
+                .flatten()
+                .map(|e| e.epoch),
             last_acknowledged_ms: recent.iter().filter_map(|e| e.acknowledged_ms).max(),
             deliveries: metrics.deliveries(),
         };
