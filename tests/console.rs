@@ -168,6 +168,9 @@ async fn the_console_shows_plugins_usage_and_epochs_to_a_signed_in_browser_only(
     let input = browser.find("#token").await;
     browser.type_into(&input, TOKEN).await;
     browser.click(&browser.find("#sign-in").await).await;
+    // A click can return before the navigation it starts has committed:
+    // wait for the console itself, then look at where the browser is.
+    browser.find("#plugins").await;
     assert!(
         browser.url().await.ends_with("/ui"),
         "{}",
@@ -275,7 +278,18 @@ async fn the_console_shows_plugins_usage_and_epochs_to_a_signed_in_browser_only(
 
     // The page's own button reloads.
     browser.click(&browser.find("#reload").await).await;
-    let last = browser.text(&browser.find("#last-reload").await).await;
+    // The answer is a new page: read the result from it once it is there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let last = loop {
+        let last = match browser.find_all("#last-reload").await.first() {
+            Some(e) => browser.text(e).await,
+            None => String::new(),
+        };
+        if last.contains("generation 2") || Instant::now() > deadline {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         last.contains("ok") && last.contains("generation 2"),
         "{last}"

@@ -329,7 +329,9 @@ pub struct RewardDecision {
     pub total_micro: u128,
 }
 
-mod u128_string {
+/// Serde for a `u128` as a decimal string (JSON numbers lose precision
+/// above 2^53): `#[serde(with = "depin_protocol::rewards::u128_string")]`.
+pub mod u128_string {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.to_string())

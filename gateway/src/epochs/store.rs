@@ -115,24 +115,12 @@ pub struct ClosedEpoch {
 /// report's `reward_micro` (an estimate).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CollectorFigure {
-    #[serde(with = "u128_string")]
+    #[serde(with = "depin_protocol::rewards::u128_string")]
     pub reward_micro: u128,
     /// Share of the challenges due in the epoch that passed, ppm.
-    #[serde(with = "u128_string")]
+    #[serde(with = "depin_protocol::rewards::u128_string")]
     pub proof_score_ppm: u128,
     pub lines: Vec<RewardLine>,
-}
-
-mod u128_string {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// A report waiting for delivery.
