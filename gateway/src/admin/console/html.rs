@@ -42,47 +42,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const STYLE: &str = r#"
-:root{--fg:#1b1f24;--muted:#5b6570;--bg:#f6f7f9;--card:#fff;--line:#d9dee4;--accent:#2f6fdf;--ok:#1f8a4c;--warn:#b7791f;--bad:#c53030}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;justify-content:space-between;padding:.75rem 1rem;background:#14213d;color:#fff}
-header h1{font-size:1.1rem;margin:0}
-header .id{font:12px ui-monospace,monospace;opacity:.8;word-break:break-all}
-header form{display:inline}
-main{max-width:1200px;margin:0 auto;padding:1rem;display:grid;gap:1rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr))}
-section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:.75rem 1rem;min-width:0}
-section.wide{grid-column:1/-1}
-h2{font-size:1rem;margin:.1rem 0 .6rem}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:.9rem}
-th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
-th{color:var(--muted);font-weight:600;white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-code,.mono{font:12px ui-monospace,monospace;word-break:break-all}
-.muted{color:var(--muted)}
-.pill{display:inline-block;padding:0 .45rem;border-radius:999px;font-size:.8rem;border:1px solid currentColor;white-space:nowrap}
-.ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}
-.chart{width:100%;height:60px;display:block}
-.chart .bar{fill:var(--accent)}
-.chart .axis{stroke:var(--line);stroke-width:1}
-.meter{width:100%;height:10px;display:block;margin:.2rem 0 .5rem}
-.meter .track{fill:#e8ebef}.meter .fill.ok{fill:var(--ok)}.meter .fill.warn{fill:var(--warn)}.meter .fill.bad{fill:var(--bad)}
-.series{display:grid;grid-template-columns:minmax(8rem,12rem) 1fr;gap:.3rem 1rem;align-items:center;margin-bottom:.6rem}
-.series .name{font-size:.85rem;word-break:break-word}
-@media (max-width:560px){.series{grid-template-columns:1fr}main{padding:.5rem}section{padding:.6rem}
-table.stack thead{display:none}table.stack tr{display:block;border-bottom:1px solid var(--line);padding:.35rem 0}
-table.stack td{display:flex;justify-content:space-between;gap:1rem;border:0;padding:.1rem 0;text-align:right}
-table.stack td::before{content:attr(data-label);color:var(--muted);text-align:left;white-space:nowrap}}
-button{font:inherit;padding:.35rem .9rem;border-radius:6px;border:1px solid var(--accent);background:var(--accent);color:#fff;cursor:pointer}
-button.plain{background:transparent;color:#fff;border-color:#fff}
-button:disabled{opacity:.5;cursor:not-allowed}
-.notice{padding:.5rem .75rem;border-radius:6px;background:#fff7e6;border:1px solid #f0c36d}
-.login{max-width:380px;margin:12vh auto;background:var(--card);border:1px solid var(--line);border-radius:8px;padding:1.25rem}
-.login label{display:block;margin:.75rem 0 .25rem}
-.login input{width:100%;font:inherit;padding:.45rem;border:1px solid var(--line);border-radius:6px}
-.login .error{color:var(--bad)}
-"#;
+const STYLE: &str = include_str!("style.css");
 
 fn head(out: &mut String, title: &str) {
     let _ = write!(
@@ -604,52 +564,4 @@ pub fn time(ms: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use depin_protocol::rewards::ProofResults;
-
-    #[test]
-    fn times_and_numbers_read_as_people_write_them() {
-        assert_eq!(time(0), "1970-01-01 00:00:00");
-        assert_eq!(time(1_772_409_600_000 + 3_723_000), "2026-03-02 01:02:03");
-        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(number(1_234_567), "1\u{2009}234\u{2009}567");
-        assert_eq!(number(12), "12");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 << 20), "3.0 MiB");
-    }
-
-    #[test]
-    fn outside_text_is_escaped() {
-        assert_eq!(
-            escape("<a href='x'>&\"</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
-        );
-        let page = login_page(Some("<script>"));
-        assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
-    }
-
-    #[test]
-    fn the_collector_columns_say_what_is_known() {
-        let row = |collector| EpochRow {
-            epoch: 7,
-            start_ms: 0,
-            length_ms: 1000,
-            records: 3,
-            reward_micro: 30,
-            proofs: ProofResults::default(),
-            delivery: "delivered",
-            acknowledged_ms: Some(1),
-            collector,
-        };
-        let (figure, reasons) = collector_cells(&row(CollectorView::NotYetReported));
-        assert!(figure.contains("not yet reported by the collector"));
-        assert!(reasons.is_empty());
-        let (figure, reasons) = collector_cells(&row(CollectorView::Reported {
-            figure_micro: 1500,
-            reasons: vec!["rated".into(), "capped".into()],
-        }));
-        assert_eq!(figure, "1\u{2009}500");
-        assert!(reasons.contains(">rated<") && reasons.contains(">capped<"));
-    }
-}
+mod tests;
