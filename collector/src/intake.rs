@@ -278,8 +278,8 @@ mod tests {
             grace_ms: 100,
             admit_v1: false,
         };
-        let check = |version: u8, epoch: u64, length_ms: u64, now: u64| {
-            let r = EpochReport {
+        let report = |version: u8, epoch: u64, length_ms: u64| {
+            EpochReport {
                 version,
                 gateway_key: key.verifying_key().to_bytes(),
                 epoch,
@@ -294,7 +294,10 @@ mod tests {
                 proofs: vec![],
                 reward_micro: 0,
             }
-            .sign(key.signing_key());
+            .sign(key.signing_key())
+        };
+        let check = |version: u8, epoch: u64, length_ms: u64, now: u64| {
+            let r = report(version, epoch, length_ms);
             check_report(&r.bytes, &key.gateway_id(), &schedule, now)
                 .map(|(_, end)| end)
                 .map_err(|e| e.name())
@@ -309,22 +312,7 @@ mod tests {
             admit_v1: true,
             ..schedule.clone()
         };
-        let r = EpochReport {
-            version: 1,
-            gateway_key: key.verifying_key().to_bytes(),
-            epoch: 5,
-            length_ms: 1000,
-            prev_hash: [0; 32],
-            first_seq: 0,
-            records: 0,
-            merkle_root: [0; 32],
-            components: vec![],
-            totals: vec![],
-            subject_totals: vec![],
-            proofs: vec![],
-            reward_micro: 0,
-        }
-        .sign(key.signing_key());
+        let r = report(1, 5, 1000);
         assert!(check_report(&r.bytes, &key.gateway_id(), &admitting, 6_100).is_ok());
     }
 }
