@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub mod browser;
 pub mod ops;
+pub mod postgres;
 pub mod registry;
 pub mod sensors;
 
