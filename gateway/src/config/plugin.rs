@@ -125,6 +125,24 @@ pub struct JobsConfig {
     /// Most jobs the plugin keeps queued (passed to the plugin; its queue
     /// answers 429 past it).
     pub queue_limit: u64,
+    /// Most job modules the plugin keeps stored; storing another evicts
+    /// the least recently used (stored or run) first.
+    pub max_modules: u64,
+    /// Most bytes of job modules and their compiled code the plugin keeps
+    /// on disk; the least recently used go first to make room, and a
+    /// module that alone needs more is refused.
+    pub max_stored_bytes: u64,
+}
+
+impl JobsConfig {
+    /// The caps of the plugin's module store.
+    pub fn module_quota(&self) -> crate::jobs::ModuleQuota {
+        crate::jobs::ModuleQuota {
+            max_module_bytes: self.max_module_bytes as usize,
+            max_modules: self.max_modules as usize,
+            max_stored_bytes: self.max_stored_bytes,
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -135,6 +153,8 @@ impl Default for JobsConfig {
             max_output_bytes: 1 << 20,
             max_module_bytes: 4 << 20,
             queue_limit: 1000,
+            max_modules: 128,
+            max_stored_bytes: 256 << 20,
         }
     }
 }
@@ -207,11 +227,15 @@ pub(super) fn validate_jobs(j: &JobsConfig) -> Result<(), (String, String)> {
     positive("max_output_bytes", j.max_output_bytes)?;
     positive("max_module_bytes", j.max_module_bytes)?;
     positive("queue_limit", j.queue_limit)?;
+    positive("max_modules", j.max_modules)?;
+    positive("max_stored_bytes", j.max_stored_bytes)?;
     for (key, value, most) in [
         ("max_memory_mb", j.max_memory_mb, 4096),
         ("max_output_bytes", j.max_output_bytes, 64 << 20),
         ("max_module_bytes", j.max_module_bytes, 64 << 20),
         ("queue_limit", j.queue_limit, 1_000_000),
+        ("max_modules", j.max_modules, 100_000),
+        ("max_stored_bytes", j.max_stored_bytes, 1 << 40),
     ] {
         if value > most {
             return Err((
