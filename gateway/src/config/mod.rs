@@ -345,6 +345,14 @@ impl GatewayConfig {
             if let Some(j) = &p.jobs {
                 validate_jobs(j).map_err(|(k, problem)| (key(&format!("jobs.{k}")), problem))?;
             }
+            for (name, ms) in [
+                ("fetch_deadline_ms", p.outbound.fetch_deadline_ms),
+                ("blob_deadline_ms", p.outbound.blob_deadline_ms),
+            ] {
+                if let Some(ms) = ms {
+                    positive(&key(&format!("outbound.{name}")), ms)?;
+                }
+            }
             for (j, target) in p.outbound.udp.iter().enumerate() {
                 if let Err(problem) = validate_host_port(target) {
                     return Err((key(&format!("outbound.udp[{j}]")), problem));

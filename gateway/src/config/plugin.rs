@@ -83,6 +83,17 @@ pub struct OutboundConfig {
     /// `outbound-udp` import), written exactly as the plugin names them.
     #[serde(default)]
     pub udp: Vec<String>,
+    /// Longest a `fetch` may take in all (response head and whole body),
+    /// in milliseconds; 60 000 when absent.
+    #[serde(default)]
+    pub fetch_deadline_ms: Option<u64>,
+    /// Longest a streamed blob (`fetch-into`, or the answer of a
+    /// `pass-through`) may take in all, head and whole body, in
+    /// milliseconds; 600 000 when absent. The same deadline as `fetch`'s,
+    /// longer by default because blobs may be far larger than a fetched
+    /// body.
+    #[serde(default)]
+    pub blob_deadline_ms: Option<u64>,
 }
 
 /// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the

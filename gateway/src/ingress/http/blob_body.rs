@@ -253,6 +253,8 @@ fn passed_through(
         digest,
         size,
         response: origin,
+        deadline,
+        deadline_ms,
     } = pass;
     if size == 0 && BlobDigest::of(&[]) != digest {
         return error_response(
@@ -283,6 +285,8 @@ fn passed_through(
             hasher: Sha256::new(),
             digest,
             idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline_ms,
         },
         remaining: size,
     };
@@ -388,6 +392,10 @@ enum Source {
         digest: BlobDigest,
         /// Fires when the origin has sent nothing for `BODY_IDLE_TIMEOUT`.
         idle: Pin<Box<tokio::time::Sleep>>,
+        /// Fires at the plugin's blob deadline, counted from the request to
+        /// the origin: the body is cut however steadily it trickles.
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        deadline_ms: u128,
     },
 }
 
@@ -410,7 +418,17 @@ impl hyper::body::Body for BlobBody {
                 hasher,
                 digest,
                 idle,
-            } => poll_origin(body, hasher, digest, idle, &mut this.remaining, cx),
+                deadline,
+                deadline_ms,
+            } => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the origin did not send the whole blob within {deadline_ms} ms"),
+                    ))));
+                }
+                poll_origin(body, hasher, digest, idle, &mut this.remaining, cx)
+            }
         }
     }
 
