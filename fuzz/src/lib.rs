@@ -13,6 +13,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("record", record),
     ("senml", senml),
     ("gwmp", gwmp),
+    ("registry", registry),
 ];
 
 /// Epoch report decoding (signed, canonical): what the collector accepts
@@ -59,4 +60,22 @@ pub fn gwmp(data: &[u8]) {
     {
         let _ = hotspot_relay_plugin::relay::parse_push_data(&body);
     }
+}
+
+/// What storage-cache reads from registry clients and registries: an OCI
+/// distribution path (`<name>/blobs/<digest>`, `<name>/manifests/<ref>`),
+/// a `www-authenticate` challenge, and the realm URL it names. Strings are
+/// taken from the input as UTF-8 (lossy), split at the first NUL.
+pub fn registry(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (path, header) = text.split_once('\0').unwrap_or((&text, &text));
+    if let Ok(request) = storage_cache_plugin::oci::parse(path) {
+        let _ = format!("{request:?}");
+    }
+    if let Some(challenge) = storage_cache_plugin::auth::parse(header) {
+        for (_, value) in &challenge.params {
+            let _ = storage_cache_plugin::auth::origin(value);
+        }
+    }
+    let _ = storage_cache_plugin::auth::origin(path);
 }
