@@ -228,7 +228,7 @@ async fn a_flood_of_uploads_does_not_stop_jobs_from_running() {
     for nonce in 0..UPLOADS as u32 {
         let (http, done) = (http.clone(), done.clone());
         flood.push(tokio::spawn(async move {
-            let (status, text) = upload(&http, slow_to_compile(nonce, 3 << 10)).await;
+            let (status, text) = upload(&http, slow_to_compile(nonce, 6 << 10)).await;
             done.fetch_add(1, Ordering::SeqCst);
             (status, text)
         }));
@@ -238,6 +238,7 @@ async fn a_flood_of_uploads_does_not_stop_jobs_from_running() {
     let job = submit(&http, &format!("module={sha}"), "during the flood").await;
     let job = finished(&http, &job).await;
     let uploads_done = done.load(Ordering::SeqCst);
+    eprintln!("the job finished with {uploads_done} of {UPLOADS} compiles done");
     assert_eq!(job["state"], "done", "{job}");
     assert!(
         uploads_done <= UPLOADS / 2,
