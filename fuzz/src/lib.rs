@@ -3,6 +3,13 @@
 //! replay test, which runs on stable.
 
 use depin_protocol::proofs::{Answer, InclusionProof};
+
+/// The gateway's `range` and `if-none-match` parsing, compiled from its
+/// own file: it depends on nothing beyond `std`, and linking the gateway
+/// (and wasmtime) into an instrumented build is not needed for it.
+#[path = "../../gateway/src/ingress/http/range.rs"]
+#[allow(dead_code)]
+mod range;
 use depin_protocol::record::UsageRecord;
 use depin_protocol::report::SignedReport;
 
@@ -14,6 +21,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("senml", senml),
     ("gwmp", gwmp),
     ("registry", registry),
+    ("http_range", http_range),
 ];
 
 /// Epoch report decoding (signed, canonical): what the collector accepts
@@ -78,4 +86,23 @@ pub fn registry(data: &[u8]) {
         }
     }
     let _ = storage_cache_plugin::auth::origin(path);
+}
+
+/// A `range` and an `if-none-match` header as a client sends them, against
+/// a blob whose length is the input's first 8 bytes (big-endian); the rest,
+/// as UTF-8 (lossy), is the header text. A satisfiable range must lie
+/// inside the blob, first byte before last.
+pub fn http_range(data: &[u8]) {
+    let Some((len, header)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    let len = u64::from_be_bytes(*len);
+    let header = String::from_utf8_lossy(header);
+    if let range::RangeSpec::Satisfiable(first, last) = range::parse_range(&header, len) {
+        assert!(
+            first <= last && last < len,
+            "{header:?} of {len}: {first}-{last}"
+        );
+    }
+    let _ = range::etag_matches(&header, "\"sha256:00\"");
 }
