@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("gwmp", gwmp),
     ("registry", registry),
     ("http_range", http_range),
+    ("policy", policy),
 ];
 
 /// Epoch report decoding (signed, canonical): what the collector accepts
@@ -105,4 +106,31 @@ pub fn http_range(data: &[u8]) {
         );
     }
     let _ = range::etag_matches(&header, "\"sha256:00\"");
+}
+
+/// A reward policy file as the gateway and the collector read it (TOML into
+/// the protocol's policy, then its validation); a valid policy then prices
+/// totals at the extremes of their range, which must not panic.
+pub fn policy(data: &[u8]) {
+    use depin_protocol::rewards::{ProofResults, RewardInput, RewardPolicy};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(policy) = toml::from_str::<RewardPolicy>(text) else {
+        return;
+    };
+    if policy.validate().is_err() {
+        return;
+    }
+    for quantity in [0, 1, u128::from(u64::MAX), u128::MAX] {
+        for (issued, passed) in [(0, 0), (3, 1), (u32::MAX, u32::MAX)] {
+            let totals = ["host", "plugin"].map(|source| RewardInput {
+                kind: "compute-task",
+                source,
+                unit: "requests",
+                quantity,
+            });
+            let _ = policy.reward(totals, ProofResults { issued, passed });
+        }
+    }
 }
