@@ -631,7 +631,7 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
         &[
             PluginSpec::new("compute", plugin("compute_task_plugin"), "/c")
                 .table("[plugin.jobs]\nmax_fuel = 20000000000\nmax_memory_mb = 64\n")
-                .config("default_memory_mb = 32"),
+                .config(depin_e2e::COMPUTE_TASK_CONFIG),
         ],
         &extra,
     );
@@ -664,12 +664,7 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
     // The honest gateway holds the module and answers by running it.
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let http = HttpClient::new(gw.addr);
-    let r = http
-        .send(
-            "PUT",
-            "/c/modules",
-            bytes::Bytes::from(job_module("primes")),
-        )
+    let r = depin_e2e::put_job_module(&http, "/c", job_module("primes"))
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());

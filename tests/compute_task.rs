@@ -5,11 +5,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, job_module, plugin};
+use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, job_module, plugin, put_job_module};
 use depin_gateway::RunningGateway;
 use depin_gateway::ledger::{LedgerReader, Source, UsageRecord};
 use depin_gateway::runtime::contract::{Challenge, Proof};
 use serde_json::Value;
+
+mod uploads;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -26,7 +28,7 @@ fn home(ticks: bool, queue_limit: u32) -> Home {
         &[
             PluginSpec::new("compute", plugin("compute_task_plugin"), "/c")
                 .table(table)
-                .config("default_memory_mb = 32"),
+                .config(depin_e2e::COMPUTE_TASK_CONFIG),
             PluginSpec::new("template", plugin("template_plugin"), "/t"),
         ],
         "",
@@ -34,10 +36,7 @@ fn home(ticks: bool, queue_limit: u32) -> Home {
 }
 
 async fn upload(http: &HttpClient, name: &str) -> String {
-    let r = http
-        .send("PUT", "/c/modules", Bytes::from(job_module(name)))
-        .await
-        .unwrap();
+    let r = put_job_module(http, "/c", job_module(name)).await.unwrap();
     assert_eq!(r.status, 201, "{name}: {}", r.text());
     json(&r.body)["digest"].as_str().unwrap().to_string()
 }
@@ -158,13 +157,12 @@ async fn hostile_jobs_fail_with_their_limit_and_the_gateway_goes_on() {
     let gw = RunningGateway::start(&home.config()).await.expect("start");
     let http = HttpClient::new(gw.http_addr);
 
-    let r = http
-        .send("PUT", "/c/modules", Bytes::from(job_module("forbidden")))
+    let r = put_job_module(&http, "/c", job_module("forbidden"))
         .await
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("path_open"), "{}", r.text());
-    let r = http.send("PUT", "/c/modules", "not wasm").await.unwrap();
+    let r = put_job_module(&http, "/c", "not wasm").await.unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
 
     let spin = upload(&http, "spin").await;

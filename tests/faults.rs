@@ -322,7 +322,10 @@ async fn an_altered_compiled_job_module_is_compiled_again_and_the_job_runs() {
     };
     let wasm = depin_e2e::job_module("sha256");
     let engine = open();
-    let digest = engine.put_module("compute", wasm, 4 << 20).await.unwrap();
+    let digest = engine
+        .put_module("compute", wasm, &Default::default())
+        .await
+        .unwrap();
     let expected = engine
         .run("compute", &digest, b"abc".to_vec(), limits)
         .await
@@ -413,7 +416,7 @@ async fn a_reload_lets_the_tick_in_flight_finish_so_its_job_runs_once() {
                     "tick_interval_ms = 50\n[plugin.jobs]\nqueue_limit = 10\n\
                  max_fuel = 20000000000\nmax_memory_mb = 64\n",
                 )
-                .config("default_memory_mb = 32"),
+                .config(depin_e2e::COMPUTE_TASK_CONFIG),
         ],
         "",
     );
@@ -421,8 +424,7 @@ async fn a_reload_lets_the_tick_in_flight_finish_so_its_job_runs_once() {
         .await
         .expect("start");
     let http = HttpClient::new(gw.http_addr);
-    let r = http
-        .send("PUT", "/c/modules", depin_e2e::job_module("spin"))
+    let r = depin_e2e::put_job_module(&http, "/c", depin_e2e::job_module("spin"))
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use depin_e2e::job_module;
-use depin_gateway::jobs::{JobEngine, JobError, ModuleError, RunLimits};
+use depin_gateway::jobs::{JobEngine, JobError, ModuleError, ModuleQuota, RunLimits};
 
 const PLUGIN: &str = "compute";
 
@@ -22,7 +22,7 @@ fn open(dir: &std::path::Path) -> Arc<JobEngine> {
 
 async fn put(engine: &Arc<JobEngine>, name: &str) -> String {
     engine
-        .put_module(PLUGIN, job_module(name), 4 << 20)
+        .put_module(PLUGIN, job_module(name), &ModuleQuota::default())
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -154,7 +154,7 @@ async fn modules_with_forbidden_imports_or_no_wasm_are_refused_at_upload() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path());
     let e = engine
-        .put_module(PLUGIN, job_module("forbidden"), 4 << 20)
+        .put_module(PLUGIN, job_module("forbidden"), &ModuleQuota::default())
         .await
         .unwrap_err();
     let ModuleError::Invalid(reason) = &e else {
@@ -166,12 +166,19 @@ async fn modules_with_forbidden_imports_or_no_wasm_are_refused_at_upload() {
     );
     assert!(reason.contains("clock_time_get"), "{reason}");
     let e = engine
-        .put_module(PLUGIN, b"hello".to_vec(), 4 << 20)
+        .put_module(PLUGIN, b"hello".to_vec(), &ModuleQuota::default())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
     let e = engine
-        .put_module(PLUGIN, job_module("sha256"), 100)
+        .put_module(
+            PLUGIN,
+            job_module("sha256"),
+            &ModuleQuota {
+                max_module_bytes: 100,
+                ..ModuleQuota::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+mod deadlines;
+
 /// A gateway home with the storage-cache plugin at `/`, allowed to reach
 /// `origins`, with `quota` bytes of blob store and `config` lines.
 fn cache_home(origins: &[String], quota: u64, config: String) -> Home {

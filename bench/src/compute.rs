@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use depin_e2e::job_module;
-use depin_gateway::jobs::{JobEngine, RunLimits};
+use depin_gateway::jobs::{JobEngine, ModuleQuota, RunLimits};
 
 const PLUGIN: &str = "bench";
 
@@ -106,11 +106,11 @@ pub async fn jobs_vs_native(budget: Duration) {
     for a in algorithms() {
         let wasm = job_module(a.module);
         let digest = metered
-            .put_module(PLUGIN, wasm.clone(), 4 << 20)
+            .put_module(PLUGIN, wasm.clone(), &ModuleQuota::default())
             .await
             .expect("a valid module");
         unmetered
-            .put_module(PLUGIN, wasm, 4 << 20)
+            .put_module(PLUGIN, wasm, &ModuleQuota::default())
             .await
             .expect("a valid module");
         let expected = (a.native)(&a.input);
@@ -159,7 +159,7 @@ pub async fn jobs_vs_native(budget: Duration) {
         );
     }
     let tiny = metered
-        .put_module(PLUGIN, job_module("exit7"), 4 << 20)
+        .put_module(PLUGIN, job_module("exit7"), &ModuleQuota::default())
         .await
         .expect("a valid module");
     let m = &metered;

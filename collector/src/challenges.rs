@@ -144,8 +144,13 @@ impl Verifiers {
             }
             for m in &c.job_modules {
                 let wasm = std::fs::read(m).map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
-                let max = verifier_jobs().max_module_bytes as usize;
-                jobs.put_module(&name, wasm, max)
+                // Approved modules are never evicted.
+                let quota = depin_gateway::jobs::ModuleQuota {
+                    max_modules: usize::MAX,
+                    max_stored_bytes: u64::MAX,
+                    ..verifier_jobs().module_quota()
+                };
+                jobs.put_module(&name, wasm, &quota)
                     .await
                     .map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
             }

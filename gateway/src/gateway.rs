@@ -106,6 +106,7 @@ impl RunningGateway {
         if config.plugins.iter().any(|p| p.jobs.is_some()) {
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?
+                .with_compile_slots(config.runtime.job_compile_slots as usize)
                 .with_code_seal(seal);
             runtime = runtime.with_jobs(Arc::new(jobs));
         }

@@ -42,6 +42,23 @@ impl HttpRequest {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v)
     }
+
+    /// Whether the request carries `authorization: Bearer <token>`, compared
+    /// in constant time (the time taken does not tell how much matched).
+    pub fn has_bearer(&self, token: &str) -> bool {
+        let given = self
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .as_bytes();
+        let token = token.as_bytes();
+        given.len() == token.len()
+            && given
+                .iter()
+                .zip(token)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
 }
 
 /// The response header that marks an answer reusable (see

@@ -140,6 +140,121 @@ pub fn positional_path(mut index: u64, mut count: u64, siblings: &[Hash]) -> Opt
     siblings.next().is_none().then_some(steps)
 }
 
+/// The root over leaves fed one at a time, in order: the same root as
+/// [`root`] over the same leaves, holding one hash per level (the roots of
+/// the complete subtrees not yet paired), so memory is O(log n).
+///
+/// A level's node `j` covers leaves `[j * 2^k, min((j + 1) * 2^k, n))`, and
+/// a node left alone at the end of a level is carried up: the tree over
+/// `n` leaves is the complete subtrees of `n`'s binary digits, largest
+/// first, joined from the right. That is what [`finish`](Self::finish)
+/// does with the pending subtrees.
+#[derive(Debug, Clone, Default)]
+pub struct StreamingRoot {
+    /// `pending[k]`: a complete subtree of `2^k` leaves waiting for its
+    /// right neighbour.
+    pending: Vec<Option<Hash>>,
+    count: u64,
+}
+
+impl StreamingRoot {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next leaf (already a leaf hash).
+    pub fn push(&mut self, leaf: Hash) {
+        let mut carry = leaf;
+        for slot in self.pending.iter_mut() {
+            match slot.take() {
+                None => {
+                    *slot = Some(carry);
+                    self.count += 1;
+                    return;
+                }
+                Some(left) => carry = node(&left, &carry),
+            }
+        }
+        self.pending.push(Some(carry));
+        self.count += 1;
+    }
+
+    /// Leaves pushed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The root over the leaves pushed so far ([`EMPTY_ROOT`] for none).
+    pub fn finish(&self) -> Hash {
+        // Lowest level first: the rightmost subtree first.
+        self.pending
+            .iter()
+            .flatten()
+            .fold(None, |right: Option<Hash>, left| {
+                Some(right.map_or(*left, |r| node(left, &r)))
+            })
+            .unwrap_or(EMPTY_ROOT)
+    }
+}
+
+/// The inclusion path of leaf `index` among `count` leaves fed one at a
+/// time, in order: the same path as [`path`], holding O(log² n) hashes
+/// instead of the leaves. Each step's sibling is the root of the leaves
+/// `[s * 2^k, min((s + 1) * 2^k, count))` for the sibling `s` of the
+/// leaf's node on level `k`; one [`StreamingRoot`] per step collects it.
+#[derive(Debug, Clone)]
+pub struct StreamingPath {
+    /// Per step, bottom up: the leaf range of the sibling, its side, and
+    /// its root so far.
+    steps: Vec<(u64, u64, bool, StreamingRoot)>,
+    next: u64,
+}
+
+impl StreamingPath {
+    /// A path for leaf `index` of `count`.
+    pub fn new(index: u64, count: u64) -> Self {
+        let mut steps = Vec::new();
+        let mut level_count = count;
+        let mut k = 0u32;
+        while level_count > 1 {
+            let j = index >> k;
+            let s = j ^ 1;
+            if s < level_count {
+                let start = s << k;
+                let end = ((s + 1) << k).min(count);
+                steps.push((start, end, s < j, StreamingRoot::new()));
+            }
+            level_count = level_count.div_ceil(2);
+            k += 1;
+        }
+        Self { steps, next: 0 }
+    }
+
+    /// Adds the next leaf (already a leaf hash).
+    pub fn push(&mut self, leaf: Hash) {
+        let at = self.next;
+        self.next += 1;
+        for (start, end, _, sibling) in &mut self.steps {
+            if (*start..*end).contains(&at) {
+                sibling.push(leaf);
+            }
+        }
+    }
+
+    /// The path, bottom up; `None` until all `count` leaves were pushed.
+    pub fn finish(&self) -> Option<Vec<PathStep>> {
+        self.steps
+            .iter()
+            .map(|(start, end, left, sibling)| {
+                (sibling.count() == end - start).then(|| PathStep {
+                    sibling: sibling.finish(),
+                    sibling_is_left: *left,
+                })
+            })
+            .collect()
+    }
+}
+
 mod hex_hash {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -211,6 +326,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn streaming_root_is_the_root_at_every_size() {
+        let all: Vec<Hash> = (0..1100u32).map(|i| leaf(&i.to_be_bytes())).collect();
+        let mut streamed = StreamingRoot::new();
+        assert_eq!(streamed.finish(), EMPTY_ROOT);
+        for n in 1..=all.len() {
+            streamed.push(all[n - 1]);
+            assert_eq!(streamed.count(), n as u64);
+            assert_eq!(streamed.finish(), root(all[..n].to_vec()), "n={n}");
+        }
+        for n in [4095usize, 4096, 4097, 65_537, 100_003] {
+            let many: Vec<Hash> = (0..n as u32).map(|i| leaf(&i.to_le_bytes())).collect();
+            let mut streamed = StreamingRoot::new();
+            many.iter().for_each(|l| streamed.push(*l));
+            assert_eq!(streamed.finish(), root(many), "n={n}");
+        }
+    }
+
+    #[test]
+    fn streaming_paths_are_the_paths() {
+        for n in 1..=70usize {
+            let l: Vec<Hash> = (0..n).map(|i| leaf(&[i as u8; 5])).collect();
+            for i in 0..n {
+                let mut p = StreamingPath::new(i as u64, n as u64);
+                l.iter().for_each(|x| p.push(*x));
+                assert_eq!(p.finish(), Some(path(&l, i)), "n={n} i={i}");
+            }
+        }
+        let mut short = StreamingPath::new(3, 8);
+        short.push(leaf(b"only one"));
+        assert_eq!(short.finish(), None, "not all leaves seen");
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //! u16  number of totals, then per total (sorted by plugin, source, unit):
 //!        str plugin, str resource kind, u8 source (0 host, 1 plugin),
 //!        str unit, u64 records, u128 quantity, u64 distinct subjects
+//!        (exact up to 65 536; above, the gateway's HyperLogLog estimate,
+//!        relative standard error at most 1.04 %, see the gateway's
+//!        `epochs::distinct`)
 //! u16  number of subject totals (plugin-claimed records with a subject;
 //!      at most `MAX_SUBJECT_ROWS`, the first subjects seen in the epoch),
 //!      sorted by plugin, unit, subject; per row:
@@ -61,6 +64,9 @@ pub struct EpochTotal {
     pub records: u64,
     #[serde(serialize_with = "as_string")]
     pub quantity: u128,
+    /// Distinct subjects of the total's records: exact up to 65 536, an
+    /// estimate above (a gateway counts them in bounded memory). Nothing
+    /// in the rewards depends on it.
     pub subjects: u64,
 }
 

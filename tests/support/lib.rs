@@ -97,6 +97,29 @@ pub fn job_module(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The compute-task plugin's upload token in test configurations.
+pub const JOB_UPLOAD_TOKEN: &str = "test-upload-token-0123";
+
+/// `[plugin.config]` of the compute-task plugin in tests: the upload token
+/// ([`JOB_UPLOAD_TOKEN`]) and 32 MiB jobs.
+pub const COMPUTE_TASK_CONFIG: &str =
+    "default_memory_mb = 32\nupload_token = \"test-upload-token-0123\"";
+
+/// `PUT <prefix>/modules` of a compute-task plugin with the test upload
+/// token.
+pub async fn put_job_module(
+    http: &HttpClient,
+    prefix: &str,
+    wasm: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let auth = vec![(
+        "authorization".to_string(),
+        format!("Bearer {JOB_UPLOAD_TOKEN}"),
+    )];
+    http.send_with_headers("PUT", &format!("{prefix}/modules"), &auth, wasm)
+        .await
+}
+
 /// A `[[plugin]]` table for a test configuration.
 pub struct PluginSpec {
     pub name: &'static str,

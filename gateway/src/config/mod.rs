@@ -160,6 +160,10 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u64,
     /// Granularity of CPU deadlines, in milliseconds.
     pub tick_ms: u64,
+    /// Job module compiles (`PUT` of a job module) that run at once, apart
+    /// from the job workers: a flood of uploads waits here and never holds
+    /// up jobs.
+    pub job_compile_slots: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -168,6 +172,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory_mb: 256,
             tick_ms: 5,
+            job_compile_slots: 1,
         }
     }
 }
@@ -266,6 +271,7 @@ impl GatewayConfig {
         positive("runtime.max_instances", u64::from(r.max_instances))?;
         positive("runtime.max_memory_mb", r.max_memory_mb)?;
         positive("runtime.tick_ms", r.tick_ms)?;
+        positive("runtime.job_compile_slots", u64::from(r.job_compile_slots))?;
         if r.max_memory_mb > 4096 {
             return Err((
                 "runtime.max_memory_mb".into(),
@@ -338,6 +344,14 @@ impl GatewayConfig {
             }
             if let Some(j) = &p.jobs {
                 validate_jobs(j).map_err(|(k, problem)| (key(&format!("jobs.{k}")), problem))?;
+            }
+            for (name, ms) in [
+                ("fetch_deadline_ms", p.outbound.fetch_deadline_ms),
+                ("blob_deadline_ms", p.outbound.blob_deadline_ms),
+            ] {
+                if let Some(ms) = ms {
+                    positive(&key(&format!("outbound.{name}")), ms)?;
+                }
             }
             for (j, target) in p.outbound.udp.iter().enumerate() {
                 if let Err(problem) = validate_host_port(target) {

@@ -83,6 +83,17 @@ pub struct OutboundConfig {
     /// `outbound-udp` import), written exactly as the plugin names them.
     #[serde(default)]
     pub udp: Vec<String>,
+    /// Longest a `fetch` may take in all (response head and whole body),
+    /// in milliseconds; 60 000 when absent.
+    #[serde(default)]
+    pub fetch_deadline_ms: Option<u64>,
+    /// Longest a streamed blob (`fetch-into`, or the answer of a
+    /// `pass-through`) may take in all, head and whole body, in
+    /// milliseconds; 600 000 when absent. The same deadline as `fetch`'s,
+    /// longer by default because blobs may be far larger than a fetched
+    /// body.
+    #[serde(default)]
+    pub blob_deadline_ms: Option<u64>,
 }
 
 /// Parses an allow-listed HTTP origin into `(scheme, host, port)`, with the
@@ -125,6 +136,24 @@ pub struct JobsConfig {
     /// Most jobs the plugin keeps queued (passed to the plugin; its queue
     /// answers 429 past it).
     pub queue_limit: u64,
+    /// Most job modules the plugin keeps stored; storing another evicts
+    /// the least recently used (stored or run) first.
+    pub max_modules: u64,
+    /// Most bytes of job modules and their compiled code the plugin keeps
+    /// on disk; the least recently used go first to make room, and a
+    /// module that alone needs more is refused.
+    pub max_stored_bytes: u64,
+}
+
+impl JobsConfig {
+    /// The caps of the plugin's module store.
+    pub fn module_quota(&self) -> crate::jobs::ModuleQuota {
+        crate::jobs::ModuleQuota {
+            max_module_bytes: self.max_module_bytes as usize,
+            max_modules: self.max_modules as usize,
+            max_stored_bytes: self.max_stored_bytes,
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -135,6 +164,8 @@ impl Default for JobsConfig {
             max_output_bytes: 1 << 20,
             max_module_bytes: 4 << 20,
             queue_limit: 1000,
+            max_modules: 128,
+            max_stored_bytes: 256 << 20,
         }
     }
 }
@@ -207,11 +238,15 @@ pub(super) fn validate_jobs(j: &JobsConfig) -> Result<(), (String, String)> {
     positive("max_output_bytes", j.max_output_bytes)?;
     positive("max_module_bytes", j.max_module_bytes)?;
     positive("queue_limit", j.queue_limit)?;
+    positive("max_modules", j.max_modules)?;
+    positive("max_stored_bytes", j.max_stored_bytes)?;
     for (key, value, most) in [
         ("max_memory_mb", j.max_memory_mb, 4096),
         ("max_output_bytes", j.max_output_bytes, 64 << 20),
         ("max_module_bytes", j.max_module_bytes, 64 << 20),
         ("queue_limit", j.queue_limit, 1_000_000),
+        ("max_modules", j.max_modules, 100_000),
+        ("max_stored_bytes", j.max_stored_bytes, 1 << 40),
     ] {
         if value > most {
             return Err((

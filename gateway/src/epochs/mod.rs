@@ -5,7 +5,9 @@
 //! Closing an epoch takes the ledger records that follow the previous
 //! epoch's last record and were committed before the epoch's end, and
 //! computes their totals per plugin, source and unit (with the number of
-//! distinct subjects), the Merkle root over their chain hashes, the digest
+//! distinct subjects: exact up to [`distinct::EXACT_SUBJECTS`] per total,
+//! a HyperLogLog estimate above), the Merkle root over their chain hashes
+//! (streamed: memory does not grow with the epoch), the digest
 //! of each plugin's component, and the reward under the policy; the result is a signed report stored durably
 //! (with an outbox entry when a collector is configured). Epochs close in
 //! order and none is skipped, empty ones included, so the reports form a
@@ -13,12 +15,11 @@
 //! range after epoch `n - 1`'s, so no record is in two epochs or in none,
 //! even if the clock steps back.
 
+pub mod distinct;
 pub mod inspect;
 pub mod store;
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash as _, Hasher};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,7 +193,7 @@ impl EpochCloser {
             passed: proofs.iter().filter(|p| p.passed).count() as u32,
         };
         let reward_micro = self.policy.reward(content.reward_inputs(), results);
-        let records = content.hashes.len() as u64;
+        let records = content.records;
         let report = EpochReport {
             version: REPORT_VERSION,
             gateway_key: self.key.verifying_key().to_bytes(),
@@ -201,13 +202,7 @@ impl EpochCloser {
             prev_hash: cursor.prev_hash,
             first_seq: if records == 0 { 0 } else { cursor.next_seq },
             records,
-            merkle_root: merkle::root(
-                content
-                    .hashes
-                    .into_iter()
-                    .map(|h| merkle::leaf(&h))
-                    .collect(),
-            ),
+            merkle_root: content.merkle_root,
             components: content.components,
             totals: content.totals,
             subject_totals: content.subject_totals,
@@ -233,10 +228,16 @@ impl EpochCloser {
     }
 }
 
-/// What an epoch holds, read from the ledger.
+/// What an epoch holds, read from the ledger in one pass whose memory
+/// does not grow with the number of records: O(log n) for the Merkle tree,
+/// and per total at most [`distinct::EXACT_SUBJECTS`] subject hashes or
+/// one sketch.
 pub struct EpochContent {
-    /// Chain hashes of the records, in sequence order.
-    pub hashes: Vec<Hash>,
+    /// Records in the epoch.
+    pub records: u64,
+    /// The Merkle root over the records' chain hashes ([`merkle::leaf`] of
+    /// each), in sequence order.
+    pub merkle_root: Hash,
     /// Per plugin loaded or with records, its component digest, sorted by
     /// plugin.
     pub components: Vec<ComponentDigest>,
@@ -258,14 +259,14 @@ impl EpochContent {
         identities: &BTreeMap<String, PluginIdentity>,
     ) -> Result<Self, LedgerError> {
         type Key = (String, &'static str, String);
-        let mut hashes = Vec::new();
-        let mut sums: BTreeMap<Key, (u64, u128, HashSet<u64>)> = BTreeMap::new();
+        let mut tree = merkle::StreamingRoot::new();
+        let mut sums: BTreeMap<Key, (u64, u128, distinct::DistinctSubjects)> = BTreeMap::new();
         let mut by_subject: BTreeMap<(String, String, String), (u64, u128)> = BTreeMap::new();
         ledger.scan_from(from_seq, |hash, r| {
             if r.time_ms >= end_ms {
                 return false;
             }
-            hashes.push(hash);
+            tree.push(merkle::leaf(&hash));
             if r.source == Source::Plugin
                 && let Some(subject) = &r.subject
             {
@@ -287,9 +288,7 @@ impl EpochContent {
             entry.0 += 1;
             entry.1 += u128::from(r.quantity);
             if let Some(s) = &r.subject {
-                let mut h = DefaultHasher::new();
-                s.hash(&mut h);
-                entry.2.insert(h.finish());
+                entry.2.insert(s);
             }
             true
         })?;
@@ -317,7 +316,7 @@ impl EpochContent {
                     unit,
                     records,
                     quantity,
-                    subjects: subjects.len() as u64,
+                    subjects: subjects.count(),
                 },
             )
             .collect();
@@ -334,7 +333,8 @@ impl EpochContent {
             )
             .collect();
         Ok(Self {
-            hashes,
+            records: tree.count(),
+            merkle_root: tree.finish(),
             components,
             totals,
             subject_totals,

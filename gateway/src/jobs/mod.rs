@@ -1,12 +1,14 @@
-//! Deterministic WebAssembly jobs: a module store keyed by digest, a
-//! compile cache, upload-time validation, and a bounded pool of workers
-//! that run jobs in the nested sandbox ([`sandbox`]) off the async
-//! executor.
+//! Deterministic WebAssembly jobs: a module store keyed by digest with a
+//! quota per plugin ([`quota`]), a compile cache, upload-time validation,
+//! a bounded pool of workers that run jobs in the nested sandbox
+//! ([`sandbox`]) off the async executor, and separate compile slots, so
+//! uploads never take a job's worker.
 //!
 //! A job is a WASI preview-1 command module: it reads its input on stdin,
 //! writes its output on stdout and may exit with a status. The same module
 //! and input always give the same output, exit status and fuel.
 
+mod quota;
 mod sandbox;
 mod validate;
 pub mod wasi;
@@ -20,6 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
+pub use quota::ModuleQuota;
+use quota::{Admission, PluginModules};
 use sandbox::JobState;
 pub use sandbox::RunLimits;
 
@@ -62,6 +66,12 @@ pub struct JobFailure {
 pub enum ModuleError {
     #[error("the module is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// The module and its compiled code alone are larger than the
+    /// plugin's whole module store (`max_stored_bytes`).
+    #[error(
+        "the module and its compiled code take {size} bytes; the plugin's module store holds {limit}"
+    )]
+    OverQuota { size: u64, limit: u64 },
     #[error("invalid job module: {0}")]
     Invalid(String),
     #[error("cannot store the module: {0}")]
@@ -79,6 +89,10 @@ pub struct JobsError {
 /// Linked modules kept in memory.
 const MEMORY_CACHE_ENTRIES: usize = 64;
 
+/// Compiles that run at once when [`JobEngine::with_compile_slots`] does
+/// not say otherwise.
+pub const DEFAULT_COMPILE_SLOTS: usize = 1;
+
 /// The job engine shared by every plugin with a `[plugin.jobs]` table.
 /// Modules live under `<root>/modules/<plugin>/`, so plugins never see each
 /// other's modules; compiled code lives under `<root>/compiled/`.
@@ -87,7 +101,12 @@ pub struct JobEngine {
     linker: Linker<JobState>,
     root: PathBuf,
     linked: Mutex<HashMap<String, InstancePre<JobState>>>,
+    /// Jobs running at once.
     workers: Arc<Semaphore>,
+    /// Module compiles (uploads) running at once; never a job's worker.
+    compiles: Arc<Semaphore>,
+    /// Each plugin's stored modules, for its quota; built on first use.
+    stored: Mutex<HashMap<String, PluginModules>>,
     metered: bool,
     /// Authenticates the compiled code under `<root>/compiled/`.
     seal: crate::runtime::CodeSeal,
@@ -131,44 +150,68 @@ impl JobEngine {
             root: root.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
             workers: Arc::new(Semaphore::new(workers.max(1))),
+            compiles: Arc::new(Semaphore::new(DEFAULT_COMPILE_SLOTS)),
+            stored: Mutex::new(HashMap::new()),
             metered,
             seal: crate::runtime::CodeSeal::ephemeral(),
         })
     }
 
-    /// Validates, compiles and durably stores a module for `plugin`; returns
-    /// its digest, `sha256:<hex>`. Storing a module twice is not an error.
+    /// At most `slots` module compiles run at once (default
+    /// [`DEFAULT_COMPILE_SLOTS`]); they never wait for, or hold, a job
+    /// worker.
+    pub fn with_compile_slots(mut self, slots: usize) -> Self {
+        self.compiles = Arc::new(Semaphore::new(slots.max(1)));
+        self
+    }
+
+    /// Validates, compiles and durably stores a module for `plugin` under
+    /// its `quota`, evicting the plugin's least recently used modules to
+    /// make room; returns its digest, `sha256:<hex>`. Storing a module twice
+    /// is not an error.
     pub async fn put_module(
         self: &Arc<Self>,
         plugin: &str,
         wasm: Vec<u8>,
-        max_bytes: usize,
+        quota: &ModuleQuota,
     ) -> Result<String, ModuleError> {
-        if wasm.len() > max_bytes {
+        if wasm.len() > quota.max_module_bytes {
             return Err(ModuleError::TooLarge {
                 size: wasm.len(),
-                limit: max_bytes,
+                limit: quota.max_module_bytes,
+            });
+        }
+        if wasm.len() as u64 > quota.max_stored_bytes {
+            return Err(ModuleError::OverQuota {
+                size: wasm.len() as u64,
+                limit: quota.max_stored_bytes,
             });
         }
         let this = self.clone();
         let plugin = plugin.to_string();
-        // The permit moves into the worker: a caller that gives up waiting
-        // does not free the worker's slot before the work is done.
+        let quota = *quota;
+        // The permit moves into the compile: a caller that gives up waiting
+        // does not free the slot before the work is done.
         let permit = self
-            .workers
+            .compiles
             .clone()
             .acquire_owned()
             .await
             .expect("never closed");
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            this.put_module_blocking(&plugin, &wasm)
+            this.put_module_blocking(&plugin, &wasm, &quota)
         })
         .await
         .map_err(|e| ModuleError::Store(format!("the compile task failed: {e}")))?
     }
 
-    fn put_module_blocking(&self, plugin: &str, wasm: &[u8]) -> Result<String, ModuleError> {
+    fn put_module_blocking(
+        &self,
+        plugin: &str,
+        wasm: &[u8],
+        quota: &ModuleQuota,
+    ) -> Result<String, ModuleError> {
         validate::header(wasm)?;
         let digest = digest(wasm);
         let module = Module::from_binary(&self.engine, wasm)
@@ -183,8 +226,97 @@ impl JobEngine {
         if !path.exists() {
             write_durably(&path, wasm).map_err(ModuleError::Store)?;
         }
+        self.admit(plugin, &digest, wasm.len() as u64, quota)?;
         self.remember(plugin, &digest, pre);
         Ok(digest)
+    }
+
+    /// Counts the stored module `digest` of `plugin` against its quota,
+    /// evicting the least recently used others until it fits; removes it
+    /// again when it alone is larger than the store.
+    fn admit(
+        &self,
+        plugin: &str,
+        digest: &str,
+        wasm_bytes: u64,
+        quota: &ModuleQuota,
+    ) -> Result<(), ModuleError> {
+        let bytes = wasm_bytes + self.compiled_bytes(digest);
+        let mut stored = self.stored.lock().expect("not poisoned");
+        let index = self.index(&mut stored, plugin);
+        match index.admit(digest, bytes, quota) {
+            Admission::TooLarge => {
+                index.forget(digest);
+                drop(stored);
+                self.remove_module(plugin, digest);
+                Err(ModuleError::OverQuota {
+                    size: bytes,
+                    limit: quota.max_stored_bytes,
+                })
+            }
+            Admission::Fits { evict } => {
+                for old in &evict {
+                    index.forget(old);
+                }
+                index.touch(digest, bytes);
+                let (count, total) = index.usage();
+                drop(stored);
+                for old in &evict {
+                    tracing::info!(plugin, module = %old, modules = count, bytes = total, "evicting the least recently used job module to stay under the module quota");
+                    self.remove_module(plugin, old);
+                }
+                quota::mark_used(&self.module_path(plugin, digest));
+                Ok(())
+            }
+        }
+    }
+
+    /// The quota index of `plugin`, scanned from disk on first use.
+    fn index<'a>(
+        &self,
+        stored: &'a mut HashMap<String, PluginModules>,
+        plugin: &str,
+    ) -> &'a mut PluginModules {
+        stored.entry(plugin.to_string()).or_insert_with(|| {
+            let dir = self.root.join("modules").join(plugin);
+            PluginModules::scan(&dir, |digest, len| len + self.compiled_bytes(digest))
+        })
+    }
+
+    /// Records that `plugin` used its module `digest`.
+    fn mark_used(&self, plugin: &str, digest: &str) {
+        let mut stored = self.stored.lock().expect("not poisoned");
+        self.index(&mut stored, plugin).used(digest);
+        drop(stored);
+        quota::mark_used(&self.module_path(plugin, digest));
+    }
+
+    /// Removes `plugin`'s module `digest` from disk and memory, and its
+    /// compiled code unless another plugin stores the same module.
+    fn remove_module(&self, plugin: &str, digest: &str) {
+        self.linked
+            .lock()
+            .expect("not poisoned")
+            .remove(&format!("{plugin}/{digest}"));
+        let path = self.module_path(plugin, digest);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an evicted job module");
+        }
+        let shared = std::fs::read_dir(self.root.join("modules"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|dir| dir.path().join(format!("{}.wasm", hex_of(digest))).exists());
+        if !shared {
+            let _ = std::fs::remove_file(self.compiled_path(digest));
+        }
+    }
+
+    /// Bytes of `digest`'s compiled code in the cache (0 when absent).
+    fn compiled_bytes(&self, digest: &str) -> u64 {
+        std::fs::metadata(self.compiled_path(digest)).map_or(0, |m| m.len())
     }
 
     /// Whether `plugin` has stored the module `digest`.
@@ -213,6 +345,7 @@ impl JobEngine {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let pre = this.linked_module(&plugin, &module).map_err(no_fuel)?;
+            this.mark_used(&plugin, &module);
             sandbox::run(&this.engine, this.metered, &pre, input, limits)
         })
         .await

@@ -11,6 +11,13 @@ use super::encoding::block_entries;
 use super::overlay::Layer;
 use super::{Head, LedgerError, META, WAL_FILE, wal};
 
+/// Bytes of redb's page cache for the ledger. redb's default (1 GiB) let
+/// one scan of a large epoch (epoch close, an inclusion proof) grow the
+/// process by the size of every page it read, up to a Kubernetes memory
+/// limit on its own; reads past the cache go to the file (and the OS page
+/// cache, which the kernel can reclaim).
+pub const LEDGER_CACHE_BYTES: usize = 128 << 20;
+
 pub(super) fn open_db(path: &Path, create: bool) -> Result<Database, LedgerError> {
     if create && let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| LedgerError::Open {
@@ -18,10 +25,12 @@ pub(super) fn open_db(path: &Path, create: bool) -> Result<Database, LedgerError
             message: format!("cannot create the data directory: {e}"),
         })?;
     }
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(LEDGER_CACHE_BYTES);
     let result = if create {
-        Database::create(path)
+        builder.create(path)
     } else {
-        Database::open(path)
+        builder.open(path)
     };
     result.map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {

@@ -315,7 +315,10 @@ pub fn answer_inclusion(
     let first = r.first_seq;
     let end = first + r.records;
     let mut before_first = GENESIS_HASH;
-    let mut hashes = Vec::with_capacity(r.records as usize);
+    // The path is collected while the epoch's records are read again, in
+    // O(log² n) hashes rather than all of them.
+    let mut path = merkle::StreamingPath::new(c.index, r.records);
+    let mut prev_hash = GENESIS_HASH;
     let mut record = None;
     ledger
         .scan_from(first.saturating_sub(1).max(1), |h, rec| {
@@ -326,23 +329,29 @@ pub fn answer_inclusion(
             if rec.seq >= end {
                 return false;
             }
+            if rec.seq + 1 == first + c.index {
+                prev_hash = h;
+            }
             if rec.seq == first + c.index {
                 record = Some(rec.encode());
             }
-            hashes.push(h);
+            path.push(merkle::leaf(&h));
             true
         })
         .map_err(|e| e.to_string())?;
     let record = record.ok_or("the record is missing from the ledger")?;
-    let i = c.index as usize;
-    let prev_hash = if i == 0 { before_first } else { hashes[i - 1] };
+    let prev_hash = if c.index == 0 {
+        before_first
+    } else {
+        prev_hash
+    };
+    let path = path
+        .finish()
+        .ok_or("the ledger holds fewer records than the epoch")?;
     Ok(InclusionProof {
         prev_hash,
         record,
-        path: merkle::path(
-            &hashes.iter().map(|h| merkle::leaf(h)).collect::<Vec<_>>(),
-            i,
-        ),
+        path,
     }
     .encode())
 }

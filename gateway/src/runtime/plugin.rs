@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::component::Component;
 
 use super::contract::{CONTRACT, ComponentShape, PluginInfo, ResourcePluginPre};
-use super::host::outbound_http::HttpOutbound;
+use super::host::outbound_http::{BLOB_DEADLINE, FETCH_DEADLINE, HttpOutbound};
 use super::state::CallState;
 use super::{CacheOutcome, Runtime};
 use crate::blobstore::BlobStore;
@@ -171,10 +171,17 @@ impl LoadedPlugin {
             memory_cap_bytes: (cfg.limits.memory_mb << 20) as usize,
             units: BTreeSet::new(),
             blobs: open_blob_store(runtime, cfg)?,
-            outbound_http: Arc::new(HttpOutbound::new(
-                &cfg.outbound.http,
-                cfg.outbound.http_ca_file.as_deref(),
-            )?),
+            outbound_http: Arc::new(
+                HttpOutbound::new(&cfg.outbound.http, cfg.outbound.http_ca_file.as_deref())?
+                    .with_deadlines(
+                        cfg.outbound
+                            .fetch_deadline_ms
+                            .map_or(FETCH_DEADLINE, Duration::from_millis),
+                        cfg.outbound
+                            .blob_deadline_ms
+                            .map_or(BLOB_DEADLINE, Duration::from_millis),
+                    ),
+            ),
             jobs: cfg.jobs.clone().and_then(|limits| {
                 Some(PluginJobs {
                     engine: runtime.jobs()?.clone(),

@@ -6,7 +6,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `PUT /modules` (body: a wasm32-wasip1 module) | 201 `{"digest"}`; 400 with the reason when invalid; 413 when too large |
+//! | `PUT /modules` (body: a wasm32-wasip1 module; `authorization: Bearer <upload_token>`) | 201 `{"digest"}`; 400 with the reason when invalid; 401 without the token; 403 when uploads are off; 413 when too large for the module or the plugin's module store |
 //! | `GET /modules/<digest>` | 200 when stored, else 404 |
 //! | `POST /jobs?module=<digest>&fuel=<n>&priority=<0-255>&memory_mb=<n>` (body: the input) | 202 `{"id", "state"}`; 429 when the queue is full |
 //! | `GET /jobs/<id>` | the job: state, fuel used, exit code, output (`output` if UTF-8, always `output_hex`) |
@@ -20,7 +20,14 @@
 //!
 //! Config (`[plugin.config]`): `jobs_per_tick` (default 4), `default_fuel`
 //! (default: the smaller of 1e9 and the host's `max_fuel`),
-//! `default_memory_mb` (default: the smaller of 32 and `max_memory_mb`).
+//! `default_memory_mb` (default: the smaller of 32 and `max_memory_mb`),
+//! `upload_token` (at least 16 characters; without it `PUT /modules`
+//! answers 403, so nobody can fill the module store).
+//!
+//! The host keeps at most `jobs.max_modules` modules and
+//! `jobs.max_stored_bytes` bytes (with compiled code) per plugin; storing
+//! one more evicts the least recently used, and a queued job whose module
+//! was evicted fails with "unknown module".
 
 pub mod proofs;
 pub mod queue;
@@ -38,7 +45,12 @@ use queue::{EnqueueError, Outcome, State, Submission};
 /// The compute-task plugin.
 pub struct ComputeTask;
 
-const CONFIG_KEYS: [&str; 3] = ["jobs_per_tick", "default_fuel", "default_memory_mb"];
+const CONFIG_KEYS: [&str; 4] = [
+    "jobs_per_tick",
+    "default_fuel",
+    "default_memory_mb",
+    "upload_token",
+];
 
 impl Plugin for ComputeTask {
     fn describe() -> PluginInfo {
@@ -90,7 +102,17 @@ impl Plugin for ComputeTask {
         let path = req.path.trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         match (req.method.as_str(), parts.as_slice()) {
-            ("PUT", ["modules"]) => put_module(&req),
+            ("PUT", ["modules"]) => match &settings.upload_token {
+                None => error(
+                    403,
+                    "module uploads are off: set config `upload_token` to allow them",
+                ),
+                Some(token) if !req.has_bearer(token) => {
+                    error(401, "missing or wrong bearer token")
+                        .with_header("www-authenticate", "Bearer")
+                }
+                Some(_) => put_module(&req),
+            },
             ("GET", ["modules", digest]) => {
                 if jobs::has_module(digest) {
                     HttpResponse::json(200, &json!({ "digest": digest }))
@@ -149,12 +171,19 @@ struct Settings {
     jobs_per_tick: u32,
     default_fuel: u64,
     default_memory_mb: u32,
+    /// Bearer token of `PUT /modules`; uploads answer 403 without one.
+    upload_token: Option<String>,
 }
 
 impl Settings {
     fn load() -> Result<Self, String> {
         let caps = jobs::limits().ok_or("the jobs capability is not enabled")?;
+        let upload_token = config::get("upload_token");
+        if upload_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err("config `upload_token`: must be at least 16 characters".into());
+        }
         Ok(Self {
+            upload_token,
             jobs_per_tick: config::parse("jobs_per_tick")?.unwrap_or(4),
             default_fuel: config::parse("default_fuel")?
                 .unwrap_or(1_000_000_000)

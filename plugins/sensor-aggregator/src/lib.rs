@@ -197,19 +197,11 @@ fn admin(
             &error("the admin endpoints are off: set config `admin_token`"),
         );
     };
-    let given = req
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if !req.has_bearer(token) {
         return HttpResponse::json(401, &error("missing or wrong bearer token"))
             .with_header("www-authenticate", "Bearer");
     }
     f(req)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(serde::Deserialize)]

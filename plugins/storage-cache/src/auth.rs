@@ -225,7 +225,7 @@ pub fn answer(header: &str, name: &str, now_us: u64) -> Result<Answer, String> {
 
 /// `(scheme, host, port)` of an `http(s)://` URL, lower case, default ports
 /// filled in.
-fn origin(url: &str) -> Option<(String, String, u16)> {
+pub fn origin(url: &str) -> Option<(String, String, u16)> {
     let (scheme, rest) = url.trim().split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let default = match scheme.as_str() {

@@ -40,10 +40,10 @@
 //!
 //! Challenge kind `chunk-possession`: see [`possession::ChunkChallenge`].
 
-mod auth;
+pub mod auth;
 mod eviction;
 mod manifest;
-mod oci;
+pub mod oci;
 pub mod possession;
 
 use depin_plugin_sdk::blobs::{self, BlobError};

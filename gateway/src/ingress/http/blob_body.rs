@@ -24,6 +24,7 @@ use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderVa
 use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::range::{RangeSpec, etag_matches, parse_range};
 use super::{HttpBody, error_response, plugin_response};
 use sha2::{Digest, Sha256};
 
@@ -253,6 +254,8 @@ fn passed_through(
         digest,
         size,
         response: origin,
+        deadline,
+        deadline_ms,
     } = pass;
     if size == 0 && BlobDigest::of(&[]) != digest {
         return error_response(
@@ -283,6 +286,8 @@ fn passed_through(
             hasher: Sha256::new(),
             digest,
             idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline_ms,
         },
         remaining: size,
     };
@@ -318,58 +323,6 @@ fn open_body(blob: OpenedBlob, position: u64, count: u64) -> io::Result<HttpBody
     }))
 }
 
-fn etag_matches(if_none_match: &str, etag: &str) -> bool {
-    if_none_match
-        .split(',')
-        .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == "*" || t == etag)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
-    /// Malformed or multi-range: serve the whole entity.
-    Ignore,
-    Unsatisfiable,
-    /// First and last byte, inclusive.
-    Satisfiable(u64, u64),
-}
-
-/// One `bytes=` range against an entity of `len` bytes (RFC 9110 14.1.2).
-fn parse_range(header: &str, len: u64) -> RangeSpec {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return RangeSpec::Ignore;
-    };
-    if spec.contains(',') {
-        return RangeSpec::Ignore;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeSpec::Ignore;
-    };
-    let parse = |s: &str| s.trim().parse::<u64>().ok();
-    match (first.trim().is_empty(), last.trim().is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match parse(last) {
-            Some(0) => RangeSpec::Unsatisfiable,
-            Some(n) if len > 0 => RangeSpec::Satisfiable(len.saturating_sub(n), len - 1),
-            Some(_) => RangeSpec::Unsatisfiable,
-            None => RangeSpec::Ignore,
-        },
-        // bytes=A-: from A to the end.
-        (false, true) => match parse(first) {
-            Some(a) if a < len => RangeSpec::Satisfiable(a, len - 1),
-            Some(_) => RangeSpec::Unsatisfiable,
-            None => RangeSpec::Ignore,
-        },
-        (false, false) => match (parse(first), parse(last)) {
-            (Some(a), Some(b)) if a > b => RangeSpec::Ignore,
-            (Some(a), Some(b)) if a < len => RangeSpec::Satisfiable(a, b.min(len - 1)),
-            (Some(_), Some(_)) => RangeSpec::Unsatisfiable,
-            _ => RangeSpec::Ignore,
-        },
-        (true, true) => RangeSpec::Ignore,
-    }
-}
-
 /// A response body that streams the next `remaining` bytes of a stored
 /// blob's file, or of a passed-through blob's origin response.
 pub struct BlobBody {
@@ -388,6 +341,10 @@ enum Source {
         digest: BlobDigest,
         /// Fires when the origin has sent nothing for `BODY_IDLE_TIMEOUT`.
         idle: Pin<Box<tokio::time::Sleep>>,
+        /// Fires at the plugin's blob deadline, counted from the request to
+        /// the origin: the body is cut however steadily it trickles.
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        deadline_ms: u128,
     },
 }
 
@@ -410,7 +367,17 @@ impl hyper::body::Body for BlobBody {
                 hasher,
                 digest,
                 idle,
-            } => poll_origin(body, hasher, digest, idle, &mut this.remaining, cx),
+                deadline,
+                deadline_ms,
+            } => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the origin did not send the whole blob within {deadline_ms} ms"),
+                    ))));
+                }
+                poll_origin(body, hasher, digest, idle, &mut this.remaining, cx)
+            }
         }
     }
 
@@ -518,35 +485,5 @@ fn poll_origin(
             }
         }
         return Poll::Ready(Some(Ok(Frame::data(data))));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        use RangeSpec::*;
-        assert_eq!(parse_range("bytes=0-9", 100), Satisfiable(0, 9));
-        assert_eq!(parse_range("bytes=90-200", 100), Satisfiable(90, 99));
-        assert_eq!(parse_range("bytes=95-", 100), Satisfiable(95, 99));
-        assert_eq!(parse_range("bytes=-10", 100), Satisfiable(90, 99));
-        assert_eq!(parse_range("bytes=-500", 100), Satisfiable(0, 99));
-        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=200-300", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-1", 100), Ignore);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
-        assert_eq!(parse_range("items=0-1", 100), Ignore);
-        assert_eq!(parse_range("bytes=x-1", 100), Ignore);
-    }
-
-    #[test]
-    fn etags_match_lists_weak_tags_and_star() {
-        assert!(etag_matches("\"a\", \"b\"", "\"b\""));
-        assert!(etag_matches("W/\"b\"", "\"b\""));
-        assert!(etag_matches("*", "\"b\""));
-        assert!(!etag_matches("\"a\"", "\"b\""));
     }
 }

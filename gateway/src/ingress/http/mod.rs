@@ -33,6 +33,7 @@ use crate::service::{STOP_GRACE, Service, stopped};
 mod admission;
 mod blob_body;
 mod message;
+mod range;
 mod reuse_answer;
 
 use message::{error_response, plugin_response, request_size, response_size};

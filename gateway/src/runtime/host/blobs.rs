@@ -5,7 +5,9 @@
 //! one digest share one origin request, and a fetch the quota refused is
 //! resumed, not repeated, when the plugin asks again after evicting (or
 //! passes the blob through). `pass-through` opens an origin response that
-//! the call's `blob` answer is then streamed from, unstored.
+//! the call's `blob` answer is then streamed from, unstored. Both are
+//! bounded by the plugin's blob deadline in all (head and body), besides
+//! [`BODY_IDLE_TIMEOUT`] of silence.
 
 use std::sync::Arc;
 
@@ -106,11 +108,24 @@ pub struct PassThrough {
     /// The origin's `content-length`.
     pub(crate) size: u64,
     pub(crate) response: Response<Incoming>,
+    /// When the whole body must have arrived: the plugin's blob deadline
+    /// from the moment the origin was asked.
+    pub(crate) deadline: tokio::time::Instant,
+    /// The blob deadline in milliseconds, for the error that cuts it.
+    pub(crate) deadline_ms: u128,
+}
+
+/// The error of a blob stream cut at its total deadline.
+fn too_slow(plugin: &PluginShared) -> BlobError {
+    BlobError::Io(format!(
+        "the origin did not send the whole blob within {} ms",
+        plugin.outbound_http.blob_deadline_ms()
+    ))
 }
 
 /// The origin's successful answer for `url` (the parked one if it is for
-/// `url` and `digest`, else a new GET following redirects) and its
-/// `content-length`.
+/// `url` and `digest`, else a new GET following redirects, by `deadline`)
+/// and its `content-length`.
 async fn origin_response(
     plugin: &PluginShared,
     uri: hyper::Uri,
@@ -118,13 +133,13 @@ async fn origin_response(
     digest: &BlobDigest,
     headers: &[(String, String)],
     parked: &mut Option<ParkedFetch>,
+    deadline: tokio::time::Instant,
 ) -> Result<(Response<Incoming>, Option<u64>), BlobError> {
     let response = match ParkedFetch::take_for(parked, url, digest) {
         Some(r) => r,
-        None => plugin
-            .outbound_http
-            .get_following(uri, headers)
+        None => tokio::time::timeout_at(deadline, plugin.outbound_http.get_following(uri, headers))
             .await
+            .map_err(|_| too_slow(plugin))?
             .map_err(outbound_error)?,
     };
     if !response.status().is_success() {
@@ -149,7 +164,9 @@ async fn open_pass_through(
     let uri = outbound
         .check(url)
         .map_err(|e| BlobError::Denied(e.to_string()))?;
-    let (response, size) = origin_response(plugin, uri, url, &digest, headers, parked).await?;
+    let deadline = outbound.blob_deadline();
+    let (response, size) =
+        origin_response(plugin, uri, url, &digest, headers, parked, deadline).await?;
     let size = size.ok_or_else(|| {
         BlobError::Io("the origin's answer has no content-length to pass through".into())
     })?;
@@ -157,6 +174,8 @@ async fn open_pass_through(
         digest,
         size,
         response,
+        deadline,
+        deadline_ms: outbound.blob_deadline_ms(),
     })
 }
 
@@ -182,7 +201,9 @@ async fn fetch_blob(
     {
         return Ok(size);
     }
-    let (response, size_hint) = origin_response(plugin, uri, url, digest, headers, parked).await?;
+    let deadline = outbound.blob_deadline();
+    let (response, size_hint) =
+        origin_response(plugin, uri, url, digest, headers, parked, deadline).await?;
     let mut writer = match store.begin(digest, size_hint) {
         Ok(writer) => writer,
         Err(e @ (StoreError::QuotaExceeded { .. } | StoreError::TooLarge { .. })) => {
@@ -197,13 +218,18 @@ async fn fetch_blob(
     };
     let mut body = response.into_body();
     loop {
-        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame())
+        let idle = tokio::time::Instant::now() + BODY_IDLE_TIMEOUT;
+        let next = tokio::time::timeout_at(idle.min(deadline), body.frame())
             .await
             .map_err(|_| {
-                BlobError::Io(format!(
-                    "the origin sent nothing for {} s",
-                    BODY_IDLE_TIMEOUT.as_secs()
-                ))
+                if idle < deadline {
+                    BlobError::Io(format!(
+                        "the origin sent nothing for {} s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    ))
+                } else {
+                    too_slow(plugin)
+                }
             })?;
         let Some(frame) = next else { break };
         let frame = frame.map_err(|e| BlobError::Io(format!("reading from the origin: {e}")))?;

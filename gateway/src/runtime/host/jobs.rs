@@ -72,11 +72,19 @@ impl Host for JobsView<'_> {
         let Some(jobs) = &self.plugin.jobs else {
             return Err(ModuleError::NotEnabled.into());
         };
-        let max = jobs.limits.max_module_bytes as usize;
-        match jobs.engine.put_module(&self.plugin.name, wasm, max).await {
+        let quota = jobs.limits.module_quota();
+        match jobs
+            .engine
+            .put_module(&self.plugin.name, wasm, &quota)
+            .await
+        {
             Ok(digest) => Ok(digest),
             Err(EngineModuleError::TooLarge { limit, .. }) => {
                 Err(ModuleError::TooLarge(limit as u32).into())
+            }
+            Err(e @ EngineModuleError::OverQuota { limit, .. }) => {
+                tracing::info!(plugin = %self.plugin.name, request_id = %self.request_id, error = %e, "job module refused");
+                Err(ModuleError::TooLarge(u32::try_from(limit).unwrap_or(u32::MAX)).into())
             }
             Err(EngineModuleError::Invalid(m)) => Err(ModuleError::Invalid(m).into()),
             Err(EngineModuleError::Store(m)) => {

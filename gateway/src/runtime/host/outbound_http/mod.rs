@@ -39,16 +39,25 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects [`HttpOutbound::get_following`] follows.
 pub const MAX_REDIRECTS: usize = 5;
 /// Longest a `fetch` may take in all, response head and whole body: an
-/// origin that trickles its body cannot hold a call past it.
+/// origin that trickles its body cannot hold a call past it. Default of
+/// `[plugin.outbound] fetch_deadline_ms`.
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest a streamed blob (`fetch-into`, a `pass-through` answer) may take
+/// in all, head and whole body: an origin that trickles a byte now and
+/// then, never idle for [`BODY_IDLE_TIMEOUT`], cannot hold a call, a
+/// download slot or a client's response past it. Default of
+/// `[plugin.outbound] blob_deadline_ms`.
+pub const BLOB_DEADLINE: Duration = Duration::from_secs(600);
 
 /// One plugin's outbound HTTP capability: its allow-list and one pool of
 /// kept-alive connections, `http://` and `https://` (rustls) alike.
 pub struct HttpOutbound {
     allowed: Vec<(String, String, u16)>,
     client: Client<PoolConnector, Full<Bytes>>,
-    /// [`FETCH_DEADLINE`], shorter in tests.
+    /// [`FETCH_DEADLINE`] unless configured.
     fetch_deadline: Duration,
+    /// [`BLOB_DEADLINE`] unless configured.
+    blob_deadline: Duration,
 }
 
 impl std::fmt::Debug for HttpOutbound {
@@ -97,7 +106,26 @@ impl HttpOutbound {
             allowed,
             client,
             fetch_deadline: FETCH_DEADLINE,
+            blob_deadline: BLOB_DEADLINE,
         })
+    }
+
+    /// The total deadlines of a `fetch` and of a streamed blob, instead of
+    /// [`FETCH_DEADLINE`] and [`BLOB_DEADLINE`].
+    pub fn with_deadlines(mut self, fetch: Duration, blob: Duration) -> Self {
+        self.fetch_deadline = fetch;
+        self.blob_deadline = blob;
+        self
+    }
+
+    /// When a blob stream starting now must have ended (head and body).
+    pub fn blob_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.blob_deadline
+    }
+
+    /// The blob deadline, for messages.
+    pub fn blob_deadline_ms(&self) -> u128 {
+        self.blob_deadline.as_millis()
     }
 
     /// The parsed URL if its origin is allowed.
@@ -214,7 +242,7 @@ impl HttpOutbound {
 
 impl HttpOutbound {
     /// [`Self::send`], then the whole body (at most
-    /// [`MAX_RESPONSE_BYTES`]), all within [`FETCH_DEADLINE`].
+    /// [`MAX_RESPONSE_BYTES`]), all within the fetch deadline.
     pub async fn fetch_whole(
         &self,
         method: &str,
