@@ -15,6 +15,7 @@
 pub mod challenges;
 pub mod config;
 pub mod explain;
+pub mod gateways;
 pub mod intake;
 pub mod store;
 
@@ -41,20 +42,27 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::CollectorConfig;
 pub use intake::{Rejection, check_report};
-pub use store::{Accepted, ChainError, CollectorStore};
+pub use store::{Accepted, ChainError, CollectorStore, Store};
 
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
+/// On a shared store, how often a waiting long-poll looks for challenges
+/// another replica issued (one indexed query per waiting gateway).
+const SHARED_POLL: Duration = Duration::from_millis(500);
+
 /// A running collector's shared state.
 pub struct Collector {
-    store: CollectorStore,
+    store: Store,
     policy: RewardPolicy,
     schedule: config::ScheduleConfig,
     server: config::ServerConfig,
     /// Approved component digest -> kind.
     approved: BTreeMap<String, String>,
+    /// Client certificate fingerprint -> gateway id, of `[[gateway]]`
+    /// entries (certificates issued by the operator's CA).
     certs: BTreeMap<String, String>,
+    enrollment: config::EnrollmentConfig,
     accepted: AtomicU64,
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -76,8 +84,10 @@ impl Collector {
             Some(p) => depin_gateway::config::load_policy(p)?,
             None => RewardPolicy::default(),
         };
+        let store = Store::open(config.store.as_ref(), &config.data_dir).await?;
+        gateways::seed(&store, &config.gateways).await?;
         Ok(Self {
-            store: CollectorStore::open(&config.data_dir)?,
+            store,
             policy,
             schedule: config.schedule.clone(),
             server: config.server.clone(),
@@ -87,6 +97,7 @@ impl Collector {
                 .map(|c| (c.digest.clone(), c.kind.clone()))
                 .collect(),
             certs: config.cert_map(),
+            enrollment: config.enrollment.clone(),
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
@@ -103,7 +114,7 @@ impl Collector {
     /// Checks one report from `cert_gateway` and, when it may count,
     /// decides and stores it. A refusal of a report that is signed by the
     /// certificate's gateway is kept for `explain`.
-    pub fn receive(
+    pub async fn receive(
         &self,
         bytes: &[u8],
         cert_gateway: &str,
@@ -113,13 +124,15 @@ impl Collector {
             policy: &self.policy,
             approved: &self.approved,
         };
-        let result =
-            check_report(bytes, cert_gateway, &self.schedule, now).and_then(|(report, end_ms)| {
-                self.store
-                    .accept(&report, end_ms, now, &decider)
-                    .map(|a| (report, a))
-                    .map_err(Rejection::Chain)
-            });
+        let result = match check_report(bytes, cert_gateway, &self.schedule, now) {
+            Ok((report, end_ms)) => self
+                .store
+                .accept(&report, end_ms, now, &decider)
+                .await
+                .map(|a| (report, a))
+                .map_err(Rejection::Chain),
+            Err(e) => Err(e),
+        };
         match &result {
             Ok((_, Accepted::New(_))) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -138,7 +151,7 @@ impl Collector {
                 );
                 if authentic && let Ok(report) = SignedReport::decode(bytes) {
                     let refusal = intake::refusal_json(&report, e, now);
-                    if let Err(err) = self.store.record_refusal(cert_gateway, &refusal) {
+                    if let Err(err) = self.store.record_refusal(cert_gateway, &refusal).await {
                         tracing::error!(error = %err, "cannot keep a refusal");
                     }
                 }
@@ -147,7 +160,24 @@ impl Collector {
         result
     }
 
-    fn metrics(&self) -> String {
+    /// The gateway id a client certificate proves: the `[[gateway]]` or
+    /// registry entry with its sha256 (certificates from the operator's
+    /// CA). Whether that gateway may speak is checked per request.
+    async fn proved_gateway(&self, cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+        let sha256 = fingerprint(cert);
+        if let Some(id) = self.certs.get(&sha256) {
+            return Some(id.clone());
+        }
+        match self.store.registered_by_cert(&sha256).await {
+            Ok(found) => found.map(|g| g.id),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up a client certificate");
+                None
+            }
+        }
+    }
+
+    async fn metrics(&self) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP depin_collector_reports_accepted_total Reports accepted and counted.\n",
@@ -196,7 +226,7 @@ impl Collector {
             "depin_collector_tls_handshake_timeouts_total {}\n",
             self.handshakes_timed_out.load(Ordering::Relaxed)
         ));
-        let gateways = self.store.gateways().map(|g| g.len()).unwrap_or(0);
+        let gateways = self.store.gateways().await.map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
         out.push_str(&format!("depin_collector_gateways {gateways}\n"));
@@ -214,6 +244,11 @@ impl Collector {
                 "the client certificate is not mapped to a gateway id".into(),
             );
         };
+        // Looked up on every request: a revocation holds from the next
+        // request on, on every replica.
+        if let Err(refused) = gateways::admit(&self.store, &self.enrollment, &gateway).await {
+            return text(refused.status(), refused.to_string());
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -226,11 +261,8 @@ impl Collector {
                     Ok(b) => b.to_bytes(),
                     Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
                 };
-                let this = self.clone();
-                let outcome =
-                    tokio::task::spawn_blocking(move || this.receive(&body, &gateway)).await;
-                match outcome {
-                    Ok(Ok((report, accepted))) => {
+                match self.receive(&body, &gateway).await {
+                    Ok((report, accepted)) => {
                         let (status, decision) = match accepted {
                             Accepted::New(d) => ("accepted", d),
                             Accepted::Duplicate(d) => ("duplicate", d),
@@ -247,14 +279,13 @@ impl Collector {
                             }),
                         )
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(error = %e, reason = e.name(), "report refused");
                         json(
                             e.status(),
                             serde_json::json!({"refused": e.name(), "message": e.to_string()}),
                         )
                     }
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
             ("GET", "/v1/challenges") => {
@@ -268,24 +299,23 @@ impl Collector {
                     tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
                 loop {
                     let notified = self.challenge_ready.notified();
-                    let this = self.clone();
-                    let gw = gateway.clone();
-                    let taken =
-                        tokio::task::spawn_blocking(move || this.store.take_pending(&gw)).await;
-                    match taken {
-                        Ok(Ok(list))
-                            if !list.is_empty() || tokio::time::Instant::now() >= deadline =>
-                        {
+                    match self.store.take_pending(&gateway).await {
+                        Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
                             let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
                             return json(StatusCode::OK, serde_json::json!(specs));
                         }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
+                        Ok(_) => {}
+                        Err(e) => {
                             return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
                         }
-                        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                     }
-                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                    // Another replica may have issued them: look again soon.
+                    let wake = if self.store.is_shared() {
+                        deadline.min(tokio::time::Instant::now() + SHARED_POLL)
+                    } else {
+                        deadline
+                    };
+                    let _ = tokio::time::timeout_at(wake, notified).await;
                 }
             }
             ("POST", "/v1/challenges/answer") => {
@@ -331,7 +361,7 @@ impl Collector {
                 let Some((id, epoch)) = parsed else {
                     return text(StatusCode::NOT_FOUND, format!("no route {method} {path}"));
                 };
-                match self.store.explain(&id, epoch) {
+                match self.store.explain(&id, epoch).await {
                     Ok(Some(d)) => json(StatusCode::OK, d),
                     Ok(None) => text(
                         StatusCode::NOT_FOUND,
@@ -340,7 +370,7 @@ impl Collector {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
-            ("GET", "/v1/gateways") => match self.store.gateways() {
+            ("GET", "/v1/gateways") => match self.store.gateways().await {
                 Ok(g) => json(StatusCode::OK, serde_json::json!(g)),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
@@ -352,7 +382,7 @@ impl Collector {
                 let Some(epoch) = epoch else {
                     return text(StatusCode::BAD_REQUEST, "need ?epoch=N".into());
                 };
-                match self.store.rewards(epoch) {
+                match self.store.rewards(epoch).await {
                     Ok(rows) => json(
                         StatusCode::OK,
                         serde_json::json!({
@@ -366,7 +396,7 @@ impl Collector {
                 }
             }
             ("GET", "/metrics") => {
-                let mut r = text(StatusCode::OK, self.metrics());
+                let mut r = text(StatusCode::OK, self.metrics().await);
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -415,12 +445,16 @@ impl Collector {
                         return;
                     }
                 };
-                let peer = tls
+                let cert = tls
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| this.certs.get(&fingerprint(c)).cloned());
+                    .cloned();
+                let peer = match cert {
+                    Some(c) => this.proved_gateway(&c).await,
+                    None => None,
+                };
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     let peer = peer.clone();
@@ -483,6 +517,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the registry of gateways allowed to report, in the store
+    /// the configuration names.
+    Gateways {
+        #[command(subcommand)]
+        command: gateways::GatewaysCommand,
+    },
 }
 
 /// Runs the command line; the exit code says whether it worked.
@@ -495,6 +535,7 @@ pub fn main() -> ExitCode {
             epoch,
             json,
         }) => explain::run(&cli.config, &gateway, epoch, json),
+        Some(Command::Gateways { command }) => gateways::run(&cli.config, command),
     };
     match result {
         Ok(code) => code,
@@ -502,6 +543,49 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `work` on a small runtime (the commands that only read or edit
+/// the store).
+pub fn block_on<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
+
+/// Serves `GET /healthz` and `GET /readyz` over plain HTTP on `listener`.
+async fn serve_health(collector: Arc<Collector>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let this = collector.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let this = this.clone();
+                async move {
+                    let r = match req.uri().path() {
+                        "/healthz" => text(StatusCode::OK, "ok".into()),
+                        "/readyz" => match this.store.ping().await {
+                            Ok(()) => text(StatusCode::OK, "ready".into()),
+                            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                        },
+                        p => text(StatusCode::NOT_FOUND, format!("no route {p}")),
+                    };
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
     }
 }
 
@@ -523,6 +607,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
+        let health = match config.server.health_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
+                let health_addr = l.local_addr()?;
+                tracing::info!(addr = %health_addr, "health probes served");
+                Some(tokio::spawn(serve_health(collector.clone(), l)))
+            }
+            None => None,
+        };
         tracing::info!(addr = %addr, gateways = config.gateways.len(), "collector ready");
         let server = tokio::spawn(collector.serve(listener, tls));
         use tokio::signal::unix::{SignalKind, signal};
@@ -534,6 +629,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         server.abort();
         issuer.abort();
+        if let Some(h) = health {
+            h.abort();
+        }
         tracing::info!("collector stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })
