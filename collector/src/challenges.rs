@@ -203,12 +203,15 @@ pub async fn issue_round(
 ) -> anyhow::Result<usize> {
     let mut issued = 0;
     for gateway in store.gateway_ids().await? {
-        let open = store.expire_overdue(&gateway, now).await?;
         let (first, next) = (
             first_round(now, config.interval_ms),
             next_round(now, config.interval_ms),
         );
-        if !store.claim_round(&gateway, now, first, next).await? {
+        let claimed = store.claim_round(&gateway, now, first, next).await?;
+        // Counted after the claim, so a round another replica issued
+        // just before is seen.
+        let open = store.expire_overdue(&gateway, now).await?;
+        if !claimed {
             continue;
         }
         let mut room = config.max_open.saturating_sub(open);

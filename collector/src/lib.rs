@@ -226,7 +226,7 @@ impl Collector {
             "depin_collector_tls_handshake_timeouts_total {}\n",
             self.handshakes_timed_out.load(Ordering::Relaxed)
         ));
-        let gateways = self.store.gateways().await.map(|g| g.len()).unwrap_or(0);
+        let gateways = self.store.gateway_ids().await.map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
         out.push_str(&format!("depin_collector_gateways {gateways}\n"));

@@ -112,7 +112,8 @@ async fn two_replicas_count_every_report_once_through_a_kill_9() {
     // killed while they are at it.
     let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for (_, reports, clients) in work.iter().cloned() {
+    for (_, reports, clients) in &work {
+        let (reports, clients) = (reports.clone(), clients.clone());
         let delivered = delivered.clone();
         tasks.push(tokio::spawn(async move {
             for (i, r) in reports.iter().enumerate() {
