@@ -408,3 +408,34 @@ async fn a_revocation_holds_on_the_next_request_on_every_replica() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_while_its_database_answers() {
+    let pg = Postgres::start();
+    let url = pg.create_database("ready");
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let health = free_port();
+    let extra = format!(
+        "[store]\nurl = \"{url}\"\n[server]\nhealth_listen = \"127.0.0.1:{health}\"\n\
+         [challenges]\ninterval_ms = 0\n"
+    );
+    let config = replica_config(tmp.path(), "a", &pki, free_port(), &[], &extra);
+    let _replica = CollectorProcess::start(COLLECTOR_BIN, &config);
+    let probe = depin_e2e::HttpClient::new(([127, 0, 0, 1], health).into());
+    assert_eq!(probe.get("/healthz").await.status, 200);
+    assert_eq!(probe.get("/readyz").await.status, 200);
+    // The database goes away: alive, but not ready.
+    drop(pg);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = probe.get("/readyz").await;
+        if ready.status == 503 {
+            assert!(ready.text().contains("postgres"), "{}", ready.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without a database");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(probe.get("/healthz").await.status, 200);
+}
