@@ -2,11 +2,13 @@
 //! from `[[gateway]]` at start, managed with `depin-collector gateways
 //! add|list|approve|revoke`, consulted on every request.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use depin_gateway::upstream::tls::fingerprint;
 use depin_protocol::time::now_ms;
 use hyper::StatusCode;
 
@@ -25,6 +27,28 @@ pub async fn seed(store: &Store, entries: &[GatewayEntry]) -> Result<(), ChainEr
         }
     }
     Ok(())
+}
+
+/// The gateway id a client certificate proves: the `[[gateway]]`
+/// (`certs`: fingerprint -> id) or registry entry with its sha256
+/// (certificates from the operator's CA). Whether that gateway may speak
+/// is `admit`'s question, asked per request.
+pub async fn proved(
+    store: &Store,
+    certs: &BTreeMap<String, String>,
+    cert: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<String> {
+    let sha256 = fingerprint(cert);
+    if let Some(id) = certs.get(&sha256) {
+        return Some(id.clone());
+    }
+    match store.registered_by_cert(&sha256).await {
+        Ok(found) => found.map(|g| g.id),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up a client certificate");
+            None
+        }
+    }
 }
 
 /// Why a request from a gateway is not admitted.

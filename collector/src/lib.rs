@@ -16,6 +16,7 @@ pub mod challenges;
 pub mod config;
 pub mod explain;
 pub mod gateways;
+mod health;
 pub mod intake;
 pub mod store;
 
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use depin_gateway::upstream::tls::{fingerprint, server_config};
+use depin_gateway::upstream::tls::server_config;
 use depin_protocol::report::SignedReport;
 use depin_protocol::rewards::RewardPolicy;
 use depin_protocol::time::now_ms;
@@ -158,23 +159,6 @@ impl Collector {
             }
         }
         result
-    }
-
-    /// The gateway id a client certificate proves: the `[[gateway]]` or
-    /// registry entry with its sha256 (certificates from the operator's
-    /// CA). Whether that gateway may speak is checked per request.
-    async fn proved_gateway(&self, cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
-        let sha256 = fingerprint(cert);
-        if let Some(id) = self.certs.get(&sha256) {
-            return Some(id.clone());
-        }
-        match self.store.registered_by_cert(&sha256).await {
-            Ok(found) => found.map(|g| g.id),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot look up a client certificate");
-                None
-            }
-        }
     }
 
     async fn metrics(&self) -> String {
@@ -452,7 +436,7 @@ impl Collector {
                     .and_then(|c| c.first())
                     .cloned();
                 let peer = match cert {
-                    Some(c) => this.proved_gateway(&c).await,
+                    Some(c) => gateways::proved(&this.store, &this.certs, &c).await,
                     None => None,
                 };
                 let service = hyper::service::service_fn(move |req| {
@@ -470,7 +454,7 @@ impl Collector {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
     *r.status_mut() = status;
     r
@@ -558,37 +542,6 @@ pub fn block_on<T>(
         .block_on(work)
 }
 
-/// Serves `GET /healthz` and `GET /readyz` over plain HTTP on `listener`.
-async fn serve_health(collector: Arc<Collector>, listener: TcpListener) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let this = collector.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let this = this.clone();
-                async move {
-                    let r = match req.uri().path() {
-                        "/healthz" => text(StatusCode::OK, "ok".into()),
-                        "/readyz" => match this.store.ping().await {
-                            Ok(()) => text(StatusCode::OK, "ready".into()),
-                            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                        },
-                        p => text(StatusCode::NOT_FOUND, format!("no route {p}")),
-                    };
-                    Ok::<_, Infallible>(r)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
-}
-
 /// Runs the collector configured by `config_path` until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
@@ -614,7 +567,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
                 let health_addr = l.local_addr()?;
                 tracing::info!(addr = %health_addr, "health probes served");
-                Some(tokio::spawn(serve_health(collector.clone(), l)))
+                Some(tokio::spawn(health::serve(collector.clone(), l)))
             }
             None => None,
         };

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use depin_protocol::report::SignedReport;
 
 mod postgres;
+mod postgres_challenges;
+mod postgres_registry;
 mod redb;
 mod redb_challenges;
 mod redb_registry;

@@ -24,10 +24,7 @@ use depin_protocol::report::SignedReport;
 use depin_protocol::{GENESIS_HASH, Hash};
 use tokio_postgres::{GenericClient, NoTls, Row};
 
-use super::{
-    Accepted, ChainError, ChallengeRecord, Decide, GatewayRecord, GatewayStatus, GatewaySummary,
-    StoreConfig, storage,
-};
+use super::{Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, StoreConfig, storage};
 
 /// The schema version this binary writes; migrations up to it are below.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -41,8 +38,8 @@ const MIGRATION_LOCK: i64 = 0x6470_6731_7363_686d;
 /// How long `connect` waits for the database.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-const CHALLENGE_COLUMNS: &str = "gateway, status, deadline_ms, issued_ms, decided_ms, digest, spec";
-const GATEWAY_COLUMNS: &str = "id, cert_sha256, status, added_ms, updated_ms";
+pub(super) const CHALLENGE_COLUMNS: &str =
+    "gateway, status, deadline_ms, issued_ms, decided_ms, digest, spec";
 
 /// A pool of connections to the collector's database.
 #[derive(Clone)]
@@ -50,7 +47,7 @@ pub struct PgStore {
     pool: Pool,
 }
 
-fn pg(e: impl std::fmt::Display) -> ChainError {
+pub(super) fn pg(e: impl std::fmt::Display) -> ChainError {
     ChainError::Storage(format!("postgres: {e}"))
 }
 
@@ -62,7 +59,7 @@ fn to_hash(b: &[u8]) -> Hash {
     h
 }
 
-fn challenge_from(row: &Row) -> Result<ChallengeRecord, ChainError> {
+pub(super) fn challenge_from(row: &Row) -> Result<ChallengeRecord, ChainError> {
     let spec: String = row.get("spec");
     Ok(ChallengeRecord {
         spec: serde_json::from_str(&spec).map_err(storage)?,
@@ -72,18 +69,6 @@ fn challenge_from(row: &Row) -> Result<ChallengeRecord, ChainError> {
         digest: row.get("digest"),
         status: row.get("status"),
         decided_ms: row.get::<_, Option<i64>>("decided_ms").map(|v| v as u64),
-    })
-}
-
-fn gateway_from(row: &Row) -> Result<GatewayRecord, ChainError> {
-    let status: String = row.get("status");
-    Ok(GatewayRecord {
-        id: row.get("id"),
-        cert_sha256: row.get("cert_sha256"),
-        status: GatewayStatus::parse(&status)
-            .ok_or_else(|| storage(format!("unknown gateway status {status}")))?,
-        added_ms: row.get::<_, i64>("added_ms") as u64,
-        updated_ms: row.get::<_, i64>("updated_ms") as u64,
     })
 }
 
@@ -120,7 +105,7 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ChainError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ChainError> {
         self.pool.get().await.map_err(pg)
     }
 
@@ -469,264 +454,6 @@ impl PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
-    }
-
-    pub async fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
-        let spec = serde_json::to_string(&c.spec).map_err(storage)?;
-        self.client()
-            .await?
-            .execute(
-                &format!(
-                    "INSERT INTO challenges (id, {CHALLENGE_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ),
-                &[
-                    &c.spec.id,
-                    &c.gateway,
-                    &c.status,
-                    &(c.deadline_ms as i64),
-                    &(c.issued_ms as i64),
-                    &c.decided_ms.map(|v| v as i64),
-                    &c.digest,
-                    &spec,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
-    }
-
-    pub async fn take_pending(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "UPDATE challenges SET status = 'sent'
-                     WHERE status = 'pending' AND id IN (
-                         SELECT id FROM challenges WHERE gateway = $1 AND status = 'pending'
-                         FOR UPDATE SKIP LOCKED)
-                     RETURNING id, {CHALLENGE_COLUMNS}"
-                ),
-                &[&gateway],
-            )
-            .await
-            .map_err(pg)?;
-        let mut out: Vec<ChallengeRecord> =
-            rows.iter().map(challenge_from).collect::<Result<_, _>>()?;
-        out.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-        Ok(out)
-    }
-
-    pub async fn resolve(&self, id: &str, passed: bool, now_ms: u64) -> Result<String, ChainError> {
-        let client = self.client().await?;
-        let decided = client
-            .query_opt(
-                "UPDATE challenges SET decided_ms = $2, status = CASE
-                     WHEN deadline_ms < $2 THEN 'expired'
-                     WHEN $3::boolean THEN 'passed' ELSE 'failed' END
-                 WHERE id = $1 AND status IN ('pending', 'sent')
-                 RETURNING status",
-                &[&id, &(now_ms as i64), &passed],
-            )
-            .await
-            .map_err(pg)?;
-        if let Some(row) = decided {
-            return Ok(row.get(0));
-        }
-        client
-            .query_opt("SELECT status FROM challenges WHERE id = $1", &[&id])
-            .await
-            .map_err(pg)?
-            .map(|r| r.get(0))
-            .ok_or_else(|| storage(format!("no challenge {id}")))
-    }
-
-    pub async fn expire_overdue(&self, gateway: &str, now_ms: u64) -> Result<usize, ChainError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE challenges SET status = 'expired', decided_ms = $2
-                 WHERE gateway = $1 AND status IN ('pending', 'sent') AND deadline_ms < $2",
-                &[&gateway, &(now_ms as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM challenges
-                 WHERE gateway = $1 AND status IN ('pending', 'sent')",
-                &[&gateway],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        Ok(open as usize)
-    }
-
-    pub async fn prune_decided(&self, before_ms: u64, limit: usize) -> Result<usize, ChainError> {
-        let n = self
-            .client()
-            .await?
-            .execute(
-                "DELETE FROM challenges WHERE id IN (
-                     SELECT id FROM challenges
-                     WHERE deadline_ms < $1 AND status IN ('passed', 'failed', 'expired')
-                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                &[&(before_ms as i64), &(limit as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(n as usize)
-    }
-
-    pub async fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, ChainError> {
-        self.client()
-            .await?
-            .query_opt(
-                &format!("SELECT id, {CHALLENGE_COLUMNS} FROM challenges WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .as_ref()
-            .map(challenge_from)
-            .transpose()
-    }
-
-    pub async fn challenges_in(
-        &self,
-        gateway: &str,
-        status: &str,
-    ) -> Result<Vec<ChallengeRecord>, ChainError> {
-        self.client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT id, {CHALLENGE_COLUMNS} FROM challenges
-                     WHERE gateway = $1 AND status = $2 ORDER BY id COLLATE \"C\""
-                ),
-                &[&gateway, &status],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(challenge_from)
-            .collect()
-    }
-
-    pub async fn claim_round(
-        &self,
-        gateway: &str,
-        now_ms: u64,
-        first_ms: u64,
-        next_ms: u64,
-    ) -> Result<bool, ChainError> {
-        let client = self.client().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO rounds (gateway, next_ms) VALUES ($1, $2)
-                 ON CONFLICT (gateway) DO NOTHING",
-                &[&gateway, &(first_ms as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        if inserted == 1 {
-            return Ok(false);
-        }
-        // Row-locked and re-checked: of two replicas, one moves it.
-        let claimed = client
-            .execute(
-                "UPDATE rounds SET next_ms = $3 WHERE gateway = $1 AND next_ms <= $2",
-                &[&gateway, &(now_ms as i64), &(next_ms as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(claimed == 1)
-    }
-
-    pub async fn register(&self, record: &GatewayRecord) -> Result<bool, ChainError> {
-        let n = self
-            .client()
-            .await?
-            .execute(
-                &format!(
-                    "INSERT INTO gateways ({GATEWAY_COLUMNS}) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (id) DO NOTHING"
-                ),
-                &[
-                    &record.id,
-                    &record.cert_sha256,
-                    &record.status.as_str(),
-                    &(record.added_ms as i64),
-                    &(record.updated_ms as i64),
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(n == 1)
-    }
-
-    pub async fn registered(&self, id: &str) -> Result<Option<GatewayRecord>, ChainError> {
-        self.gateway_where("id = $1", id).await
-    }
-
-    pub async fn registered_by_cert(
-        &self,
-        sha256: &str,
-    ) -> Result<Option<GatewayRecord>, ChainError> {
-        self.gateway_where("cert_sha256 = $1", &sha256.to_lowercase())
-            .await
-    }
-
-    async fn gateway_where(
-        &self,
-        condition: &str,
-        value: &str,
-    ) -> Result<Option<GatewayRecord>, ChainError> {
-        self.client()
-            .await?
-            .query_opt(
-                &format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE {condition}"),
-                &[&value],
-            )
-            .await
-            .map_err(pg)?
-            .as_ref()
-            .map(gateway_from)
-            .transpose()
-    }
-
-    pub async fn registry(&self) -> Result<Vec<GatewayRecord>, ChainError> {
-        self.client()
-            .await?
-            .query(
-                &format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY id COLLATE \"C\""),
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(gateway_from)
-            .collect()
-    }
-
-    pub async fn set_status(
-        &self,
-        id: &str,
-        status: GatewayStatus,
-        now_ms: u64,
-    ) -> Result<bool, ChainError> {
-        let n = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE gateways SET status = $2, updated_ms = $3 WHERE id = $1",
-                &[&id, &status.as_str(), &(now_ms as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(n == 1)
     }
 }
 
