@@ -439,3 +439,51 @@ async fn a_replica_is_ready_while_its_database_answers() {
     }
     assert_eq!(probe.get("/healthz").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_cli_works_on_redb_with_the_collector_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let port = free_port();
+    let (f, cert) = Forger::new(&pki, port, "embedded");
+    let config = replica_config(
+        tmp.path(),
+        "a",
+        &pki,
+        port,
+        &[],
+        "[challenges]\ninterval_ms = 0\n",
+    );
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap(), "gateways"];
+        all.extend_from_slice(args);
+        run_cli(COLLECTOR_BIN, &all)
+    };
+    let (code, out, err) = cli(&["add", "--id", &f.id(), "--cert-sha256", &cert.sha256]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = cli(&["list", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["status"], "active", "{listed}");
+    assert_eq!(listed[0]["cert_sha256"], cert.sha256.as_str(), "{listed}");
+    let mut collector = CollectorProcess::start(COLLECTOR_BIN, &config);
+    let (status, _) = f
+        .https
+        .request("GET", "/v1/gateways", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // The running collector holds collector.redb: the CLI says so.
+    let (code, _, err) = cli(&["list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by a running collector"), "{err}");
+    collector.kill();
+    let (code, out, err) = cli(&["revoke", "--id", &f.id()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let _collector = CollectorProcess::start(COLLECTOR_BIN, &config);
+    let (status, body) = f
+        .https
+        .request("GET", "/v1/gateways", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+}
