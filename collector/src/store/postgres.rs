@@ -16,7 +16,6 @@
 //! and applied at start in one transaction under an advisory lock, and a
 //! database whose schema is newer than this binary is refused.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -348,39 +347,32 @@ impl PgStore {
         Ok((refusal["epoch"].as_u64() == Some(epoch)).then_some(refusal))
     }
 
+    /// One aggregate query: rewards are summed exactly as numeric.
     pub async fn gateways(&self) -> Result<Vec<GatewaySummary>, ChainError> {
-        let client = self.client().await?;
-        let mut totals: BTreeMap<String, (u64, u128)> = BTreeMap::new();
-        for row in client
-            .query("SELECT gateway, micro FROM rewards", &[])
-            .await
-            .map_err(pg)?
-        {
-            let t = totals.entry(row.get(0)).or_default();
-            t.0 += 1;
-            t.1 = t.1.saturating_add(parse_micro(row.get(1))?);
-        }
-        let rows = client
+        let rows = self
+            .client()
+            .await?
             .query(
-                "SELECT gateway, epoch, hash FROM heads ORDER BY gateway COLLATE \"C\"",
+                "SELECT h.gateway, h.epoch, h.hash, count(r.epoch),
+                        coalesce(sum(r.micro::numeric), 0)::text
+                 FROM heads h LEFT JOIN rewards r ON r.gateway = h.gateway
+                 GROUP BY h.gateway, h.epoch, h.hash
+                 ORDER BY h.gateway COLLATE \"C\"",
                 &[],
             )
             .await
             .map_err(pg)?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                let id: String = r.get(0);
-                let (reports, total) = totals.get(&id).copied().unwrap_or_default();
-                GatewaySummary {
-                    reports,
+                Ok(GatewaySummary {
+                    gateway_id: r.get(0),
                     last_epoch: r.get::<_, i64>(1) as u64,
                     last_hash: hex::encode(r.get::<_, &[u8]>(2)),
-                    reward_micro: total.to_string(),
-                    gateway_id: id,
-                }
+                    reports: r.get::<_, i64>(3) as u64,
+                    reward_micro: parse_micro(r.get(4))?.to_string(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn rewards(&self, epoch: u64) -> Result<Vec<(String, u128)>, ChainError> {

@@ -21,6 +21,7 @@ CREATE TABLE rewards (
     micro text NOT NULL,
     PRIMARY KEY (epoch, gateway)
 );
+CREATE INDEX rewards_by_gateway ON rewards (gateway);
 
 CREATE TABLE decisions (
     gateway text NOT NULL,
