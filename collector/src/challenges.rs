@@ -13,7 +13,7 @@
 //! kind and parameters, so a new resource type needs a table, not a
 //! collector change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use rand::{Rng, RngCore};
 use serde::Deserialize;
 
 use crate::config::ApprovedComponent;
-use crate::store::{ChainError, ChallengeRecord, CollectorStore};
+use crate::store::{ChainError, ChallengeRecord, Store};
 
 /// `[challenges]` in `collector.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -185,53 +185,44 @@ fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
-/// When each gateway gets its next round (in memory: after a restart every
-/// gateway gets a fresh random time).
-#[derive(Debug, Default)]
-pub struct Rounds {
-    next_ms: HashMap<String, u64>,
+/// When a gateway seen for the first time gets its first round: a random
+/// time within one interval.
+fn first_round(now: u64, interval_ms: u64) -> u64 {
+    now + rand::thread_rng().gen_range(0..=interval_ms)
 }
 
-impl Rounds {
-    /// Whether `gateway` is due at `now`; when it is, draws its next time.
-    /// A gateway seen for the first time gets a random time first.
-    fn due(&mut self, gateway: &str, now: u64, interval_ms: u64) -> bool {
-        let draw = || now + rand::thread_rng().gen_range(interval_ms / 2..=interval_ms * 3 / 2);
-        match self.next_ms.get(gateway).copied() {
-            None => {
-                let first = now + rand::thread_rng().gen_range(0..=interval_ms);
-                self.next_ms.insert(gateway.to_string(), first);
-                false
-            }
-            Some(t) if t <= now => {
-                let next = draw();
-                self.next_ms.insert(gateway.to_string(), next);
-                true
-            }
-            Some(_) => false,
-        }
-    }
+/// The round after one at `now`: between half and one and a half
+/// intervals later.
+fn next_round(now: u64, interval_ms: u64) -> u64 {
+    now + rand::thread_rng().gen_range(interval_ms / 2..=interval_ms * 3 / 2)
 }
 
 /// Issues challenges to every gateway that has reported and whose random
-/// round time has come; expires overdue ones first. Returns how many were
-/// issued.
-pub fn issue_round(
-    store: &CollectorStore,
+/// round time (kept in the store) has come; expires overdue ones first.
+/// Each round is claimed in the store, so of several replicas one issues
+/// it. Returns how many were issued.
+pub async fn issue_round(
+    store: &Store,
     config: &ChallengesConfig,
-    rounds: &mut Rounds,
     now: u64,
 ) -> anyhow::Result<usize> {
     let mut issued = 0;
-    for gateway in store.gateway_ids()? {
-        let open = store.expire_overdue(&gateway, now)?;
-        if !rounds.due(&gateway, now, config.interval_ms) {
+    for gateway in store.gateway_ids().await? {
+        let (first, next) = (
+            first_round(now, config.interval_ms),
+            next_round(now, config.interval_ms),
+        );
+        let claimed = store.claim_round(&gateway, now, first, next).await?;
+        // Counted after the claim, so a round another replica issued
+        // just before is seen.
+        let open = store.expire_overdue(&gateway, now).await?;
+        if !claimed {
             continue;
         }
         let mut room = config.max_open.saturating_sub(open);
         let mut specs = Vec::new();
         if config.inclusion
-            && let Some((epoch, records)) = pick_epoch_with_records(store, &gateway)?
+            && let Some((epoch, records)) = pick_epoch_with_records(store, &gateway).await?
         {
             specs.push((
                 ChallengeSpec {
@@ -248,7 +239,7 @@ pub fn issue_round(
                 String::new(),
             ));
         }
-        if let Some(latest) = store.latest_reports(&gateway, 1)?.pop() {
+        if let Some(latest) = store.latest_reports(&gateway, 1).await?.pop() {
             for t in &config.possession {
                 for c in &latest.report.components {
                     if c.digest_string() != t.digest {
@@ -277,15 +268,17 @@ pub fn issue_round(
             }
             let deadline_ms = now + config.answer_timeout_ms;
             spec.deadline_ms = deadline_ms;
-            store.issue(&ChallengeRecord {
-                spec,
-                gateway: gateway.clone(),
-                issued_ms: now,
-                deadline_ms,
-                digest,
-                status: "pending".into(),
-                decided_ms: None,
-            })?;
+            store
+                .issue(&ChallengeRecord {
+                    spec,
+                    gateway: gateway.clone(),
+                    issued_ms: now,
+                    deadline_ms,
+                    digest,
+                    status: "pending".into(),
+                    decided_ms: None,
+                })
+                .await?;
             room -= 1;
             issued += 1;
         }
@@ -294,17 +287,17 @@ pub fn issue_round(
 }
 
 /// A random accepted epoch of `gateway` that has records: (epoch, count).
-fn pick_epoch_with_records(
-    store: &CollectorStore,
+async fn pick_epoch_with_records(
+    store: &Store,
     gateway: &str,
 ) -> Result<Option<(u64, u64)>, ChainError> {
-    let epochs = store.report_epochs(gateway)?;
+    let epochs = store.report_epochs(gateway).await?;
     if epochs.is_empty() {
         return Ok(None);
     }
     for _ in 0..8 {
         let epoch = epochs[rand::thread_rng().gen_range(0..epochs.len())];
-        let Some(bytes) = store.report(gateway, epoch)? else {
+        let Some(bytes) = store.report(gateway, epoch).await? else {
             continue;
         };
         let r = SignedReport::decode(&bytes).map_err(|e| ChainError::Storage(e.to_string()))?;
@@ -332,7 +325,7 @@ pub enum AnswerRejection {
 /// the status it ends in (`passed`, `failed`, or `expired` when the answer
 /// came after the deadline).
 pub async fn judge(
-    store: &CollectorStore,
+    store: &Store,
     verifiers: &Verifiers,
     cert_gateway: &str,
     bytes: &[u8],
@@ -345,6 +338,7 @@ pub async fn judge(
     let storage = |e: ChainError| AnswerRejection::Storage(e.to_string());
     let record = store
         .challenge(&answer.challenge_id)
+        .await
         .map_err(storage)?
         .filter(|c| c.gateway == cert_gateway && crate::store::OPEN.contains(&c.status.as_str()))
         .ok_or_else(|| AnswerRejection::Unknown(answer.challenge_id.clone()))?;
@@ -354,6 +348,7 @@ pub async fn judge(
     } else if spec.family == "inclusion" {
         let report = store
             .report(cert_gateway, spec.epoch)
+            .await
             .map_err(storage)?
             .and_then(|bytes| SignedReport::decode(&bytes).ok());
         match (report, InclusionProof::decode(&answer.payload)) {
@@ -368,6 +363,7 @@ pub async fn judge(
     // Judged by when the answer arrived, not by when the verifier finished.
     let status = store
         .resolve(&answer.challenge_id, passed, received)
+        .await
         .map_err(storage)?;
     Ok((answer.challenge_id, status))
 }
@@ -382,22 +378,19 @@ pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesC
     let tick = Duration::from_millis((config.interval_ms / 8).clamp(10, 1_000));
     let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let rounds = Arc::new(std::sync::Mutex::new(Rounds::default()));
     loop {
         every.tick().await;
-        let c = collector.clone();
-        let cfg = config.clone();
-        let r = rounds.clone();
-        let work = move || {
-            let now = now_ms();
-            let issued = issue_round(&c.store, &cfg, &mut r.lock().expect("rounds"), now)?;
-            let pruned = c
+        let now = now_ms();
+        let work = async {
+            let issued = issue_round(&collector.store, &config, now).await?;
+            let pruned = collector
                 .store
-                .prune_decided(now.saturating_sub(cfg.retention_ms), 1_000)?;
+                .prune_decided(now.saturating_sub(config.retention_ms), 1_000)
+                .await?;
             anyhow::Ok((issued, pruned))
         };
-        match tokio::task::spawn_blocking(work).await {
-            Ok(Ok((issued, pruned))) => {
+        match work.await {
+            Ok((issued, pruned)) => {
                 if pruned > 0 {
                     tracing::debug!(pruned, "decided challenges pruned");
                 }
@@ -406,8 +399,7 @@ pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesC
                     collector.challenge_ready.notify_waiters();
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot issue challenges"),
-            Err(e) => tracing::error!(error = %e, "challenge issuer panicked"),
+            Err(e) => tracing::error!(error = %e, "cannot issue challenges"),
         }
     }
 }
@@ -426,10 +418,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rounds_come_at_random_times_and_unanswered_challenges_expire() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn rounds_come_at_random_times_and_unanswered_challenges_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CollectorStore::open(dir.path()).unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
         let key = DeviceKey::generate();
         for epoch in [7, 8] {
             let report = EpochReport {
@@ -439,6 +431,7 @@ mod tests {
                 length_ms: 1000,
                 prev_hash: store
                     .latest_reports(&key.gateway_id(), 1)
+                    .await
                     .unwrap()
                     .pop()
                     .map_or([0; 32], |r| r.hash()),
@@ -453,7 +446,7 @@ mod tests {
             }
             .sign(key.signing_key());
             let end = (epoch + 1) * 1000;
-            store.accept(&report, end, end, &Zero).unwrap();
+            store.accept(&report, end, end, &Zero).await.unwrap();
         }
         let config = ChallengesConfig {
             interval_ms: 1000,
@@ -461,40 +454,33 @@ mod tests {
             answer_timeout_ms: 500,
             ..ChallengesConfig::default()
         };
-        let mut rounds = Rounds::default();
         // first sight: a random first time within one interval
-        assert_eq!(
-            issue_round(&store, &config, &mut rounds, 10_000).unwrap(),
-            0
-        );
-        assert_eq!(
-            issue_round(&store, &config, &mut rounds, 11_000).unwrap(),
-            1
-        );
+        assert_eq!(issue_round(&store, &config, 10_000).await.unwrap(), 0);
+        assert_eq!(issue_round(&store, &config, 11_000).await.unwrap(), 1);
         // the next round comes 500..=1500 ms later, and only with room
-        assert_eq!(
-            issue_round(&store, &config, &mut rounds, 11_001).unwrap(),
-            0
-        );
-        let sent = store.take_pending(&key.gateway_id()).unwrap();
+        assert_eq!(issue_round(&store, &config, 11_001).await.unwrap(), 0);
+        let sent = store.take_pending(&key.gateway_id()).await.unwrap();
         assert_eq!(sent.len(), 1);
         assert!([7, 8].contains(&sent[0].spec.epoch));
         assert_eq!(sent[0].spec.deadline_ms, 11_500);
         assert!(sent[0].spec.index < 5);
         // unanswered: it expires, and the next round has room again
-        assert_eq!(
-            issue_round(&store, &config, &mut rounds, 12_600).unwrap(),
-            1
-        );
+        assert_eq!(issue_round(&store, &config, 12_600).await.unwrap(), 1);
         let id = &sent[0].spec.id;
-        assert_eq!(store.challenge(id).unwrap().unwrap().status, "expired");
+        let c = store.challenge(id).await.unwrap().unwrap();
+        assert_eq!(c.status, "expired");
+        // the round times are the store's: a second claim of the same
+        // round finds it taken
+        assert!(
+            !store
+                .claim_round(&key.gateway_id(), 12_600, 0, 0)
+                .await
+                .unwrap()
+        );
         // the times differ between gateways and rounds
-        let mut seen = std::collections::BTreeSet::new();
-        for g in 0..20 {
-            let mut r = Rounds::default();
-            r.due(&format!("g{g}"), 0, 1000);
-            seen.insert(r.next_ms[&format!("g{g}")]);
-        }
+        let seen: std::collections::BTreeSet<u64> = (0..20).map(|_| first_round(0, 1000)).collect();
         assert!(seen.len() > 10, "{seen:?}");
+        let next: std::collections::BTreeSet<u64> = (0..20).map(|_| next_round(0, 1000)).collect();
+        assert!(next.iter().all(|t| (500..=1500).contains(t)), "{next:?}");
     }
 }

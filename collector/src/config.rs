@@ -41,9 +41,26 @@ pub struct CollectorConfig {
     /// Bounds of the HTTPS server.
     #[serde(default)]
     pub server: ServerConfig,
-    /// The gateways allowed to report, one `[[gateway]]` table each.
+    /// The gateways allowed to report, one `[[gateway]]` table each;
+    /// registered in the store at start (see `depin-collector gateways`).
     #[serde(default, rename = "gateway")]
     pub gateways: Vec<GatewayEntry>,
+    /// The store: PostgreSQL when given, else `collector.redb` in
+    /// `data_dir`.
+    pub store: Option<crate::store::StoreConfig>,
+    /// How gateways not yet registered are treated.
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+/// `[enrollment]`: admitting gateways the registry does not know.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// A gateway whose certificate proves its device key but that is not
+    /// registered is added as active on its first request (logged). For
+    /// trial fleets; a revoked gateway stays revoked.
+    pub approve_on_first_contact: bool,
 }
 
 /// `[schedule]`: epochs as the collector counts them. Epoch `n` covers
@@ -107,6 +124,10 @@ pub struct ServerConfig {
     /// Most connections open at once; more wait in the listen backlog
     /// (`depin_collector_connections` shows the count).
     pub max_connections: usize,
+    /// Plain-HTTP address for `GET /healthz` (the process runs) and `GET
+    /// /readyz` (the store answers), for probes that hold no client
+    /// certificate; none when unset.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +136,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             max_connections: 1024,
+            health_listen: None,
         }
     }
 }
@@ -162,6 +184,46 @@ impl CollectorConfig {
         ] {
             if value == 0 {
                 return Err(err(Some(key.into()), "must be greater than 0".into()));
+            }
+        }
+        if let Some(store) = &mut c.store {
+            match (&store.url_file, store.url.is_empty()) {
+                (Some(file), true) => {
+                    let file = resolve(file);
+                    store.url = std::fs::read_to_string(&file)
+                        .map_err(|e| {
+                            err(
+                                Some("store.url_file".into()),
+                                format!("{}: {e}", file.display()),
+                            )
+                        })?
+                        .trim()
+                        .to_string();
+                }
+                (Some(_), false) => {
+                    return Err(err(
+                        Some("store.url_file".into()),
+                        "give store.url or store.url_file, not both".into(),
+                    ));
+                }
+                (None, true) => {
+                    return Err(err(Some("store.url".into()), "is missing".into()));
+                }
+                (None, false) => {}
+            }
+            for (key, value) in [
+                ("store.pool_size", store.pool_size as u64),
+                ("store.statement_timeout_ms", store.statement_timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(err(Some(key.into()), "must be greater than 0".into()));
+                }
+            }
+            if store.url.parse::<tokio_postgres::Config>().is_err() {
+                return Err(err(
+                    Some("store.url".into()),
+                    "is not a PostgreSQL URL (postgres://user@host:port/database)".into(),
+                ));
             }
         }
         let mut approved = BTreeMap::new();
@@ -291,6 +353,13 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("schedule.length_ms"), "{e}");
         let e = load(&format!("{BASE}[server]\nmax_connections = 0\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("server.max_connections"), "{e}");
+        let e = load(&format!(
+            "{BASE}[store]\nurl = \"postgres://h/d\"\npool_size = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.pool_size"), "{e}");
+        let pg = load(&format!("{BASE}[store]\nurl = \"postgres://u@h:5/d\"\n")).unwrap();
+        assert_eq!(pg.store.unwrap().pool_size, 16);
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
     }

@@ -6,13 +6,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::CollectorConfig;
-use crate::store::CollectorStore;
+use crate::store::Store;
 
 /// Prints the decision; exit code 1 when there is none.
 pub fn run(config_path: &Path, gateway: &str, epoch: u64, json: bool) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
-    let store = CollectorStore::open(&config.data_dir)?;
-    let Some(decision) = store.explain(gateway, epoch)? else {
+    let found = crate::block_on(async {
+        let store = Store::open(config.store.as_ref(), &config.data_dir).await?;
+        Ok(store.explain(gateway, epoch).await?)
+    })?;
+    let Some(decision) = found else {
         eprintln!("no report of {gateway} for epoch {epoch} was received");
         return Ok(ExitCode::FAILURE);
     };

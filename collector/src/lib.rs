@@ -15,6 +15,8 @@
 pub mod challenges;
 pub mod config;
 pub mod explain;
+pub mod gateways;
+mod health;
 pub mod intake;
 pub mod store;
 
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use depin_gateway::upstream::tls::{fingerprint, server_config};
+use depin_gateway::upstream::tls::server_config;
 use depin_protocol::report::SignedReport;
 use depin_protocol::rewards::RewardPolicy;
 use depin_protocol::time::now_ms;
@@ -41,20 +43,27 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::CollectorConfig;
 pub use intake::{Rejection, check_report};
-pub use store::{Accepted, ChainError, CollectorStore};
+pub use store::{Accepted, ChainError, CollectorStore, Store};
 
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
+/// On a shared store, how often a waiting long-poll looks for challenges
+/// another replica issued (one indexed query per waiting gateway).
+const SHARED_POLL: Duration = Duration::from_millis(500);
+
 /// A running collector's shared state.
 pub struct Collector {
-    store: CollectorStore,
+    store: Store,
     policy: RewardPolicy,
     schedule: config::ScheduleConfig,
     server: config::ServerConfig,
     /// Approved component digest -> kind.
     approved: BTreeMap<String, String>,
+    /// Client certificate fingerprint -> gateway id, of `[[gateway]]`
+    /// entries (certificates issued by the operator's CA).
     certs: BTreeMap<String, String>,
+    enrollment: config::EnrollmentConfig,
     accepted: AtomicU64,
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -76,8 +85,10 @@ impl Collector {
             Some(p) => depin_gateway::config::load_policy(p)?,
             None => RewardPolicy::default(),
         };
+        let store = Store::open(config.store.as_ref(), &config.data_dir).await?;
+        gateways::seed(&store, &config.gateways).await?;
         Ok(Self {
-            store: CollectorStore::open(&config.data_dir)?,
+            store,
             policy,
             schedule: config.schedule.clone(),
             server: config.server.clone(),
@@ -87,6 +98,7 @@ impl Collector {
                 .map(|c| (c.digest.clone(), c.kind.clone()))
                 .collect(),
             certs: config.cert_map(),
+            enrollment: config.enrollment.clone(),
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
@@ -103,7 +115,7 @@ impl Collector {
     /// Checks one report from `cert_gateway` and, when it may count,
     /// decides and stores it. A refusal of a report that is signed by the
     /// certificate's gateway is kept for `explain`.
-    pub fn receive(
+    pub async fn receive(
         &self,
         bytes: &[u8],
         cert_gateway: &str,
@@ -113,13 +125,15 @@ impl Collector {
             policy: &self.policy,
             approved: &self.approved,
         };
-        let result =
-            check_report(bytes, cert_gateway, &self.schedule, now).and_then(|(report, end_ms)| {
-                self.store
-                    .accept(&report, end_ms, now, &decider)
-                    .map(|a| (report, a))
-                    .map_err(Rejection::Chain)
-            });
+        let result = match check_report(bytes, cert_gateway, &self.schedule, now) {
+            Ok((report, end_ms)) => self
+                .store
+                .accept(&report, end_ms, now, &decider)
+                .await
+                .map(|a| (report, a))
+                .map_err(Rejection::Chain),
+            Err(e) => Err(e),
+        };
         match &result {
             Ok((_, Accepted::New(_))) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -138,7 +152,7 @@ impl Collector {
                 );
                 if authentic && let Ok(report) = SignedReport::decode(bytes) {
                     let refusal = intake::refusal_json(&report, e, now);
-                    if let Err(err) = self.store.record_refusal(cert_gateway, &refusal) {
+                    if let Err(err) = self.store.record_refusal(cert_gateway, &refusal).await {
                         tracing::error!(error = %err, "cannot keep a refusal");
                     }
                 }
@@ -147,7 +161,7 @@ impl Collector {
         result
     }
 
-    fn metrics(&self) -> String {
+    async fn metrics(&self) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP depin_collector_reports_accepted_total Reports accepted and counted.\n",
@@ -196,7 +210,7 @@ impl Collector {
             "depin_collector_tls_handshake_timeouts_total {}\n",
             self.handshakes_timed_out.load(Ordering::Relaxed)
         ));
-        let gateways = self.store.gateways().map(|g| g.len()).unwrap_or(0);
+        let gateways = self.store.gateway_ids().await.map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
         out.push_str(&format!("depin_collector_gateways {gateways}\n"));
@@ -214,6 +228,11 @@ impl Collector {
                 "the client certificate is not mapped to a gateway id".into(),
             );
         };
+        // Looked up on every request: a revocation holds from the next
+        // request on, on every replica.
+        if let Err(refused) = gateways::admit(&self.store, &self.enrollment, &gateway).await {
+            return text(refused.status(), refused.to_string());
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -226,11 +245,8 @@ impl Collector {
                     Ok(b) => b.to_bytes(),
                     Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
                 };
-                let this = self.clone();
-                let outcome =
-                    tokio::task::spawn_blocking(move || this.receive(&body, &gateway)).await;
-                match outcome {
-                    Ok(Ok((report, accepted))) => {
+                match self.receive(&body, &gateway).await {
+                    Ok((report, accepted)) => {
                         let (status, decision) = match accepted {
                             Accepted::New(d) => ("accepted", d),
                             Accepted::Duplicate(d) => ("duplicate", d),
@@ -247,14 +263,13 @@ impl Collector {
                             }),
                         )
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(error = %e, reason = e.name(), "report refused");
                         json(
                             e.status(),
                             serde_json::json!({"refused": e.name(), "message": e.to_string()}),
                         )
                     }
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
             ("GET", "/v1/challenges") => {
@@ -268,24 +283,23 @@ impl Collector {
                     tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
                 loop {
                     let notified = self.challenge_ready.notified();
-                    let this = self.clone();
-                    let gw = gateway.clone();
-                    let taken =
-                        tokio::task::spawn_blocking(move || this.store.take_pending(&gw)).await;
-                    match taken {
-                        Ok(Ok(list))
-                            if !list.is_empty() || tokio::time::Instant::now() >= deadline =>
-                        {
+                    match self.store.take_pending(&gateway).await {
+                        Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
                             let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
                             return json(StatusCode::OK, serde_json::json!(specs));
                         }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
+                        Ok(_) => {}
+                        Err(e) => {
                             return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
                         }
-                        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                     }
-                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                    // Another replica may have issued them: look again soon.
+                    let wake = if self.store.is_shared() {
+                        deadline.min(tokio::time::Instant::now() + SHARED_POLL)
+                    } else {
+                        deadline
+                    };
+                    let _ = tokio::time::timeout_at(wake, notified).await;
                 }
             }
             ("POST", "/v1/challenges/answer") => {
@@ -331,7 +345,7 @@ impl Collector {
                 let Some((id, epoch)) = parsed else {
                     return text(StatusCode::NOT_FOUND, format!("no route {method} {path}"));
                 };
-                match self.store.explain(&id, epoch) {
+                match self.store.explain(&id, epoch).await {
                     Ok(Some(d)) => json(StatusCode::OK, d),
                     Ok(None) => text(
                         StatusCode::NOT_FOUND,
@@ -340,7 +354,7 @@ impl Collector {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
-            ("GET", "/v1/gateways") => match self.store.gateways() {
+            ("GET", "/v1/gateways") => match self.store.gateways().await {
                 Ok(g) => json(StatusCode::OK, serde_json::json!(g)),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
@@ -352,7 +366,7 @@ impl Collector {
                 let Some(epoch) = epoch else {
                     return text(StatusCode::BAD_REQUEST, "need ?epoch=N".into());
                 };
-                match self.store.rewards(epoch) {
+                match self.store.rewards(epoch).await {
                     Ok(rows) => json(
                         StatusCode::OK,
                         serde_json::json!({
@@ -366,7 +380,7 @@ impl Collector {
                 }
             }
             ("GET", "/metrics") => {
-                let mut r = text(StatusCode::OK, self.metrics());
+                let mut r = text(StatusCode::OK, self.metrics().await);
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -415,12 +429,16 @@ impl Collector {
                         return;
                     }
                 };
-                let peer = tls
+                let cert = tls
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| this.certs.get(&fingerprint(c)).cloned());
+                    .cloned();
+                let peer = match cert {
+                    Some(c) => gateways::proved(&this.store, &this.certs, &c).await,
+                    None => None,
+                };
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     let peer = peer.clone();
@@ -436,7 +454,7 @@ impl Collector {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
     *r.status_mut() = status;
     r
@@ -483,6 +501,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the registry of gateways allowed to report, in the store
+    /// the configuration names.
+    Gateways {
+        #[command(subcommand)]
+        command: gateways::GatewaysCommand,
+    },
 }
 
 /// Runs the command line; the exit code says whether it worked.
@@ -495,6 +519,7 @@ pub fn main() -> ExitCode {
             epoch,
             json,
         }) => explain::run(&cli.config, &gateway, epoch, json),
+        Some(Command::Gateways { command }) => gateways::run(&cli.config, command),
     };
     match result {
         Ok(code) => code,
@@ -503,6 +528,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `work` on a small runtime (the commands that only read or edit
+/// the store).
+pub fn block_on<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 /// Runs the collector configured by `config_path` until SIGTERM/SIGINT.
@@ -523,6 +560,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
+        let health = match config.server.health_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
+                let health_addr = l.local_addr()?;
+                tracing::info!(addr = %health_addr, "health probes served");
+                Some(tokio::spawn(health::serve(collector.clone(), l)))
+            }
+            None => None,
+        };
         tracing::info!(addr = %addr, gateways = config.gateways.len(), "collector ready");
         let server = tokio::spawn(collector.serve(listener, tls));
         use tokio::signal::unix::{SignalKind, signal};
@@ -534,6 +582,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         server.abort();
         issuer.abort();
+        if let Some(h) = health {
+            h.abort();
+        }
         tracing::info!("collector stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })

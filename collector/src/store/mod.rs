@@ -1,49 +1,73 @@
-//! `collector.redb`: accepted reports, each gateway's chain head, every
-//! challenge issued with its deadline and verdict, and the decision (reward
-//! lines with reasons) per gateway and epoch.
+//! The collector's store: accepted reports, each gateway's chain head,
+//! every challenge issued with its deadline and verdict, the decision
+//! (reward lines with reasons) per gateway and epoch, the time of each
+//! gateway's next challenge round, and the registry of gateways allowed to
+//! report.
 //!
-//! Guarantees: a report is accepted at most once (the same bytes as the
-//! last accepted report again are a duplicate with the same
-//! acknowledgement); a gateway's accepted reports form an unbroken chain of
+//! One interface, two backends: `collector.redb` in `data_dir` (the
+//! embedded default, one process) or PostgreSQL (`[store] url`), which
+//! several collector replicas share.
+//!
+//! Guarantees, on both: a report is accepted at most once (the same bytes
+//! as the last accepted report again are a duplicate with the same
+//! acknowledgement; a different report for an accepted epoch is
+//! `overlapping`); a gateway's accepted reports form an unbroken chain of
 //! consecutive epochs from its first report (previous hash = zeros).
 //! Accepting a report, deciding its epoch's challenges and storing its
-//! decision happen in one transaction. Challenges are found by (gateway,
+//! decision happen in one transaction. A challenge is handed out, decided
+//! and expired at most once, and a gateway's round is claimed by one
+//! issuer, however many replicas run. Challenges are found by (gateway,
 //! status) and by (gateway, deadline), never by a full scan.
 
 use std::path::Path;
-
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::Arc;
 
 use depin_protocol::report::SignedReport;
-use depin_protocol::{GENESIS_HASH, Hash};
 
-mod challenges;
+mod postgres;
+mod postgres_challenges;
+mod postgres_registry;
+mod redb;
+mod redb_challenges;
+mod redb_registry;
+mod registry;
 
-use challenges::decide_due;
-
-/// (gateway id, epoch) -> signed report bytes
-const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
-/// gateway id -> last epoch (8) || last report hash (32) || its start ms (8)
-const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
-/// challenge id -> JSON `ChallengeRecord`
-const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
-/// (gateway id, status, challenge id) -> deadline ms
-const BY_STATUS: TableDefinition<(&str, &str, &str), u64> =
-    TableDefinition::new("challenges-by-status");
-/// (gateway id, deadline ms, challenge id) -> ()
-const BY_DEADLINE: TableDefinition<(&str, u64, &str), ()> =
-    TableDefinition::new("challenges-by-deadline");
-/// (epoch, gateway id) -> reward, micro-tokens
-const REWARDS: TableDefinition<(u64, &str), u128> = TableDefinition::new("rewards");
-/// (gateway id, epoch) -> JSON decision (what `explain` shows)
-const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("decisions");
-/// gateway id -> JSON of its latest refused report
-const REFUSALS: TableDefinition<&str, &[u8]> = TableDefinition::new("refusals");
+pub use self::redb::CollectorStore;
+pub use postgres::{PgStore, SCHEMA_VERSION};
+pub use registry::{GatewayRecord, GatewayStatus, is_gateway_id};
 
 /// Statuses of a challenge that wait for an answer.
 pub const OPEN: [&str; 2] = ["pending", "sent"];
 /// Statuses of a decided challenge.
 pub const DECIDED: [&str; 3] = ["passed", "failed", "expired"];
+
+/// `[store]` in `collector.toml`. Absent: `collector.redb` in `data_dir`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database` (the keyword form
+    /// `host=… dbname=…` works too). TLS to the database is not built in:
+    /// reach it over loopback, a private network or a local TLS proxy.
+    #[serde(default)]
+    pub url: String,
+    /// A file holding the URL instead (e.g. a mounted Kubernetes Secret),
+    /// read at start; give `url` or `url_file`, not both.
+    pub url_file: Option<std::path::PathBuf>,
+    /// Most connections this replica opens; requests beyond wait for one.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Any statement running longer is cancelled by the server, ms.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    10_000
+}
 
 /// What happened to a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +114,10 @@ impl ChainError {
     }
 }
 
+fn storage(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Storage(e.to_string())
+}
+
 /// A challenge the collector issued, and what became of it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChallengeRecord {
@@ -111,16 +139,6 @@ pub struct ChallengeRecord {
     pub decided_ms: Option<u64>,
 }
 
-impl<E: Into<redb::Error>> From<E> for ChainError {
-    fn from(e: E) -> Self {
-        ChainError::Storage(e.into().to_string())
-    }
-}
-
-fn storage(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Storage(e.to_string())
-}
-
 /// A gateway as the collector knows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatewaySummary {
@@ -134,359 +152,216 @@ pub struct GatewaySummary {
 /// How the collector decides an accepted report's reward: given the
 /// report and the challenges due in its epoch (the collector's records),
 /// the decision as JSON and the reward.
-pub trait Decide {
+pub trait Decide: Sync {
     fn decide(&self, report: &SignedReport, due: &[ChallengeRecord]) -> (serde_json::Value, u128);
 }
 
-/// The open collector store.
-pub struct CollectorStore {
-    db: Database,
+/// The open store, whichever backend.
+#[derive(Clone)]
+pub enum Store {
+    /// `collector.redb`: one process.
+    Redb(Arc<CollectorStore>),
+    /// PostgreSQL: any number of replicas.
+    Postgres(PgStore),
 }
 
-impl CollectorStore {
-    /// Opens (creating) `collector.redb` in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self, ChainError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| ChainError::Storage(format!("{}: {e}", data_dir.display())))?;
-        let path = data_dir.join("collector.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => ChainError::Storage(format!(
-                "{}: in use by a running collector (ask it: GET /v1/gateways/ID/epochs/N)",
-                path.display()
-            )),
-            other => ChainError::Storage(format!("{}: {other}", path.display())),
-        })?;
-        let txn = db.begin_write()?;
-        txn.open_table(REPORTS)?;
-        txn.open_table(HEADS)?;
-        txn.open_table(REWARDS)?;
-        txn.open_table(CHALLENGES)?;
-        txn.open_table(BY_STATUS)?;
-        txn.open_table(BY_DEADLINE)?;
-        txn.open_table(DECISIONS)?;
-        txn.open_table(REFUSALS)?;
-        txn.commit()?;
-        Ok(Self { db })
+/// Runs a redb call on this worker thread without stalling the others
+/// (redb commits fsync).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
+
+/// Dispatches one call to the backend; redb calls run via `blocking`.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $redb:expr, $pg:expr) => {
+        match $self {
+            Store::Redb($s) => blocking(|| $redb),
+            Store::Postgres($s) => $pg.await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store `config` names: PostgreSQL (migrating its schema)
+    /// when `[store]` is given, else `collector.redb` in `data_dir`.
+    pub async fn open(config: Option<&StoreConfig>, data_dir: &Path) -> Result<Self, ChainError> {
+        match config {
+            Some(c) => Ok(Store::Postgres(PgStore::connect(c).await?)),
+            None => Ok(Store::Redb(Arc::new(blocking(|| {
+                CollectorStore::open(data_dir)
+            })?))),
+        }
+    }
+
+    /// Whether replicas may share this store (PostgreSQL): their
+    /// long-polls then also look at the store now and then, since another
+    /// replica may have issued the challenges.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Answers when the store does (readiness).
+    pub async fn ping(&self) -> Result<(), ChainError> {
+        dispatch!(self, s => s.gateway_ids().map(|_| ()), s.ping())
     }
 
     /// Accepts `report` (already checked: encoding, signature, sender,
-    /// schedule) if it extends its gateway's chain: decides every challenge
-    /// due in `[start_ms, end_ms)` (open ones expire), cross-checks the
-    /// report's list against them, and stores the decision `decide` makes.
-    pub fn accept(
+    /// schedule) if it extends its gateway's chain: decides every
+    /// challenge due in `[start_ms, end_ms)` (open ones expire),
+    /// cross-checks the report's list against them, and stores the
+    /// decision `decide` makes — all in one transaction.
+    pub async fn accept(
         &self,
         report: &SignedReport,
         end_ms: u64,
         now_ms: u64,
         decide: &dyn Decide,
     ) -> Result<Accepted, ChainError> {
-        let gateway = report.report.gateway_id();
-        let epoch = report.report.epoch;
-        let txn = self.db.begin_write()?;
-        let decision = {
-            let mut reports = txn.open_table(REPORTS)?;
-            let mut heads = txn.open_table(HEADS)?;
-            let head = heads.get(gateway.as_str())?.map(|v| decode_head(v.value()));
-            if let Some(existing) = reports.get((gateway.as_str(), epoch))? {
-                let last = head.map_or(epoch, |h| h.0);
-                return if existing.value() != report.bytes.as_slice() {
-                    Err(ChainError::Overlapping(epoch))
-                } else if epoch == last {
-                    let d = txn
-                        .open_table(DECISIONS)?
-                        .get((gateway.as_str(), epoch))?
-                        .map(|v| serde_json::from_slice(v.value()))
-                        .transpose()
-                        .map_err(storage)?
-                        .unwrap_or(serde_json::Value::Null);
-                    Ok(Accepted::Duplicate(d))
-                } else {
-                    Err(ChainError::Replayed { epoch, last })
-                };
-            }
-            match head {
-                None if report.report.prev_hash != GENESIS_HASH => {
-                    return Err(ChainError::NotGenesis);
-                }
-                Some((last, _, _)) if epoch < last => {
-                    return Err(ChainError::Preceding { epoch, last });
-                }
-                Some((last, hash, _)) if epoch != last + 1 || report.report.prev_hash != hash => {
-                    return Err(ChainError::Gap { epoch, last });
-                }
-                _ => {}
-            }
-            let start = report.report.start_ms();
-            let due = decide_due(&txn, &gateway, start, end_ms, now_ms)?;
-            {
-                let challenges = txn.open_table(CHALLENGES)?;
-                for p in &report.report.proofs {
-                    let known = challenges
-                        .get(p.challenge_id.as_str())?
-                        .map(|v| serde_json::from_slice::<ChallengeRecord>(v.value()))
-                        .transpose()
-                        .map_err(storage)?
-                        .is_some_and(|c| c.gateway == gateway);
-                    if !known {
-                        return Err(ChainError::UnknownChallenge(p.challenge_id.clone()));
-                    }
-                }
-            }
-            let (decision, reward) = decide.decide(report, &due);
-            reports.insert((gateway.as_str(), epoch), report.bytes.as_slice())?;
-            let mut head = [0u8; 48];
-            head[..8].copy_from_slice(&epoch.to_be_bytes());
-            head[8..40].copy_from_slice(&report.hash());
-            head[40..].copy_from_slice(&start.to_be_bytes());
-            heads.insert(gateway.as_str(), head.as_slice())?;
-            txn.open_table(REWARDS)?
-                .insert((epoch, gateway.as_str()), reward)?;
-            let json = serde_json::to_vec(&decision).map_err(storage)?;
-            txn.open_table(DECISIONS)?
-                .insert((gateway.as_str(), epoch), json.as_slice())?;
-            decision
-        };
-        txn.commit()?;
-        Ok(Accepted::New(decision))
+        dispatch!(self, s => s.accept(report, end_ms, now_ms, decide), s.accept(report, end_ms, now_ms, decide))
     }
 
-    /// Keeps `gateway`'s latest refused report (one per gateway: a
-    /// gateway cannot fill the store with refusals).
-    pub fn record_refusal(
+    /// Keeps `gateway`'s latest refused report (one per gateway).
+    pub async fn record_refusal(
         &self,
         gateway: &str,
         refusal: &serde_json::Value,
     ) -> Result<(), ChainError> {
-        let json = serde_json::to_vec(refusal).map_err(storage)?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(REFUSALS)?.insert(gateway, json.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        dispatch!(self, s => s.record_refusal(gateway, refusal), s.record_refusal(gateway, refusal))
     }
 
-    /// The collector's decision on `gateway`'s `epoch`: the stored
-    /// decision of an accepted report, else the latest refusal when it
-    /// names that epoch.
-    pub fn explain(
+    /// The decision on `gateway`'s `epoch`, else its latest refusal when
+    /// it names that epoch.
+    pub async fn explain(
         &self,
         gateway: &str,
         epoch: u64,
     ) -> Result<Option<serde_json::Value>, ChainError> {
-        let txn = self.db.begin_read()?;
-        if let Some(v) = txn.open_table(DECISIONS)?.get((gateway, epoch))? {
-            return serde_json::from_slice(v.value()).map(Some).map_err(storage);
-        }
-        let Some(v) = txn.open_table(REFUSALS)?.get(gateway)? else {
-            return Ok(None);
-        };
-        let refusal: serde_json::Value = serde_json::from_slice(v.value()).map_err(storage)?;
-        Ok((refusal["epoch"].as_u64() == Some(epoch)).then_some(refusal))
+        dispatch!(self, s => s.explain(gateway, epoch), s.explain(gateway, epoch))
     }
 
     /// Every gateway that has reported, with its totals.
-    pub fn gateways(&self) -> Result<Vec<GatewaySummary>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let heads = txn.open_table(HEADS)?;
-        let reports = txn.open_table(REPORTS)?;
-        let rewards = txn.open_table(REWARDS)?;
-        let mut out = Vec::new();
-        for entry in heads.iter()? {
-            let (k, v) = entry?;
-            let id = k.value().to_string();
-            let (last_epoch, last_hash, _) = decode_head(v.value());
-            let mut count = 0;
-            let mut total = 0u128;
-            for r in reports.range((id.as_str(), 0)..=(id.as_str(), u64::MAX))? {
-                let (key, _) = r?;
-                count += 1;
-                if let Some(w) = rewards.get((key.value().1, id.as_str()))? {
-                    total = total.saturating_add(w.value());
-                }
-            }
-            out.push(GatewaySummary {
-                gateway_id: id,
-                reports: count,
-                last_epoch,
-                last_hash: hex::encode(last_hash),
-                reward_micro: total.to_string(),
-            });
-        }
-        Ok(out)
+    pub async fn gateways(&self) -> Result<Vec<GatewaySummary>, ChainError> {
+        dispatch!(self, s => s.gateways(), s.gateways())
     }
 
     /// Rewards of `epoch`: (gateway id, micro-tokens).
-    pub fn rewards(&self, epoch: u64) -> Result<Vec<(String, u128)>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let rewards = txn.open_table(REWARDS)?;
-        let mut out = Vec::new();
-        for entry in rewards.range((epoch, "")..(epoch + 1, ""))? {
-            let (k, v) = entry?;
-            out.push((k.value().1.to_string(), v.value()));
-        }
-        Ok(out)
+    pub async fn rewards(&self, epoch: u64) -> Result<Vec<(String, u128)>, ChainError> {
+        dispatch!(self, s => s.rewards(epoch), s.rewards(epoch))
     }
 
-    /// An accepted report.
-    pub fn report(&self, gateway: &str, epoch: u64) -> Result<Option<Vec<u8>>, ChainError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn
-            .open_table(REPORTS)?
-            .get((gateway, epoch))?
-            .map(|v| v.value().to_vec()))
+    /// An accepted report's bytes.
+    pub async fn report(&self, gateway: &str, epoch: u64) -> Result<Option<Vec<u8>>, ChainError> {
+        dispatch!(self, s => s.report(gateway, epoch), s.report(gateway, epoch))
     }
 
     /// The gateway's accepted reports, newest first, at most `n`.
-    pub fn latest_reports(&self, gateway: &str, n: usize) -> Result<Vec<SignedReport>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REPORTS)?;
-        let mut out = Vec::new();
-        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))?.rev().take(n) {
-            let (_, v) = entry?;
-            out.push(SignedReport::decode(v.value()).map_err(storage)?);
-        }
-        Ok(out)
+    pub async fn latest_reports(
+        &self,
+        gateway: &str,
+        n: usize,
+    ) -> Result<Vec<SignedReport>, ChainError> {
+        dispatch!(self, s => s.latest_reports(gateway, n), s.latest_reports(gateway, n))
     }
 
     /// The ids of every gateway that has reported.
-    pub fn gateway_ids(&self) -> Result<Vec<String>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(HEADS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            out.push(entry?.0.value().to_string());
-        }
-        Ok(out)
+    pub async fn gateway_ids(&self) -> Result<Vec<String>, ChainError> {
+        dispatch!(self, s => s.gateway_ids(), s.gateway_ids())
     }
 
     /// The epochs of `gateway`'s accepted reports, oldest first.
-    pub fn report_epochs(&self, gateway: &str) -> Result<Vec<u64>, ChainError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REPORTS)?;
-        let mut out = Vec::new();
-        for entry in t.range((gateway, 0)..=(gateway, u64::MAX))? {
-            out.push(entry?.0.value().1);
-        }
-        Ok(out)
-    }
-}
-
-/// epoch (8) || report hash (32) || epoch start ms (8)
-fn decode_head(b: &[u8]) -> (u64, Hash, u64) {
-    let mut epoch = [0u8; 8];
-    let mut hash = [0u8; 32];
-    let mut start = [0u8; 8];
-    if b.len() == 48 {
-        epoch.copy_from_slice(&b[..8]);
-        hash.copy_from_slice(&b[8..40]);
-        start.copy_from_slice(&b[40..]);
-    }
-    (u64::from_be_bytes(epoch), hash, u64::from_be_bytes(start))
-}
-
-#[cfg(test)]
-mod tests {
-    use depin_gateway::identity::DeviceKey;
-    use depin_protocol::report::{EpochReport, REPORT_VERSION};
-
-    use super::*;
-
-    struct Zero;
-    impl Decide for Zero {
-        fn decide(&self, _: &SignedReport, due: &[ChallengeRecord]) -> (serde_json::Value, u128) {
-            (serde_json::json!({ "due": due.len() }), 0)
-        }
+    pub async fn report_epochs(&self, gateway: &str) -> Result<Vec<u64>, ChainError> {
+        dispatch!(self, s => s.report_epochs(gateway), s.report_epochs(gateway))
     }
 
-    fn report(key: &DeviceKey, epoch: u64, prev: Hash) -> SignedReport {
-        EpochReport {
-            version: REPORT_VERSION,
-            gateway_key: key.verifying_key().to_bytes(),
-            epoch,
-            length_ms: 1000,
-            prev_hash: prev,
-            first_seq: 0,
-            records: 0,
-            merkle_root: [0; 32],
-            components: vec![],
-            totals: vec![],
-            subject_totals: vec![],
-            proofs: vec![],
-            reward_micro: 0,
-        }
-        .sign(key.signing_key())
+    /// Stores a newly issued challenge.
+    pub async fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
+        dispatch!(self, s => s.issue(c), s.issue(c))
     }
 
-    fn accept(store: &CollectorStore, r: &SignedReport) -> Result<Accepted, ChainError> {
-        let end = r.report.start_ms() + r.report.length_ms;
-        store.accept(r, end, end + 1, &Zero)
+    /// Hands out `gateway`'s pending challenges, marking them sent; each
+    /// is handed out once, whichever replica is asked.
+    pub async fn take_pending(&self, gateway: &str) -> Result<Vec<ChallengeRecord>, ChainError> {
+        dispatch!(self, s => s.take_pending(gateway), s.take_pending(gateway))
     }
 
-    #[test]
-    fn the_chain_refuses_each_way_out_of_order_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CollectorStore::open(dir.path()).unwrap();
-        let key = DeviceKey::generate();
-        let a = report(&key, 10, GENESIS_HASH);
-        assert!(matches!(accept(&store, &a), Ok(Accepted::New(_))));
-        assert!(matches!(accept(&store, &a), Ok(Accepted::Duplicate(_))));
-        let b = report(&key, 11, a.hash());
-        assert!(matches!(accept(&store, &b), Ok(Accepted::New(_))));
-        let name = |r: &SignedReport| accept(&store, r).unwrap_err().name();
-        assert_eq!(name(&a), "replayed");
-        assert_eq!(name(&report(&key, 11, [3; 32])), "overlapping");
-        assert_eq!(name(&report(&key, 10, [3; 32])), "overlapping");
-        assert_eq!(name(&report(&key, 9, b.hash())), "preceding");
-        assert_eq!(name(&report(&key, 13, b.hash())), "gap");
-        assert_eq!(name(&report(&key, 12, [7; 32])), "gap");
-        assert_eq!(
-            name(&report(&DeviceKey::generate(), 3, [1; 32])),
-            "not-genesis"
-        );
-        assert_eq!(store.gateways().unwrap().len(), 1);
+    /// Records the verdict on challenge `id` if it is still open; returns
+    /// the status it ends in (an answer after the deadline finds it
+    /// `expired`; a decided one keeps its verdict).
+    pub async fn resolve(&self, id: &str, passed: bool, now_ms: u64) -> Result<String, ChainError> {
+        dispatch!(self, s => s.resolve(id, passed, now_ms), s.resolve(id, passed, now_ms))
     }
 
-    #[test]
-    fn open_challenges_due_in_the_epoch_expire_when_it_is_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CollectorStore::open(dir.path()).unwrap();
-        let key = DeviceKey::generate();
-        let gw = key.gateway_id();
-        for (id, deadline) in [("in", 10_500), ("after", 11_200)] {
-            store
-                .issue(&ChallengeRecord {
-                    spec: depin_protocol::proofs::ChallengeSpec {
-                        id: id.into(),
-                        family: "inclusion".into(),
-                        epoch: 0,
-                        index: 0,
-                        plugin: String::new(),
-                        kind: "inclusion".into(),
-                        nonce: String::new(),
-                        params: String::new(),
-                        deadline_ms: deadline,
-                    },
-                    gateway: gw.clone(),
-                    issued_ms: 10_000,
-                    deadline_ms: deadline,
-                    digest: String::new(),
-                    status: "pending".into(),
-                    decided_ms: None,
-                })
-                .unwrap();
-        }
-        let a = report(&key, 10, GENESIS_HASH);
-        let Accepted::New(d) = accept(&store, &a).unwrap() else {
-            panic!("new")
-        };
-        assert_eq!(d["due"], 1);
-        assert_eq!(store.challenge("in").unwrap().unwrap().status, "expired");
-        assert_eq!(store.challenge("after").unwrap().unwrap().status, "pending");
-        assert_eq!(store.ids_in(&gw, "expired").unwrap().len(), 1);
-        // an answer after the deadline finds it expired
-        assert_eq!(store.resolve("in", true, 12_000).unwrap(), "expired");
-        assert_eq!(store.prune_decided(10_501, 10).unwrap(), 1);
-        assert!(store.challenge("in").unwrap().is_none());
-        assert_eq!(store.take_pending(&gw).unwrap().len(), 1);
-        assert!(store.take_pending(&gw).unwrap().is_empty());
+    /// Expires `gateway`'s open challenges whose deadline passed; returns
+    /// how many are still open.
+    pub async fn expire_overdue(&self, gateway: &str, now_ms: u64) -> Result<usize, ChainError> {
+        dispatch!(self, s => s.expire_overdue(gateway, now_ms), s.expire_overdue(gateway, now_ms))
+    }
+
+    /// Removes decided challenges whose deadline is older than
+    /// `before_ms`, at most `limit`; returns how many.
+    pub async fn prune_decided(&self, before_ms: u64, limit: usize) -> Result<usize, ChainError> {
+        dispatch!(self, s => s.prune_decided(before_ms, limit), s.prune_decided(before_ms, limit))
+    }
+
+    /// One challenge.
+    pub async fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, ChainError> {
+        dispatch!(self, s => s.challenge(id), s.challenge(id))
+    }
+
+    /// Every challenge of `gateway` in `status`.
+    pub async fn challenges_in(
+        &self,
+        gateway: &str,
+        status: &str,
+    ) -> Result<Vec<ChallengeRecord>, ChainError> {
+        dispatch!(self, s => s.challenges_in(gateway, status), s.challenges_in(gateway, status))
+    }
+
+    /// Claims `gateway`'s challenge round if its time has come: true for
+    /// exactly one caller per round, which moves the round to `next_ms`.
+    /// A gateway seen for the first time gets `first_ms` and is not due.
+    /// The times are stored, so they survive a restart.
+    pub async fn claim_round(
+        &self,
+        gateway: &str,
+        now_ms: u64,
+        first_ms: u64,
+        next_ms: u64,
+    ) -> Result<bool, ChainError> {
+        dispatch!(self, s => s.claim_round(gateway, now_ms, first_ms, next_ms), s.claim_round(gateway, now_ms, first_ms, next_ms))
+    }
+
+    /// Adds `record` unless the gateway is registered already (then
+    /// nothing changes: a revoked gateway stays revoked); true if added.
+    pub async fn register(&self, record: &GatewayRecord) -> Result<bool, ChainError> {
+        dispatch!(self, s => s.register(record), s.register(record))
+    }
+
+    /// The registry entry of `id`.
+    pub async fn registered(&self, id: &str) -> Result<Option<GatewayRecord>, ChainError> {
+        dispatch!(self, s => s.registered(id), s.registered(id))
+    }
+
+    /// The registry entry whose client certificate has `sha256` (hex).
+    pub async fn registered_by_cert(
+        &self,
+        sha256: &str,
+    ) -> Result<Option<GatewayRecord>, ChainError> {
+        dispatch!(self, s => s.registered_by_cert(sha256), s.registered_by_cert(sha256))
+    }
+
+    /// Every registered gateway, by id.
+    pub async fn registry(&self) -> Result<Vec<GatewayRecord>, ChainError> {
+        dispatch!(self, s => s.registry(), s.registry())
+    }
+
+    /// Sets `id`'s status; false if it is not registered.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: GatewayStatus,
+        now_ms: u64,
+    ) -> Result<bool, ChainError> {
+        dispatch!(self, s => s.set_status(id, status, now_ms), s.set_status(id, status, now_ms))
     }
 }

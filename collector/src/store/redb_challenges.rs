@@ -1,17 +1,15 @@
-//! The challenge half of the collector store: every challenge issued,
+//! The challenge half of the redb store: every challenge issued,
 //! indexed by (gateway, status) and (gateway, deadline), and its
 //! verdict.
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::{
-    BY_DEADLINE, BY_STATUS, CHALLENGES, ChainError, ChallengeRecord, CollectorStore, DECIDED, OPEN,
-    storage,
-};
+use super::redb::{BY_DEADLINE, BY_STATUS, CHALLENGES, CollectorStore, ROUNDS};
+use super::{ChainError, ChallengeRecord, DECIDED, OPEN, storage};
 
 /// Decides every challenge of `gateway` due in `[start, end)`: open ones
 /// expire (their deadline has passed); returns them all.
-pub(super) fn decide_due(
+pub(crate) fn decide_due(
     txn: &redb::WriteTransaction,
     gateway: &str,
     start: u64,
@@ -244,6 +242,34 @@ impl CollectorStore {
         }
         txn.commit()?;
         Ok(pruned)
+    }
+
+    /// Claims `gateway`'s round if due (see `Store::claim_round`).
+    pub fn claim_round(
+        &self,
+        gateway: &str,
+        now_ms: u64,
+        first_ms: u64,
+        next_ms: u64,
+    ) -> Result<bool, ChainError> {
+        let txn = self.db.begin_write()?;
+        let due = {
+            let mut rounds = txn.open_table(ROUNDS)?;
+            let at = rounds.get(gateway)?.map(|v| v.value());
+            match at {
+                None => {
+                    rounds.insert(gateway, first_ms)?;
+                    false
+                }
+                Some(t) if t <= now_ms => {
+                    rounds.insert(gateway, next_ms)?;
+                    true
+                }
+                Some(_) => return Ok(false),
+            }
+        };
+        txn.commit()?;
+        Ok(due)
     }
 
     /// One challenge.
