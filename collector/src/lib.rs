@@ -16,6 +16,7 @@ pub mod challenges;
 pub mod config;
 pub mod explain;
 pub mod intake;
+pub mod peer;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use depin_gateway::upstream::tls::{fingerprint, server_config};
+use depin_gateway::upstream::tls::fingerprint;
 use depin_protocol::report::SignedReport;
 use depin_protocol::rewards::RewardPolicy;
 use depin_protocol::time::now_ms;
@@ -55,6 +56,8 @@ pub struct Collector {
     /// Approved component digest -> kind.
     approved: BTreeMap<String, String>,
     certs: BTreeMap<String, String>,
+    /// Gateways that may authenticate with their device-key certificate.
+    device_ids: std::collections::BTreeSet<String>,
     accepted: AtomicU64,
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -87,6 +90,7 @@ impl Collector {
                 .map(|c| (c.digest.clone(), c.kind.clone()))
                 .collect(),
             certs: config.cert_map(),
+            device_ids: config.gateway_ids(),
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
@@ -420,7 +424,11 @@ impl Collector {
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| this.certs.get(&fingerprint(c)).cloned());
+                    .and_then(|c| {
+                        peer::device_key_id(c)
+                            .filter(|id| this.device_ids.contains(id))
+                            .or_else(|| this.certs.get(&fingerprint(c)).cloned())
+                    });
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     let peer = peer.clone();
@@ -509,7 +517,11 @@ pub fn main() -> ExitCode {
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
     depin_gateway::telemetry::init(config.log_format);
-    let tls = server_config(&config.client_ca_file, &config.cert_file, &config.key_file)?;
+    let tls = peer::server_config(
+        config.client_ca_file.as_deref(),
+        &config.cert_file,
+        &config.key_file,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
