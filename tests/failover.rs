@@ -10,6 +10,7 @@ use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin};
 use depin_gateway::config::UpstreamConfig;
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
+use rustls_pki_types::pem::PemObject;
 
 use crate::upstream::{
     POLICY, assert_delivered_exactly_once, gateway_id, reports_at_collector, wait_for_reports,
@@ -128,4 +129,29 @@ async fn device_key_certificate_of_an_unlisted_gateway_is_not_admitted() {
         .await
         .unwrap();
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn keygen_writes_the_certificate_the_collector_reads_the_id_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("device.key");
+    let cert = dir.path().join("gateway.pem");
+    let (k, c) = (key.to_str().unwrap(), cert.to_str().unwrap());
+    let (code, out, err) = depin_e2e::run_cli(BIN, &["keygen", "--out", k, "--cert", c]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    assert_eq!(depin_collector::peer::device_key_id(&der), Some(id.clone()));
+    assert!(err.contains("sha256"), "{err}");
+    // Again with the key in place: the key is kept, the certificate is the
+    // same bytes.
+    let (code, out, err) = depin_e2e::run_cli(BIN, &["keygen", "--out", k, "--cert", c]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), id);
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem);
+    // Without --cert an existing key is still refused.
+    let (code, _, err) = depin_e2e::run_cli(BIN, &["keygen", "--out", k]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
 }
