@@ -11,7 +11,8 @@
 //! 1. delivery: every gateway posts E past epochs, each report twice (a
 //!    retry of the same bytes), concurrently; prints reports accepted/s;
 //! 2. challenges: every gateway long-polls and answers its challenges;
-//!    prints the round time (issue to verdict) median and p99.
+//!    prints the round time (issued to judged, for challenges issued while
+//!    the gateways poll) median and p99.
 //!
 //! Checks: every report counted exactly once (the retry is a `duplicate`,
 //! the collector lists E reports per gateway); every cheat refused by name;
@@ -289,13 +290,15 @@ async fn deliver(
     (g, out)
 }
 
-/// Phase 2 for one gateway: answers `CHALLENGES_EACH` challenges, honestly
-/// or not; returns (round times in ms, verdicts).
-async fn answer_challenges(g: Forger, honest: bool) -> (Vec<u64>, Vec<String>) {
+/// Phase 2 for one gateway: answers challenges, honestly or not, until
+/// `CHALLENGES_EACH` issued after `since_ms` were judged (those issued
+/// before waited for the poll to start and are judged but not timed);
+/// returns (round times in ms: issue to verdict, verdicts).
+async fn answer_challenges(g: Forger, honest: bool, since_ms: u64) -> (Vec<u64>, Vec<String>) {
     let mut rounds = Vec::new();
     let mut verdicts = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while verdicts.len() < CHALLENGES_EACH {
+    while rounds.len() < CHALLENGES_EACH {
         assert!(Instant::now() < deadline, "{}: no challenges came", g.id());
         for c in g.poll().await {
             let issued = c.deadline_ms.saturating_sub(ANSWER_TIMEOUT_MS);
@@ -305,7 +308,9 @@ async fn answer_challenges(g: Forger, honest: bool) -> (Vec<u64>, Vec<String>) {
             } else {
                 g.answer(&c.id, false, b"lost it".to_vec()).await
             };
-            rounds.push(now_ms().saturating_sub(issued));
+            if issued >= since_ms {
+                rounds.push(now_ms().saturating_sub(issued));
+            }
             verdicts.push(verdict["status"].as_str().unwrap_or("?").to_string());
         }
     }
@@ -372,8 +377,9 @@ async fn run_setup(
     let mut rounds = Vec::new();
     if setup.challenges {
         let mut tasks = Vec::new();
+        let since = now_ms();
         for (g, honest) in gateways {
-            tasks.push(tokio::spawn(answer_challenges(g, honest)));
+            tasks.push(tokio::spawn(answer_challenges(g, honest, since)));
         }
         for (t, d) in tasks.into_iter().zip(&delivered) {
             let (r, verdicts) = t.await.expect("challenge task");
