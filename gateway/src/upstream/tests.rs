@@ -1,6 +1,8 @@
 //! Certificate problems in plain words, naming the file at fault.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ed25519_dalek::Signer;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -171,6 +173,19 @@ fn key_not_matching_the_certificate_is_explained_on_the_key_file() {
 /// A TLS server on loopback requiring client certificates from
 /// `client_ca`, serving `cert`/`key`; answers every request with 200.
 async fn server(client_ca: &Path, cert: &Path, key: &Path) -> u16 {
+    server_answering(client_ca, cert, key, 200).await.0
+}
+
+/// [`server`], answering every request with `status`; the counter counts
+/// the requests.
+async fn server_answering(
+    client_ca: &Path,
+    cert: &Path,
+    key: &Path,
+    status: u16,
+) -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
     let config = server_config(client_ca, cert, key).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -179,12 +194,18 @@ async fn server(client_ca: &Path, cert: &Path, key: &Path) -> u16 {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                        ))
+                    let service = hyper::service::service_fn(move |_req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(format!("answered {status}")),
+                            ));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -193,7 +214,7 @@ async fn server(client_ca: &Path, cert: &Path, key: &Path) -> u16 {
             });
         }
     });
-    port
+    (port, hits)
 }
 
 async fn request_error(config: &UpstreamConfig) -> DeliveryError {
@@ -273,4 +294,56 @@ async fn client_certificate_from_a_ca_the_collector_does_not_trust_is_explained(
     ))
     .unwrap();
     assert_eq!(client.request("GET", "/", Vec::new()).await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn requests_fail_over_on_5xx_and_refused_connections_and_stay_on_the_one_that_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca(dir.path(), "ca");
+    let (server_cert, server_key) = issue(
+        dir.path(),
+        "server",
+        &ca,
+        CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap(),
+    );
+    let (cert, key) = issue(
+        dir.path(),
+        "gw",
+        &ca,
+        CertificateParams::new(vec!["gw.test".to_string()]).unwrap(),
+    );
+    let (failing, failed_hits) = server_answering(&ca.file, &server_cert, &server_key, 503).await;
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = refusing.local_addr().unwrap().port();
+    drop(refusing);
+    let (good, good_hits) = server_answering(&ca.file, &server_cert, &server_key, 200).await;
+    let mut config = upstream(1, &ca.file, Some((&cert, &key)));
+    config.url = crate::config::CollectorUrls::Several(
+        [failing, closed, good]
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect(),
+    );
+    let client = CollectorClient::new(&config).unwrap();
+    let (status, body) = client.request("GET", "/", Vec::new()).await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"answered 200"[..]));
+    // The next request goes straight to the one that answered.
+    assert_eq!(client.request("GET", "/", Vec::new()).await.unwrap().0, 200);
+    assert_eq!(failed_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(good_hits.load(Ordering::Relaxed), 2);
+    // A 4xx is an answer: no failover.
+    let (bad, _) = server_answering(&ca.file, &server_cert, &server_key, 409).await;
+    config.url = crate::config::CollectorUrls::Several(vec![
+        format!("https://127.0.0.1:{bad}"),
+        format!("https://127.0.0.1:{good}"),
+    ]);
+    let client = CollectorClient::new(&config).unwrap();
+    assert_eq!(client.request("GET", "/", Vec::new()).await.unwrap().0, 409);
+    // Every one failing: the last answer is returned.
+    config.url = crate::config::CollectorUrls::Several(vec![
+        format!("https://127.0.0.1:{closed}"),
+        format!("https://127.0.0.1:{failing}"),
+    ]);
+    let client = CollectorClient::new(&config).unwrap();
+    assert_eq!(client.request("GET", "/", Vec::new()).await.unwrap().0, 503);
 }
