@@ -90,3 +90,12 @@ $(PYTHON_COMPONENT): plugins/python-counter/app.py $(wildcard wit/*.wit)
 	mkdir -p $(dir $@)
 	cd plugins/python-counter && $(abspath $(COMPONENTIZE_PY)) -d ../../wit -w resource-plugin \
 		componentize app -o ../../$@
+
+.PHONY: bench-fleet
+# Simulated gateways (device keys, signed reports, mTLS, challenges, some
+# cheating) against collector processes (issue 23). FLEET_ARGS e.g.
+# `--gateways 40 --epochs 10`, or `--store postgres --replicas 2` (needs
+# Debian's postgresql and a collector with the PostgreSQL store).
+FLEET_ARGS ?=
+bench-fleet: collector
+	$(CARGO) run --release -p depin-bench --bin depin-bench-fleet -- $(FLEET_ARGS)

@@ -14,6 +14,7 @@ mod collector;
 mod compute_task;
 mod console;
 mod durability;
+mod failover;
 mod faults;
 mod hostile_network;
 mod http;

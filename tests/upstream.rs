@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-under-test");
 
 /// The policy both ends use: the template plugin's requests and bytes.
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 [proof]
 floor_ppm = 500000
 
@@ -97,7 +97,7 @@ pub(crate) fn gateway_epochs(home: &Home) -> Vec<serde_json::Value> {
 /// acknowledgement carried (the gateway keeps it next to its estimate), the
 /// delivered ones are a prefix of the chain, and the collector holds
 /// nothing else.
-async fn assert_delivered_exactly_once(home: &Home, client: &CollectorClient) -> usize {
+pub(crate) async fn assert_delivered_exactly_once(home: &Home, client: &CollectorClient) -> usize {
     let id = gateway_id(home);
     let epochs = gateway_epochs(home);
     let delivered: Vec<_> = epochs

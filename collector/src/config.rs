@@ -20,8 +20,11 @@ pub struct CollectorConfig {
     pub cert_file: PathBuf,
     /// Its private key (PEM).
     pub key_file: PathBuf,
-    /// CA bundle (PEM) that gateway client certificates must chain to.
-    pub client_ca_file: PathBuf,
+    /// CA bundle (PEM) that CA-issued gateway client certificates must
+    /// chain to. Needed only by `[[gateway]]` entries with `cert_sha256`;
+    /// device-key certificates need no CA.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
     /// The reward policy (the same file the gateways use). Without one
     /// every reward is 0.
     pub policy: Option<PathBuf>,
@@ -141,14 +144,17 @@ impl Default for ServerConfig {
     }
 }
 
-/// One `[[gateway]]`: a gateway id and the client certificate it uses.
+/// One `[[gateway]]`: a gateway allowed to report. It authenticates with
+/// its device-key certificate (self-signed over the key of `id`), or with
+/// the CA-issued certificate whose sha256 is `cert_sha256`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayEntry {
     /// `dpg1...` as printed by `depin-gateway keygen`.
     pub id: String,
-    /// sha256 of the gateway's client certificate (DER), hex.
-    pub cert_sha256: String,
+    /// sha256 of the gateway's CA-issued client certificate (DER), hex.
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
 }
 
 impl CollectorConfig {
@@ -165,7 +171,7 @@ impl CollectorConfig {
         c.data_dir = resolve(&c.data_dir);
         c.cert_file = resolve(&c.cert_file);
         c.key_file = resolve(&c.key_file);
-        c.client_ca_file = resolve(&c.client_ca_file);
+        c.client_ca_file = c.client_ca_file.as_deref().map(resolve);
         c.policy = c.policy.as_deref().map(resolve);
         let digest_ok = |d: &str| {
             d.strip_prefix("sha256:")
@@ -281,13 +287,24 @@ impl CollectorConfig {
                     format!("`{}` is not a gateway id (dpg1 + 64 hex digits)", g.id),
                 ));
             }
-            if g.cert_sha256.len() != 64 || hex::decode(&g.cert_sha256).is_err() {
+            let Some(sha) = &g.cert_sha256 else {
+                continue;
+            };
+            if sha.len() != 64 || hex::decode(sha).is_err() {
                 return Err(err(
                     Some(format!("gateway[{i}].cert_sha256")),
                     "must be 64 hex digits (sha256 of the DER certificate)".into(),
                 ));
             }
-            if let Some(first) = seen.insert(g.cert_sha256.to_lowercase(), i) {
+            if c.client_ca_file.is_none() {
+                return Err(err(
+                    Some("client_ca_file".into()),
+                    format!(
+                        "gateway[{i}] names a CA-issued certificate (cert_sha256), so the CA bundle that issued it is needed; or drop cert_sha256 and let the gateway use its device-key certificate"
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(sha.to_lowercase(), i) {
                 return Err(err(
                     Some(format!("gateway[{i}].cert_sha256")),
                     format!("the same certificate is already mapped by gateway[{first}]"),
@@ -301,8 +318,14 @@ impl CollectorConfig {
     pub fn cert_map(&self) -> BTreeMap<String, String> {
         self.gateways
             .iter()
-            .map(|g| (g.cert_sha256.to_lowercase(), g.id.clone()))
+            .filter_map(|g| Some((g.cert_sha256.as_ref()?.to_lowercase(), g.id.clone())))
             .collect()
+    }
+
+    /// The ids of every `[[gateway]]`: each may authenticate with its
+    /// device-key certificate.
+    pub fn gateway_ids(&self) -> std::collections::BTreeSet<String> {
+        self.gateways.iter().map(|g| g.id.clone()).collect()
     }
 }
 
@@ -349,6 +372,16 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("component[0].digest"), "{e}");
+        let no_ca = BASE.replace("client_ca_file = \"ca.pem\"\n", "");
+        let c = load(&format!("{no_ca}[[gateway]]\nid = \"{id}\"\n")).unwrap();
+        assert!(c.client_ca_file.is_none() && c.cert_map().is_empty());
+        assert!(c.gateway_ids().contains(&id));
+        let e = load(&format!(
+            "{no_ca}[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("client_ca_file"), "{e}");
         let e = load(&format!("{BASE}[schedule]\nlength_ms = 0\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("schedule.length_ms"), "{e}");
         let e = load(&format!("{BASE}[server]\nmax_connections = 0\n")).unwrap_err();

@@ -21,7 +21,8 @@ use crate::store::{ChainError, GatewayRecord, GatewayStatus, Store, is_gateway_i
 pub async fn seed(store: &Store, entries: &[GatewayEntry]) -> Result<(), ChainError> {
     let now = now_ms();
     for g in entries {
-        let record = GatewayRecord::new(&g.id, Some(&g.cert_sha256), GatewayStatus::Active, now);
+        let record =
+            GatewayRecord::new(&g.id, g.cert_sha256.as_deref(), GatewayStatus::Active, now);
         if store.register(&record).await? {
             tracing::info!(gateway = %g.id, "gateway registered from the configuration");
         }
@@ -38,6 +39,11 @@ pub async fn proved(
     certs: &BTreeMap<String, String>,
     cert: &rustls::pki_types::CertificateDer<'_>,
 ) -> Option<String> {
+    // A device-key certificate names its gateway by its public key; the
+    // handshake proved possession of that key. Admission decides the rest.
+    if let Some(id) = crate::peer::device_key_id(cert) {
+        return Some(id);
+    }
     let sha256 = fingerprint(cert);
     if let Some(id) = certs.get(&sha256) {
         return Some(id.clone());

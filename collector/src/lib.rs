@@ -18,6 +18,7 @@ pub mod explain;
 pub mod gateways;
 mod health;
 pub mod intake;
+pub mod peer;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -30,7 +31,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use depin_gateway::upstream::tls::server_config;
 use depin_protocol::report::SignedReport;
 use depin_protocol::rewards::RewardPolicy;
 use depin_protocol::time::now_ms;
@@ -546,7 +546,11 @@ pub fn block_on<T>(
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = CollectorConfig::load(config_path)?;
     depin_gateway::telemetry::init(config.log_format);
-    let tls = server_config(&config.client_ca_file, &config.cert_file, &config.key_file)?;
+    let tls = peer::server_config(
+        config.client_ca_file.as_deref(),
+        &config.cert_file,
+        &config.key_file,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -140,7 +140,7 @@ impl RunningGateway {
                     data_dir: config.data_dir.clone(),
                     epochs: epoch_store.clone(),
                     self_checks: self_checks.clone(),
-                    upstream: config.upstream.as_ref().map(|u| u.url.clone()),
+                    upstream: config.upstream.as_ref().map(|u| u.url.to_string()),
                 };
                 Some(
                     AdminApi::bind(

@@ -11,6 +11,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use sha2::Digest as _;
 
 const KEY_PREFIX: &str = "depin-ed25519-secret:";
 const ID_PREFIX: &str = "dpg1";
@@ -141,6 +143,69 @@ impl DeviceKey {
     pub fn gateway_id(&self) -> String {
         gateway_id(&self.verifying_key())
     }
+
+    /// The key as PKCS#8 v2 DER (RFC 8410: seed and public key), the form
+    /// TLS libraries take an Ed25519 private key in.
+    pub fn pkcs8_der(&self) -> PrivatePkcs8KeyDer<'static> {
+        let mut der = PKCS8_V2_PREFIX.to_vec();
+        der.extend_from_slice(&self.signing.to_bytes());
+        der.extend_from_slice(&PKCS8_V2_PUBLIC);
+        der.extend_from_slice(&self.verifying_key().to_bytes());
+        PrivatePkcs8KeyDer::from(der)
+    }
+
+    /// The TLS client certificate of this device key: a self-signed X.509
+    /// v3 certificate over the Ed25519 public key, subject `CN=<gateway
+    /// id>`, client-auth only. Deterministic: the same key always gives
+    /// the same bytes (fixed validity and serial, Ed25519 signatures are
+    /// deterministic), so its sha256 can be written down once.
+    pub fn certificate(&self) -> Result<DeviceCertificate, rcgen::Error> {
+        let pkcs8 = self.pkcs8_der();
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, self.gateway_id());
+        let serial = sha2::Sha256::digest(self.verifying_key().as_bytes());
+        let mut serial: [u8; 16] = serial[..16].try_into().expect("16 of 32 bytes");
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.self_signed(&key_pair)?;
+        Ok(DeviceCertificate {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            key: pkcs8,
+        })
+    }
+}
+
+/// RFC 8410 OneAsymmetricKey v2 for Ed25519, up to the 32-byte seed.
+const PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// Between the seed and the 32-byte public key: `[1] BIT STRING`.
+const PKCS8_V2_PUBLIC: [u8; 3] = [0x81, 0x21, 0x00];
+
+/// A device key's TLS client certificate (see [`DeviceKey::certificate`]).
+#[derive(Debug)]
+pub struct DeviceCertificate {
+    /// The certificate, DER.
+    pub der: CertificateDer<'static>,
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its private key (the device key), PKCS#8 DER.
+    pub key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl DeviceCertificate {
+    /// sha256 of the DER certificate, lowercase hex.
+    pub fn sha256(&self) -> String {
+        hex::encode(sha2::Sha256::digest(self.der.as_ref()))
+    }
 }
 
 /// The gateway id of a public key.
@@ -166,6 +231,21 @@ mod tests {
         );
         assert!(key.gateway_id().starts_with("dpg1"));
         assert_eq!(key.gateway_id().len(), 4 + 64);
+    }
+
+    #[test]
+    fn device_certificate_is_deterministic_and_signs_with_the_device_key() {
+        let key = DeviceKey::generate();
+        let a = key.certificate().unwrap();
+        let b = key.certificate().unwrap();
+        assert_eq!(a.der, b.der);
+        let cert = webpki::EndEntityCert::try_from(&a.der).unwrap();
+        let spki = cert.subject_public_key_info();
+        assert!(spki.as_ref().ends_with(key.verifying_key().as_bytes()));
+        assert_eq!(cert.issuer(), cert.subject());
+        // rustls takes the PKCS#8 form and signs with the same key.
+        let signer = rustls::crypto::ring::sign::any_eddsa_type(&a.key).unwrap();
+        assert!(signer.public_key().unwrap().as_ref() == spki.as_ref());
     }
 
     #[test]

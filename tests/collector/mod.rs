@@ -16,6 +16,7 @@ mod replicas;
 use std::path::Path;
 use std::time::Duration;
 
+use depin_e2e::forger::Forger;
 use depin_e2e::postgres::Postgres;
 use depin_e2e::upstream::{ClientCert, CollectorProcess, Pki, collector_config, schedule_toml};
 use depin_gateway::identity::DeviceKey;
@@ -91,126 +92,6 @@ fn digest_bytes(digest: &str) -> Hash {
         .unwrap()
         .try_into()
         .unwrap()
-}
-
-/// A gateway that signs whatever it likes with a real key, over a real
-/// client certificate: the dishonest gateway's harness.
-struct Forger {
-    key: DeviceKey,
-    https: CollectorClient,
-    /// Hash of its last accepted report.
-    prev: Hash,
-}
-
-impl Forger {
-    fn new(pki: &Pki, port: u16, name: &str) -> (Self, ClientCert) {
-        let cert = pki.client(name);
-        let forger = Self {
-            key: DeviceKey::generate(),
-            https: pki.https(port, &cert),
-            prev: GENESIS_HASH,
-        };
-        (forger, cert)
-    }
-
-    fn id(&self) -> String {
-        self.key.gateway_id()
-    }
-
-    /// A v2 report of `epoch` chained to the last accepted one, with
-    /// `totals` of (plugin, claimed kind, unit, quantity) and `components`.
-    fn report(
-        &self,
-        epoch: u64,
-        components: &[(&str, Hash)],
-        totals: &[(&str, &str, &str, u128)],
-    ) -> EpochReport {
-        EpochReport {
-            version: REPORT_VERSION,
-            gateway_key: self.key.verifying_key().to_bytes(),
-            epoch,
-            length_ms: LENGTH_MS,
-            prev_hash: self.prev,
-            first_seq: 1,
-            records: 3,
-            merkle_root: [9; 32],
-            components: components
-                .iter()
-                .map(|(p, d)| ComponentDigest {
-                    plugin: p.to_string(),
-                    digest: *d,
-                })
-                .collect(),
-            totals: totals
-                .iter()
-                .map(|(plugin, kind, unit, q)| EpochTotal {
-                    plugin: plugin.to_string(),
-                    kind: kind.to_string(),
-                    source: "plugin".into(),
-                    unit: unit.to_string(),
-                    records: 1,
-                    quantity: *q,
-                    subjects: 0,
-                })
-                .collect(),
-            subject_totals: Vec::new(),
-            proofs: Vec::new(),
-            // The estimate claims a fortune; the collector decides.
-            reward_micro: 1 << 60,
-        }
-    }
-
-    /// Signs and posts; remembers the hash when accepted.
-    async fn post(&mut self, r: EpochReport) -> (u16, Value) {
-        let signed = r.sign(self.key.signing_key());
-        let (status, body) = self
-            .https
-            .request("POST", "/v1/reports", signed.bytes.clone())
-            .await
-            .expect("post a report");
-        if status == 200 {
-            self.prev = signed.hash();
-        }
-        let body = serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-        (status, body)
-    }
-
-    async fn poll(&self) -> Vec<ChallengeSpec> {
-        let (status, body) = self
-            .https
-            .with_extra_timeout(Duration::from_secs(5))
-            .request("GET", "/v1/challenges?wait_ms=3000", Vec::new())
-            .await
-            .expect("poll");
-        assert_eq!(status, 200);
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    async fn answer(&self, id: &str, answered: bool, payload: Vec<u8>) -> Value {
-        let bytes = Answer {
-            gateway_key: self.key.verifying_key().to_bytes(),
-            challenge_id: id.to_string(),
-            answered,
-            payload,
-        }
-        .sign(self.key.signing_key());
-        let (status, body) = self
-            .https
-            .request("POST", "/v1/challenges/answer", bytes)
-            .await
-            .expect("answer");
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    async fn explain(&self, epoch: u64) -> Value {
-        get_json(
-            &self.https,
-            &format!("/v1/gateways/{}/epochs/{epoch}", self.id()),
-        )
-        .await
-    }
 }
 
 /// The epoch running now, as the collector counts them.

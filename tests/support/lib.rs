@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 pub mod browser;
+pub mod forger;
 pub mod ops;
 pub mod postgres;
 pub mod registry;

@@ -94,13 +94,27 @@ impl Pki {
         )
     }
 
+    /// The `[upstream]` table of a gateway that presents its device-key
+    /// certificate (no cert_file) to the collectors on `ports`, in order.
+    pub fn upstream_toml_device_key(&self, ports: &[u16]) -> String {
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"https://127.0.0.1:{p}\""))
+            .collect();
+        format!(
+            "[upstream]\nurl = [{}]\nca_file = \"{}\"\nretry_min_ms = 50\nretry_max_ms = 400\nrequest_timeout_ms = 5000\n",
+            urls.join(", "),
+            self.ca_file.display(),
+        )
+    }
+
     /// An HTTPS client presenting `client` to the collector on `port`.
     pub fn https(&self, port: u16, client: &ClientCert) -> CollectorClient {
         CollectorClient::new(&UpstreamConfig {
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}").into(),
             ca_file: self.ca_file.clone(),
-            cert_file: client.cert_file.clone(),
-            key_file: client.key_file.clone(),
+            cert_file: Some(client.cert_file.clone()),
+            key_file: Some(client.key_file.clone()),
             retry_min_ms: 50,
             retry_max_ms: 400,
             request_timeout_ms: 5000,
@@ -183,8 +197,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Writes `collector.toml` in `dir`: listening on `port`, mapping
-/// `gateways` (id, client certificate sha256), with `policy` as its reward
-/// policy text and `extra` TOML tables (e.g. `[challenges]`).
+/// `gateways` (id, client certificate sha256; an empty sha256 lists the
+/// gateway by id only, for its device-key certificate), with `policy` as
+/// its reward policy text and `extra` TOML tables (e.g. `[challenges]`).
 pub fn collector_config(
     dir: &Path,
     pki: &Pki,
@@ -205,9 +220,10 @@ pub fn collector_config(
     text.push_str(extra);
     text.push('\n');
     for (id, sha) in gateways {
-        text.push_str(&format!(
-            "[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"{sha}\"\n"
-        ));
+        text.push_str(&format!("[[gateway]]\nid = \"{id}\"\n"));
+        if !sha.is_empty() {
+            text.push_str(&format!("cert_sha256 = \"{sha}\"\n"));
+        }
     }
     let path = dir.join("collector.toml");
     std::fs::write(&path, text).expect("write collector config");

@@ -71,6 +71,13 @@ enum Command {
         /// Replace an existing key. The old gateway id is lost for good.
         #[arg(long)]
         force: bool,
+        /// Also write the key's TLS client certificate (self-signed X.509
+        /// v3 over the device key; `-` prints it). With an existing key
+        /// and no --force, the key is kept and only the certificate is
+        /// written. The gateway makes the same certificate at start when
+        /// `[upstream]` names no cert_file.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
     },
     /// Inspect the usage ledger (the gateway must be stopped).
     Ledger {
@@ -143,7 +150,12 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, log_format } => run::run(&config, log_format),
-        Command::Keygen { config, out, force } => keygen::run(config.as_deref(), out, force),
+        Command::Keygen {
+            config,
+            out,
+            force,
+            cert,
+        } => keygen::run(config.as_deref(), out, force, cert.as_deref()),
         Command::Ledger { command } => command.run(),
         Command::Plugin { command } => command.run(),
         Command::Epochs { command } => command.run(),

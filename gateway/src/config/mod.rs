@@ -29,7 +29,7 @@ pub use plugin::{
 use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
 pub use policy::{load_policy, parse_policy};
 pub use self_check::{SelfCheckConfig, SelfCheckTemplate};
-pub use upstream::{CollectorUrl, UpstreamConfig};
+pub use upstream::{CollectorUrl, CollectorUrls, UpstreamConfig};
 
 #[cfg(test)]
 pub(crate) use mqtt::tests as mqtt_tests;

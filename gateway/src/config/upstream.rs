@@ -10,14 +10,19 @@ use super::resolve_path;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Base URL of the collector, `https://host:port`.
-    pub url: String,
+    /// Base URL of the collector, `https://host:port`, or several (replicas
+    /// or standbys), tried in order.
+    pub url: CollectorUrls,
     /// CA bundle (PEM) that the collector's certificate must chain to.
     pub ca_file: PathBuf,
-    /// This gateway's client certificate (PEM).
-    pub cert_file: PathBuf,
+    /// This gateway's client certificate (PEM). Without it (and
+    /// `key_file`), the gateway presents a self-signed certificate over its
+    /// device key, which a collector recognises by the gateway id.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    pub key_file: PathBuf,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// First retry delay after a failed delivery, ms (default 200).
     #[serde(default = "default_retry_min")]
     pub retry_min_ms: u64,
@@ -37,6 +42,45 @@ fn default_retry_max() -> u64 {
 }
 fn default_timeout() -> u64 {
     10_000
+}
+
+/// `[upstream] url`: one collector URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CollectorUrls {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl CollectorUrls {
+    /// The URLs in the order they are tried.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            CollectorUrls::One(u) => vec![u.as_str()],
+            CollectorUrls::Several(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Every URL parsed; the problem names the first bad one.
+    pub fn parse(&self) -> Result<Vec<CollectorUrl>, String> {
+        let list = self.list();
+        if list.is_empty() {
+            return Err("lists no collector URL".into());
+        }
+        list.into_iter().map(CollectorUrl::parse).collect()
+    }
+}
+
+impl From<String> for CollectorUrls {
+    fn from(url: String) -> Self {
+        CollectorUrls::One(url)
+    }
+}
+
+impl std::fmt::Display for CollectorUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.list().join(", "))
+    }
 }
 
 /// A parsed `https://host:port` base URL.
@@ -80,13 +124,22 @@ impl CollectorUrl {
 impl UpstreamConfig {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         self.ca_file = resolve_path(base, &self.ca_file);
-        self.cert_file = resolve_path(base, &self.cert_file);
-        self.key_file = resolve_path(base, &self.key_file);
+        self.cert_file = self.cert_file.as_deref().map(|p| resolve_path(base, p));
+        self.key_file = self.key_file.as_deref().map(|p| resolve_path(base, p));
     }
 
     /// Checks values; returns (key, problem).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        CollectorUrl::parse(&self.url).map_err(|p| ("upstream.url".to_string(), p))?;
+        self.url
+            .parse()
+            .map_err(|p| ("upstream.url".to_string(), p))?;
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err((
+                "upstream.cert_file".into(),
+                "cert_file and key_file go together (omit both to use the device-key certificate)"
+                    .into(),
+            ));
+        }
         if self.retry_min_ms == 0 || self.retry_max_ms < self.retry_min_ms {
             return Err((
                 "upstream.retry_max_ms".into(),
@@ -126,6 +179,30 @@ mod tests {
         assert!(e.problem.contains("ca_file"), "{e}");
         let c = parse(&up.replace("http://", "https://")).unwrap();
         assert_eq!(c.upstream.unwrap().ca_file, Path::new("/etc/depin/ca.pem"));
+        let e = parse(
+            "[upstream]\nurl = \"https://c:1\"\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstream.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn upstream_takes_one_url_or_several_and_no_client_certificate() {
+        let c =
+            parse("[upstream]\nurl = [\"https://a:1\", \"https://b:2\"]\nca_file = \"ca.pem\"\n")
+                .unwrap();
+        let up = c.upstream.unwrap();
+        assert!(up.cert_file.is_none() && up.key_file.is_none());
+        let urls = up.url.parse().unwrap();
+        assert_eq!((urls[0].host.as_str(), urls[1].port), ("a", 2));
+        let one = parse("[upstream]\nurl = \"https://a:1\"\nca_file = \"ca.pem\"\n").unwrap();
+        assert_eq!(one.upstream.unwrap().url.parse().unwrap().len(), 1);
+        let e =
+            parse("[upstream]\nurl = [\"https://a:1\", \"http://b:2\"]\nca_file = \"ca.pem\"\n")
+                .unwrap_err();
+        assert!(e.problem.contains("http://b:2"), "{e}");
+        let e = parse("[upstream]\nurl = []\nca_file = \"ca.pem\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstream.url"), "{e}");
     }
 
     #[test]

@@ -369,7 +369,10 @@ pub fn start(
         None => RewardPolicy::default(),
     };
     let client = match &config.upstream {
-        Some(u) => Some(crate::upstream::sender::CollectorClient::new(u)?),
+        Some(u) => Some(crate::upstream::sender::CollectorClient::with_identity(
+            u,
+            Some(key),
+        )?),
         None => None,
     };
     if client.is_some() {

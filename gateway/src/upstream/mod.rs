@@ -4,3 +4,6 @@
 
 pub mod sender;
 pub mod tls;
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,7 @@
 //! `retry_max_ms`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +24,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsConnector;
 
-use super::tls::{TlsError, client_config};
+use super::tls::{TlsError, UpstreamFiles, upstream_client_config};
 use crate::config::{CollectorUrl, UpstreamConfig};
+use crate::identity::DeviceKey;
 use depin_protocol::time::now_ms;
 
 use crate::epochs::{CollectorFigure, EpochStore};
@@ -35,6 +37,8 @@ use crate::service::Service;
 pub enum DeliveryError {
     #[error("cannot reach the collector: {0}")]
     Connect(String),
+    #[error("TLS with the collector failed: {0}")]
+    Tls(String),
     #[error("the collector answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("the collector acknowledged something else: {0}")]
@@ -45,25 +49,53 @@ pub enum DeliveryError {
     Timeout(u64),
 }
 
-/// An HTTPS client with this gateway's client certificate.
+/// An HTTPS client with this gateway's client certificate, for one
+/// collector or several (`[upstream] url` as a list).
+///
+/// Failover: a request goes to the collector that answered last (the first
+/// URL at start); on a connection failure, a timeout or a 5xx answer it is
+/// tried on the next URL, in list order, until one answers or every URL
+/// was tried once. The request bytes are the same on every URL: a report
+/// is signed once, at epoch close, and only ever re-sent, so replicas
+/// sharing a store count it once.
 #[derive(Clone)]
 pub struct CollectorClient {
     tls: TlsConnector,
-    url: CollectorUrl,
+    urls: Arc<[CollectorUrl]>,
+    /// Index in `urls` of the collector that answered last.
+    current: Arc<AtomicUsize>,
+    files: Arc<UpstreamFiles>,
     timeout: Duration,
 }
 
 impl CollectorClient {
-    /// Builds the client; fails on unreadable certificate files.
+    /// Builds the client from configured certificate files (`cert_file`
+    /// and `key_file` must be set); fails on unusable files.
     pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
-        let url = CollectorUrl::parse(&config.url).map_err(|problem| TlsError {
+        Self::with_identity(config, None)
+    }
+
+    /// Builds the client; without `cert_file`/`key_file` it presents the
+    /// certificate of `device`. Fails on unusable files, naming them.
+    pub fn with_identity(
+        config: &UpstreamConfig,
+        device: Option<&DeviceKey>,
+    ) -> Result<Self, TlsError> {
+        let urls = config.url.parse().map_err(|problem| TlsError {
             file: "upstream.url".into(),
             problem,
         })?;
-        let tls = client_config(&config.ca_file, &config.cert_file, &config.key_file)?;
+        let files = UpstreamFiles {
+            ca_file: config.ca_file.clone(),
+            cert_file: config.cert_file.clone(),
+            key_file: config.key_file.clone(),
+        };
+        let tls = upstream_client_config(&files, device)?;
         Ok(Self {
             tls: TlsConnector::from(tls),
-            url,
+            urls: urls.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            files: Arc::new(files),
             timeout: Duration::from_millis(config.request_timeout_ms),
         })
     }
@@ -76,36 +108,71 @@ impl CollectorClient {
         }
     }
 
-    /// Sends one request; returns the status and body.
+    /// Sends one request; returns the status and body. Fails over as
+    /// described on [`CollectorClient`]; the error (or 5xx answer) of the
+    /// last URL tried is returned when none answered.
     pub async fn request(
         &self,
         method: &str,
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), DeliveryError> {
-        let ms = self.timeout.as_millis() as u64;
-        tokio::time::timeout(self.timeout, self.request_inner(method, path, body))
+        let first = self.current.load(Ordering::Relaxed) % self.urls.len();
+        let mut last = None;
+        for step in 0..self.urls.len() {
+            let i = (first + step) % self.urls.len();
+            let url = &self.urls[i];
+            let ms = self.timeout.as_millis() as u64;
+            let outcome = tokio::time::timeout(
+                self.timeout,
+                self.request_to(url, method, path, body.clone()),
+            )
             .await
-            .map_err(|_| DeliveryError::Timeout(ms))?
+            .unwrap_or(Err(DeliveryError::Timeout(ms)));
+            match outcome {
+                Ok((status, body)) if status < 500 => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok((status, body));
+                }
+                other => {
+                    if self.urls.len() > 1 {
+                        let problem = match &other {
+                            Ok((status, _)) => format!("answered {status}"),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(collector = %format!("{}:{}", url.host, url.port), %problem, "collector unavailable; trying the next one");
+                    }
+                    last = Some(other);
+                }
+            }
+        }
+        last.expect("at least one URL")
     }
 
-    async fn request_inner(
+    async fn request_to(
         &self,
+        url: &CollectorUrl,
         method: &str,
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), DeliveryError> {
-        let connect = |e: &dyn std::fmt::Display| DeliveryError::Connect(e.to_string());
-        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+        // A TLS failure can surface at the handshake or, with TLS 1.3 (the
+        // server judges the client certificate after the client finished),
+        // at the first read: either way it is explained.
+        let connect = |e: &(dyn std::error::Error + 'static)| match rustls_error(e) {
+            Some(tls) => DeliveryError::Tls(self.files.explain(tls, &url.host)),
+            None => DeliveryError::Connect(e.to_string()),
+        };
+        let tcp = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(|e| connect(&e))?;
-        let name = ServerName::try_from(self.url.host.clone()).map_err(|e| connect(&e))?;
+        let name = ServerName::try_from(url.host.clone()).map_err(|e| connect(&e))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| connect(&e))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| connect(&e))?;
         let conn = tokio::spawn(conn);
-        let host = format!("{}:{}", self.url.host, self.url.port);
+        let host = format!("{}:{}", url.host, url.port);
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -124,6 +191,21 @@ impl CollectorClient {
         drop(send);
         conn.abort();
         Ok((status, body))
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain of causes (I/O errors wrap
+/// theirs without exposing it as a source).
+fn rustls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        e = inner.or_else(|| e.source())?;
     }
 }
 
