@@ -18,13 +18,10 @@ use std::time::Duration;
 
 use depin_e2e::forger::Forger;
 use depin_e2e::postgres::Postgres;
-use depin_e2e::upstream::{ClientCert, CollectorProcess, Pki, collector_config, schedule_toml};
-use depin_gateway::identity::DeviceKey;
-use depin_gateway::upstream::sender::CollectorClient;
+use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, schedule_toml};
+use depin_protocol::Hash;
 use depin_protocol::proofs::{Answer, ChallengeSpec};
-use depin_protocol::report::{ComponentDigest, EpochReport, EpochTotal, REPORT_VERSION};
 use depin_protocol::time::now_ms;
-use depin_protocol::{GENESIS_HASH, Hash};
 use serde_json::Value;
 
 use crate::upstream::get_json;
