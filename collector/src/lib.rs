@@ -575,11 +575,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        tracing::info!(addr = %addr, gateways = config.gateways.len(), "collector ready");
-        let server = tokio::spawn(collector.serve(listener, tls));
+        // Installed before "ready", so that a SIGTERM right after it stops
+        // the collector cleanly rather than by the default action.
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        tracing::info!(addr = %addr, gateways = config.gateways.len(), "collector ready");
+        let server = tokio::spawn(collector.serve(listener, tls));
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

@@ -21,13 +21,13 @@ pub(super) fn run(config_path: &Path, log_format: Option<LogFormat>) -> anyhow::
         );
     }
     async_runtime()?.block_on(async {
-        // Installed before the gateway reports ready, so an early SIGHUP
-        // reloads instead of ending the process.
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot install the SIGHUP handler")?;
+        // Installed before the gateway reports ready: an early SIGHUP
+        // reloads and an early SIGTERM shuts down cleanly, instead of the
+        // default action ending the process.
+        let signals = Signals::install()?;
         let gateway = crate::RunningGateway::start_with_source(&config, Some(config_path)).await?;
         let exit = tokio::select! {
-            _ = wait_for_signal_reloading_on_hangup(&gateway, hup) => ExitCode::SUCCESS,
+            _ = signals.wait_reloading_on_hangup(&gateway) => ExitCode::SUCCESS,
             why = gateway.ledger_storage_failed() => {
                 tracing::error!(
                     error = %why,
@@ -56,28 +56,34 @@ const LEDGER_FAILURE_NOTICE: std::time::Duration = std::time::Duration::from_sec
 /// accepts writes again after an I/O error.
 const EXIT_LEDGER_FAILED: u8 = 75;
 
-/// Waits for SIGTERM or SIGINT; on each SIGHUP, reloads the plugins (a
-/// refused reload is logged and reported by the gateway).
-async fn wait_for_signal_reloading_on_hangup(
-    gateway: &crate::RunningGateway,
-    mut hup: tokio::signal::unix::Signal,
-) {
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = async {
-            while hup.recv().await.is_some() {
-                let _ = gateway.reload("sighup").await;
-            }
-        } => {}
-    }
+/// The signals `run` handles, registered with the runtime.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on each SIGHUP, reloads the plugins (a
+    /// refused reload is logged and reported by the gateway).
+    async fn wait_reloading_on_hangup(mut self, gateway: &crate::RunningGateway) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                Some(()) = self.hup.recv() => {
+                    let _ = gateway.reload("sighup").await;
+                }
+            }
+        }
     }
 }
