@@ -8,11 +8,13 @@
 //! - [`merkle`]: the one Merkle tree (root, inclusion path, climb);
 //! - [`record`]: usage records, their canonical encoding and chain hash;
 //! - [`report`]: the signed epoch report (feature `signing`);
+//! - [`ack`]: the collector's acknowledgement of a report;
 //! - [`proofs`]: challenges and signed answers (feature `signing`);
 //! - [`rewards`]: the reward policy, the reward function and its lines;
 //! - [`units`]: host-attested unit names;
 //! - [`time`]: the wall clock in Unix milliseconds.
 
+pub mod ack;
 pub mod hash;
 pub mod merkle;
 #[cfg(feature = "signing")]

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use depin_protocol::report::{ProofOutcome, ReportError, SignedReport};
-use depin_protocol::rewards::RewardLine;
 use depin_protocol::{GENESIS_HASH, Hash};
 
 /// epoch -> signed report bytes
@@ -109,19 +108,8 @@ pub struct ClosedEpoch {
     pub collector: Option<CollectorFigure>,
 }
 
-/// What the collector decided for an epoch, as its acknowledgement
-/// carried it: the reward, the proof score from its own records, and one
-/// line per total with its reason. The gateway's own figure is the
-/// report's `reward_micro` (an estimate).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CollectorFigure {
-    #[serde(with = "depin_protocol::rewards::u128_string")]
-    pub reward_micro: u128,
-    /// Share of the challenges due in the epoch that passed, ppm.
-    #[serde(with = "depin_protocol::rewards::u128_string")]
-    pub proof_score_ppm: u128,
-    pub lines: Vec<RewardLine>,
-}
+/// What the collector decided for an epoch (see [`depin_protocol::ack`]).
+pub use depin_protocol::ack::CollectorFigure;
 
 /// A report waiting for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,8 +29,13 @@ use crate::config::{CollectorUrl, UpstreamConfig};
 use crate::identity::DeviceKey;
 use depin_protocol::time::now_ms;
 
-use crate::epochs::{CollectorFigure, EpochStore};
+/// Largest answer read from a collector: an acknowledgement with its
+/// reward lines, or a batch of challenges.
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+use crate::epochs::EpochStore;
 use crate::service::Service;
+use depin_protocol::ack::Acknowledgement;
 
 /// Why one delivery attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,11 +187,11 @@ impl CollectorClient {
             .map_err(|e| connect(&e))?;
         let resp = send.send_request(req).await.map_err(|e| connect(&e))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        // Bounded: the collector's answer is read into memory.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| connect(&e))?
+            .map_err(|e| DeliveryError::Connect(format!("reading the collector's answer: {e}")))?
             .to_bytes();
         drop(send);
         conn.abort();
@@ -292,7 +297,6 @@ async fn deliver_pending(
             return Ok(());
         };
         let epoch = entry.epoch;
-        let hash = hex::encode(sha2::Sha256::digest(&entry.bytes));
         let (status, body) = client
             .request("POST", "/v1/reports", entry.bytes.clone())
             .await?;
@@ -302,14 +306,13 @@ async fn deliver_pending(
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
         }
-        let ack: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| DeliveryError::BadAck(format!("not JSON: {e}")))?;
-        if ack["hash"].as_str() != Some(hash.as_str()) || ack["epoch"].as_u64() != Some(epoch) {
-            return Err(DeliveryError::BadAck(ack.to_string()));
-        }
+        let hash = sha2::Sha256::digest(&entry.bytes).into();
+        let ack = Acknowledgement::decode_for(&body, epoch, &hash)
+            .map_err(|e| DeliveryError::BadAck(e.to_string()))?;
         // A collector that sends no figure (or an unreadable one) still
         // acknowledged the report.
-        let figure: Option<CollectorFigure> = serde_json::from_value(ack["decision"].clone()).ok();
+        let figure = ack.figure;
+        let collector_reward_micro = figure.as_ref().map(|f| f.reward_micro.to_string());
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.acknowledge(&entry, now_ms(), figure.as_ref()))
             .await
@@ -317,8 +320,8 @@ async fn deliver_pending(
             .map_err(|e| DeliveryError::Store(e.to_string()))?;
         tracing::info!(
             epoch,
-            status = ack["status"].as_str().unwrap_or("?"),
-            collector_reward_micro = ack["decision"]["reward_micro"].as_str().unwrap_or("?"),
+            status = %ack.status,
+            collector_reward_micro,
             "report delivered"
         );
     }
