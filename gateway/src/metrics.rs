@@ -153,7 +153,9 @@ pub struct Metrics {
     /// Conflicts between concurrent calls, by plugin.
     conflicts: Mutex<BTreeMap<Arc<str>, ConflictCounts>>,
     /// Plugin log lines dropped by the log rate limits, per plugin.
-    log_dropped: Mutex<BTreeMap<Arc<str>, u64>>,
+    log_dropped: PerPlugin,
+    /// Job modules evicted by the module quota, per plugin.
+    modules_evicted: PerPlugin,
     /// Self-check runs and failures by (plugin, challenge kind).
     self_checks: Mutex<BTreeMap<(String, String), SelfCheckCounts>>,
     /// Report deliveries to the collector.
@@ -226,7 +228,8 @@ impl Metrics {
             reloads: Mutex::new(Reloads::default()),
             outbox_depth: Mutex::new(None),
             conflicts: Mutex::new(BTreeMap::new()),
-            log_dropped: Mutex::new(BTreeMap::new()),
+            log_dropped: PerPlugin::default(),
+            modules_evicted: PerPlugin::default(),
             self_checks: Mutex::new(BTreeMap::new()),
             deliveries: Mutex::new(DeliveryState::default()),
         }
@@ -306,14 +309,23 @@ impl Metrics {
     /// Counts `lines` log lines of `plugin` dropped by the log rate
     /// limits (`depin_plugin_log_dropped_total`).
     pub fn record_log_dropped(&self, plugin: &Arc<str>, lines: u64) {
-        let mut d = self.log_dropped.lock().expect("metrics lock");
-        *d.entry(plugin.clone()).or_default() += lines;
+        self.log_dropped.add(plugin, lines);
     }
 
     /// Log lines of `plugin` dropped so far.
     pub fn log_dropped(&self, plugin: &str) -> u64 {
-        let d = self.log_dropped.lock().expect("metrics lock");
-        d.get(plugin).copied().unwrap_or(0)
+        self.log_dropped.get(plugin)
+    }
+
+    /// Counts `modules` job modules of `plugin` evicted to stay under its
+    /// module quota (`depin_job_modules_evicted_total`).
+    pub fn record_modules_evicted(&self, plugin: &str, modules: u64) {
+        self.modules_evicted.add(plugin, modules);
+    }
+
+    /// Job modules of `plugin` evicted so far.
+    pub fn modules_evicted(&self, plugin: &str) -> u64 {
+        self.modules_evicted.get(plugin)
     }
 
     /// Counts one self-check of `plugin` with challenge `kind`.
@@ -493,19 +505,16 @@ impl Metrics {
             }
         }
         crate::ingress::pressure::render(&mut out);
-        header(
+        self.log_dropped.render(
             &mut out,
             "depin_plugin_log_dropped_total",
-            "counter",
             "Plugin log lines dropped by the per-call and per-plugin log limits.",
         );
-        for (p, n) in self.log_dropped.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "depin_plugin_log_dropped_total{{plugin=\"{}\"}} {n}",
-                escape(p)
-            );
-        }
+        self.modules_evicted.render(
+            &mut out,
+            "depin_job_modules_evicted_total",
+            "Job modules removed, least recently used first, to stay under the module quota.",
+        );
         let checks = self.self_checks.lock().expect("metrics lock").clone();
         for (name, help, value) in [
             (
@@ -548,6 +557,35 @@ impl Metrics {
             d.failed
         );
         out
+    }
+}
+
+/// A counter per plugin.
+#[derive(Debug, Default)]
+struct PerPlugin(Mutex<BTreeMap<Arc<str>, u64>>);
+
+impl PerPlugin {
+    fn add(&self, plugin: &str, n: u64) {
+        let mut all = self.0.lock().expect("metrics lock");
+        match all.get_mut(plugin) {
+            Some(count) => *count += n,
+            None => {
+                all.insert(plugin.into(), n);
+            }
+        }
+    }
+
+    fn get(&self, plugin: &str) -> u64 {
+        let all = self.0.lock().expect("metrics lock");
+        all.get(plugin).copied().unwrap_or(0)
+    }
+
+    /// The counter `name`, one line per plugin.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "counter", help);
+        for (p, n) in self.0.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {n}", escape(p));
+        }
     }
 }
 

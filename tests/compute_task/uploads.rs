@@ -96,8 +96,18 @@ async fn past_the_module_quota_the_least_recently_used_module_is_evicted() {
     // Running a job uses `sha`: `exit7` is now the least recently used.
     let job = submit(&http, &format!("module={sha}"), "used").await;
     assert_eq!(finished(&http, &job).await["state"], "done");
+    let metrics = depin_gateway::metrics::global();
+    let evicted_before = metrics.modules_evicted("compute");
     let (status, primes) = upload(&http, job_module("primes")).await;
     assert_eq!(status, 201, "{primes}");
+    // Counted (the registry is shared by every gateway in this process,
+    // so other tests may add to it, never take away).
+    assert!(metrics.modules_evicted("compute") > evicted_before);
+    assert!(
+        metrics
+            .render_prometheus()
+            .contains("depin_job_modules_evicted_total{plugin=\"compute\"}")
+    );
     let primes = digest_of(&primes);
     let stored = |d: String| {
         let http = &http;

@@ -265,6 +265,9 @@ impl JobEngine {
                     tracing::info!(plugin, module = %old, modules = count, bytes = total, "evicting the least recently used job module to stay under the module quota");
                     self.remove_module(plugin, old);
                 }
+                if !evict.is_empty() {
+                    crate::metrics::global().record_modules_evicted(plugin, evict.len() as u64);
+                }
                 quota::mark_used(&self.module_path(plugin, digest));
                 Ok(())
             }
