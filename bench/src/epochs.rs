@@ -17,7 +17,7 @@ use std::time::Instant;
 use depin_collector::{CollectorStore, check_report};
 use depin_gateway::epochs::{EpochCloser, EpochStore};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::ledger::{CallEffects, Ledger, NewRecord, Source, UsageRecord};
+use depin_gateway::ledger::{Ledger, Source, UsageRecord};
 use depin_protocol::Hash;
 use depin_protocol::merkle;
 use depin_protocol::report::{EpochReport, EpochTotal, SignedReport};
@@ -27,7 +27,9 @@ use ed25519_dalek::{Signature, Verifier};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const LENGTH_MS: u64 = 3_600_000;
+#[path = "ledger_fill.rs"]
+mod ledger_fill;
+use ledger_fill::LENGTH_MS;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -45,22 +47,6 @@ fn policy() -> RewardPolicy {
     .expect("policy")
 }
 
-fn record(i: u64, time_ms: u64) -> NewRecord {
-    let unit = ["requests", "bytes-out", "wall-time-us", "fuel"][(i % 4) as usize];
-    NewRecord {
-        time_ms,
-        unit: unit.into(),
-        quantity: 100 + i % 1000,
-        source: if i.is_multiple_of(4) {
-            Source::Plugin
-        } else {
-            Source::Host
-        },
-        subject: Some(format!("req-{}", i / 4)),
-        evidence: None,
-    }
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let n = env("EPOCH_RECORDS", 1_000_000);
@@ -73,29 +59,8 @@ async fn main() {
 async fn epoch_close(n: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = Ledger::open(dir.path()).expect("ledger");
-    // every record in epoch 1 (times 1h..2h), committed 1000 per transaction
-    let t0 = LENGTH_MS;
-    let fill = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch = (n - i).min(1000);
-        let records = (i..i + batch)
-            .map(|j| record(j, t0 + j * (LENGTH_MS - 1) / n))
-            .collect();
-        let effects = CallEffects {
-            records,
-            ..CallEffects::default()
-        };
-        ledger
-            .commit("bench".into(), effects)
-            .await
-            .expect("commit");
-        i += batch;
-    }
-    println!(
-        "filled the ledger with {n} records in {:.1} s",
-        fill.elapsed().as_secs_f64()
-    );
+    let seconds = ledger_fill::fill(&ledger, n).await;
+    println!("filled the ledger with {n} records in {seconds:.1} s");
     let store = Arc::new(EpochStore::open(dir.path()).expect("epoch store"));
     let closer = EpochCloser {
         ledger: ledger.clone(),
@@ -111,7 +76,7 @@ async fn epoch_close(n: u64) {
         deliver: true,
     };
     // start the cursor at epoch 1, then close it
-    assert!(closer.close_due(t0 + 1).expect("init").is_empty());
+    assert!(closer.close_due(LENGTH_MS + 1).expect("init").is_empty());
     let started = Instant::now();
     let made = closer.close_due(2 * LENGTH_MS).expect("close");
     let gateway_s = started.elapsed().as_secs_f64();

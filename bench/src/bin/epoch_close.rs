@@ -19,28 +19,12 @@ use std::time::Instant;
 
 use depin_gateway::epochs::{EpochCloser, EpochStore, PluginIdentities};
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::ledger::{CallEffects, Ledger, NewRecord, Source};
+use depin_gateway::ledger::{Ledger, Source};
 use depin_protocol::merkle;
 
-const LENGTH_MS: u64 = 3_600_000;
-
-/// Record `i` of `n`, all in epoch 1; a quarter of the subjects distinct
-/// per total, like one subject per request.
-fn record(i: u64, n: u64) -> NewRecord {
-    let unit = ["requests", "bytes-out", "wall-time-us", "fuel"][(i % 4) as usize];
-    NewRecord {
-        time_ms: LENGTH_MS + i * (LENGTH_MS - 1) / n,
-        unit: unit.into(),
-        quantity: 100 + i % 1000,
-        source: if i.is_multiple_of(4) {
-            Source::Plugin
-        } else {
-            Source::Host
-        },
-        subject: Some(format!("req-{}", i / 4)),
-        evidence: None,
-    }
-}
+#[path = "../ledger_fill.rs"]
+mod ledger_fill;
+use ledger_fill::LENGTH_MS;
 
 fn peak_rss_kib() -> i64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -133,26 +117,10 @@ async fn main() {
     {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Ledger::open(dir.path()).expect("ledger");
-        let fill = Instant::now();
-        let mut i = 0;
-        while i < n {
-            let batch = (n - i).min(1000);
-            let effects = CallEffects {
-                records: (i..i + batch).map(|j| record(j, n)).collect(),
-                ..CallEffects::default()
-            };
-            ledger
-                .commit("bench".into(), effects)
-                .await
-                .expect("commit");
-            i += batch;
-        }
+        let seconds = ledger_fill::fill(&ledger, n).await;
         ledger.close();
         drop(ledger);
-        eprintln!(
-            "filled {n} records in {:.1} s",
-            fill.elapsed().as_secs_f64()
-        );
+        eprintln!("filled {n} records in {seconds:.1} s");
         let mut results = Vec::new();
         for method in ["in-memory", "streaming"] {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
