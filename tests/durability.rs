@@ -1,12 +1,12 @@
 //! Crashes and shutdowns: what was acknowledged is in the ledger, and the
 //! chain is never broken.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
-use depin_gateway::ledger::{LedgerReader, Source};
+use depin_e2e::{
+    GatewayProcess, Home, HttpClient, PluginSpec, plugin, request_ids_in_ledger, verify_ledger,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -18,21 +18,6 @@ fn home() -> Home {
         ],
         "",
     )
-}
-
-fn request_ids_in_ledger(home: &Home) -> HashSet<String> {
-    let reader = LedgerReader::open(&home.data_dir()).expect("open ledger after the crash");
-    let mut ids = HashSet::new();
-    reader
-        .for_each(|_, r| {
-            let (_, _, r) = r.expect("decodable record");
-            if r.source == Source::Host {
-                ids.insert(r.subject.expect("host records carry the request id"));
-            }
-            true
-        })
-        .unwrap();
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,17 +50,8 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_request() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "ledger",
-            "verify",
-            "--data-dir",
-            home.data_dir().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "chain broken after kill -9: {out}{err}");
-    let in_ledger = request_ids_in_ledger(&home);
+    verify_ledger(BIN, &home.data_dir(), "kill -9");
+    let in_ledger = request_ids_in_ledger(&home.data_dir());
     let lost: Vec<_> = acked.iter().filter(|id| !in_ledger.contains(*id)).collect();
     assert!(
         lost.is_empty(),
@@ -88,16 +64,7 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_request() {
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     assert_eq!(HttpClient::new(gw.addr).get("/t/hello").await.status, 200);
     assert!(gw.terminate(), "clean exit on SIGTERM");
-    let (code, out, _) = run_cli(
-        BIN,
-        &[
-            "ledger",
-            "verify",
-            "--data-dir",
-            home.data_dir().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
+    verify_ledger(BIN, &home.data_dir(), "the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,5 +94,5 @@ async fn sigterm_lets_in_flight_calls_finish_and_flushes_the_ledger() {
     assert!(gw.terminate(), "exits 0 after draining");
     let logs = gw.stderr_lines.lock().unwrap().join("\n");
     assert!(logs.contains("draining in-flight requests"), "{logs}");
-    assert!(request_ids_in_ledger(&home).contains(&reply.request_id()));
+    assert!(request_ids_in_ledger(&home.data_dir()).contains(&reply.request_id()));
 }

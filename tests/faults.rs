@@ -2,7 +2,6 @@
 //! health, ends the process with a non-zero status, loses nothing that was
 //! acknowledged, and a restart with space freed resumes on an intact chain.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -10,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
-use depin_gateway::ledger::{LedgerReader, Source};
+use depin_e2e::{
+    GatewayProcess, Home, HttpClient, PluginSpec, plugin, request_ids_in_ledger, verify_ledger,
+};
+use depin_gateway::ledger::LedgerReader;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -93,29 +94,6 @@ pub fn fill(path: &Path) -> u64 {
     }
     let _ = f.sync_all();
     written
-}
-
-fn request_ids_in_ledger(data_dir: &Path) -> HashSet<String> {
-    let reader = LedgerReader::open(data_dir).expect("open the ledger");
-    let mut ids = HashSet::new();
-    reader
-        .for_each(|_, r| {
-            let (_, _, r) = r.expect("decodable record");
-            if r.source == Source::Host {
-                ids.insert(r.subject.expect("host records carry the request id"));
-            }
-            true
-        })
-        .unwrap();
-    ids
-}
-
-fn verify(data_dir: &Path) {
-    let (code, out, err) = run_cli(
-        BIN,
-        &["ledger", "verify", "--data-dir", data_dir.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "ledger verify: {out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +203,7 @@ async fn a_full_disk_fails_readiness_exits_non_zero_and_loses_no_acknowledged_re
         gw.stderr_lines.lock().unwrap().join("\n")
     );
 
-    verify(&data_dir);
+    verify_ledger(BIN, &data_dir, "the disk filled up");
     let in_ledger = request_ids_in_ledger(&data_dir);
     let acked = acked.lock().unwrap().clone();
     let lost: Vec<_> = acked.iter().filter(|id| !in_ledger.contains(*id)).collect();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use depin_e2e::sensors::{Mosquitto, Sensor, mqtt_table, rumqtt_publisher};
-use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
+use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, verify_ledger};
 use depin_gateway::RunningGateway;
 use depin_gateway::ledger::{LedgerReader, Source};
 use rumqttc::QoS;
@@ -416,11 +416,7 @@ async fn kill_9_under_conflicting_load_loses_nothing_acknowledged_and_counts_sta
     let acked = acked.lock().unwrap().clone();
 
     let data_dir = home.data_dir();
-    let (code, out, err) = run_cli(
-        BIN,
-        &["ledger", "verify", "--data-dir", data_dir.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "chain broken after kill -9: {out}{err}");
+    verify_ledger(BIN, &data_dir, "kill -9");
     let calls = calls_in_ledger(&home);
     let committed = |p: &str| calls.get(p).map_or(0, HashSet::len) as u64;
     for (plugin, count, id) in &acked {
@@ -452,9 +448,5 @@ async fn kill_9_under_conflicting_load_loses_nothing_acknowledged_and_counts_sta
         assert_eq!(v["count"].as_u64().unwrap(), committed(p) + 1, "{p}");
     }
     assert!(gw.terminate(), "clean exit on SIGTERM");
-    let (code, out, _) = run_cli(
-        BIN,
-        &["ledger", "verify", "--data-dir", data_dir.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}");
+    verify_ledger(BIN, &data_dir, "the restart");
 }

@@ -422,4 +422,31 @@ pub fn run_cli(bin: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `ledger verify` on `data_dir`; panics with the output, naming
+/// `after`, unless the chain checks out. Returns what it printed.
+pub fn verify_ledger(bin: &str, data_dir: &Path, after: &str) -> String {
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    let (code, out, err) = run_cli(bin, &["ledger", "verify", "--data-dir", data_dir]);
+    assert_eq!(code, 0, "chain broken after {after}: {out}{err}");
+    out
+}
+
+/// The request ids of the ledger's host records (each carries the id of
+/// the request it measured as its subject).
+pub fn request_ids_in_ledger(data_dir: &Path) -> std::collections::HashSet<String> {
+    use depin_gateway::ledger::{LedgerReader, Source};
+    let reader = LedgerReader::open(data_dir).expect("open the ledger");
+    let mut ids = std::collections::HashSet::new();
+    reader
+        .for_each(|_, r| {
+            let (_, _, r) = r.expect("decodable record");
+            if r.source == Source::Host {
+                ids.insert(r.subject.expect("host records carry the request id"));
+            }
+            true
+        })
+        .unwrap();
+    ids
+}
+
 pub mod upstream;
