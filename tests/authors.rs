@@ -58,22 +58,26 @@ fn python_dir() -> PathBuf {
     workspace().join("plugins/python-counter")
 }
 
-/// `plugin test FILE --json` with the Python plugin's configuration and
-/// `script`: (exit code, the report, stderr).
+/// `plugin test FILE` with the Python plugin's configuration, `script`
+/// and `more` arguments: (exit code, stdout, stderr).
+fn plugin_test(component: &Path, script: &Path, more: &[&str]) -> (i32, String, String) {
+    let config = python_dir().join("tests/plugin.toml");
+    let mut args = vec![
+        "plugin",
+        "test",
+        component.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--script",
+        script.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    run_cli(BIN, &args)
+}
+
+/// `plugin test FILE --json`: (exit code, the report, stderr).
 fn plugin_test_json(component: &Path, script: &Path) -> (i32, Value, String) {
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "test",
-            component.to_str().unwrap(),
-            "--config",
-            python_dir().join("tests/plugin.toml").to_str().unwrap(),
-            "--script",
-            script.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let (code, out, err) = plugin_test(component, script, &["--json"]);
     let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     (code, report, err)
 }
@@ -275,18 +279,7 @@ expect = { proved = false }
 "#,
     )
     .unwrap();
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "test",
-            plugin("template_plugin").to_str().unwrap(),
-            "--config",
-            python_dir().join("tests/plugin.toml").to_str().unwrap(),
-            "--script",
-            script.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) = plugin_test(&plugin("template_plugin"), &script, &[]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         out.contains("step 1: http POST /counter/echo ... ok"),
@@ -313,18 +306,7 @@ fn plugin_test_refuses_a_step_with_two_calls() {
         "[[step]]\nhttp = { path = \"/\" }\nmessage = { topic = \"t\" }\n",
     )
     .unwrap();
-    let (code, _, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "test",
-            plugin("template_plugin").to_str().unwrap(),
-            "--config",
-            python_dir().join("tests/plugin.toml").to_str().unwrap(),
-            "--script",
-            script.to_str().unwrap(),
-        ],
-    );
+    let (code, _, err) = plugin_test(&plugin("template_plugin"), &script, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("step 1: give exactly one of"), "{err}");
 }

@@ -79,6 +79,35 @@ async fn rust_publisher(port: u16, id: &str) -> AsyncClient {
     rumqtt_publisher(port, id).await
 }
 
+/// Publishes a pack of `sensor` on `topic` with sequence numbers from
+/// `seq` on, one every 300 ms, until the gateway has accepted `accepted`
+/// packs in all (its subscription may still be on its way); 30 s at most.
+async fn publish_until_accepted(
+    broker: &Mosquitto,
+    http: &HttpClient,
+    sensor: &Sensor,
+    topic: &str,
+    mut seq: u64,
+    accepted: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        broker.mosquitto_pub(
+            topic,
+            &sensor.mqtt_payload(seq, temp_pack(&[2.0]).as_bytes()),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stats(http).await["accepted"].as_u64() >= Some(accepted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pack published on {topic} was accepted in 30 s"
+        );
+        seq += 1;
+    }
+}
+
 fn temp_pack(values: &[f64]) -> String {
     let records: Vec<Value> = values
         .iter()
@@ -229,20 +258,7 @@ async fn a_broker_down_at_start_is_retried_and_the_gateway_serves_meanwhile() {
 
     let broker = Mosquitto::start_on(port);
     // Publish until the gateway has subscribed (it retries with backoff).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seq = 2;
-    loop {
-        broker.mosquitto_pub(
-            "sensors/dev-l/packs",
-            &sensor.mqtt_payload(seq, temp_pack(&[2.0]).as_bytes()),
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if stats(&http).await["accepted"].as_u64() >= Some(2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway never subscribed");
-        seq += 1;
-    }
+    publish_until_accepted(&broker, &http, &sensor, "sensors/dev-l/packs", 2, 2).await;
     gw.shutdown().await;
 }
 
@@ -505,19 +521,6 @@ async fn the_broker_can_be_reached_over_tls() {
     let http = HttpClient::new(gw.http_addr);
     let sensor = Sensor::new("dev-t", 7);
     provision(&http, &sensor).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seq = 1;
-    loop {
-        broker.mosquitto_pub(
-            "sensors/dev-t/packs",
-            &sensor.mqtt_payload(seq, temp_pack(&[5.0]).as_bytes()),
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if stats(&http).await["accepted"].as_u64() >= Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no message arrived over TLS");
-        seq += 1;
-    }
+    publish_until_accepted(&broker, &http, &sensor, "sensors/dev-t/packs", 1, 1).await;
     gw.shutdown().await;
 }
