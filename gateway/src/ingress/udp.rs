@@ -405,12 +405,22 @@ impl Relay {
                 tracing::warn!(plugin = %self.name, request_id = %id, dropped = over, "answers dropped: a call sends at most {MAX_SENDS_PER_CALL} datagrams");
             }
             let mut sends = Vec::with_capacity(replies.len() + queued.len());
+            // Bytes of answers to the trigger, taken from its budget.
+            let mut spent = 0;
             match &self.ingress {
-                Some(port) => sends.extend(
-                    port.clear_triggered(id, trigger, replies)
-                        .into_iter()
-                        .map(|(to, payload)| (port.socket.clone(), to, payload)),
-                ),
+                Some(port) => {
+                    let cleared = port.clear_triggered(id, trigger, replies);
+                    spent = cleared
+                        .iter()
+                        .filter(|(to, _)| Some(*to) == trigger)
+                        .map(|(_, payload)| payload.len() as u64)
+                        .sum();
+                    sends.extend(
+                        cleared
+                            .into_iter()
+                            .map(|(to, payload)| (port.socket.clone(), to, payload)),
+                    );
+                }
                 None if !replies.is_empty() => {
                     tracing::warn!(plugin = %self.name, request_id = %id, "answers dropped: the plugin has no UDP ingress socket ([plugin.udp] listen)");
                 }
@@ -426,6 +436,14 @@ impl Relay {
                 .bytes_in(bytes_in)
                 .bytes_out(bytes_out);
             let result = call::commit(&self.ledger, &self.name, id, measured, outcome.effects).await;
+            // This run's answers are not sent unless it committed: what they
+            // took from the trigger's answer budget goes back, so that a run
+            // again after a conflict does not pay twice.
+            if result.is_err()
+                && let (Some(port), Some(trigger)) = (&self.ingress, trigger)
+            {
+                port.refund(trigger, spent);
+            }
             call::Committed {
                 value: sends,
                 result,

@@ -128,6 +128,14 @@ impl PeerTable {
         true
     }
 
+    /// Gives back `bytes` taken by [`Self::spend`] for answers that were
+    /// never sent (their call's run did not commit).
+    pub(crate) fn refund(&mut self, peer: &SocketAddr, bytes: u64) {
+        if let Some(p) = self.by_addr.get_mut(peer) {
+            p.answered = p.answered.saturating_sub(bytes);
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.by_addr.len()
@@ -182,5 +190,9 @@ mod tests {
         t.saw(addr(1), 1, now);
         assert!(t.spend(&addr(1), 3));
         assert!(!t.spend(&addr(9), 1), "an unknown peer has no budget");
+        // Answers of a run that did not commit are given back.
+        t.refund(&addr(1), 6);
+        assert!(t.spend(&addr(1), 6), "refunded");
+        assert!(!t.spend(&addr(1), 1));
     }
 }

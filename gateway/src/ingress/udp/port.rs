@@ -89,6 +89,12 @@ impl IngressPort {
             .collect()
     }
 
+    /// Gives back to `peer`'s answer budget the `bytes` of cleared answers
+    /// that are not sent after all (their run did not commit).
+    pub(super) fn refund(&self, peer: SocketAddr, bytes: u64) {
+        self.peers.lock().expect("peers").refund(&peer, bytes);
+    }
+
     /// Sends cleared datagrams, in order. Failures are logged, not retried
     /// (UDP).
     pub async fn send(&self, request_id: &str, datagrams: Vec<(SocketAddr, Vec<u8>)>) {
