@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use depin_gateway::config::{ConfigError, LogFormat, load_toml, resolve_path};
+use depin_gateway::config::{ConfigError, LogFormat, parse_toml, read_config, resolve_path};
 
 /// The collector's configuration, loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -160,12 +160,19 @@ pub struct GatewayEntry {
 impl CollectorConfig {
     /// Reads and validates `path`; errors name the file and the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(path, &read_config(path)?)
+    }
+
+    /// Parses and validates configuration `text` that came from `path`;
+    /// relative paths inside resolve against its directory, and a
+    /// `store.url_file` is read.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let err = |key: Option<String>, problem: String| ConfigError {
             file: path.to_path_buf(),
             key,
             problem,
         };
-        let mut c: CollectorConfig = load_toml(path)?;
+        let mut c: CollectorConfig = parse_toml(path, text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| resolve_path(base, p);
         c.data_dir = resolve(&c.data_dir);

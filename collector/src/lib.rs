@@ -15,6 +15,8 @@
 pub mod challenges;
 pub mod config;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateways;
 mod health;
 pub mod intake;

@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("registry", registry),
     ("http_range", http_range),
     ("policy", policy),
+    ("ack", ack),
 ];
 
 /// Epoch report decoding (signed, canonical): what the collector accepts
@@ -132,5 +133,17 @@ pub fn policy(data: &[u8]) {
             });
             let _ = policy.reward(totals, ProofResults { issued, passed });
         }
+    }
+}
+
+/// The collector's acknowledgement of a report, as the gateway reads it:
+/// one that decodes is accepted by `decode_for` with its own epoch and
+/// hash, and refused for any other epoch.
+pub fn ack(data: &[u8]) {
+    use depin_protocol::ack::Acknowledgement;
+    if let Ok(ack) = Acknowledgement::decode(data) {
+        assert!(ack.status.chars().count() <= 32);
+        assert!(Acknowledgement::decode_for(data, ack.epoch, &ack.hash).is_ok());
+        assert!(Acknowledgement::decode_for(data, ack.epoch ^ 1, &ack.hash).is_err());
     }
 }

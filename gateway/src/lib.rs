@@ -8,6 +8,8 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod epochs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod ingress;

@@ -34,12 +34,16 @@ impl std::error::Error for ConfigError {}
 /// Reads and parses the TOML file at `path` into `T`. Unknown keys are
 /// errors when `T` denies them; every error names the file.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse_toml(path, &read_config(path)?)
+}
+
+/// The text of the configuration file at `path`, or an error naming it.
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         key: None,
         problem: format!("cannot read the configuration file: {e}"),
-    })?;
-    parse_toml(path, &text)
+    })
 }
 
 /// Parses TOML `text` that came from `path` into `T`; an error names the

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use epochs::EpochsConfig;
-pub use load::{ConfigError, load_toml, parse_toml, resolve_path};
+pub use load::{ConfigError, load_toml, parse_toml, read_config, resolve_path};
 pub use mqtt::{MqttConfig, MqttTls};
 pub use ops::{AdminConfig, ReloadConfig, TlsConfig};
 pub use plugin::{
@@ -189,12 +189,7 @@ impl GatewayConfig {
     /// Reads, parses and validates `path`. Relative paths inside are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            key: None,
-            problem: format!("cannot read the configuration file: {e}"),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_config(path)?)
     }
 
     /// Parses and validates configuration text that came from `path`.

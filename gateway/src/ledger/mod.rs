@@ -69,6 +69,7 @@ pub use record::{
 };
 pub use serial::{AddRefused, AddTicket, KvEffects, ReadSet, Snapshot, counter_value};
 pub use wal::WAL_FILE;
+pub(crate) use wal::fuzz_replay;
 
 /// Records are stored in blocks, one block per commit group:
 /// seq of the block's first record -> entry*, where
