@@ -94,6 +94,31 @@ async fn https_connections_are_kept_and_reused() {
     server.abort();
 }
 
+/// A registry-like [`recording_server`]: `/same` redirects to `/here` on
+/// itself (200), `/cross` to `<cdn_url>/blob`, and `more` if given.
+async fn redirecting_registry(
+    cdn_url: &str,
+    more: Option<(String, String)>,
+) -> (
+    u16,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut routes = vec![
+        (
+            "/same".into(),
+            "307 Temporary Redirect\r\nlocation: /here\r\n".into(),
+        ),
+        ("/here".into(), "200 OK\r\n".into()),
+        (
+            "/cross".into(),
+            format!("307 Temporary Redirect\r\nlocation: {cdn_url}/blob\r\n"),
+        ),
+    ];
+    routes.extend(more);
+    recording_server(routes).await
+}
+
 /// A plain HTTP server on a loopback port that answers `routes`
 /// (path -> status line and extra header lines; 404 otherwise), one
 /// request per connection, and keeps every request's head.
@@ -146,22 +171,11 @@ async fn redirects_keep_authorization_on_their_origin_only_and_stay_allow_listed
         recording_server(vec![("/blob".into(), "200 OK\r\n".into())]).await;
     let (other_port, other_heads, other) = recording_server(vec![]).await;
     let cdn_url = format!("http://127.0.0.1:{cdn_port}");
-    let (port, heads, registry) = recording_server(vec![
-        (
-            "/same".into(),
-            "307 Temporary Redirect\r\nlocation: /here\r\n".into(),
-        ),
-        ("/here".into(), "200 OK\r\n".into()),
-        (
-            "/cross".into(),
-            format!("307 Temporary Redirect\r\nlocation: {cdn_url}/blob\r\n"),
-        ),
-        (
-            "/away".into(),
-            format!("302 Found\r\nlocation: http://127.0.0.1:{other_port}/blob\r\n"),
-        ),
-    ])
-    .await;
+    let away = (
+        "/away".to_string(),
+        format!("302 Found\r\nlocation: http://127.0.0.1:{other_port}/blob\r\n"),
+    );
+    let (port, heads, registry) = redirecting_registry(&cdn_url, Some(away)).await;
     let registry_url = format!("http://127.0.0.1:{port}");
     let outbound = HttpOutbound::new(&[registry_url.clone(), cdn_url], None).unwrap();
     let auth = [("Authorization".to_string(), "Bearer t".to_string())];
@@ -195,18 +209,7 @@ async fn a_redirect_to_another_origin_carries_only_allow_listed_headers() {
     let (cdn_port, cdn_heads, cdn) =
         recording_server(vec![("/blob".into(), "200 OK\r\n".into())]).await;
     let cdn_url = format!("http://127.0.0.1:{cdn_port}");
-    let (port, heads, registry) = recording_server(vec![
-        (
-            "/same".into(),
-            "307 Temporary Redirect\r\nlocation: /here\r\n".into(),
-        ),
-        ("/here".into(), "200 OK\r\n".into()),
-        (
-            "/cross".into(),
-            format!("307 Temporary Redirect\r\nlocation: {cdn_url}/blob\r\n"),
-        ),
-    ])
-    .await;
+    let (port, heads, registry) = redirecting_registry(&cdn_url, None).await;
     let registry_url = format!("http://127.0.0.1:{port}");
     let outbound = HttpOutbound::new(&[registry_url.clone(), cdn_url], None).unwrap();
     let headers: Vec<(String, String)> = [
