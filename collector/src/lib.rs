@@ -10,8 +10,11 @@
 //! `GET /v1/gateways`, `GET /v1/gateways/{id}/epochs/{n}` (the decision:
 //! reward lines with reasons), `GET /v1/rewards?epoch=N` and a Prometheus
 //! `GET /metrics`. `depin-collector explain --gateway ID --epoch N` prints
-//! the same decision from the store.
+//! the same decision from the store. The gateway registry is managed by
+//! `depin-collector gateways …` and by the HTTP API on `[admin] listen`
+//! (`admin`), plain probes are on `[server] health_listen` (`health`).
 
+pub mod admin;
 pub mod challenges;
 pub mod config;
 pub mod explain;
@@ -460,7 +463,7 @@ pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -575,6 +578,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        let admin = match &config.admin {
+            Some(a) => {
+                let (api, l) = admin::RegistryApi::bind(a, collector.store.clone()).await?;
+                tracing::info!(addr = %l.local_addr()?, "registry API served");
+                Some(tokio::spawn(Arc::new(api).serve(l)))
+            }
+            None => None,
+        };
         // Installed before "ready", so that a SIGTERM right after it stops
         // the collector cleanly rather than by the default action.
         use tokio::signal::unix::{SignalKind, signal};
@@ -588,8 +599,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         server.abort();
         issuer.abort();
-        if let Some(h) = health {
-            h.abort();
+        for task in [health, admin].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("collector stopped");
         anyhow::Ok(ExitCode::SUCCESS)

@@ -6,11 +6,14 @@
 //! - `honest`: the honest control — a real gateway with real plugins
 //!   answering real challenges — that gets its full reward with every line
 //!   `rated`, and the server's bounds;
+//! - `registry`: the gateway registry's HTTP API and approval on first
+//!   contact;
 //! - `replicas`: several collector replicas on one PostgreSQL database,
-//!   the gateway registry and its CLI.
+//!   the gateway registry's CLI.
 
 mod cheats;
 mod honest;
+mod registry;
 mod replicas;
 
 use std::path::Path;

@@ -465,6 +465,16 @@ async fn the_registry_cli_works_on_redb_with_the_collector_stopped() {
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed[0]["status"], "active", "{listed}");
     assert_eq!(listed[0]["cert_sha256"], cert.sha256.as_str(), "{listed}");
+    // By its device-key certificate: the id is read from it.
+    let device = depin_gateway::identity::DeviceKey::generate();
+    let pem_file = tmp.path().join("device.pem");
+    std::fs::write(&pem_file, device.certificate().unwrap().pem).unwrap();
+    let (code, out, err) = cli(&["add", "--device-cert", pem_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&device.gateway_id()), "{out}");
+    let (code, _, err) = cli(&["add", "--id", &f.id(), "--cert-sha256", "abc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("64 hex digits"), "{err}");
     let mut collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let (status, _) = f
         .https

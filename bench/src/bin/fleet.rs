@@ -36,7 +36,6 @@ use depin_e2e::forger::Forger;
 use depin_e2e::postgres::Postgres;
 use depin_e2e::upstream::{CollectorProcess, Pki, free_port, schedule_toml};
 use depin_e2e::workspace;
-use depin_gateway::config::{CollectorUrls, UpstreamConfig};
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
 use depin_protocol::time::now_ms;
@@ -183,19 +182,10 @@ fn start_collectors(dir: &Path, pki: &Pki, ids: &[String], setup: &Setup) -> Col
 /// A client with `key`'s device-key certificate, first trying
 /// `ports[first]`, then the others.
 fn client(pki: &Pki, ports: &[u16], first: usize, key: &DeviceKey) -> CollectorClient {
-    let urls: Vec<String> = (0..ports.len())
-        .map(|i| format!("https://127.0.0.1:{}", ports[(first + i) % ports.len()]))
+    let order: Vec<u16> = (0..ports.len())
+        .map(|i| ports[(first + i) % ports.len()])
         .collect();
-    let config = UpstreamConfig {
-        url: CollectorUrls::Several(urls),
-        ca_file: pki.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
-        retry_min_ms: 50,
-        retry_max_ms: 400,
-        request_timeout_ms: 30_000,
-    };
-    CollectorClient::with_identity(&config, Some(key)).expect("client")
+    pki.https_device_key(&order, key)
 }
 
 /// What one simulated gateway delivered and how it was judged.
