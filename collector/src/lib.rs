@@ -22,6 +22,7 @@ pub mod gateways;
 mod health;
 pub mod intake;
 pub mod peer;
+pub mod polls;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -51,10 +52,6 @@ pub use store::{Accepted, ChainError, CollectorStore, Store};
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
-/// On a shared store, how often a waiting long-poll looks for challenges
-/// another replica issued (one indexed query per waiting gateway).
-const SHARED_POLL: Duration = Duration::from_millis(500);
-
 /// A running collector's shared state.
 pub struct Collector {
     store: Store,
@@ -71,8 +68,8 @@ pub struct Collector {
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     verifiers: challenges::Verifiers,
-    /// Woken when new challenges are issued (long polls wait on it).
-    pub challenge_ready: tokio::sync::Notify,
+    /// Long polls waiting for challenges, woken when they are issued.
+    pub waiting: polls::Waiting,
     proofs_passed: AtomicU64,
     proofs_failed: AtomicU64,
     proofs_expired: AtomicU64,
@@ -106,7 +103,7 @@ impl Collector {
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
             verifiers: challenges::Verifiers::load(&config.components, &config.data_dir).await?,
-            challenge_ready: tokio::sync::Notify::new(),
+            waiting: polls::Waiting::default(),
             proofs_passed: AtomicU64::new(0),
             proofs_failed: AtomicU64::new(0),
             proofs_expired: AtomicU64::new(0),
@@ -213,6 +210,18 @@ impl Collector {
             "depin_collector_tls_handshake_timeouts_total {}\n",
             self.handshakes_timed_out.load(Ordering::Relaxed)
         ));
+        out.push_str("# HELP depin_collector_polls_waiting Gateways with a challenge long-poll waiting here (bound: server.max_connections).\n");
+        out.push_str("# TYPE depin_collector_polls_waiting gauge\n");
+        out.push_str(&format!(
+            "depin_collector_polls_waiting {}\n",
+            self.waiting.gateways()
+        ));
+        out.push_str("# HELP depin_collector_challenge_notifications 1 while challenges issued by any replica wake polls here by notification (PostgreSQL LISTEN), 0 while polls re-check the store.\n");
+        out.push_str("# TYPE depin_collector_challenge_notifications gauge\n");
+        out.push_str(&format!(
+            "depin_collector_challenge_notifications {}\n",
+            u8::from(self.waiting.is_notified())
+        ));
         let gateways = self.store.gateway_ids().await.map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
@@ -284,8 +293,9 @@ impl Collector {
                     .min(60_000);
                 let deadline =
                     tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+                let waiter = self.waiting.enter(&gateway);
                 loop {
-                    let notified = self.challenge_ready.notified();
+                    let notified = waiter.notified();
                     match self.store.take_pending(&gateway).await {
                         Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
                             let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
@@ -296,11 +306,9 @@ impl Collector {
                             return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
                         }
                     }
-                    // Another replica may have issued them: look again soon.
-                    let wake = if self.store.is_shared() {
-                        deadline.min(tokio::time::Instant::now() + SHARED_POLL)
-                    } else {
-                        deadline
+                    let wake = match self.waiting.recheck(self.store.is_shared()) {
+                        Some(every) => deadline.min(tokio::time::Instant::now() + every),
+                        None => deadline,
                     };
                     let _ = tokio::time::timeout_at(wake, notified).await;
                 }
@@ -563,6 +571,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             collector.clone(),
             config.challenges.clone(),
         ));
+        let listening = {
+            let collector = collector.clone();
+            tokio::spawn(async move {
+                let store = collector.store.clone();
+                store
+                    .listen_for_challenges(|e| collector.waiting.on_event(e))
+                    .await
+            })
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -599,6 +616,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         server.abort();
         issuer.abort();
+        listening.abort();
         for task in [health, admin].into_iter().flatten() {
             task.abort();
         }

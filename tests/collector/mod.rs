@@ -9,14 +9,17 @@
 //! - `registry`: the gateway registry's HTTP API and approval on first
 //!   contact;
 //! - `replicas`: several collector replicas on one PostgreSQL database,
-//!   the gateway registry's CLI.
+//!   the gateway registry's CLI;
+//! - `rounds`: challenge round times through a replica's `kill -9`, and
+//!   long polls woken across replicas.
 
 mod cheats;
 mod honest;
 mod registry;
 mod replicas;
+mod rounds;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use depin_e2e::forger::Forger;
@@ -185,4 +188,20 @@ fn start_collector(
     );
     let config = collector_config(dir, pki, port, gateways, POLICY, &extra);
     CollectorProcess::start(COLLECTOR_BIN, &config)
+}
+
+/// Writes `collector.toml` for replica `name` (its own data directory)
+/// with `store` and `extra` tables.
+fn replica_config(
+    tmp: &Path,
+    name: &str,
+    pki: &Pki,
+    port: u16,
+    gateways: &[(String, String)],
+    extra: &str,
+) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = format!("{}{extra}", schedule_toml(LENGTH_MS, GRACE_MS));
+    collector_config(&dir, pki, port, gateways, POLICY, &extra)
 }

@@ -3,7 +3,6 @@
 //! challenges handed out and decided once; the schema guard; the gateway
 //! registry, its revocations and its CLI.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use depin_e2e::plugin;
@@ -13,22 +12,6 @@ use depin_gateway::upstream::sender::CollectorClient;
 use depin_protocol::report::SignedReport;
 
 use super::*;
-
-/// Writes `collector.toml` for replica `name` (its own data directory)
-/// with `store` and `extra` tables.
-fn replica_config(
-    tmp: &Path,
-    name: &str,
-    pki: &Pki,
-    port: u16,
-    gateways: &[(String, String)],
-    extra: &str,
-) -> PathBuf {
-    let dir = tmp.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let extra = format!("{}{extra}", schedule_toml(LENGTH_MS, GRACE_MS));
-    collector_config(&dir, pki, port, gateways, POLICY, &extra)
-}
 
 /// Starts replicas from `configs` at the same time (their migrations
 /// race for the database).

@@ -26,6 +26,7 @@ use depin_protocol::report::SignedReport;
 
 mod postgres;
 mod postgres_challenges;
+mod postgres_notify;
 mod postgres_registry;
 mod redb;
 mod redb_challenges;
@@ -34,6 +35,7 @@ mod registry;
 
 pub use self::redb::CollectorStore;
 pub use postgres::{PgStore, SCHEMA_VERSION};
+pub use postgres_notify::ChallengeEvent;
 pub use registry::{GatewayRecord, GatewayStatus, is_gateway_id};
 
 /// Statuses of a challenge that wait for an answer.
@@ -193,11 +195,19 @@ impl Store {
         }
     }
 
-    /// Whether replicas may share this store (PostgreSQL): their
-    /// long-polls then also look at the store now and then, since another
-    /// replica may have issued the challenges.
+    /// Whether replicas may share this store (PostgreSQL): another
+    /// replica may issue the challenges a poll here waits for.
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Postgres(_))
+    }
+
+    /// On a shared store, tells `on_event` of every challenge any replica
+    /// issues, forever (reconnecting); on redb, returns at once (this
+    /// process is the only issuer).
+    pub async fn listen_for_challenges(&self, on_event: impl FnMut(ChallengeEvent)) {
+        if let Store::Postgres(s) = self {
+            s.listen_for_challenges(on_event).await;
+        }
     }
 
     /// Answers when the store does (readiness).

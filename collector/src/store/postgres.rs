@@ -44,6 +44,8 @@ pub(super) const CHALLENGE_COLUMNS: &str =
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The connection settings, for connections outside the pool.
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 pub(super) fn pg(e: impl std::fmt::Display) -> ChainError {
@@ -89,7 +91,7 @@ impl PgStore {
         ));
         pg_config.connect_timeout(CONNECT_TIMEOUT);
         let manager = Manager::from_config(
-            pg_config,
+            pg_config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -99,9 +101,16 @@ impl PgStore {
             .max_size(config.pool_size.max(1))
             .build()
             .map_err(pg)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            config: std::sync::Arc::new(pg_config),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    pub(super) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ChainError> {
