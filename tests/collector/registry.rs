@@ -85,25 +85,19 @@ async fn admitted(f: &Forger) -> (u16, String) {
 
 on_both_stores!(the_registry_api_adds_revokes_and_approves_gateways_with_a_token);
 async fn the_registry_api_adds_revokes_and_approves_gateways_with_a_token(backend: Backend) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let (port, admin_port) = (free_port(), free_port());
-    let template = file_digest_of_template();
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let fx = Fixture::new(backend);
+    let (pki, port, admin_port) = (&fx.pki, fx.port, free_port());
+    let template = &fx.template;
+    let _collector = fx.collector(
         &[],
         &format!(
             "{}{}[challenges]\ninterval_ms = 0\n",
-            admin_toml(tmp.path(), admin_port),
-            depin_e2e::upstream::approve(&template, "other", None, &[])
+            admin_toml(fx.dir(), admin_port),
+            depin_e2e::upstream::approve(template, "other", None, &[])
         ),
     );
     let admin = Admin::new(admin_port);
-    let mut f = device_key_forger(&pki, port);
+    let mut f = device_key_forger(pki, port);
     let (status, body) = admitted(&f).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("is not registered"), "{body}");
@@ -126,7 +120,7 @@ async fn the_registry_api_adds_revokes_and_approves_gateways_with_a_token(backen
     assert_eq!(g["id"], f.id().as_str(), "the id is the certificate's key");
     assert_eq!(g["status"], "active");
     let e0 = current_epoch() - 2;
-    let tpl = [("template", digest_bytes(&template))];
+    let tpl = [("template", digest_bytes(template))];
     let work = [("template", "other", "requests", 10)];
     let (status, body) = f.post(f.report(e0, &tpl, &work)).await;
     assert_eq!(
@@ -156,7 +150,7 @@ async fn the_registry_api_adds_revokes_and_approves_gateways_with_a_token(backen
     assert_eq!(admitted(&f).await.0, 200);
 
     // By id, pending: known but not admitted until approved.
-    let other = device_key_forger(&pki, port);
+    let other = device_key_forger(pki, port);
     let (status, g) = admin
         .send(
             "POST",
@@ -229,29 +223,23 @@ on_both_stores!(approval_on_first_contact_admits_device_keys_but_never_a_revoked
 async fn approval_on_first_contact_admits_device_keys_but_never_a_revoked_gateway(
     backend: Backend,
 ) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let (port, admin_port) = (free_port(), free_port());
-    let template = file_digest_of_template();
+    let fx = Fixture::new(backend);
+    let (pki, port, admin_port) = (&fx.pki, fx.port, free_port());
+    let template = &fx.template;
     let collector = |first_contact: bool| {
-        start_collector(
-            &store,
-            tmp.path(),
-            &pki,
-            port,
+        fx.collector(
             &[],
             &format!(
                 "{}{}[challenges]\ninterval_ms = 0\n[enrollment]\napprove_on_first_contact = {first_contact}\n",
-                admin_toml(tmp.path(), admin_port),
-                depin_e2e::upstream::approve(&template, "other", None, &[])
+                admin_toml(fx.dir(), admin_port),
+                depin_e2e::upstream::approve(template, "other", None, &[])
             ),
         )
     };
-    let tpl = [("template", digest_bytes(&template))];
+    let tpl = [("template", digest_bytes(template))];
     let work = [("template", "other", "requests", 10)];
     let e0 = current_epoch() - 3;
-    let mut f = device_key_forger(&pki, port);
+    let mut f = device_key_forger(pki, port);
 
     // Off: an unknown gateway's report is refused, in plain words.
     let mut closed = collector(false);
@@ -306,14 +294,10 @@ async fn approval_on_first_contact_admits_device_keys_but_never_a_revoked_gatewa
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("revoked"), "{body}");
     // A newcomer, admitted on first contact, reads the totals.
-    let reader = device_key_forger(&pki, port);
+    let reader = device_key_forger(pki, port);
     let gws = get_json(&reader.https, "/v1/gateways").await;
     assert_eq!(
         gws[0]["reports"], 1,
         "only the report sent while active counts: {gws}"
     );
-}
-
-fn file_digest_of_template() -> String {
-    depin_e2e::upstream::file_digest(&depin_e2e::plugin("template_plugin"))
 }

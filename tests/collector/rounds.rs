@@ -26,6 +26,15 @@ fn challenges_toml(interval_ms: u64) -> String {
     )
 }
 
+/// Has `f` deliver one report (of the template), so that the collector
+/// challenges it.
+async fn report_once(f: &mut Forger, template: &str) {
+    let tpl = [("template", digest_bytes(template))];
+    let work = [("template", "other", "requests", 1)];
+    let (status, body) = f.post(f.report(current_epoch() - 2, &tpl, &work)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The issue times of every challenge in the database, in order.
 fn issue_times(pg: &Postgres, db: &str) -> Vec<u64> {
     pg.psql(db, "SELECT issued_ms FROM challenges ORDER BY issued_ms")
@@ -71,15 +80,7 @@ async fn round_times_survive_a_kill_9_of_the_issuing_replica() {
         &extra,
     );
     let mut replica = CollectorProcess::start(COLLECTOR_BIN, &config);
-    let tpl = [("template", digest_bytes(&template))];
-    let (status, body) = f
-        .post(f.report(
-            current_epoch() - 2,
-            &tpl,
-            &[("template", "other", "requests", 1)],
-        ))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    report_once(&mut f, &template).await;
     until_issued(&pg, "rounds", 3).await;
 
     replica.child.kill().unwrap(); // SIGKILL
@@ -167,15 +168,7 @@ async fn a_poll_waiting_on_one_replica_wakes_when_another_issues() {
     );
     let _a = CollectorProcess::start(COLLECTOR_BIN, &a);
     let _b = CollectorProcess::start(COLLECTOR_BIN, &b);
-    let tpl = [("template", digest_bytes(&template))];
-    let (status, body) = f
-        .post(f.report(
-            current_epoch() - 2,
-            &tpl,
-            &[("template", "other", "requests", 1)],
-        ))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    report_once(&mut f, &template).await;
     let at_b = pki
         .https(ports[1], &cert)
         .with_extra_timeout(Duration::from_secs(5));
