@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use depin_protocol::report::SignedReport;
+use depin_protocol::{GENESIS_HASH, Hash};
 
 mod postgres;
 mod postgres_challenges;
@@ -118,6 +119,38 @@ impl ChainError {
 
 fn storage(e: impl std::fmt::Display) -> ChainError {
     ChainError::Storage(e.to_string())
+}
+
+/// A report for an epoch of which `stored` (bytes) was accepted, the
+/// gateway's chain at `last`: the same bytes as the last accepted report
+/// are a duplicate (`Ok`, acknowledged again); other bytes overlap; the
+/// same bytes of an older epoch are a replay. Both backends decide so.
+fn check_again(stored: &[u8], report: &SignedReport, last: Option<u64>) -> Result<(), ChainError> {
+    let epoch = report.report.epoch;
+    let last = last.unwrap_or(epoch);
+    if stored != report.bytes.as_slice() {
+        Err(ChainError::Overlapping(epoch))
+    } else if epoch == last {
+        Ok(())
+    } else {
+        Err(ChainError::Replayed { epoch, last })
+    }
+}
+
+/// Whether `report` (of an epoch not yet accepted) extends the chain
+/// whose head is `head` (last epoch, its report's hash): the first report
+/// starts from the genesis hash, each next one follows the last epoch and
+/// names its hash. Both backends decide so.
+fn check_extends(head: Option<(u64, Hash)>, report: &SignedReport) -> Result<(), ChainError> {
+    let (epoch, prev) = (report.report.epoch, report.report.prev_hash);
+    match head {
+        None if prev != GENESIS_HASH => Err(ChainError::NotGenesis),
+        Some((last, _)) if epoch < last => Err(ChainError::Preceding { epoch, last }),
+        Some((last, hash)) if epoch != last + 1 || prev != hash => {
+            Err(ChainError::Gap { epoch, last })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A challenge the collector issued, and what became of it.

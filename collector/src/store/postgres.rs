@@ -19,11 +19,14 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use depin_protocol::Hash;
 use depin_protocol::report::SignedReport;
-use depin_protocol::{GENESIS_HASH, Hash};
 use tokio_postgres::{GenericClient, NoTls, Row};
 
-use super::{Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, StoreConfig, storage};
+use super::{
+    Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, StoreConfig, check_again,
+    check_extends, storage,
+};
 
 /// The schema version this binary writes; migrations up to it are below.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -205,24 +208,11 @@ impl PgStore {
             .await
             .map_err(pg)?;
         if let Some(row) = existing {
-            let last = head.map_or(epoch, |h| h.0);
-            return if row.get::<_, &[u8]>(0) != report.bytes.as_slice() {
-                Err(ChainError::Overlapping(epoch))
-            } else if epoch == last {
-                let d = decision(&*tx, &gateway, epoch).await?;
-                Ok(Accepted::Duplicate(d.unwrap_or(serde_json::Value::Null)))
-            } else {
-                Err(ChainError::Replayed { epoch, last })
-            };
+            check_again(row.get::<_, &[u8]>(0), report, head.map(|h| h.0))?;
+            let d = decision(&*tx, &gateway, epoch).await?;
+            return Ok(Accepted::Duplicate(d.unwrap_or(serde_json::Value::Null)));
         }
-        match head {
-            None if report.report.prev_hash != GENESIS_HASH => return Err(ChainError::NotGenesis),
-            Some((last, _)) if epoch < last => return Err(ChainError::Preceding { epoch, last }),
-            Some((last, hash)) if epoch != last + 1 || report.report.prev_hash != hash => {
-                return Err(ChainError::Gap { epoch, last });
-            }
-            _ => {}
-        }
+        check_extends(head, report)?;
         let start = report.report.start_ms();
         let mut due = Vec::new();
         if start < end_ms {
