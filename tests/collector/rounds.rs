@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use depin_e2e::plugin;
 use depin_e2e::upstream::{Pki, approve, file_digest, free_port};
+use depin_gateway::upstream::sender::CollectorClient;
 
 use super::*;
 
@@ -177,15 +178,64 @@ async fn a_poll_waiting_on_one_replica_wakes_when_another_issues() {
     // moments of the issue (well under 1 s); by b's own re-check of the
     // database only NOTIFIED_RECHECK (5 s) after it started, more than
     // 1 s after the issue.
+    let latencies = woken_poll_latencies(&at_b, 4).await;
+    assert!(
+        latencies.iter().all(|l| *l < 1000),
+        "polls on b answered {latencies:?} ms after a issued"
+    );
+    assert_eq!(notifications(&at_b).await, 1);
+
+    // The listening connections die: the replicas listen again (after
+    // polling the database meanwhile), and wake-ups resume.
+    let listeners = || -> Vec<String> {
+        let pids = pg
+            .psql(
+                "notify",
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' ORDER BY pid",
+            )
+            .unwrap();
+        pids.lines().map(str::to_string).collect()
+    };
+    let before = listeners();
+    assert_eq!(before.len(), 2, "one listening connection per replica");
+    let killed = pg
+        .psql(
+            "notify",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query LIKE 'LISTEN%'",
+        )
+        .unwrap();
+    assert_eq!(killed, "2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = listeners();
+        let fresh = now.len() == 2 && now.iter().all(|p| !before.contains(p));
+        if fresh && notifications(&at_b).await == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not listening again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let latencies = woken_poll_latencies(&at_b, 2).await;
+    assert!(
+        latencies.iter().all(|l| *l < 1000),
+        "after reconnecting, polls on b answered {latencies:?} ms after a issued"
+    );
+}
+
+/// Polls `at` again and again until `n` polls were answered by a
+/// challenge issued after they started; returns how long after the issue
+/// each was answered, ms.
+async fn woken_poll_latencies(at: &CollectorClient, n: usize) -> Vec<u64> {
     let mut latencies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while latencies.len() < 4 {
+    while latencies.len() < n {
         assert!(
             Instant::now() < deadline,
             "too few woken polls: {latencies:?}"
         );
         let started = now_ms();
-        let (status, body) = at_b
+        let (status, body) = at
             .request("GET", "/v1/challenges?wait_ms=20000", Vec::new())
             .await
             .unwrap();
@@ -198,14 +248,15 @@ async fn a_poll_waiting_on_one_replica_wakes_when_another_issues() {
             latencies.push(answered - issued);
         }
     }
-    assert!(
-        latencies.iter().all(|l| *l < 1000),
-        "polls on b answered {latencies:?} ms after a issued"
-    );
-    let (_, m) = at_b.request("GET", "/metrics", Vec::new()).await.unwrap();
-    let m = String::from_utf8_lossy(&m);
-    assert!(
-        m.contains("depin_collector_challenge_notifications 1"),
-        "{m}"
-    );
+    latencies
+}
+
+/// `depin_collector_challenge_notifications` of the replica `at` reaches.
+async fn notifications(at: &CollectorClient) -> u64 {
+    let (_, m) = at.request("GET", "/metrics", Vec::new()).await.unwrap();
+    String::from_utf8_lossy(&m)
+        .lines()
+        .find_map(|l| l.strip_prefix("depin_collector_challenge_notifications "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge")
 }
