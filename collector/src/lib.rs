@@ -291,27 +291,8 @@ impl Collector {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
                     .min(60_000);
-                let deadline =
-                    tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
-                let waiter = self.waiting.enter(&gateway);
-                loop {
-                    let notified = waiter.notified();
-                    match self.store.take_pending(&gateway).await {
-                        Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
-                            let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
-                            return json(StatusCode::OK, serde_json::json!(specs));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                        }
-                    }
-                    let wake = match self.waiting.recheck(self.store.is_shared()) {
-                        Some(every) => deadline.min(tokio::time::Instant::now() + every),
-                        None => deadline,
-                    };
-                    let _ = tokio::time::timeout_at(wake, notified).await;
-                }
+                self.long_poll(&gateway, Duration::from_millis(wait_ms))
+                    .await
             }
             ("POST", "/v1/challenges/answer") => {
                 let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES)

@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
 use tokio::sync::Notify;
 
 use crate::store::ChallengeEvent;
+use crate::{json, text};
 
 /// On a shared store with notifications arriving, how often a waiting
 /// poll still looks at the database (a notification lost with its
@@ -121,6 +125,32 @@ impl Waiting {
             (false, _) => None,
             (true, true) => Some(NOTIFIED_RECHECK),
             (true, false) => Some(UNNOTIFIED_RECHECK),
+        }
+    }
+}
+
+impl crate::Collector {
+    /// `GET /v1/challenges?wait_ms=N`: hands out `gateway`'s pending
+    /// challenges, waiting up to `wait` for some to be issued (woken as
+    /// described above); an empty list when none came.
+    pub(crate) async fn long_poll(&self, gateway: &str, wait: Duration) -> Response<Full<Bytes>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.waiting.enter(gateway);
+        loop {
+            let notified = waiter.notified();
+            match self.store.take_pending(gateway).await {
+                Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
+                    let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
+                    return json(StatusCode::OK, serde_json::json!(specs));
+                }
+                Ok(_) => {}
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+            let wake = match self.waiting.recheck(self.store.is_shared()) {
+                Some(every) => deadline.min(tokio::time::Instant::now() + every),
+                None => deadline,
+            };
+            let _ = tokio::time::timeout_at(wake, notified).await;
         }
     }
 }
