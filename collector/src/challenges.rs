@@ -394,9 +394,13 @@ pub async fn issue_forever(collector: Arc<crate::Collector>, config: ChallengesC
                 if pruned > 0 {
                     tracing::debug!(pruned, "decided challenges pruned");
                 }
+                // With notifications up, every replica's polls (this
+                // one's too) are woken by the store.
                 if issued > 0 {
                     tracing::debug!(issued, "challenges issued");
-                    collector.challenge_ready.notify_waiters();
+                    if !collector.waiting.is_notified() {
+                        collector.waiting.wake_all();
+                    }
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot issue challenges"),

@@ -54,6 +54,8 @@ pub struct CollectorConfig {
     /// How gateways not yet registered are treated.
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    /// The registry's HTTP API on a listener of its own; none when unset.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// `[enrollment]`: admitting gateways the registry does not know.
@@ -180,6 +182,9 @@ impl CollectorConfig {
         c.key_file = resolve(&c.key_file);
         c.client_ca_file = c.client_ca_file.as_deref().map(resolve);
         c.policy = c.policy.as_deref().map(resolve);
+        if let Some(admin) = &mut c.admin {
+            admin.token_file = resolve(&admin.token_file);
+        }
         let digest_ok = |d: &str| {
             d.strip_prefix("sha256:")
                 .is_some_and(|h| h.len() == 64 && hex::decode(h).is_ok())
@@ -328,12 +333,6 @@ impl CollectorConfig {
             .filter_map(|g| Some((g.cert_sha256.as_ref()?.to_lowercase(), g.id.clone())))
             .collect()
     }
-
-    /// The ids of every `[[gateway]]`: each may authenticate with its
-    /// device-key certificate.
-    pub fn gateway_ids(&self) -> std::collections::BTreeSet<String> {
-        self.gateways.iter().map(|g| g.id.clone()).collect()
-    }
 }
 
 #[cfg(test)]
@@ -382,7 +381,7 @@ mod tests {
         let no_ca = BASE.replace("client_ca_file = \"ca.pem\"\n", "");
         let c = load(&format!("{no_ca}[[gateway]]\nid = \"{id}\"\n")).unwrap();
         assert!(c.client_ca_file.is_none() && c.cert_map().is_empty());
-        assert!(c.gateway_ids().contains(&id));
+        assert_eq!(c.gateways[0].id, id);
         let e = load(&format!(
             "{no_ca}[[gateway]]\nid = \"{id}\"\ncert_sha256 = \"{}\"\n",
             "ab".repeat(32)
@@ -400,6 +399,15 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("store.pool_size"), "{e}");
         let pg = load(&format!("{BASE}[store]\nurl = \"postgres://u@h:5/d\"\n")).unwrap();
         assert_eq!(pg.store.unwrap().pool_size, 16);
+        let admin = load(&format!(
+            "{BASE}[admin]\nlisten = \"127.0.0.1:9444\"\ntoken_file = \"admin.token\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert!(admin.token_file.is_absolute() && admin.token_file.ends_with("admin.token"));
+        let e = load(&format!("{BASE}[admin]\nlisten = \"127.0.0.1:9444\"\n")).unwrap_err();
+        assert!(e.to_string().contains("token_file"), "{e}");
         let e = load(&format!("{BASE}[challenges]\nevery = 1\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("challenges.every"), "{e}");
     }

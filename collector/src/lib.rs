@@ -10,8 +10,11 @@
 //! `GET /v1/gateways`, `GET /v1/gateways/{id}/epochs/{n}` (the decision:
 //! reward lines with reasons), `GET /v1/rewards?epoch=N` and a Prometheus
 //! `GET /metrics`. `depin-collector explain --gateway ID --epoch N` prints
-//! the same decision from the store.
+//! the same decision from the store. The gateway registry is managed by
+//! `depin-collector gateways …` and by the HTTP API on `[admin] listen`
+//! (`admin`), plain probes are on `[server] health_listen` (`health`).
 
+pub mod admin;
 pub mod challenges;
 pub mod config;
 pub mod explain;
@@ -21,6 +24,7 @@ pub mod gateways;
 mod health;
 pub mod intake;
 pub mod peer;
+pub mod polls;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -50,10 +54,6 @@ pub use store::{Accepted, ChainError, CollectorStore, Store};
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 1 << 20;
 
-/// On a shared store, how often a waiting long-poll looks for challenges
-/// another replica issued (one indexed query per waiting gateway).
-const SHARED_POLL: Duration = Duration::from_millis(500);
-
 /// A running collector's shared state.
 pub struct Collector {
     store: Store,
@@ -70,8 +70,8 @@ pub struct Collector {
     duplicates: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     verifiers: challenges::Verifiers,
-    /// Woken when new challenges are issued (long polls wait on it).
-    pub challenge_ready: tokio::sync::Notify,
+    /// Long polls waiting for challenges, woken when they are issued.
+    pub waiting: polls::Waiting,
     proofs_passed: AtomicU64,
     proofs_failed: AtomicU64,
     proofs_expired: AtomicU64,
@@ -105,7 +105,7 @@ impl Collector {
             duplicates: AtomicU64::new(0),
             rejected: Mutex::new(BTreeMap::new()),
             verifiers: challenges::Verifiers::load(&config.components, &config.data_dir).await?,
-            challenge_ready: tokio::sync::Notify::new(),
+            waiting: polls::Waiting::default(),
             proofs_passed: AtomicU64::new(0),
             proofs_failed: AtomicU64::new(0),
             proofs_expired: AtomicU64::new(0),
@@ -212,6 +212,18 @@ impl Collector {
             "depin_collector_tls_handshake_timeouts_total {}\n",
             self.handshakes_timed_out.load(Ordering::Relaxed)
         ));
+        out.push_str("# HELP depin_collector_polls_waiting Gateways with a challenge long-poll waiting here (bound: server.max_connections).\n");
+        out.push_str("# TYPE depin_collector_polls_waiting gauge\n");
+        out.push_str(&format!(
+            "depin_collector_polls_waiting {}\n",
+            self.waiting.gateways()
+        ));
+        out.push_str("# HELP depin_collector_challenge_notifications 1 while challenges issued by any replica wake polls here by notification (PostgreSQL LISTEN), 0 while polls re-check the store.\n");
+        out.push_str("# TYPE depin_collector_challenge_notifications gauge\n");
+        out.push_str(&format!(
+            "depin_collector_challenge_notifications {}\n",
+            u8::from(self.waiting.is_notified())
+        ));
         let gateways = self.store.gateway_ids().await.map(|g| g.len()).unwrap_or(0);
         out.push_str("# HELP depin_collector_gateways Gateways that have reported.\n");
         out.push_str("# TYPE depin_collector_gateways gauge\n");
@@ -281,28 +293,8 @@ impl Collector {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
                     .min(60_000);
-                let deadline =
-                    tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
-                loop {
-                    let notified = self.challenge_ready.notified();
-                    match self.store.take_pending(&gateway).await {
-                        Ok(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
-                            let specs: Vec<_> = list.into_iter().map(|c| c.spec).collect();
-                            return json(StatusCode::OK, serde_json::json!(specs));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                        }
-                    }
-                    // Another replica may have issued them: look again soon.
-                    let wake = if self.store.is_shared() {
-                        deadline.min(tokio::time::Instant::now() + SHARED_POLL)
-                    } else {
-                        deadline
-                    };
-                    let _ = tokio::time::timeout_at(wake, notified).await;
-                }
+                self.long_poll(&gateway, Duration::from_millis(wait_ms))
+                    .await
             }
             ("POST", "/v1/challenges/answer") => {
                 let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES)
@@ -462,7 +454,7 @@ pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -562,6 +554,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             collector.clone(),
             config.challenges.clone(),
         ));
+        let listening = {
+            let collector = collector.clone();
+            tokio::spawn(async move {
+                let store = collector.store.clone();
+                store
+                    .listen_for_challenges(|e| collector.waiting.on_event(e))
+                    .await
+            })
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -574,6 +575,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 let health_addr = l.local_addr()?;
                 tracing::info!(addr = %health_addr, "health probes served");
                 Some(tokio::spawn(health::serve(collector.clone(), l)))
+            }
+            None => None,
+        };
+        let admin = match &config.admin {
+            Some(a) => {
+                let (api, l) = admin::RegistryApi::bind(a, collector.store.clone()).await?;
+                tracing::info!(addr = %l.local_addr()?, "registry API served");
+                Some(tokio::spawn(Arc::new(api).serve(l)))
             }
             None => None,
         };
@@ -590,8 +599,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         server.abort();
         issuer.abort();
-        if let Some(h) = health {
-            h.abort();
+        listening.abort();
+        for task in [health, admin].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("collector stopped");
         anyhow::Ok(ExitCode::SUCCESS)

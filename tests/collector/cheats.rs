@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use depin_e2e::plugin;
-use depin_e2e::upstream::{Pki, approve, file_digest, free_port};
+use depin_e2e::upstream::{approve, file_digest};
 use depin_protocol::GENESIS_HASH;
 use depin_protocol::proofs::ChallengeSpec;
 use depin_protocol::report::{ProofOutcome, REPORT_VERSION_LEGACY};
@@ -13,17 +13,10 @@ use super::*;
 
 on_both_stores!(schedule_cheats_are_refused_by_name_and_count_nothing);
 async fn schedule_cheats_are_refused_by_name_and_count_nothing(backend: Backend) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_port();
-    let (mut f, cert) = Forger::new(&pki, port, "forger");
-    let template = file_digest(&plugin("template_plugin"));
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let fx = Fixture::new(backend);
+    let (mut f, cert) = fx.forger("forger");
+    let template = fx.template.clone();
+    let _collector = fx.collector(
         &[(f.id(), cert.sha256.clone())],
         &format!(
             "{}[challenges]\ninterval_ms = 0\n",
@@ -105,20 +98,13 @@ async fn schedule_cheats_are_refused_by_name_and_count_nothing(backend: Backend)
 
 on_both_stores!(unapproved_components_earn_nothing_whatever_kind_they_claim);
 async fn unapproved_components_earn_nothing_whatever_kind_they_claim(backend: Backend) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_port();
-    let (mut f, cert) = Forger::new(&pki, port, "forger");
-    let template = file_digest(&plugin("template_plugin"));
+    let fx = Fixture::new(backend);
+    let (mut f, cert) = fx.forger("forger");
+    let template = fx.template.clone();
     let cache = file_digest(&plugin("storage_cache_plugin"));
     // Only the real storage cache is approved, as storage-cache; the
     // template is approved as `other`.
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let _collector = fx.collector(
         &[(f.id(), cert.sha256.clone())],
         &format!(
             "{}{}[challenges]\ninterval_ms = 0\n",
@@ -178,17 +164,10 @@ async fn unapproved_components_earn_nothing_whatever_kind_they_claim(backend: Ba
 
 on_both_stores!(omitted_and_unanswered_challenges_count_as_failed);
 async fn omitted_and_unanswered_challenges_count_as_failed(backend: Backend) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_port();
-    let (mut f, cert) = Forger::new(&pki, port, "forger");
-    let template = file_digest(&plugin("template_plugin"));
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let fx = Fixture::new(backend);
+    let (mut f, cert) = fx.forger("forger");
+    let template = fx.template.clone();
+    let _collector = fx.collector(
         &[(f.id(), cert.sha256.clone())],
         &format!(
             "{}[challenges]\ninterval_ms = 200\ninclusion = true\nmax_open = 4\nanswer_timeout_ms = 600\n",

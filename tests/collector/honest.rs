@@ -3,25 +3,27 @@
 
 use std::time::{Duration, Instant};
 
-use depin_e2e::upstream::{
-    CollectorProcess, Pki, approve, collector_config, file_digest, free_port, schedule_toml,
-    wait_for_verdicts,
-};
+use depin_e2e::upstream::{approve, file_digest, wait_for_verdicts};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, job_module, plugin, run_cli};
 use serde_json::Value;
 
 use super::*;
 use crate::upstream::{gateway_epochs, gateway_id, wait_for_reports};
 
+/// The `[epochs]` table of the tests' gateways: the collector's epochs,
+/// each closed just after its grace.
+fn gateway_epochs_toml() -> String {
+    format!("[epochs]\nlength_ms = {LENGTH_MS}\nclose_delay_ms = 150\n")
+}
+
 on_both_stores!(an_honest_gateway_gets_every_line_rated_from_the_collectors_own_records);
 async fn an_honest_gateway_gets_every_line_rated_from_the_collectors_own_records(backend: Backend) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let fx = Fixture::new(backend);
+    let (pki, port) = (&fx.pki, fx.port);
     let cert = pki.client("honest");
-    let port = free_port();
     let extra = format!(
-        "[epochs]\nlength_ms = {LENGTH_MS}\nclose_delay_ms = 150\npolicy = \"rewards.toml\"\n{}",
+        "{}policy = \"rewards.toml\"\n{}",
+        gateway_epochs_toml(),
         pki.upstream_toml(port, &cert)
     );
     let home = Home::new(
@@ -32,17 +34,11 @@ async fn an_honest_gateway_gets_every_line_rated_from_the_collectors_own_records
     let id = gateway_id(&home);
     let component = plugin("template_plugin");
     let digest = file_digest(&component);
-    let config = collector_config(
-        tmp.path(),
-        &pki,
-        port,
+    let config = fx.config(
         &[(id.clone(), cert.sha256.clone())],
-        POLICY,
         &format!(
-            "{}{}{}[challenges]\ninterval_ms = 300\ninclusion = true\nmax_open = 4\nanswer_timeout_ms = 700\n\
+            "{}[challenges]\ninterval_ms = 300\ninclusion = true\nmax_open = 4\nanswer_timeout_ms = 700\n\
              [[challenges.possession]]\nkind = \"echo-hash\"\nparams = \"0102\"\ndigest = \"{digest}\"\n",
-            schedule_toml(LENGTH_MS, GRACE_MS),
-            store.toml,
             approve(&digest, "other", Some(&component), &[])
         ),
     );
@@ -144,13 +140,12 @@ on_both_stores!(the_collector_re_executes_canaries_honest_ones_pass_and_forged_o
 async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fail(
     backend: Backend,
 ) {
-    let store = backend.start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
+    let fx = Fixture::new(backend);
+    let (pki, port) = (&fx.pki, fx.port);
     let cert = pki.client("compute");
-    let port = free_port();
     let extra = format!(
-        "[epochs]\nlength_ms = {LENGTH_MS}\nclose_delay_ms = 150\n{}",
+        "{}{}",
+        gateway_epochs_toml(),
         pki.upstream_toml(port, &cert)
     );
     let home = Home::new(
@@ -162,20 +157,16 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
         &extra,
     );
     let id = gateway_id(&home);
-    let (mut forger, forger_cert) = Forger::new(&pki, port, "forger");
+    let (mut forger, forger_cert) = fx.forger("forger");
     let component = plugin("compute_task_plugin");
     let digest = file_digest(&component);
-    let primes = tmp.path().join("primes.wasm");
+    let primes = fx.dir().join("primes.wasm");
     std::fs::write(&primes, job_module("primes")).unwrap();
     let module = file_digest(&primes);
     let canary = serde_json::json!({
         "module": module, "input_hex": hex::encode("20000"), "fuel": 5_000_000_000u64, "memory_mb": 16
     });
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let _collector = fx.collector(
         &[
             (id.clone(), cert.sha256.clone()),
             (forger.id(), forger_cert.sha256.clone()),
@@ -230,7 +221,7 @@ async fn the_collector_re_executes_canaries_honest_ones_pass_and_forged_ones_fai
 async fn a_plugin_added_by_a_hot_reload_is_reported_with_its_digest() {
     let home = Home::new(
         &[PluginSpec::new("template", plugin("template_plugin"), "/t")],
-        &format!("[epochs]\nlength_ms = {LENGTH_MS}\nclose_delay_ms = 150\n"),
+        &gateway_epochs_toml(),
     );
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let http = HttpClient::new(gw.addr);
@@ -289,17 +280,11 @@ async fn a_plugin_added_by_a_hot_reload_is_reported_with_its_digest() {
 
 on_both_stores!(stalled_clients_are_dropped_and_the_collector_keeps_serving);
 async fn stalled_clients_are_dropped_and_the_collector_keeps_serving(backend: Backend) {
-    let store = backend.start();
     use tokio::io::AsyncReadExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let port = free_port();
-    let (f, cert) = Forger::new(&pki, port, "client");
-    let _collector = start_collector(
-        &store,
-        tmp.path(),
-        &pki,
-        port,
+    let fx = Fixture::new(backend);
+    let (pki, port) = (&fx.pki, fx.port);
+    let (f, cert) = fx.forger("client");
+    let _collector = fx.collector(
         &[(f.id(), cert.sha256.clone())],
         "[server]\nhandshake_timeout_ms = 300\nheader_timeout_ms = 300\nmax_connections = 4\n\
          [challenges]\ninterval_ms = 0\n",

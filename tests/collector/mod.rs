@@ -6,19 +6,26 @@
 //! - `honest`: the honest control — a real gateway with real plugins
 //!   answering real challenges — that gets its full reward with every line
 //!   `rated`, and the server's bounds;
+//! - `registry`: the gateway registry's HTTP API and approval on first
+//!   contact;
 //! - `replicas`: several collector replicas on one PostgreSQL database,
-//!   the gateway registry and its CLI.
+//!   the gateway registry's CLI;
+//! - `rounds`: challenge round times through a replica's `kill -9`, and
+//!   long polls woken across replicas.
 
 mod cheats;
 mod honest;
+mod registry;
 mod replicas;
+mod rounds;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use depin_e2e::forger::Forger;
+use depin_e2e::forger::{Forger, LENGTH_MS, current_epoch, schedule_toml, until_acceptable};
 use depin_e2e::postgres::Postgres;
-use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, schedule_toml};
+use depin_e2e::upstream::{
+    ClientCert, CollectorProcess, Pki, collector_config, file_digest, free_port,
+};
 use depin_protocol::Hash;
 use depin_protocol::proofs::{Answer, ChallengeSpec};
 use depin_protocol::time::now_ms;
@@ -28,11 +35,6 @@ use crate::upstream::get_json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 const COLLECTOR_BIN: &str = env!("CARGO_BIN_EXE_collector-under-test");
-
-/// Epochs of the collector under test, ms, and how long after its end an
-/// epoch's report is accepted.
-const LENGTH_MS: u64 = 1000;
-const GRACE_MS: u64 = 100;
 
 /// Rates for every unit the template plugin and the storage cache record,
 /// no caps, and a proof floor of one half.
@@ -89,20 +91,6 @@ fn digest_bytes(digest: &str) -> Hash {
         .unwrap()
         .try_into()
         .unwrap()
-}
-
-/// The epoch running now, as the collector counts them.
-fn current_epoch() -> u64 {
-    now_ms() / LENGTH_MS
-}
-
-/// Waits until `epoch`'s report may be accepted (ended + grace).
-async fn until_acceptable(epoch: u64) {
-    let from = (epoch + 1) * LENGTH_MS + GRACE_MS + 20;
-    let now = now_ms();
-    if now < from {
-        tokio::time::sleep(Duration::from_millis(from - now)).await;
-    }
 }
 
 fn reasons(decision: &Value) -> Vec<String> {
@@ -167,19 +155,66 @@ macro_rules! on_both_stores {
 }
 use on_both_stores;
 
-fn start_collector(
-    store: &TestStore,
-    dir: &Path,
+/// What most collector tests start with: a store on one backend, a
+/// temporary directory, a PKI and the collector's port; the collector
+/// itself is started with the gateways and tables each test needs.
+pub struct Fixture {
+    pub pki: Pki,
+    pub port: u16,
+    /// `sha256:…` of the template plugin, the component most tests report.
+    pub template: String,
+    store: TestStore,
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(backend: Backend) -> Self {
+        let store = backend.start();
+        let tmp = tempfile::tempdir().unwrap();
+        Self {
+            pki: Pki::new(&tmp.path().join("pki")),
+            port: free_port(),
+            template: file_digest(&depin_e2e::plugin("template_plugin")),
+            store,
+            tmp,
+        }
+    }
+
+    /// The test's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A forger with a CA-issued client certificate named `name`.
+    pub fn forger(&self, name: &str) -> (Forger, ClientCert) {
+        Forger::new(&self.pki, self.port, name)
+    }
+
+    /// Writes the collector's configuration: the tests' schedule, policy
+    /// and store, `gateways` (id, certificate sha256) and `extra` tables.
+    pub fn config(&self, gateways: &[(String, String)], extra: &str) -> PathBuf {
+        let extra = format!("{}{}{extra}", schedule_toml(), self.store.toml);
+        collector_config(self.dir(), &self.pki, self.port, gateways, POLICY, &extra)
+    }
+
+    /// Starts the collector [`Fixture::config`] describes.
+    pub fn collector(&self, gateways: &[(String, String)], extra: &str) -> CollectorProcess {
+        CollectorProcess::start(COLLECTOR_BIN, &self.config(gateways, extra))
+    }
+}
+
+/// Writes `collector.toml` for replica `name` (its own data directory)
+/// with `store` and `extra` tables.
+fn replica_config(
+    tmp: &Path,
+    name: &str,
     pki: &Pki,
     port: u16,
     gateways: &[(String, String)],
     extra: &str,
-) -> CollectorProcess {
-    let extra = format!(
-        "{}{}{extra}",
-        schedule_toml(LENGTH_MS, GRACE_MS),
-        store.toml
-    );
-    let config = collector_config(dir, pki, port, gateways, POLICY, &extra);
-    CollectorProcess::start(COLLECTOR_BIN, &config)
+) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = format!("{}{extra}", schedule_toml());
+    collector_config(&dir, pki, port, gateways, POLICY, &extra)
 }

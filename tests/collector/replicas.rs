@@ -3,7 +3,6 @@
 //! challenges handed out and decided once; the schema guard; the gateway
 //! registry, its revocations and its CLI.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use depin_e2e::plugin;
@@ -13,22 +12,6 @@ use depin_gateway::upstream::sender::CollectorClient;
 use depin_protocol::report::SignedReport;
 
 use super::*;
-
-/// Writes `collector.toml` for replica `name` (its own data directory)
-/// with `store` and `extra` tables.
-fn replica_config(
-    tmp: &Path,
-    name: &str,
-    pki: &Pki,
-    port: u16,
-    gateways: &[(String, String)],
-    extra: &str,
-) -> PathBuf {
-    let dir = tmp.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let extra = format!("{}{extra}", schedule_toml(LENGTH_MS, GRACE_MS));
-    collector_config(&dir, pki, port, gateways, POLICY, &extra)
-}
 
 /// Starts replicas from `configs` at the same time (their migrations
 /// race for the database).
@@ -465,6 +448,16 @@ async fn the_registry_cli_works_on_redb_with_the_collector_stopped() {
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed[0]["status"], "active", "{listed}");
     assert_eq!(listed[0]["cert_sha256"], cert.sha256.as_str(), "{listed}");
+    // By its device-key certificate: the id is read from it.
+    let device = depin_gateway::identity::DeviceKey::generate();
+    let pem_file = tmp.path().join("device.pem");
+    std::fs::write(&pem_file, device.certificate().unwrap().pem).unwrap();
+    let (code, out, err) = cli(&["add", "--device-cert", pem_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&device.gateway_id()), "{out}");
+    let (code, _, err) = cli(&["add", "--id", &f.id(), "--cert-sha256", "abc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("64 hex digits"), "{err}");
     let mut collector = CollectorProcess::start(COLLECTOR_BIN, &config);
     let (status, _) = f
         .https

@@ -17,8 +17,32 @@ use serde_json::Value;
 
 use crate::upstream::{ClientCert, Pki};
 
-/// Epoch length of a forger made by [`Forger::new`], ms.
-pub const FORGER_LENGTH_MS: u64 = 1000;
+/// The epoch schedule of the collectors forgers report to (the collector
+/// tests and the fleet benchmark): epochs of `LENGTH_MS`, each report
+/// accepted `GRACE_MS` after its epoch ended. A forger reports epochs of
+/// this length.
+pub const LENGTH_MS: u64 = 1000;
+/// See [`LENGTH_MS`].
+pub const GRACE_MS: u64 = 100;
+
+/// The collector's `[schedule]` table of that schedule.
+pub fn schedule_toml() -> String {
+    crate::upstream::schedule_toml(LENGTH_MS, GRACE_MS)
+}
+
+/// The epoch running now on that schedule.
+pub fn current_epoch() -> u64 {
+    depin_protocol::time::now_ms() / LENGTH_MS
+}
+
+/// Waits until `epoch`'s report may be accepted (ended + grace).
+pub async fn until_acceptable(epoch: u64) {
+    let from = (epoch + 1) * LENGTH_MS + GRACE_MS + 20;
+    let now = depin_protocol::time::now_ms();
+    if now < from {
+        tokio::time::sleep(Duration::from_millis(from - now)).await;
+    }
+}
 
 /// The records of one epoch a forger kept honestly.
 struct KeptEpoch {
@@ -56,7 +80,7 @@ impl Forger {
             key,
             https,
             prev: GENESIS_HASH,
-            length_ms: FORGER_LENGTH_MS,
+            length_ms: LENGTH_MS,
             kept: BTreeMap::new(),
             next_seq: 1,
             chain: GENESIS_HASH,

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use depin_gateway::config::UpstreamConfig;
+use depin_gateway::config::{CollectorUrls, UpstreamConfig};
+use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use sha2::{Digest, Sha256};
@@ -120,6 +121,27 @@ impl Pki {
             request_timeout_ms: 5000,
         })
         .expect("client config")
+    }
+}
+
+impl Pki {
+    /// An HTTPS client presenting `key`'s device-key certificate (no
+    /// certificate files) to the collectors on `ports`, tried in order.
+    pub fn https_device_key(&self, ports: &[u16], key: &DeviceKey) -> CollectorClient {
+        let urls = ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect();
+        let config = UpstreamConfig {
+            url: CollectorUrls::Several(urls),
+            ca_file: self.ca_file.clone(),
+            cert_file: None,
+            key_file: None,
+            retry_min_ms: 50,
+            retry_max_ms: 400,
+            request_timeout_ms: 30_000,
+        };
+        CollectorClient::with_identity(&config, Some(key)).expect("client config")
     }
 }
 

@@ -32,11 +32,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use depin_e2e::forger::Forger;
+use depin_e2e::forger::{self, Forger};
 use depin_e2e::postgres::Postgres;
-use depin_e2e::upstream::{CollectorProcess, Pki, free_port, schedule_toml};
+use depin_e2e::upstream::{CollectorProcess, Pki, free_port};
 use depin_e2e::workspace;
-use depin_gateway::config::{CollectorUrls, UpstreamConfig};
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
 use depin_protocol::time::now_ms;
@@ -45,8 +44,6 @@ use depin_protocol::{GENESIS_HASH, Hash};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const LENGTH_MS: u64 = 1000;
-const GRACE_MS: u64 = 100;
 /// Records per epoch of every simulated gateway.
 const RECORDS: u64 = 16;
 /// Challenges each gateway answers in the challenge phase.
@@ -154,7 +151,7 @@ fn start_collectors(dir: &Path, pki: &Pki, ids: &[String], setup: &Setup) -> Col
             pki.server_key.display(),
             policy.display(),
         );
-        text.push_str(&schedule_toml(LENGTH_MS, GRACE_MS));
+        text.push_str(&forger::schedule_toml());
         if let Some(url) = &setup.store_url {
             text.push_str(&format!("[store]\nurl = \"{url}\"\n"));
         }
@@ -183,19 +180,10 @@ fn start_collectors(dir: &Path, pki: &Pki, ids: &[String], setup: &Setup) -> Col
 /// A client with `key`'s device-key certificate, first trying
 /// `ports[first]`, then the others.
 fn client(pki: &Pki, ports: &[u16], first: usize, key: &DeviceKey) -> CollectorClient {
-    let urls: Vec<String> = (0..ports.len())
-        .map(|i| format!("https://127.0.0.1:{}", ports[(first + i) % ports.len()]))
+    let order: Vec<u16> = (0..ports.len())
+        .map(|i| ports[(first + i) % ports.len()])
         .collect();
-    let config = UpstreamConfig {
-        url: CollectorUrls::Several(urls),
-        ca_file: pki.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
-        retry_min_ms: 50,
-        retry_max_ms: 400,
-        request_timeout_ms: 30_000,
-    };
-    CollectorClient::with_identity(&config, Some(key)).expect("client")
+    pki.https_device_key(&order, key)
 }
 
 /// What one simulated gateway delivered and how it was judged.
@@ -338,7 +326,7 @@ async fn run_setup(
     let ids: Vec<String> = keys.iter().map(DeviceKey::gateway_id).collect();
     let collectors = start_collectors(dir, pki, &ids, setup);
     // Past epochs only: every one has ended, so each is accepted at once.
-    let first_epoch = now_ms() / LENGTH_MS - epochs - 1;
+    let first_epoch = forger::current_epoch() - epochs - 1;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, key) in keys.iter().enumerate() {

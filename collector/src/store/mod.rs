@@ -23,9 +23,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use depin_protocol::report::SignedReport;
+use depin_protocol::{GENESIS_HASH, Hash};
 
 mod postgres;
 mod postgres_challenges;
+mod postgres_notify;
 mod postgres_registry;
 mod redb;
 mod redb_challenges;
@@ -34,6 +36,7 @@ mod registry;
 
 pub use self::redb::CollectorStore;
 pub use postgres::{PgStore, SCHEMA_VERSION};
+pub use postgres_notify::ChallengeEvent;
 pub use registry::{GatewayRecord, GatewayStatus, is_gateway_id};
 
 /// Statuses of a challenge that wait for an answer.
@@ -118,6 +121,38 @@ fn storage(e: impl std::fmt::Display) -> ChainError {
     ChainError::Storage(e.to_string())
 }
 
+/// A report for an epoch of which `stored` (bytes) was accepted, the
+/// gateway's chain at `last`: the same bytes as the last accepted report
+/// are a duplicate (`Ok`, acknowledged again); other bytes overlap; the
+/// same bytes of an older epoch are a replay. Both backends decide so.
+fn check_again(stored: &[u8], report: &SignedReport, last: Option<u64>) -> Result<(), ChainError> {
+    let epoch = report.report.epoch;
+    let last = last.unwrap_or(epoch);
+    if stored != report.bytes.as_slice() {
+        Err(ChainError::Overlapping(epoch))
+    } else if epoch == last {
+        Ok(())
+    } else {
+        Err(ChainError::Replayed { epoch, last })
+    }
+}
+
+/// Whether `report` (of an epoch not yet accepted) extends the chain
+/// whose head is `head` (last epoch, its report's hash): the first report
+/// starts from the genesis hash, each next one follows the last epoch and
+/// names its hash. Both backends decide so.
+fn check_extends(head: Option<(u64, Hash)>, report: &SignedReport) -> Result<(), ChainError> {
+    let (epoch, prev) = (report.report.epoch, report.report.prev_hash);
+    match head {
+        None if prev != GENESIS_HASH => Err(ChainError::NotGenesis),
+        Some((last, _)) if epoch < last => Err(ChainError::Preceding { epoch, last }),
+        Some((last, hash)) if epoch != last + 1 || prev != hash => {
+            Err(ChainError::Gap { epoch, last })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A challenge the collector issued, and what became of it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChallengeRecord {
@@ -193,11 +228,19 @@ impl Store {
         }
     }
 
-    /// Whether replicas may share this store (PostgreSQL): their
-    /// long-polls then also look at the store now and then, since another
-    /// replica may have issued the challenges.
+    /// Whether replicas may share this store (PostgreSQL): another
+    /// replica may issue the challenges a poll here waits for.
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Postgres(_))
+    }
+
+    /// On a shared store, tells `on_event` of every challenge any replica
+    /// issues, forever (reconnecting); on redb, returns at once (this
+    /// process is the only issuer).
+    pub async fn listen_for_challenges(&self, on_event: impl FnMut(ChallengeEvent)) {
+        if let Store::Postgres(s) = self {
+            s.listen_for_challenges(on_event).await;
+        }
     }
 
     /// Answers when the store does (readiness).

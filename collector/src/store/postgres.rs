@@ -19,11 +19,14 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use depin_protocol::Hash;
 use depin_protocol::report::SignedReport;
-use depin_protocol::{GENESIS_HASH, Hash};
 use tokio_postgres::{GenericClient, NoTls, Row};
 
-use super::{Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, StoreConfig, storage};
+use super::{
+    Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, StoreConfig, check_again,
+    check_extends, storage,
+};
 
 /// The schema version this binary writes; migrations up to it are below.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -44,6 +47,8 @@ pub(super) const CHALLENGE_COLUMNS: &str =
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The connection settings, for connections outside the pool.
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 pub(super) fn pg(e: impl std::fmt::Display) -> ChainError {
@@ -89,7 +94,7 @@ impl PgStore {
         ));
         pg_config.connect_timeout(CONNECT_TIMEOUT);
         let manager = Manager::from_config(
-            pg_config,
+            pg_config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -99,9 +104,16 @@ impl PgStore {
             .max_size(config.pool_size.max(1))
             .build()
             .map_err(pg)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            config: std::sync::Arc::new(pg_config),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    pub(super) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ChainError> {
@@ -196,24 +208,11 @@ impl PgStore {
             .await
             .map_err(pg)?;
         if let Some(row) = existing {
-            let last = head.map_or(epoch, |h| h.0);
-            return if row.get::<_, &[u8]>(0) != report.bytes.as_slice() {
-                Err(ChainError::Overlapping(epoch))
-            } else if epoch == last {
-                let d = decision(&*tx, &gateway, epoch).await?;
-                Ok(Accepted::Duplicate(d.unwrap_or(serde_json::Value::Null)))
-            } else {
-                Err(ChainError::Replayed { epoch, last })
-            };
+            check_again(row.get::<_, &[u8]>(0), report, head.map(|h| h.0))?;
+            let d = decision(&*tx, &gateway, epoch).await?;
+            return Ok(Accepted::Duplicate(d.unwrap_or(serde_json::Value::Null)));
         }
-        match head {
-            None if report.report.prev_hash != GENESIS_HASH => return Err(ChainError::NotGenesis),
-            Some((last, _)) if epoch < last => return Err(ChainError::Preceding { epoch, last }),
-            Some((last, hash)) if epoch != last + 1 || report.report.prev_hash != hash => {
-                return Err(ChainError::Gap { epoch, last });
-            }
-            _ => {}
-        }
+        check_extends(head, report)?;
         let start = report.report.start_ms();
         let mut due = Vec::new();
         if start < end_ms {

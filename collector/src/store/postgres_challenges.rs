@@ -1,19 +1,25 @@
 //! The challenge half of the PostgreSQL store: every status change is
 //! one conditional UPDATE, so replicas never hand out, judge or expire a
-//! challenge twice; round times are claimed the same way.
+//! challenge twice; round times are claimed the same way. Issuing one
+//! notifies every replica's waiting polls (`postgres_notify`).
 
 use super::postgres::{CHALLENGE_COLUMNS, PgStore, challenge_from, pg};
+use super::postgres_notify::CHALLENGE_CHANNEL;
 use super::{ChainError, ChallengeRecord, storage};
 
 impl PgStore {
     pub async fn issue(&self, c: &ChallengeRecord) -> Result<(), ChainError> {
         let spec = serde_json::to_string(&c.spec).map_err(storage)?;
+        // The NOTIFY is part of the statement: it is sent when (and only
+        // if) the challenge is committed.
         self.client()
             .await?
-            .execute(
+            .query(
                 &format!(
-                    "INSERT INTO challenges (id, {CHALLENGE_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    "WITH issued AS (
+                         INSERT INTO challenges (id, {CHALLENGE_COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING gateway)
+                     SELECT pg_notify('{CHALLENGE_CHANNEL}', gateway) FROM issued"
                 ),
                 &[
                     &c.spec.id,

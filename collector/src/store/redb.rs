@@ -6,11 +6,14 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use depin_protocol::Hash;
 use depin_protocol::report::SignedReport;
-use depin_protocol::{GENESIS_HASH, Hash};
 
 use super::redb_challenges::decide_due;
-use super::{Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, storage};
+use super::{
+    Accepted, ChainError, ChallengeRecord, Decide, GatewaySummary, check_again, check_extends,
+    storage,
+};
 
 /// (gateway id, epoch) -> signed report bytes
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
@@ -93,34 +96,17 @@ impl CollectorStore {
             let mut heads = txn.open_table(HEADS)?;
             let head = heads.get(gateway.as_str())?.map(|v| decode_head(v.value()));
             if let Some(existing) = reports.get((gateway.as_str(), epoch))? {
-                let last = head.map_or(epoch, |h| h.0);
-                return if existing.value() != report.bytes.as_slice() {
-                    Err(ChainError::Overlapping(epoch))
-                } else if epoch == last {
-                    let d = txn
-                        .open_table(DECISIONS)?
-                        .get((gateway.as_str(), epoch))?
-                        .map(|v| serde_json::from_slice(v.value()))
-                        .transpose()
-                        .map_err(storage)?
-                        .unwrap_or(serde_json::Value::Null);
-                    Ok(Accepted::Duplicate(d))
-                } else {
-                    Err(ChainError::Replayed { epoch, last })
-                };
+                check_again(existing.value(), report, head.map(|h| h.0))?;
+                let d = txn
+                    .open_table(DECISIONS)?
+                    .get((gateway.as_str(), epoch))?
+                    .map(|v| serde_json::from_slice(v.value()))
+                    .transpose()
+                    .map_err(storage)?
+                    .unwrap_or(serde_json::Value::Null);
+                return Ok(Accepted::Duplicate(d));
             }
-            match head {
-                None if report.report.prev_hash != GENESIS_HASH => {
-                    return Err(ChainError::NotGenesis);
-                }
-                Some((last, _, _)) if epoch < last => {
-                    return Err(ChainError::Preceding { epoch, last });
-                }
-                Some((last, hash, _)) if epoch != last + 1 || report.report.prev_hash != hash => {
-                    return Err(ChainError::Gap { epoch, last });
-                }
-                _ => {}
-            }
+            check_extends(head.map(|(epoch, hash, _)| (epoch, hash)), report)?;
             let start = report.report.start_ms();
             let due = decide_due(&txn, &gateway, start, end_ms, now_ms)?;
             {
@@ -291,6 +277,7 @@ fn decode_head(b: &[u8]) -> (u64, Hash, u64) {
 #[cfg(test)]
 mod tests {
     use depin_gateway::identity::DeviceKey;
+    use depin_protocol::GENESIS_HASH;
     use depin_protocol::report::{EpochReport, REPORT_VERSION};
 
     use super::*;
