@@ -68,7 +68,7 @@ fn https(pki: &Pki, port: u16, home: &Home) -> CollectorClient {
         retry_max_ms: 400,
         request_timeout_ms: 5000,
     };
-    CollectorClient::with_identity(&config, Some(&key)).unwrap()
+    CollectorClient::with_identity(&config, Some(std::sync::Arc::new(key))).unwrap()
 }
 
 async fn traffic(gw: &GatewayProcess, epochs: usize) {

@@ -195,7 +195,8 @@ fn client(pki: &Pki, ports: &[u16], first: usize, key: &DeviceKey) -> CollectorC
         retry_max_ms: 400,
         request_timeout_ms: 30_000,
     };
-    CollectorClient::with_identity(&config, Some(key)).expect("client")
+    let key = DeviceKey::from_signing_key(key.signing_key().clone());
+    CollectorClient::with_identity(&config, Some(std::sync::Arc::new(key))).expect("client")
 }
 
 /// What one simulated gateway delivered and how it was judged.

@@ -365,7 +365,7 @@ fn find_slot(module: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, String> {
         ));
     }
     let slots = module
-        .get_slots_with_token()
+        .get_slots_with_initialized_token()
         .map_err(|e| pkcs11_problem(&e))?;
     let mut matching = Vec::new();
     let mut present = Vec::new();
@@ -395,7 +395,9 @@ fn find_slot(module: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, String> {
     }
     match matching.as_slice() {
         [one] => Ok(*one),
-        [] if present.is_empty() => Err("no token is present in any slot of the module".into()),
+        [] if present.is_empty() => {
+            Err("no initialised token is present in any slot of the module".into())
+        }
         [] => Err(format!(
             "no token matches the URI; tokens present: {}",
             present.join(", ")
