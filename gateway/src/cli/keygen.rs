@@ -14,7 +14,7 @@ use crate::identity::{
 pub(super) struct KeygenTarget {
     pub config: Option<PathBuf>,
     pub out: Option<PathBuf>,
-    pub pkcs11: Option<Pkcs11Uri>,
+    pub pkcs11: Option<String>,
     pub module: Option<PathBuf>,
     pub pin_env: Option<String>,
 }
@@ -27,6 +27,7 @@ pub(super) fn run(
     let source = match (&target.config, &target.out, &target.pkcs11) {
         (Some(c), _, _) => GatewayConfig::load(c)?.key_source(),
         (None, _, Some(uri)) => {
+            let uri = Pkcs11Uri::parse(uri)?;
             uri.require_key()?;
             let module = match (&uri.module_path, &target.module) {
                 (Some(a), Some(b)) if a != b => anyhow::bail!(
@@ -37,11 +38,11 @@ pub(super) fn run(
                 (Some(m), _) | (None, Some(m)) => m.clone(),
                 (None, None) => anyhow::bail!("a token key needs --module <PKCS#11 module path>"),
             };
-            KeySource::Token(TokenLocation {
-                uri: uri.clone(),
+            KeySource::Token(Box::new(TokenLocation {
+                uri,
                 module,
                 pin_env: target.pin_env.clone(),
-            })
+            }))
         }
         (None, Some(o), None) => KeySource::File(o.clone()),
         (None, None, None) => KeySource::File(PathBuf::from("data/device.key")),

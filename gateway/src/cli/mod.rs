@@ -83,7 +83,7 @@ enum Command {
         /// RFC 7512 URI names (`pkcs11:token=…;object=…?pin-source=…`).
         /// An existing key with that label or id is kept.
         #[arg(long, value_name = "URI", conflicts_with = "out")]
-        pkcs11: Option<crate::identity::Pkcs11Uri>,
+        pkcs11: Option<String>,
         /// The PKCS#11 module (shared library) of the token.
         #[arg(long, value_name = "PATH", requires = "pkcs11")]
         module: Option<PathBuf>,

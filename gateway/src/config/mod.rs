@@ -398,7 +398,7 @@ impl GatewayConfig {
     pub fn key_source(&self) -> crate::identity::KeySource {
         use crate::identity::{KeySource, TokenLocation};
         match &self.key {
-            Some(uri) => KeySource::Token(TokenLocation {
+            Some(uri) => KeySource::Token(Box::new(TokenLocation {
                 uri: uri.clone(),
                 module: uri
                     .module_path
@@ -406,7 +406,7 @@ impl GatewayConfig {
                     .or_else(|| self.pkcs11.module.clone())
                     .unwrap_or_default(),
                 pin_env: self.pkcs11.pin_env.clone(),
-            }),
+            })),
             None => KeySource::File(self.key_path()),
         }
     }

@@ -107,7 +107,7 @@ pub enum KeySource {
     /// A key file written by `keygen`.
     File(PathBuf),
     /// A key on a PKCS#11 token.
-    Token(TokenLocation),
+    Token(Box<TokenLocation>),
 }
 
 impl KeySource {

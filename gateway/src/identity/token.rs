@@ -527,15 +527,15 @@ fn generate_pair(session: &Session, uri: &Pkcs11Uri) -> Result<(), String> {
         .concat();
         match session.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private) {
             Ok(_) => return Ok(()),
-            Err(e @ CkError::Pkcs11(rv, _))
-                if matches!(
-                    rv,
+            Err(
+                e @ CkError::Pkcs11(
                     RvError::AttributeValueInvalid
-                        | RvError::CurveNotSupported
-                        | RvError::DomainParamsInvalid
-                        | RvError::TemplateInconsistent
-                ) =>
-            {
+                    | RvError::CurveNotSupported
+                    | RvError::DomainParamsInvalid
+                    | RvError::TemplateInconsistent,
+                    _,
+                ),
+            ) => {
                 last = pkcs11_problem(&e);
             }
             Err(e) => return Err(pkcs11_problem(&e)),
