@@ -127,6 +127,22 @@ async fn key_made_on_the_token_signs_reports_the_collector_verifies_and_never_le
     assert_eq!(private["always_sensitive"], true, "{token}");
     assert_eq!(private["token"], true, "{token}");
 
+    // a module restart under a running key: the next signature reopens
+    // the session, logs in again and succeeds
+    let out = hsm
+        .command(PROBE_BIN)
+        .arg("restart")
+        .arg(&hsm.module)
+        .arg(hsm.uri("device"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let restart: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(restart["before_verifies"], true, "{restart}");
+    assert_eq!(restart["after"]["verifies"], true, "{restart}");
+    assert_eq!(restart["after"]["same_as_before"], true, "{restart}");
+
     // keygen again keeps it, with the command-line form of the URI
     let out = hsm
         .command(BIN)
@@ -160,14 +176,8 @@ async fn key_made_on_the_token_signs_reports_the_collector_verifies_and_never_le
     let https = observer(&pki, port, watcher);
 
     let mut gw = GatewayProcess::start_with_env(BIN, &home.config_path, &hsm.env());
-    let ready = gw
-        .stderr_lines
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("gateway ready"))
-        .cloned()
-        .unwrap();
+    // (the reader thread stores the line just after it reports ready)
+    let ready = wait_for_line(&gw, "gateway ready").await;
     assert!(ready.contains(&id), "{ready}");
     assert!(
         ready.contains("pkcs11:token=depin-e2e;object=device"),
@@ -279,6 +289,25 @@ async fn wrong_pin_or_missing_key_stops_the_gateway_with_the_uri_and_return_code
     assert!(!ok);
     assert!(stderr.contains("no token matches the URI"), "{stderr}");
     assert!(stderr.contains("`depin-e2e-errors`"), "{stderr}");
+}
+
+/// The first stderr line of `gw` containing `needle`, waiting up to 10 s.
+async fn wait_for_line(gw: &GatewayProcess, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = gw
+            .stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned();
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "no `{needle}` line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -6,6 +6,11 @@
 //! configuration (SOFTHSM2_CONF) stays in that test's processes.
 //!
 //! Usage: pkcs11-probe MODULE TOKEN_LABEL OBJECT_LABEL PIN_FILE
+//!
+//! `pkcs11-probe restart MODULE KEY_URI` instead opens the key the way the
+//! gateway does, signs, then finalises and re-initialises the module under
+//! it (what a module or token restart does to an open session) and signs
+//! again; it prints whether both signatures verify and agree.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
@@ -14,6 +19,11 @@ use cryptoki::types::AuthPin;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, module, uri] = args.as_slice()
+        && mode == "restart"
+    {
+        return restart(module, uri);
+    }
     let [module, token, object, pin_file] = args.as_slice() else {
         eprintln!("usage: pkcs11-probe MODULE TOKEN_LABEL OBJECT_LABEL PIN_FILE");
         std::process::exit(2);
@@ -100,6 +110,36 @@ fn main() {
             "never_extractable": flag(AttributeType::NeverExtractable),
             "always_sensitive": flag(AttributeType::AlwaysSensitive),
             "token": flag(AttributeType::Token),
+        },
+    });
+    println!("{report}");
+}
+
+/// Signs with the gateway's token key across a module restart.
+fn restart(module: &str, uri: &str) {
+    use depin_gateway::identity::{DeviceSigner, Pkcs11Uri, TokenKey, TokenLocation};
+    use ed25519_dalek::Verifier as _;
+    let location = TokenLocation {
+        uri: Pkcs11Uri::parse(uri).expect("key URI"),
+        module: module.into(),
+        pin_env: None,
+    };
+    let key = TokenKey::open(&location).expect("open the token key");
+    let message = b"signed before and after a module restart";
+    let before = key.sign(message).expect("sign before");
+    // The same library, loaded again in this process: C_Finalize ends every
+    // session of the process, the gateway's included.
+    let other = Pkcs11::new(module).expect("load the module");
+    other.finalize().expect("C_Finalize");
+    let after = key.sign(message);
+    let report = serde_json::json!({
+        "before_verifies": key.public_key().verify(message, &before).is_ok(),
+        "after": match &after {
+            Ok(sig) => serde_json::json!({
+                "verifies": key.public_key().verify(message, sig).is_ok(),
+                "same_as_before": *sig == before,
+            }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
         },
     });
     println!("{report}");
