@@ -223,7 +223,7 @@ async fn key_made_on_the_token_signs_reports_the_collector_verifies_and_never_le
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_pin_or_missing_key_stops_the_gateway_with_the_uri_and_return_code() {
+async fn token_errors_name_the_uri_and_return_code_and_the_pin_may_come_from_env() {
     let Some(hsm) = SoftHsm::start("depin-e2e-errors") else {
         return;
     };
@@ -289,6 +289,35 @@ async fn wrong_pin_or_missing_key_stops_the_gateway_with_the_uri_and_return_code
     assert!(!ok);
     assert!(stderr.contains("no token matches the URI"), "{stderr}");
     assert!(stderr.contains("`depin-e2e-errors`"), "{stderr}");
+
+    // the PIN from the environment variable `[pkcs11] pin_env` names
+    let pin_source = format!("?pin-source=file:{}", hsm.pin_file.display());
+    let from_env = std::fs::read_to_string(&home.config_path)
+        .unwrap()
+        .replace("token=elsewhere", "token=depin-e2e-errors")
+        .replace(&pin_source, "")
+        .replace("[pkcs11]\n", "[pkcs11]\npin_env = \"E2E_TOKEN_PIN\"\n");
+    std::fs::write(&home.config_path, from_env).unwrap();
+    let keygen = |pin: Option<&str>| {
+        let mut c = hsm.command(BIN);
+        c.args(["keygen", "--config", config]);
+        if let Some(pin) = pin {
+            c.env("E2E_TOKEN_PIN", pin);
+        }
+        let out = c.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, _, stderr) = keygen(None);
+    assert!(!ok);
+    assert!(
+        stderr.contains("E2E_TOKEN_PIN (pkcs11.pin_env) is not set"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = keygen(Some(USER_PIN));
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("kept the existing device key"), "{stderr}");
+    assert!(stdout.trim().starts_with("dpg1"), "{stdout}");
 }
 
 /// The first stderr line of `gw` containing `needle`, waiting up to 10 s.
