@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use depin_e2e::upstream::{CollectorProcess, Pki, collector_config, free_port, schedule_toml};
+use depin_e2e::upstream::{CollectorProcess, Pki, free_port, schedule_toml};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin};
 use depin_gateway::config::UpstreamConfig;
 use depin_gateway::identity::DeviceKey;
@@ -37,23 +37,15 @@ fn gateway_home(pki: &Pki, ports: &[u16]) -> Home {
 /// A collector in `dir` on `port` that knows `id` by its device key only
 /// and has no client CA at all.
 fn device_key_collector(dir: &Path, pki: &Pki, port: u16, id: &str) -> CollectorProcess {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = collector_config(
+    depin_e2e::upstream::device_key_collector(
+        COLLECTOR_BIN,
         dir,
         pki,
         port,
-        &[(id.to_string(), String::new())],
+        &[id.to_string()],
         POLICY,
         &schedule_toml(1000, 100),
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    let without_ca: String = text
-        .lines()
-        .filter(|l| !l.starts_with("client_ca_file"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&config, without_ca).unwrap();
-    CollectorProcess::start(COLLECTOR_BIN, &config)
+    )
 }
 
 /// A client of the collector on `port` with the gateway's own device key.
@@ -68,7 +60,7 @@ fn https(pki: &Pki, port: u16, home: &Home) -> CollectorClient {
         retry_max_ms: 400,
         request_timeout_ms: 5000,
     };
-    CollectorClient::with_identity(&config, Some(&key)).unwrap()
+    CollectorClient::with_identity(&config, Some(std::sync::Arc::new(key))).unwrap()
 }
 
 async fn traffic(gw: &GatewayProcess, epochs: usize) {

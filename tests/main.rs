@@ -17,6 +17,7 @@ mod durability;
 mod failover;
 mod faults;
 mod hostile_network;
+mod hsm;
 mod http;
 mod jobs;
 mod monitoring;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::GatewayConfig;
-use crate::identity::DeviceKey;
 use crate::ledger::Ledger;
 use crate::runtime::{LoadedPlugin, Runtime};
 
@@ -95,11 +94,17 @@ impl RunningGateway {
         config: &GatewayConfig,
         source: Option<&Path>,
     ) -> Result<Self, StartError> {
-        let key = DeviceKey::load(&config.key_path())?;
+        let key = config.key_source().open()?;
         crate::otel::init_from_env();
         let mut services = Services::default();
         let ledger = Ledger::open(&config.data_dir)?;
-        let seal = crate::runtime::CodeSeal::from_device_key(&key);
+        let seal = match crate::runtime::CodeSeal::from_device_key(key.as_ref()) {
+            Ok(seal) => seal,
+            Err(e) => {
+                tracing::warn!(error = %e, "compiled code is cached for this process only");
+                crate::runtime::CodeSeal::ephemeral()
+            }
+        };
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
             .with_blob_root(config.data_dir.join("blobs"))
             .with_code_seal(seal.clone());
@@ -238,6 +243,7 @@ impl RunningGateway {
             admin_addr = admin_addr.map(|a| a.to_string()),
             tls = tls.is_some(),
             gateway_id = %gateway_id,
+            device_key = %key.location(),
             plugins = plugins.len(),
             "gateway ready"
         );

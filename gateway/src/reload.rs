@@ -335,6 +335,7 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String>
     check("listen", old.listen == new.listen);
     check("data_dir", old.data_dir == new.data_dir);
     check("key_path", old.key_path == new.key_path);
+    check("key", old.key == new.key && old.pkcs11 == new.pkcs11);
     check("log_format", old.log_format == new.log_format);
     check("http", old.http == new.http);
     check("runtime", old.runtime == new.runtime);

@@ -84,6 +84,19 @@ const MAGIC: &[u8; 4] = b"DPGA";
 impl Answer {
     /// Encodes and signs.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        match self.try_sign(|body| Ok::<_, core::convert::Infallible>(key.sign(body))) {
+            Ok(bytes) => bytes,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Encodes and signs with `sign`, which may fail (a key held by a
+    /// hardware token): the same bytes as [`Answer::sign`] with the same
+    /// key.
+    pub fn try_sign<E>(
+        &self,
+        sign: impl FnOnce(&[u8]) -> Result<Signature, E>,
+    ) -> Result<Vec<u8>, E> {
         let mut out = Vec::with_capacity(110 + self.challenge_id.len() + self.payload.len());
         out.extend_from_slice(MAGIC);
         out.push(1);
@@ -94,9 +107,9 @@ impl Answer {
         out.push(u8::from(self.answered));
         out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.payload);
-        let sig = key.sign(&out);
+        let sig = sign(&out)?;
         out.extend_from_slice(&sig.to_bytes());
-        out
+        Ok(out)
     }
 
     /// Parses and checks the signature.

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod postgres;
 pub mod registry;
 pub mod sensors;
+pub mod softhsm;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

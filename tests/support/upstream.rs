@@ -141,7 +141,9 @@ impl Pki {
             retry_max_ms: 400,
             request_timeout_ms: 30_000,
         };
-        CollectorClient::with_identity(&config, Some(key)).expect("client config")
+        let key = DeviceKey::from_signing_key(key.signing_key().clone());
+        CollectorClient::with_identity(&config, Some(std::sync::Arc::new(key)))
+            .expect("client config")
     }
 }
 
@@ -250,6 +252,32 @@ pub fn collector_config(
     let path = dir.join("collector.toml");
     std::fs::write(&path, text).expect("write collector config");
     path
+}
+
+/// Starts a collector (`bin`) in `dir` on `port` that knows the gateways
+/// `ids` by their device keys only and has no client CA at all, with
+/// `policy` and `extra` TOML tables (see [`collector_config`]).
+pub fn device_key_collector(
+    bin: &str,
+    dir: &Path,
+    pki: &Pki,
+    port: u16,
+    ids: &[String],
+    policy: &str,
+    extra: &str,
+) -> CollectorProcess {
+    std::fs::create_dir_all(dir).expect("collector dir");
+    let gateways: Vec<(String, String)> =
+        ids.iter().map(|id| (id.clone(), String::new())).collect();
+    let config = collector_config(dir, pki, port, &gateways, policy, extra);
+    let text = std::fs::read_to_string(&config).expect("read collector config");
+    let without_ca: String = text
+        .lines()
+        .filter(|l| !l.starts_with("client_ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, without_ca).expect("write collector config");
+    CollectorProcess::start(bin, &config)
 }
 
 /// A collector running as a separate process. Killed when dropped.

@@ -62,8 +62,9 @@ enum Command {
     },
     /// Create the device key (ed25519, mode 0600) and print the gateway id.
     Keygen {
-        /// Write the key where this configuration expects it (`key_path`).
-        #[arg(long, short, conflicts_with = "out")]
+        /// Write the key where this configuration expects it (`key_path`,
+        /// or on the token its `key` names).
+        #[arg(long, short, conflicts_with_all = ["out", "pkcs11"])]
         config: Option<PathBuf>,
         /// Write the key to this file [default: data/device.key].
         #[arg(long, short)]
@@ -78,6 +79,18 @@ enum Command {
         /// `[upstream]` names no cert_file.
         #[arg(long, value_name = "FILE")]
         cert: Option<PathBuf>,
+        /// Create the key on a PKCS#11 token instead, as the object this
+        /// RFC 7512 URI names (`pkcs11:token=…;object=…?pin-source=…`).
+        /// An existing key with that label or id is kept.
+        #[arg(long, value_name = "URI", conflicts_with = "out")]
+        pkcs11: Option<String>,
+        /// The PKCS#11 module (shared library) of the token.
+        #[arg(long, value_name = "PATH", requires = "pkcs11")]
+        module: Option<PathBuf>,
+        /// The environment variable holding the token's user PIN (when the
+        /// URI has no pin-source).
+        #[arg(long, value_name = "VAR", requires = "pkcs11")]
+        pin_env: Option<String>,
     },
     /// Inspect the usage ledger (the gateway must be stopped).
     Ledger {
@@ -155,7 +168,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             force,
             cert,
-        } => keygen::run(config.as_deref(), out, force, cert.as_deref()),
+            pkcs11,
+            module,
+            pin_env,
+        } => keygen::run(
+            keygen::KeygenTarget {
+                config,
+                out,
+                pkcs11,
+                module,
+                pin_env,
+            },
+            force,
+            cert.as_deref(),
+        ),
         Command::Ledger { command } => command.run(),
         Command::Plugin { command } => command.run(),
         Command::Epochs { command } => command.run(),

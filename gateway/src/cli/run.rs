@@ -13,7 +13,7 @@ pub(super) fn run(config_path: &Path, log_format: Option<LogFormat>) -> anyhow::
     let config = GatewayConfig::load(config_path)?;
     crate::telemetry::init(log_format.unwrap_or(config.log_format));
     let key_path = config.key_path();
-    if !key_path.exists() {
+    if config.key.is_none() && !key_path.exists() {
         bail!(
             "no device key at {}; create one with `depin-gateway keygen --config {}`",
             key_path.display(),

@@ -7,6 +7,7 @@ mod epochs;
 mod load;
 mod mqtt;
 mod ops;
+mod pkcs11;
 mod plugin;
 mod policy;
 mod self_check;
@@ -22,6 +23,7 @@ pub use epochs::EpochsConfig;
 pub use load::{ConfigError, load_toml, parse_toml, read_config, resolve_path};
 pub use mqtt::{MqttConfig, MqttTls};
 pub use ops::{AdminConfig, ReloadConfig, TlsConfig};
+pub use pkcs11::Pkcs11Config;
 pub use plugin::{
     BlobsConfig, JobsConfig, OutboundConfig, PluginConfig, PluginLimits, UdpConfig,
     parse_http_origin, validate_host_port, validate_name,
@@ -49,6 +51,14 @@ pub struct GatewayConfig {
     /// The device key written by `depin-gateway keygen`. Relative to the
     /// configuration file; defaults to `<data_dir>/device.key`.
     pub key_path: Option<PathBuf>,
+    /// The device key on a PKCS#11 token instead of a file: an RFC 7512
+    /// URI, `pkcs11:token=<label>;object=<key label>?pin-source=<file>`.
+    /// The module comes from `[pkcs11] module` (or the URI's
+    /// `module-path`). Not together with `key_path`.
+    pub key: Option<crate::identity::Pkcs11Uri>,
+    /// The PKCS#11 module of `key`.
+    #[serde(default)]
+    pub pkcs11: Pkcs11Config,
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -208,6 +218,7 @@ impl GatewayConfig {
         let resolve = |p: &Path| resolve_path(base, p);
         self.data_dir = resolve(&self.data_dir);
         self.key_path = self.key_path.as_deref().map(resolve);
+        self.pkcs11.resolve_paths(base);
         for plugin in &mut self.plugins {
             plugin.component = resolve(&plugin.component);
             plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
@@ -261,6 +272,7 @@ impl GatewayConfig {
             admin.validate()?;
         }
         self.reload.validate()?;
+        self.validate_key()?;
         self.self_check.validate(&self.plugins)?;
         let r = &self.runtime;
         positive("runtime.max_instances", u64::from(r.max_instances))?;
@@ -375,6 +387,50 @@ impl GatewayConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("device.key"))
     }
+
+    /// Where the device key is: on the token `key` names, else in the
+    /// file [`GatewayConfig::key_path`].
+    pub fn key_source(&self) -> crate::identity::KeySource {
+        use crate::identity::{KeySource, TokenLocation};
+        match &self.key {
+            Some(uri) => KeySource::Token(Box::new(TokenLocation {
+                uri: uri.clone(),
+                module: uri
+                    .module_path
+                    .clone()
+                    .or_else(|| self.pkcs11.module.clone())
+                    .unwrap_or_default(),
+                pin_env: self.pkcs11.pin_env.clone(),
+            })),
+            None => KeySource::File(self.key_path()),
+        }
+    }
+
+    fn validate_key(&self) -> Result<(), (String, String)> {
+        self.pkcs11.validate()?;
+        let Some(uri) = &self.key else {
+            return Ok(());
+        };
+        let at = |problem: String| Err(("key".to_string(), problem));
+        if self.key_path.is_some() {
+            return at("give the device key once: `key` (a token) or `key_path` (a file)".into());
+        }
+        if let Err(e) = uri.require_key() {
+            return at(e.to_string());
+        }
+        match (&uri.module_path, &self.pkcs11.module) {
+            (None, None) => at(
+                "a token key needs its PKCS#11 module: set `[pkcs11] module = \"/path/to/module.so\"`"
+                    .into(),
+            ),
+            (Some(a), Some(b)) if a != b => at(format!(
+                "the URI's module-path {} is not `[pkcs11] module` {}; give one",
+                a.display(),
+                b.display()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn positive(key: &str, value: u64) -> Result<(), (String, String)> {
@@ -403,6 +459,55 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/etc/depin/data"));
         assert_eq!(c.key_path(), Path::new("/etc/depin/data/device.key"));
         assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn token_key_takes_the_module_from_the_pkcs11_table() {
+        let c = parse(
+            "key = \"pkcs11:token=depin;object=device?pin-source=/etc/depin/pin\"\n\
+             [pkcs11]\nmodule = \"lib/softhsm2.so\"\npin_env = \"DEPIN_PIN\"\n",
+        )
+        .unwrap();
+        match c.key_source() {
+            crate::identity::KeySource::Token(t) => {
+                assert_eq!(t.module, Path::new("/etc/depin/lib/softhsm2.so"));
+                assert_eq!(t.uri.object.as_deref(), Some("device"));
+                assert_eq!(t.pin_env.as_deref(), Some("DEPIN_PIN"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse("").unwrap().key_source(),
+            crate::identity::KeySource::File(_)
+        ));
+    }
+
+    #[test]
+    fn token_key_errors_name_the_key() {
+        for (text, needle) in [
+            ("key = \"pkcs11:object=k\"\n", "[pkcs11] module"),
+            (
+                "key = \"pkcs11:object=k\"\nkey_path = \"k\"\n[pkcs11]\nmodule = \"/m.so\"\n",
+                "give the device key once",
+            ),
+            (
+                "key = \"pkcs11:token=t\"\n[pkcs11]\nmodule = \"/m.so\"\n",
+                "object=<label>",
+            ),
+            (
+                "key = \"pkcs11:object=k?module-path=/a.so\"\n[pkcs11]\nmodule = \"/b.so\"\n",
+                "give one",
+            ),
+            ("key = \"/etc/depin/device.key\"\n", "pkcs11:"),
+            (
+                "key = \"pkcs11:object=k;colour=red\"\n",
+                "unknown path attribute `colour`",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("key"), "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

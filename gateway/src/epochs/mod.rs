@@ -35,7 +35,7 @@ use depin_protocol::report::{
 use depin_protocol::rewards::{ProofResults, RewardInput, RewardPolicy};
 use depin_protocol::time::now_ms;
 
-use crate::identity::DeviceKey;
+use crate::identity::{DeviceSigner, SignError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::service::{Service, Services};
 pub use store::{ClosedEpoch, CollectorFigure, Cursor, EpochStore, EpochStoreError, OutboxEntry};
@@ -47,6 +47,8 @@ pub enum CloseError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Store(#[from] EpochStoreError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
 }
 
 /// What a plugin is, as an epoch report states it: the kind its
@@ -141,7 +143,7 @@ impl PluginIdentities {
 pub struct EpochCloser {
     pub ledger: Arc<Ledger>,
     pub store: Arc<EpochStore>,
-    pub key: Arc<DeviceKey>,
+    pub key: Arc<dyn DeviceSigner>,
     pub policy: RewardPolicy,
     /// Kind and component digest of each plugin.
     pub identities: PluginIdentities,
@@ -194,9 +196,9 @@ impl EpochCloser {
         };
         let reward_micro = self.policy.reward(content.reward_inputs(), results);
         let records = content.records;
-        let report = EpochReport {
+        let report = self.key.sign_report(EpochReport {
             version: REPORT_VERSION,
-            gateway_key: self.key.verifying_key().to_bytes(),
+            gateway_key: self.key.public_key().to_bytes(),
             epoch,
             length_ms: self.length_ms,
             prev_hash: cursor.prev_hash,
@@ -208,8 +210,7 @@ impl EpochCloser {
             subject_totals: content.subject_totals,
             proofs,
             reward_micro,
-        }
-        .sign(self.key.signing_key());
+        })?;
         let next = Cursor {
             next_epoch: epoch + 1,
             length_ms: self.length_ms,
@@ -357,7 +358,7 @@ impl EpochContent {
 /// files are not right.
 pub fn start(
     config: &crate::config::GatewayConfig,
-    key: &DeviceKey,
+    key: &Arc<dyn DeviceSigner>,
     ledger: &Arc<Ledger>,
     store: Arc<EpochStore>,
     plugins: &Arc<crate::plugin_table::PluginTable>,
@@ -371,7 +372,7 @@ pub fn start(
     let client = match &config.upstream {
         Some(u) => Some(crate::upstream::sender::CollectorClient::with_identity(
             u,
-            Some(key),
+            Some(key.clone()),
         )?),
         None => None,
     };
@@ -384,7 +385,7 @@ pub fn start(
             );
         }
     }
-    let key = Arc::new(DeviceKey::from_signing_key(key.signing_key().clone()));
+    let key = key.clone();
     let closer = Arc::new(EpochCloser {
         ledger: ledger.clone(),
         store: store.clone(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::identity::DeviceKey;
 use crate::ledger::{CallEffects, NewRecord, Source};
 
 fn record(unit: &str, q: u64, time_ms: u64) -> NewRecord {

@@ -243,10 +243,8 @@ pub(crate) fn fuzz_replay(data: &[u8]) -> usize {
     let entries = read_entries(&log, 0);
     let read = entries.len();
     for logged in entries {
-        for entry in super::encoding::block_entries(&logged.block) {
-            if let Ok((_, encoding)) = entry {
-                let _ = depin_protocol::record::UsageRecord::decode(encoding);
-            }
+        for (_, encoding) in super::encoding::block_entries(&logged.block).flatten() {
+            let _ = depin_protocol::record::UsageRecord::decode(encoding);
         }
         let mut again = Vec::new();
         begin_entry(&mut again, &logged.before, &logged.after, &logged.block);

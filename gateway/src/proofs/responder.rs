@@ -25,7 +25,7 @@ use depin_protocol::{GENESIS_HASH, merkle};
 use super::ToWit;
 use crate::call::{self, HostMeasurements};
 use crate::epochs::EpochStore;
-use crate::identity::DeviceKey;
+use crate::identity::DeviceSigner;
 use crate::ingress::udp::IngressPorts;
 use crate::ledger::Ledger;
 use crate::plugin_table::PluginTable;
@@ -49,7 +49,7 @@ pub struct Responder {
     pub client: CollectorClient,
     pub store: Arc<EpochStore>,
     pub ledger: Arc<Ledger>,
-    pub key: Arc<DeviceKey>,
+    pub key: Arc<dyn DeviceSigner>,
     /// Answers possession challenges with the current plugins.
     pub prover: Prover,
 }
@@ -259,12 +259,24 @@ impl Responder {
             }
         };
         let answer = Answer {
-            gateway_key: self.key.verifying_key().to_bytes(),
+            gateway_key: self.key.public_key().to_bytes(),
             challenge_id: c.id.clone(),
             answered,
             payload,
-        }
-        .sign(self.key.signing_key());
+        };
+        // A token signature is a blocking round trip.
+        let key = self.key.clone();
+        let answer = match tokio::task::spawn_blocking(move || key.sign_answer(&answer)).await {
+            Ok(Ok(signed)) => signed,
+            Ok(Err(e)) => {
+                tracing::error!(challenge = %c.id, error = %e, "cannot sign an answer");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(challenge = %c.id, error = %e, "answer signing panicked");
+                return;
+            }
+        };
         let verdict = match self
             .client
             .request("POST", "/v1/challenges/answer", answer)

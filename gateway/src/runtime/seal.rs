@@ -40,16 +40,17 @@ pub enum SealError {
 }
 
 impl CodeSeal {
-    /// The seal of a gateway: derived from its device key's secret half,
-    /// with a label of its own so it is never the same as any other use of
-    /// the key.
-    pub fn from_device_key(key: &crate::identity::DeviceKey) -> Self {
-        let mut h = Sha256::new();
-        h.update(b"depin-gateway compiled-code seal v1\0");
-        h.update(key.signing_key().to_bytes());
-        Self {
-            key: h.finalize().into(),
-        }
+    /// The seal of a gateway: a secret only its device key derives (see
+    /// [`crate::identity::DeviceSigner::derive_secret`]), with a label of
+    /// its own so it is never the same as any other use of the key. Fails
+    /// when the key cannot derive it (a token whose signatures are not
+    /// deterministic).
+    pub fn from_device_key(
+        key: &dyn crate::identity::DeviceSigner,
+    ) -> Result<Self, crate::identity::SignError> {
+        Ok(Self {
+            key: key.derive_secret(b"depin-gateway compiled-code seal v1\0")?,
+        })
     }
 
     /// A seal known to this process only: code it cached is not reused by

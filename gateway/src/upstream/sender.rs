@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{TlsError, UpstreamFiles, upstream_client_config};
 use crate::config::{CollectorUrl, UpstreamConfig};
-use crate::identity::DeviceKey;
+use crate::identity::DeviceSigner;
 use depin_protocol::time::now_ms;
 
 /// Largest answer read from a collector: an acknowledgement with its
@@ -84,7 +84,7 @@ impl CollectorClient {
     /// certificate of `device`. Fails on unusable files, naming them.
     pub fn with_identity(
         config: &UpstreamConfig,
-        device: Option<&DeviceKey>,
+        device: Option<Arc<dyn DeviceSigner>>,
     ) -> Result<Self, TlsError> {
         let urls = config.url.parse().map_err(|problem| TlsError {
             file: "upstream.url".into(),

@@ -218,7 +218,8 @@ async fn server_answering(
 }
 
 async fn request_error(config: &UpstreamConfig) -> DeliveryError {
-    let client = CollectorClient::with_identity(config, Some(&DeviceKey::generate())).unwrap();
+    let client =
+        CollectorClient::with_identity(config, Some(Arc::new(DeviceKey::generate()))).unwrap();
     client
         .request("GET", "/", Vec::new())
         .await

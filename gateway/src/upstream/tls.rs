@@ -223,13 +223,22 @@ fn check_client_cert(cert: &CertificateDer<'_>, file: &Path) -> Result<(), TlsEr
 
 /// The gateway's client configuration: trusts only `files.ca_file`;
 /// presents `files.cert_file`/`key_file` when configured, else the
-/// certificate of `device` (see `DeviceKey::certificate`). Errors name the
-/// file at fault and what to do.
+/// certificate of `device` (see [`crate::identity::device_certificate`]),
+/// whose handshake signatures the device key makes (on its token, for a
+/// token key). Errors name the file at fault and what to do.
 pub fn upstream_client_config(
     files: &UpstreamFiles,
-    device: Option<&crate::identity::DeviceKey>,
+    device: Option<Arc<dyn crate::identity::DeviceSigner>>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let (chain, key) = match (&files.cert_file, &files.key_file, device) {
+    let roots = roots(&files.ca_file).map_err(|e| TlsError {
+        file: files.ca(),
+        problem: e.problem,
+    })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&files.ca_file, e))?
+        .with_root_certificates(roots);
+    let config = match (&files.cert_file, &files.key_file, device) {
         (Some(cert_file), Some(key_file), _) => {
             let chain = load_certs(cert_file).map_err(|e| TlsError {
                 file: format!("upstream.cert_file ({})", cert_file.display()),
@@ -240,14 +249,37 @@ pub fn upstream_client_config(
                 file: format!("upstream.key_file ({})", key_file.display()),
                 problem: e.problem,
             })?;
-            (chain, key)
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => TlsError {
+                        file: files.key(),
+                        problem: format!(
+                            "is not the private key of {}: configure the key the certificate was issued for",
+                            files.client()
+                        ),
+                    },
+                    other => TlsError {
+                        file: files.client(),
+                        problem: other.to_string(),
+                    },
+                })?
         }
         (_, _, Some(device)) => {
-            let cert = device.certificate().map_err(|e| TlsError {
-                file: "device key".into(),
-                problem: format!("cannot make its TLS certificate: {e}"),
-            })?;
-            (vec![cert.der], PrivateKeyDer::Pkcs8(cert.key))
+            let device_error = |problem: String| TlsError {
+                file: format!("device key {}", device.location()),
+                problem,
+            };
+            let cert = crate::identity::device_certificate(device.as_ref())
+                .map_err(|e| device_error(format!("cannot make its TLS certificate: {e}")))?;
+            let signing = Arc::new(crate::identity::DeviceTlsKey::new(device.clone()));
+            let certified = rustls::sign::CertifiedKey::new(vec![cert.der], signing);
+            certified
+                .keys_match()
+                .map_err(|e| device_error(format!("its TLS certificate does not match it: {e}")))?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
         }
         _ => {
             return Err(TlsError {
@@ -256,28 +288,6 @@ pub fn upstream_client_config(
             });
         }
     };
-    let roots = roots(&files.ca_file).map_err(|e| TlsError {
-        file: files.ca(),
-        problem: e.problem,
-    })?;
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(&files.ca_file, e))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError {
-                file: files.key(),
-                problem: format!(
-                    "is not the private key of {}: configure the key the certificate was issued for",
-                    files.client()
-                ),
-            },
-            other => TlsError {
-                file: files.client(),
-                problem: other.to_string(),
-            },
-        })?;
     Ok(Arc::new(config))
 }
 

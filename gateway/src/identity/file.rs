@@ -1,8 +1,6 @@
-//! The device identity: an ed25519 key that signs everything the gateway
-//! reports upstream. Plugins never see it.
+//! The device key in a file.
 //!
 //! Key file format (text, one line): `depin-ed25519-secret:<64 hex digits>`.
-//! The gateway id is the public key as `dpg1<64 hex digits>`.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -10,37 +8,20 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use rustls_pki_types::PrivatePkcs8KeyDer;
 use sha2::Digest as _;
 
+use super::{DeviceCertificate, DeviceSigner, IdentityError, SignError};
+
 const KEY_PREFIX: &str = "depin-ed25519-secret:";
-const ID_PREFIX: &str = "dpg1";
 
-/// Why a key file could not be written or used.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{path}: already exists; refusing to overwrite a device key (pass --force to replace it)"
-    )]
-    Exists { path: PathBuf },
-    #[error(
-        "{path}: the device key is readable or writable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
-    )]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("{path}: not a depin-gateway key file ({problem})")]
-    Malformed { path: PathBuf, problem: String },
-}
-
-/// The gateway's device key.
+/// The gateway's device key, held in memory (read from a key file, or
+/// generated).
 pub struct DeviceKey {
     signing: SigningKey,
+    /// Where it came from, for messages.
+    path: Option<PathBuf>,
 }
 
 impl fmt::Debug for DeviceKey {
@@ -56,6 +37,7 @@ impl DeviceKey {
     pub fn generate() -> Self {
         Self {
             signing: SigningKey::generate(&mut rand::rngs::OsRng),
+            path: None,
         }
     }
 
@@ -121,6 +103,7 @@ impl DeviceKey {
             .map_err(|_| malformed("the key is not 32 bytes"))?;
         Ok(Self {
             signing: SigningKey::from_bytes(&bytes),
+            path: Some(path.to_path_buf()),
         })
     }
 
@@ -131,17 +114,21 @@ impl DeviceKey {
 
     /// A device key from its signing half.
     pub fn from_signing_key(signing: SigningKey) -> Self {
-        Self { signing }
+        Self {
+            signing,
+            path: None,
+        }
     }
 
-    /// The signing half, for signing reports and proofs inside the gateway.
+    /// The signing half (tools and tests that sign by hand; the gateway
+    /// signs through [`DeviceSigner`], which a token key implements too).
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing
     }
 
     /// The gateway id: `dpg1` followed by the public key in hex.
     pub fn gateway_id(&self) -> String {
-        gateway_id(&self.verifying_key())
+        super::gateway_id(&self.verifying_key())
     }
 
     /// The key as PKCS#8 v2 DER (RFC 8410: seed and public key), the form
@@ -154,32 +141,35 @@ impl DeviceKey {
         PrivatePkcs8KeyDer::from(der)
     }
 
-    /// The TLS client certificate of this device key: a self-signed X.509
-    /// v3 certificate over the Ed25519 public key, subject `CN=<gateway
-    /// id>`, client-auth only. Deterministic: the same key always gives
-    /// the same bytes (fixed validity and serial, Ed25519 signatures are
-    /// deterministic), so its sha256 can be written down once.
-    pub fn certificate(&self) -> Result<DeviceCertificate, rcgen::Error> {
-        let pkcs8 = self.pkcs8_der();
-        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, self.gateway_id());
-        let serial = sha2::Sha256::digest(self.verifying_key().as_bytes());
-        let mut serial: [u8; 16] = serial[..16].try_into().expect("16 of 32 bytes");
-        serial[0] &= 0x7f;
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.self_signed(&key_pair)?;
-        Ok(DeviceCertificate {
-            der: cert.der().clone(),
-            pem: cert.pem(),
-            key: pkcs8,
-        })
+    /// The TLS client certificate of this device key (see
+    /// [`super::device_certificate`]).
+    pub fn certificate(&self) -> Result<DeviceCertificate, super::CertificateError> {
+        super::device_certificate(self)
+    }
+}
+
+impl DeviceSigner for DeviceKey {
+    fn public_key(&self) -> VerifyingKey {
+        self.verifying_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Signature, SignError> {
+        Ok(self.signing.sign(message))
+    }
+
+    fn location(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => "in-memory key".into(),
+        }
+    }
+
+    /// `sha256(label || secret seed)`.
+    fn derive_secret(&self, label: &[u8]) -> Result<[u8; 32], SignError> {
+        let mut h = sha2::Sha256::new();
+        h.update(label);
+        h.update(self.signing.to_bytes());
+        Ok(h.finalize().into())
     }
 }
 
@@ -189,29 +179,6 @@ const PKCS8_V2_PREFIX: [u8; 16] = [
 ];
 /// Between the seed and the 32-byte public key: `[1] BIT STRING`.
 const PKCS8_V2_PUBLIC: [u8; 3] = [0x81, 0x21, 0x00];
-
-/// A device key's TLS client certificate (see [`DeviceKey::certificate`]).
-#[derive(Debug)]
-pub struct DeviceCertificate {
-    /// The certificate, DER.
-    pub der: CertificateDer<'static>,
-    /// The certificate, PEM.
-    pub pem: String,
-    /// Its private key (the device key), PKCS#8 DER.
-    pub key: PrivatePkcs8KeyDer<'static>,
-}
-
-impl DeviceCertificate {
-    /// sha256 of the DER certificate, lowercase hex.
-    pub fn sha256(&self) -> String {
-        hex::encode(sha2::Sha256::digest(self.der.as_ref()))
-    }
-}
-
-/// The gateway id of a public key.
-pub fn gateway_id(key: &VerifyingKey) -> String {
-    format!("{ID_PREFIX}{}", hex::encode(key.to_bytes()))
-}
 
 #[cfg(test)]
 mod tests {
@@ -244,8 +211,17 @@ mod tests {
         assert!(spki.as_ref().ends_with(key.verifying_key().as_bytes()));
         assert_eq!(cert.issuer(), cert.subject());
         // rustls takes the PKCS#8 form and signs with the same key.
-        let signer = rustls::crypto::ring::sign::any_eddsa_type(&a.key).unwrap();
+        let signer = rustls::crypto::ring::sign::any_eddsa_type(&key.pkcs8_der()).unwrap();
         assert!(signer.public_key().unwrap().as_ref() == spki.as_ref());
+        // The certificate's signature is the device key's.
+        let der = a.der.as_ref();
+        let sig: [u8; 64] = der[der.len() - 64..].try_into().unwrap();
+        assert_eq!(der[der.len() - 67..der.len() - 64], [0x03, 0x41, 0x00]);
+        let tbs_len = usize::from(u16::from_be_bytes([der[6], der[7]])) + 4;
+        use ed25519_dalek::Verifier as _;
+        key.verifying_key()
+            .verify(&der[4..4 + tbs_len], &Signature::from_bytes(&sig))
+            .unwrap();
     }
 
     #[test]
