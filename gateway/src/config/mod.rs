@@ -9,6 +9,7 @@ mod mqtt;
 mod ops;
 mod plugin;
 mod policy;
+mod registry;
 mod self_check;
 mod upstream;
 
@@ -28,6 +29,7 @@ pub use plugin::{
 };
 use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
 pub use policy::{load_policy, parse_policy};
+pub use registry::RegistryConfig;
 pub use self_check::{SelfCheckConfig, SelfCheckTemplate};
 pub use upstream::{CollectorUrl, CollectorUrls, UpstreamConfig};
 
@@ -75,6 +77,11 @@ pub struct GatewayConfig {
     /// The gateway's own challenges to its plugins; off without templates.
     #[serde(default)]
     pub self_check: SelfCheckConfig,
+    /// OCI registries that `oci://` components are pulled from: plain
+    /// HTTP, credentials, CA. A registry without a table is reached over
+    /// HTTPS, anonymously.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<RegistryConfig>,
 }
 
 /// Log output format.
@@ -214,7 +221,10 @@ impl GatewayConfig {
         self.data_dir = resolve(&self.data_dir);
         self.key_path = self.key_path.as_deref().map(resolve);
         for plugin in &mut self.plugins {
-            plugin.component = resolve(&plugin.component);
+            if !plugin.is_oci() {
+                plugin.component = resolve(&plugin.component);
+            }
+            plugin.trusted_keys = plugin.trusted_keys.iter().map(|k| resolve(k)).collect();
             plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
             if let Some(mqtt) = &mut plugin.mqtt {
                 mqtt.resolve_paths(base);
@@ -223,6 +233,9 @@ impl GatewayConfig {
         self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
         if let Some(u) = &mut self.upstream {
             u.resolve_paths(base);
+        }
+        for r in &mut self.registries {
+            r.resolve_paths(base);
         }
         if let Some(tls) = &mut self.http.tls {
             tls.resolve_paths(base);
@@ -284,6 +297,17 @@ impl GatewayConfig {
         self.epochs.validate()?;
         if let Some(u) = &self.upstream {
             u.validate()?;
+        }
+        let mut hosts = BTreeMap::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            r.validate()
+                .map_err(|(k, problem)| (format!("registry[{i}].{k}"), problem))?;
+            if let Some(first) = hosts.insert(r.host.clone(), i) {
+                return Err((
+                    format!("registry[{i}].host"),
+                    format!("`{}` is already configured by registry[{first}]", r.host),
+                ));
+            }
         }
         let mut names = BTreeMap::new();
         let mut routes = BTreeMap::new();
@@ -358,6 +382,8 @@ impl GatewayConfig {
                     return Err((key(&format!("outbound.udp[{j}]")), problem));
                 }
             }
+            p.validate_source()
+                .map_err(|(k, problem)| (key(&k), problem))?;
             if let Some(mqtt) = &p.mqtt {
                 mqtt.validate()
                     .map_err(|(k, problem)| (key(&format!("mqtt.{k}")), problem))?;
