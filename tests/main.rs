@@ -20,6 +20,7 @@ mod hostile_network;
 mod http;
 mod jobs;
 mod monitoring;
+mod oci;
 mod operator_cli;
 mod ops;
 mod otel;

@@ -112,6 +112,18 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 
+    /// The file the registry keeps blob `digest` in (manifests too), for
+    /// tests that tamper with what it serves.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Access-log lines of requests whose path starts with `prefix`.
     pub fn requests(&self, prefix: &str) -> usize {
         self.access_log
