@@ -7,11 +7,14 @@
 //!   answering real challenges — that gets its full reward with every line
 //!   `rated`, and the server's bounds;
 //! - `replicas`: several collector replicas on one PostgreSQL database,
-//!   the gateway registry and its CLI.
+//!   the gateway registry and its CLI;
+//! - `signers`: reports whose components name their signer (v3) and
+//!   reports of the previous version.
 
 mod cheats;
 mod honest;
 mod replicas;
+mod signers;
 
 use std::path::Path;
 use std::time::Duration;
