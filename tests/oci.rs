@@ -2,8 +2,8 @@
 //! loopback): pushed with `plugin push`, named by digest, pulled, checked,
 //! signed cosign-style, and loaded offline from the local copy.
 
-use depin_e2e::registry::{Registry, sha256_digest};
-use depin_e2e::{HttpClient, Home, plugin, run_cli};
+use depin_e2e::registry::{Registry, TokenService, sha256_digest};
+use depin_e2e::{GatewayProcess, HttpClient, Home, plugin, run_cli};
 use depin_gateway::gateway::RunningGateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
@@ -305,4 +305,65 @@ async fn hot_reload_follows_a_changed_reference_and_keeps_serving_when_a_pull_fa
     assert_eq!(snapshot.plugins[0].1.pinned.as_deref(), Some(second.as_str()));
     assert_eq!(http.get("/t/hello?name=bo").await.text(), "hi, bo");
     gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
+    const PASSWORD: &str = "s3cret-Pa55-for-the-registry";
+    let tokens = TokenService::start("publisher", PASSWORD).await;
+    let registry = Registry::start_with_tokens(&tokens).await;
+    let home = Home::new(&[], "");
+    std::fs::write(home.dir.path().join("registry.pass"), format!("{PASSWORD}\n")).unwrap();
+    let text = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(
+        &home.config_path,
+        format!(
+            "{text}\n[[registry]]\nhost = \"{}\"\ninsecure = true\nusername = \"publisher\"\n\
+             password_file = \"registry.pass\"\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let file = plugin("template_plugin");
+    let target = format!("{}/plugins/private:v1", registry.addr);
+
+    // Anonymous: the token service refuses.
+    let (code, _, err) = run_cli(
+        BIN,
+        &["plugin", "push", file.to_str().unwrap(), &target, "--insecure"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not authorized"), "{err}");
+
+    // With the configuration's credentials: basic to the token service,
+    // then the bearer token to the registry.
+    let config = home.config_path.to_str().unwrap();
+    let (code, out, err) = run_cli(
+        BIN,
+        &["plugin", "push", file.to_str().unwrap(), &target, "--config", config],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
+    let digest = out.lines().next().unwrap().trim().to_string();
+    let issued = tokens.issued();
+    assert!(issued > 0);
+
+    let reference = format!("oci://{}/plugins/private@{digest}", registry.addr);
+    let text = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(
+        &home.config_path,
+        format!(
+            "{text}\n[[plugin]]\nname = \"t\"\ncomponent = \"{reference}\"\nroute = \"/t\"\n\
+             [plugin.config]\ngreeting = \"hi\"\n"
+        ),
+    )
+    .unwrap();
+    let mut gw = GatewayProcess::start(BIN, &home.config_path);
+    let hello = HttpClient::new(gw.addr).get("/t/hello?name=ada").await;
+    assert_eq!((hello.status, hello.text().as_str()), (200, "hi, ada"));
+    assert!(gw.terminate());
+    assert!(tokens.issued() > issued, "the gateway got its own token");
+    let log = gw.stderr_lines.lock().unwrap().join("\n");
+    assert!(log.contains("component pulled"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
 }

@@ -588,4 +588,44 @@ mod tests {
         let e = parse(&format!("{base}[plugin.udp]\nlisten = \"nowhere\"\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].udp.listen"), "{e}");
     }
+
+    #[test]
+    fn oci_components_registries_and_signature_settings_are_checked() {
+        let d = format!("sha256:{}", "0".repeat(64));
+        let plugin = |component: &str, extra: &str| {
+            format!("[[plugin]]\nname = \"a\"\ncomponent = \"{component}\"\n{extra}\n")
+        };
+        let oci = format!("oci://reg.example:5000/a@{d}");
+        let c = parse(&format!(
+            "{}[[registry]]\nhost = \"reg.example:5000\"\ninsecure = true\nusername = \"u\"\n\
+             password_env = \"P\"\n",
+            plugin(&oci, "require_signature = true\ntrusted_keys = [\"k.pub\"]")
+        ))
+        .unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(p.component, Path::new(&oci));
+        assert_eq!(p.trusted_keys, [Path::new("/etc/depin/k.pub")]);
+        assert_eq!(p.oci_reference().unwrap().unwrap().digest(), Some(d.as_str()));
+        assert!(c.registries[0].insecure);
+
+        let tag = "oci://reg.example/a:v1";
+        let e = parse(&plugin(tag, "")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].component"), "{e}");
+        assert!(e.problem.contains("allow_tag"), "{e}");
+        assert!(parse(&plugin(tag, "allow_tag = true")).is_ok());
+        let e = parse(&plugin(&oci, "require_signature = true")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].trusted_keys"), "{e}");
+        let e = parse(&plugin("a.wasm", "require_signature = true\ntrusted_keys = [\"k\"]"))
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].require_signature"), "{e}");
+        let e = parse(&plugin("oci://reg.example/a", "")).unwrap_err();
+        assert!(e.problem.contains("not pinned"), "{e}");
+        let e = parse("[[registry]]\nhost = \"r.example\"\npassword_file = \"p\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[0].username"), "{e}");
+        let e = parse("[[registry]]\nhost = \"r.example\"\n[[registry]]\nhost = \"r.example\"\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[1].host"), "{e}");
+        let e = parse("[[registry]]\nhost = \"https://r.example\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[0].host"), "{e}");
+    }
 }
