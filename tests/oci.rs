@@ -3,7 +3,7 @@
 //! signed cosign-style, and loaded offline from the local copy.
 
 use depin_e2e::registry::{Registry, TokenService, sha256_digest};
-use depin_e2e::{GatewayProcess, HttpClient, Home, plugin, run_cli};
+use depin_e2e::{GatewayProcess, Home, HttpClient, plugin, run_cli};
 use depin_gateway::gateway::RunningGateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
@@ -14,7 +14,13 @@ fn push(registry: &Registry, repo: &str, tag: &str) -> String {
     let target = format!("{}/{repo}:{tag}", registry.addr);
     let (code, out, err) = run_cli(
         BIN,
-        &["plugin", "push", file.to_str().unwrap(), &target, "--insecure"],
+        &[
+            "plugin",
+            "push",
+            file.to_str().unwrap(),
+            &target,
+            "--insecure",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let digest = out.lines().next().unwrap_or("").trim().to_string();
@@ -116,7 +122,10 @@ fn pushed_artifact_has_the_wasm_media_types_as_skopeo_reads_them() {
     let digest = push(&registry, "plugins/skopeo", "v1");
     let out = std::process::Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{}/plugins/skopeo@{digest}", registry.addr))
+        .arg(format!(
+            "docker://{}/plugins/skopeo@{digest}",
+            registry.addr
+        ))
         .output()
         .expect("run skopeo");
     assert!(
@@ -175,7 +184,10 @@ async fn missing_artifacts_and_wrong_digests_are_refused_naming_the_reference() 
     let absent = sha256_digest(b"no such manifest");
     let r = reference(&registry, "plugins/template", &absent);
     let e = refused(&home_with(&registry, &r, "")).await;
-    assert!(e.contains(&r) && e.contains("not found in the registry"), "{e}");
+    assert!(
+        e.contains(&r) && e.contains("not found in the registry"),
+        "{e}"
+    );
 
     // A repository nothing was pushed to.
     let r = reference(&registry, "plugins/never-pushed", &digest);
@@ -293,7 +305,10 @@ async fn hot_reload_follows_a_changed_reference_and_keeps_serving_when_a_pull_fa
     let report = gw.reload("test").await.expect("reloaded");
     assert_eq!(report.reloaded, ["t"]);
     let snapshot = gw.table().snapshot();
-    assert_eq!(snapshot.plugins[0].1.pinned.as_deref(), Some(second.as_str()));
+    assert_eq!(
+        snapshot.plugins[0].1.pinned.as_deref(),
+        Some(second.as_str())
+    );
     assert_eq!(http.get("/t/hello?name=ada").await.text(), "hi, ada");
 
     // A reference the registry does not have: refused, the old one serves.
@@ -302,7 +317,10 @@ async fn hot_reload_follows_a_changed_reference_and_keeps_serving_when_a_pull_fa
     let e = gw.reload("test").await.unwrap_err().to_string();
     assert!(e.contains(&missing) && e.contains("not found"), "{e}");
     let snapshot = gw.table().snapshot();
-    assert_eq!(snapshot.plugins[0].1.pinned.as_deref(), Some(second.as_str()));
+    assert_eq!(
+        snapshot.plugins[0].1.pinned.as_deref(),
+        Some(second.as_str())
+    );
     assert_eq!(http.get("/t/hello?name=bo").await.text(), "hi, bo");
     gw.shutdown().await;
 }
@@ -313,7 +331,11 @@ async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
     let tokens = TokenService::start("publisher", PASSWORD).await;
     let registry = Registry::start_with_tokens(&tokens).await;
     let home = Home::new(&[], "");
-    std::fs::write(home.dir.path().join("registry.pass"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        home.dir.path().join("registry.pass"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&home.config_path).unwrap();
     std::fs::write(
         &home.config_path,
@@ -330,7 +352,13 @@ async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
     // Anonymous: the token service refuses.
     let (code, _, err) = run_cli(
         BIN,
-        &["plugin", "push", file.to_str().unwrap(), &target, "--insecure"],
+        &[
+            "plugin",
+            "push",
+            file.to_str().unwrap(),
+            &target,
+            "--insecure",
+        ],
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not authorized"), "{err}");
@@ -340,7 +368,14 @@ async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
     let config = home.config_path.to_str().unwrap();
     let (code, out, err) = run_cli(
         BIN,
-        &["plugin", "push", file.to_str().unwrap(), &target, "--config", config],
+        &[
+            "plugin",
+            "push",
+            file.to_str().unwrap(),
+            &target,
+            "--config",
+            config,
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));

@@ -124,8 +124,7 @@ impl ComponentDigest {
 
     /// The signer's key fingerprint, `sha256:<hex>`, when there is one.
     pub fn signer_string(&self) -> Option<String> {
-        self.signer
-            .map(|s| format!("sha256:{}", hex::encode(s)))
+        self.signer.map(|s| format!("sha256:{}", hex::encode(s)))
     }
 }
 

@@ -116,7 +116,9 @@ impl Push {
             depin_protocol::time::now_ms() / 1000,
         );
         let scratch = super::plugin::tempdir()?;
-        let registries = self.registry.registries(&r, LocalCopies::new(scratch.clone()))?;
+        let registries = self
+            .registry
+            .registries(&r, LocalCopies::new(scratch.clone()))?;
         let pushed = async_runtime()?.block_on(registries.push(&r, &bytes, &artifact));
         let _ = std::fs::remove_dir_all(&scratch);
         let pushed = pushed.map_err(|e| anyhow!("{r}: {e}"))?;
@@ -179,13 +181,22 @@ impl Pull {
                     .map_err(|e| anyhow!(e))?,
             )
         };
-        let f = pull_into(&self.reference, &self.registry, &data_dir.join("oci"), trusted)?;
+        let f = pull_into(
+            &self.reference,
+            &self.registry,
+            &data_dir.join("oci"),
+            trusted,
+        )?;
         println!("reference:  {}", f.pinned);
         println!("manifest:   {}", f.manifest_digest);
         println!("component:  {}", f.component_digest);
         println!("file:       {}", f.component_path.display());
         if let Some(k) = &f.signer {
-            println!("signed by:  {} ({})", k.fingerprint_string(), k.source.display());
+            println!(
+                "signed by:  {} ({})",
+                k.fingerprint_string(),
+                k.source.display()
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -208,7 +219,10 @@ impl Sign {
         let r = reference(&self.reference)?;
         let key = PublisherKey::load(&self.key).map_err(|e| anyhow!(e))?;
         let scratch = super::plugin::tempdir()?;
-        let registries = Arc::new(self.registry.registries(&r, LocalCopies::new(scratch.clone()))?);
+        let registries = Arc::new(
+            self.registry
+                .registries(&r, LocalCopies::new(scratch.clone()))?,
+        );
         let signed = async_runtime()?.block_on(registries.sign(&r, &key));
         let _ = std::fs::remove_dir_all(&scratch);
         let signed = signed.map_err(|e| anyhow!("{r}: {e}"))?;

@@ -605,7 +605,10 @@ mod tests {
         let p = &c.plugins[0];
         assert_eq!(p.component, Path::new(&oci));
         assert_eq!(p.trusted_keys, [Path::new("/etc/depin/k.pub")]);
-        assert_eq!(p.oci_reference().unwrap().unwrap().digest(), Some(d.as_str()));
+        assert_eq!(
+            p.oci_reference().unwrap().unwrap().digest(),
+            Some(d.as_str())
+        );
         assert!(c.registries[0].insecure);
 
         let tag = "oci://reg.example/a:v1";
@@ -615,8 +618,11 @@ mod tests {
         assert!(parse(&plugin(tag, "allow_tag = true")).is_ok());
         let e = parse(&plugin(&oci, "require_signature = true")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].trusted_keys"), "{e}");
-        let e = parse(&plugin("a.wasm", "require_signature = true\ntrusted_keys = [\"k\"]"))
-            .unwrap_err();
+        let e = parse(&plugin(
+            "a.wasm",
+            "require_signature = true\ntrusted_keys = [\"k\"]",
+        ))
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].require_signature"), "{e}");
         let e = parse(&plugin("oci://reg.example/a", "")).unwrap_err();
         assert!(e.problem.contains("not pinned"), "{e}");

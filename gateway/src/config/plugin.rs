@@ -261,10 +261,7 @@ impl PluginConfig {
                     ("require_signature", self.require_signature),
                 ] {
                     if set {
-                        return Err((
-                            key.into(),
-                            "applies only to an `oci://` component".into(),
-                        ));
+                        return Err((key.into(), "applies only to an `oci://` component".into()));
                     }
                 }
             }

@@ -43,7 +43,10 @@ impl RegistryConfig {
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let host = format!("oci://{}/x:y", self.host);
         if self.host.is_empty() || self.host.contains('/') {
-            return Err(("host".into(), format!("`{}` must be `host[:port]`", self.host)));
+            return Err((
+                "host".into(),
+                format!("`{}` must be `host[:port]`", self.host),
+            ));
         }
         crate::oci::ComponentRef::parse(&host).map_err(|_| {
             (

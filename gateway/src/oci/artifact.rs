@@ -56,7 +56,12 @@ pub struct WasmArtifact {
 impl WasmArtifact {
     /// Lays out `component` as a Wasm artifact. `imports`/`exports` are the
     /// component's WIT interfaces (the config lists them, as `wkg` does).
-    pub fn build(component: &[u8], imports: &[String], exports: &[String], created_unix_s: u64) -> Self {
+    pub fn build(
+        component: &[u8],
+        imports: &[String],
+        exports: &[String],
+        created_unix_s: u64,
+    ) -> Self {
         let layer_descriptor = Descriptor::of(LAYER_MEDIA_TYPE, component);
         let config = json!({
             "created": rfc3339(created_unix_s),
@@ -88,8 +93,8 @@ impl WasmArtifact {
 /// Checks that `manifest` is a Wasm artifact's and returns its one layer.
 /// Every refusal says what was found instead.
 pub fn wasm_layer(manifest: &[u8]) -> Result<Descriptor, String> {
-    let v: Value = serde_json::from_slice(manifest)
-        .map_err(|e| format!("the manifest is not JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("the manifest is not JSON: {e}"))?;
     if v["schemaVersion"].as_u64() != Some(2) {
         return Err("the manifest is not an OCI image manifest (schemaVersion is not 2)".into());
     }
@@ -127,10 +132,7 @@ pub fn wasm_layer(manifest: &[u8]) -> Result<Descriptor, String> {
 
 /// Reads a descriptor object: media type, sha256 digest, size.
 pub fn descriptor(v: &Value) -> Result<Descriptor, String> {
-    let media_type = v["mediaType"]
-        .as_str()
-        .ok_or("no mediaType")?
-        .to_string();
+    let media_type = v["mediaType"].as_str().ok_or("no mediaType")?.to_string();
     let digest = v["digest"].as_str().ok_or("no digest")?.to_string();
     super::reference::check_digest(&digest)?;
     let size = v["size"].as_u64().ok_or("no size")?;
@@ -194,11 +196,17 @@ mod tests {
                 .replace(from, to)
                 .into_bytes()
         };
-        let e = wasm_layer(&swap(CONFIG_MEDIA_TYPE, "application/vnd.oci.image.config.v1+json"))
-            .unwrap_err();
+        let e = wasm_layer(&swap(
+            CONFIG_MEDIA_TYPE,
+            "application/vnd.oci.image.config.v1+json",
+        ))
+        .unwrap_err();
         assert!(e.contains("wrong media type: the config"), "{e}");
-        let e = wasm_layer(&swap("\"application/wasm\"", "\"application/octet-stream\""))
-            .unwrap_err();
+        let e = wasm_layer(&swap(
+            "\"application/wasm\"",
+            "\"application/octet-stream\"",
+        ))
+        .unwrap_err();
         assert!(e.contains("wrong media type: the layer"), "{e}");
         let e = wasm_layer(&swap(
             MANIFEST_MEDIA_TYPE,

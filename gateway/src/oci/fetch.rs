@@ -9,7 +9,9 @@ use oci_client::secrets::RegistryAuth;
 use super::artifact::{self, MANIFEST_MEDIA_TYPE};
 use super::reference::{ComponentRef, Pin, check_digest};
 use super::registry::{Registries, describe, is_missing};
-use super::signature::{self, FoundSignature, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION, TrustedKey};
+use super::signature::{
+    self, FoundSignature, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION, TrustedKey,
+};
 use crate::runtime::component_digest;
 
 /// Whether (and by whom) a component must be signed.
@@ -42,7 +44,11 @@ pub struct Fetched {
 impl Registries {
     /// Pulls `r` (or finds it in the local copy) and checks it. The error
     /// says why, without the reference (callers name it).
-    pub async fn fetch(&self, r: &ComponentRef, policy: &SignaturePolicy) -> Result<Fetched, String> {
+    pub async fn fetch(
+        &self,
+        r: &ComponentRef,
+        policy: &SignaturePolicy,
+    ) -> Result<Fetched, String> {
         let auth = self.auth(&r.registry)?;
         let (pinned, mut offline) = self.resolve(r, &auth).await?;
         let manifest_digest = pinned.digest().expect("resolved").to_string();
@@ -60,9 +66,10 @@ impl Registries {
             Some(_) => self.local.blob_path(&layer.digest),
             None => {
                 offline = false;
-                let bytes = self.pull_blob(&pinned, &layer, &auth).await.map_err(|p| {
-                    format!("the component layer {}: {p}", layer.digest)
-                })?;
+                let bytes = self
+                    .pull_blob(&pinned, &layer, &auth)
+                    .await
+                    .map_err(|p| format!("the component layer {}: {p}", layer.digest))?;
                 self.local.put_blob(&layer.digest, &bytes)?
             }
         };
@@ -101,7 +108,8 @@ impl Registries {
             .await
         {
             Ok(digest) => {
-                check_digest(&digest).map_err(|p| format!("the registry resolved the tag to {p}"))?;
+                check_digest(&digest)
+                    .map_err(|p| format!("the registry resolved the tag to {p}"))?;
                 self.local.put_tag(r, &digest)?;
                 tracing::info!(reference = %r, tag, %digest, "tag resolved");
                 Ok((r.with_digest(&digest), false))

@@ -43,7 +43,10 @@ impl LocalCopies {
         if crate::runtime::component_digest(&bytes) == digest {
             Some(bytes)
         } else {
-            tracing::warn!(digest, "the local copy of a blob is damaged; pulling it again");
+            tracing::warn!(
+                digest,
+                "the local copy of a blob is damaged; pulling it again"
+            );
             None
         }
     }

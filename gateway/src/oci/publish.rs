@@ -1,8 +1,8 @@
 //! Publishing: push a component as a Wasm artifact, and sign a pushed
 //! artifact the way cosign does (for publishers without cosign).
 
-use oci_client::RegistryOperation;
 use hyper::header::HeaderValue;
+use oci_client::RegistryOperation;
 use serde_json::json;
 
 use super::artifact::{Descriptor, MANIFEST_MEDIA_TYPE, WasmArtifact};
@@ -37,15 +37,22 @@ pub struct Signed {
 
 impl Registries {
     /// Pushes `artifact` to `r` (a tag or a digest).
-    pub async fn push(&self, r: &ComponentRef, component: &[u8], artifact: &WasmArtifact) -> Result<Pushed, String> {
+    pub async fn push(
+        &self,
+        r: &ComponentRef,
+        component: &[u8],
+        artifact: &WasmArtifact,
+    ) -> Result<Pushed, String> {
         let image = r.to_client_reference();
         let auth = self.auth(&r.registry)?;
         self.client
             .auth(&image, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| describe(&e))?;
-        self.push_blob(r, component, &artifact.layer_descriptor).await?;
-        self.push_blob(r, &artifact.config, &artifact.config_descriptor).await?;
+        self.push_blob(r, component, &artifact.layer_descriptor)
+            .await?;
+        self.push_blob(r, &artifact.config, &artifact.config_descriptor)
+            .await?;
         let manifest_digest = component_digest(&artifact.manifest);
         self.client
             .push_manifest_raw(
@@ -62,9 +69,19 @@ impl Registries {
         })
     }
 
-    async fn push_blob(&self, r: &ComponentRef, bytes: &[u8], d: &Descriptor) -> Result<(), String> {
+    async fn push_blob(
+        &self,
+        r: &ComponentRef,
+        bytes: &[u8],
+        d: &Descriptor,
+    ) -> Result<(), String> {
         let image = r.to_client_reference();
-        if self.client.blob_exists(&image, &d.digest).await.unwrap_or(false) {
+        if self
+            .client
+            .blob_exists(&image, &d.digest)
+            .await
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         self.client
@@ -97,7 +114,11 @@ impl Registries {
         let sig_ref = pinned.with_tag(&signature::signature_tag(&digest));
         let mut layers = match self
             .client
-            .pull_manifest_raw(&sig_ref.to_client_reference(), &auth, &[MANIFEST_MEDIA_TYPE])
+            .pull_manifest_raw(
+                &sig_ref.to_client_reference(),
+                &auth,
+                &[MANIFEST_MEDIA_TYPE],
+            )
             .await
         {
             Ok((bytes, _)) => serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -105,7 +126,12 @@ impl Registries {
                 .and_then(|v| v["layers"].as_array().cloned())
                 .unwrap_or_default(),
             Err(e) if is_missing(&e) => Vec::new(),
-            Err(e) => return Err(format!("cannot read the existing signatures: {}", describe(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the existing signatures: {}",
+                    describe(&e)
+                ));
+            }
         };
         let layer = json!({
             "mediaType": PAYLOAD_MEDIA_TYPE,
@@ -116,7 +142,8 @@ impl Registries {
         if !layers.contains(&layer) {
             layers.push(layer);
         }
-        self.push_blob(&sig_ref, &payload, &payload_descriptor).await?;
+        self.push_blob(&sig_ref, &payload, &payload_descriptor)
+            .await?;
         // The config cosign writes: an empty image whose layers are the
         // payloads.
         let diff_ids: Vec<&serde_json::Value> = layers.iter().map(|l| &l["digest"]).collect();
@@ -135,7 +162,8 @@ impl Registries {
             digest: component_digest(&config),
             size: config.len() as u64,
         };
-        self.push_blob(&sig_ref, &config, &config_descriptor).await?;
+        self.push_blob(&sig_ref, &config, &config_descriptor)
+            .await?;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,

@@ -215,7 +215,9 @@ fn check_tag(tag: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("tag `{tag}` must be 1 to 128 of A-Z, a-z, 0-9, `.`, `_`, `-`"))
+        Err(format!(
+            "tag `{tag}` must be 1 to 128 of A-Z, a-z, 0-9, `.`, `_`, `-`"
+        ))
     }
 }
 
@@ -258,10 +260,7 @@ mod tests {
             ("reg.example/a:v1", "must start with oci://"),
             ("oci://reg.example", "no repository"),
             ("oci://reg.example/A@sha256:00", "sha256:"),
-            (
-                "oci://reg.example/Upper:v1",
-                "repository `Upper` must be",
-            ),
+            ("oci://reg.example/Upper:v1", "repository `Upper` must be"),
             ("oci://reg example/a:v1", "not a registry host name"),
             ("oci://reg.example:0/a:v1", "port must be"),
             ("oci://reg.example/a/:v1", "repository"),
@@ -272,7 +271,11 @@ mod tests {
             assert!(e.contains(why), "{text}: {e}");
         }
         let upper = format!("oci://reg.example/a@sha256:{}", "AB".repeat(32));
-        assert!(ComponentRef::parse(&upper).unwrap_err().contains("lower-case"));
+        assert!(
+            ComponentRef::parse(&upper)
+                .unwrap_err()
+                .contains("lower-case")
+        );
     }
 
     #[test]

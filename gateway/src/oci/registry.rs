@@ -80,7 +80,10 @@ impl Registries {
         let secret = |file: &Option<std::path::PathBuf>, env: &Option<String>, what: &str| {
             if let Some(f) = file {
                 let text = std::fs::read_to_string(f).map_err(|err| {
-                    format!("registry {host}: cannot read the {what} file {}: {err}", f.display())
+                    format!(
+                        "registry {host}: cannot read the {what} file {}: {err}",
+                        f.display()
+                    )
                 })?;
                 return Ok(Some(text.lines().next().unwrap_or("").to_string()));
             }
@@ -94,7 +97,10 @@ impl Registries {
         if let Some(token) = secret(&e.token_file, &e.token_env, "token")? {
             return Ok(RegistryAuth::Bearer(token));
         }
-        match (&e.username, secret(&e.password_file, &e.password_env, "password")?) {
+        match (
+            &e.username,
+            secret(&e.password_file, &e.password_env, "password")?,
+        ) {
             (Some(user), password) => Ok(RegistryAuth::Basic(
                 user.clone(),
                 password.unwrap_or_default(),

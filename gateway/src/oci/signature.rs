@@ -218,7 +218,10 @@ impl PublisherKey {
 
     /// `sha256:<hex>` fingerprint of the public half.
     pub fn fingerprint_string(&self) -> String {
-        format!("sha256:{}", hex::encode(fingerprint(self.0.verifying_key())))
+        format!(
+            "sha256:{}",
+            hex::encode(fingerprint(self.0.verifying_key()))
+        )
     }
 
     /// The public half as PEM (what verifiers list as trusted).
@@ -338,6 +341,10 @@ mod tests {
         .unwrap();
         let e = PublisherKey::load(&enc).err().unwrap();
         assert!(e.contains("cosign sign --key"), "{e}");
-        assert!(TrustedKey::load(&private).unwrap_err().contains("not a PEM"));
+        assert!(
+            TrustedKey::load(&private)
+                .unwrap_err()
+                .contains("not a PEM")
+        );
     }
 }
