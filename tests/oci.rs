@@ -402,3 +402,58 @@ async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
     assert!(log.contains("component pulled"), "{log}");
     assert!(!log.contains(PASSWORD), "the password is in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registries_are_trusted_through_ca_file_and_plain_http_is_not_assumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = depin_e2e::upstream::Pki::new(&tmp.path().join("pki"));
+    let registry = Registry::start_tls(&pki.server_cert, &pki.server_key).await;
+    let home = Home::new(&[], "");
+    let text = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(
+        &home.config_path,
+        format!(
+            "{text}\n[[registry]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+            registry.addr,
+            pki.ca_file.display()
+        ),
+    )
+    .unwrap();
+    let file = plugin("template_plugin");
+    let target = format!("{}/plugins/tls:v1", registry.addr);
+    let config = home.config_path.to_str().unwrap();
+
+    // Without the CA the registry's certificate is not trusted.
+    let (code, _, err) = run_cli(BIN, &["plugin", "push", file.to_str().unwrap(), &target]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the registry"), "{err}");
+    // With it, over HTTPS.
+    let (code, out, err) = run_cli(
+        BIN,
+        &[
+            "plugin",
+            "push",
+            file.to_str().unwrap(),
+            &target,
+            "--config",
+            config,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let digest = out.lines().next().unwrap().trim().to_string();
+
+    let reference = format!("oci://{}/plugins/tls@{digest}", registry.addr);
+    let text = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(
+        &home.config_path,
+        format!(
+            "{text}\n[[plugin]]\nname = \"t\"\ncomponent = \"{reference}\"\nroute = \"/t\"\n\
+             [plugin.config]\ngreeting = \"hi\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let hello = HttpClient::new(gw.http_addr).get("/t/hello?name=ada").await;
+    assert_eq!((hello.status, hello.text().as_str()), (200, "hi, ada"));
+    gw.shutdown().await;
+}
