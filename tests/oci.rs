@@ -457,3 +457,24 @@ async fn https_registries_are_trusted_through_ca_file_and_plain_http_is_not_assu
     assert_eq!((hello.status, hello.text().as_str()), (200, "hi, ada"));
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_tag_is_resolved_to_a_digest_and_remembered_for_offline_starts() {
+    let registry = Registry::start().await;
+    let digest = push(&registry, "plugins/tagged", "stable");
+    let tagged = format!("oci://{}/plugins/tagged:stable", registry.addr);
+    let home = home_with(&registry, &tagged, "allow_tag = true");
+    let gw = RunningGateway::start(&home.config()).await.expect("start");
+    let pinned = reference(&registry, "plugins/tagged", &digest);
+    assert_eq!(gw.plugins[0].pinned.as_deref(), Some(pinned.as_str()));
+    gw.shutdown().await;
+
+    drop(registry);
+    let gw = RunningGateway::start(&home.config())
+        .await
+        .expect("starts with the digest the tag last resolved to");
+    assert_eq!(gw.plugins[0].pinned.as_deref(), Some(pinned.as_str()));
+    let hello = HttpClient::new(gw.http_addr).get("/t/hello?name=ada").await;
+    assert_eq!(hello.text(), "hi, ada");
+    gw.shutdown().await;
+}
