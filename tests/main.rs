@@ -21,6 +21,7 @@ mod hsm;
 mod http;
 mod jobs;
 mod monitoring;
+mod oci;
 mod operator_cli;
 mod ops;
 mod otel;

@@ -328,6 +328,7 @@ fn report(key: &DeviceKey, epoch: u64, prev: [u8; 32], requests: u128) -> EpochR
         components: vec![ComponentDigest {
             plugin: "template".into(),
             digest: TEMPLATE_DIGEST,
+            signer: None,
         }],
         totals: vec![EpochTotal {
             plugin: "template".into(),

@@ -152,6 +152,7 @@ fn report_verification(count: u64) {
             components: vec![depin_protocol::report::ComponentDigest {
                 plugin: "bench".into(),
                 digest: [3; 32],
+                signer: None,
             }],
             totals,
             subject_totals: Vec::new(),

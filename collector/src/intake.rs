@@ -189,6 +189,11 @@ impl Decide for Decider<'_> {
             "report_hash": hex::encode(report.hash()),
             "reward_micro": decision.total_micro.to_string(),
             "estimate_micro": r.reward_micro.to_string(),
+            "components": r.components.iter().map(|c| serde_json::json!({
+                "plugin": c.plugin,
+                "digest": c.digest_string(),
+                "signer": c.signer_string(),
+            })).collect::<Vec<_>>(),
             "proof_score_ppm": decision.score_ppm.to_string(),
             "multiplier_ppm": decision.multiplier_ppm.to_string(),
             "proofs": {

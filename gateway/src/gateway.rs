@@ -48,6 +48,8 @@ pub enum StartError {
     Admin(#[from] crate::admin::AdminError),
     #[error(transparent)]
     Mqtt(#[from] crate::ingress::mqtt::MqttSetupError),
+    #[error("registries: {0}")]
+    Registries(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -107,7 +109,14 @@ impl RunningGateway {
         };
         let mut runtime = Runtime::new(&config.runtime, Some(&config.data_dir.join("compiled")))?
             .with_blob_root(config.data_dir.join("blobs"))
-            .with_code_seal(seal.clone());
+            .with_code_seal(seal.clone())
+            .with_registries(Arc::new(
+                crate::oci::Registries::new(
+                    &config.registries,
+                    crate::oci::LocalCopies::new(config.data_dir.join("oci")),
+                )
+                .map_err(StartError::Registries)?,
+            ));
         if config.plugins.iter().any(|p| p.jobs.is_some()) {
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let jobs = crate::jobs::JobEngine::open(&config.data_dir.join("jobs"), workers)?

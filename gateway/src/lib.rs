@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
+pub mod oci;
 pub mod otel;
 pub mod plugin_table;
 pub mod proofs;

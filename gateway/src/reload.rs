@@ -212,9 +212,16 @@ impl Reloader {
         let mut plugins = Vec::new();
         let mut reloaded = Vec::new();
         for p in &config.plugins {
-            let unchanged = old.plugins.iter().find(|(c, loaded)| {
-                c == p && file_digest(&p.component).as_deref() == Some(loaded.digest.as_str())
-            });
+            // A digest-pinned `oci://` component is unchanged while its
+            // table is; a tag is resolved again (it may have moved).
+            let same_component = |loaded: &LoadedPlugin| match p.oci_reference() {
+                Some(r) => r.is_ok_and(|r| r.digest().is_some()),
+                None => file_digest(&p.component).as_deref() == Some(loaded.digest.as_str()),
+            };
+            let unchanged = old
+                .plugins
+                .iter()
+                .find(|(c, loaded)| c == p && same_component(loaded));
             let loaded = match unchanged {
                 Some((_, loaded)) => loaded.clone(),
                 None => {
@@ -287,6 +294,8 @@ fn log_loaded(p: &PluginConfig, loaded: &LoadedPlugin) {
     tracing::info!(
         plugin = %p.name,
         digest = %loaded.digest,
+        pinned = loaded.pinned.as_deref(),
+        signer = loaded.signer.map(hex::encode),
         version = %loaded.info.version,
         kind = crate::runtime::contract::kind_name(loaded.info.kind),
         route = p.route.as_deref().unwrap_or("-"),
@@ -341,6 +350,7 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String>
     check("runtime", old.runtime == new.runtime);
     check("admin", old.admin == new.admin);
     check("reload", old.reload == new.reload);
+    check("registry", old.registries == new.registries);
     // The UDP and MQTT ingresses bind their sockets and sessions at start.
     for p in &new.plugins {
         let before = old.plugins.iter().find(|o| o.name == p.name);

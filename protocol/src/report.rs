@@ -1,11 +1,11 @@
 //! The epoch report: what a gateway tells the collector about one epoch,
 //! in a canonical encoding both ends share, signed with the device key.
 //!
-//! Version 2, integers big-endian, `str` = u16 length + UTF-8:
+//! Version 3, integers big-endian, `str` = u16 length + UTF-8:
 //!
 //! ```text
 //! 4    magic "DPGR"
-//! u8   version (2)
+//! u8   version (3)
 //! 32   gateway public key (ed25519)
 //! u64  epoch number (start_ms / length_ms)
 //! u64  epoch length, ms
@@ -13,10 +13,13 @@
 //! u64  first record sequence number in the epoch (0 when empty)
 //! u64  record count
 //! 32   Merkle root over the records' chain hashes
-//! u16  number of components (v2 only): every plugin loaded at the close
+//! u16  number of components (v2 and v3): every plugin loaded at the close
 //!        or with records in the epoch, sorted by plugin, each once:
 //!        str plugin, 32 sha256 of the component file that produced the
-//!        plugin's records (zeros when unknown)
+//!        plugin's records (zeros when unknown), then (v3 only) u8 signed
+//!        (0 or 1) and, when 1, 32 signer: the sha256 of the DER
+//!        SubjectPublicKeyInfo of the trusted publisher key whose signature
+//!        the gateway verified before loading the component
 //! u16  number of totals, then per total (sorted by plugin, source, unit):
 //!        str plugin, str resource kind, u8 source (0 host, 1 plugin),
 //!        str unit, u64 records, u128 quantity, u64 distinct subjects
@@ -36,9 +39,11 @@
 //! A report's hash (what the next report chains to) is the sha256 of all
 //! its bytes, signature included.
 //!
-//! Version 1 is version 2 without the component list. It still decodes
-//! (with an empty list) so a collector can refuse it by name, or admit it
-//! under an explicit legacy policy; new reports are always version 2.
+//! Version 2 is version 3 without the signer byte (and signer) of each
+//! component; it decodes with no signers. Version 1 is version 2 without
+//! the component list. It still decodes (with an empty list) so a
+//! collector can refuse it by name, or admit it under an explicit legacy
+//! policy; new reports are always version 3.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
@@ -47,7 +52,10 @@ use crate::rewards::{ProofResults, RewardInput, RewardPolicy};
 
 const MAGIC: &[u8; 4] = b"DPGR";
 /// Version of the report encoding written by this code.
-pub const REPORT_VERSION: u8 = 2;
+pub const REPORT_VERSION: u8 = 3;
+/// Components without signers. Decoded, never written except by
+/// [`EpochReport::encode`] of a report whose `version` says so.
+pub const REPORT_VERSION_UNSIGNED_COMPONENTS: u8 = 2;
 /// The previous version: no component digests. Decoded, never written
 /// except by [`EpochReport::encode`] of a report whose `version` says so.
 pub const REPORT_VERSION_LEGACY: u8 = 1;
@@ -102,12 +110,21 @@ pub struct ComponentDigest {
     /// sha256 of the component file (zeros when the gateway does not know
     /// it, e.g. a plugin removed before it was ever seen loaded).
     pub digest: Hash,
+    /// The publisher key whose signature over the component the gateway
+    /// verified (sha256 of its DER SubjectPublicKeyInfo), when the plugin
+    /// required one (v3; always `None` in older versions).
+    pub signer: Option<Hash>,
 }
 
 impl ComponentDigest {
     /// `sha256:<hex>`, as plugin digests are written elsewhere.
     pub fn digest_string(&self) -> String {
         format!("sha256:{}", hex::encode(self.digest))
+    }
+
+    /// The signer's key fingerprint, `sha256:<hex>`, when there is one.
+    pub fn signer_string(&self) -> Option<String> {
+        self.signer.map(|s| format!("sha256:{}", hex::encode(s)))
     }
 }
 
@@ -169,6 +186,15 @@ impl EpochReport {
             for c in self.components.iter().take(usize::from(n)) {
                 put_str(&mut out, &c.plugin);
                 out.extend_from_slice(&c.digest);
+                if self.version >= REPORT_VERSION {
+                    match &c.signer {
+                        None => out.push(0),
+                        Some(signer) => {
+                            out.push(1);
+                            out.extend_from_slice(signer);
+                        }
+                    }
+                }
             }
         }
         let n = u16::try_from(self.totals.len()).unwrap_or(u16::MAX);
@@ -320,7 +346,10 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
         return Err(ReportError::Malformed("not an epoch report (bad magic)"));
     }
     let version = r.array::<1>()?[0];
-    if version != REPORT_VERSION && version != REPORT_VERSION_LEGACY {
+    if !matches!(
+        version,
+        REPORT_VERSION | REPORT_VERSION_UNSIGNED_COMPONENTS | REPORT_VERSION_LEGACY
+    ) {
         return Err(ReportError::Malformed("unknown report version"));
     }
     let gateway_key = r.array()?;
@@ -331,12 +360,24 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
     let records = r.u64()?;
     let merkle_root = r.array()?;
     let mut components = Vec::new();
-    if version == REPORT_VERSION {
+    if version != REPORT_VERSION_LEGACY {
         let n = r.u16()?;
         for _ in 0..n {
+            let plugin = r.str()?;
+            let digest = r.array()?;
+            let signer = if version >= REPORT_VERSION {
+                match r.array::<1>()?[0] {
+                    0 => None,
+                    1 => Some(r.array()?),
+                    _ => return Err(ReportError::Malformed("bad signer flag")),
+                }
+            } else {
+                None
+            };
             let c = ComponentDigest {
-                plugin: r.str()?,
-                digest: r.array()?,
+                plugin,
+                digest,
+                signer,
             };
             if components
                 .last()
@@ -416,7 +457,7 @@ fn decode_body(body: &[u8]) -> Result<EpochReport, ReportError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> EpochReport {
@@ -432,6 +473,7 @@ mod tests {
             components: vec![ComponentDigest {
                 plugin: "tpl".into(),
                 digest: [3; 32],
+                signer: Some([4; 32]),
             }],
             totals: vec![EpochTotal {
                 plugin: "tpl".into(),
@@ -461,6 +503,90 @@ mod tests {
             ],
             reward_micro: 9,
         }
+    }
+
+    /// The v2 encoding: the sample without signers.
+    fn sample_v2() -> EpochReport {
+        let mut r = sample();
+        r.version = REPORT_VERSION_UNSIGNED_COMPONENTS;
+        for c in &mut r.components {
+            c.signer = None;
+        }
+        r
+    }
+
+    #[test]
+    fn encoding_v3_matches_golden_bytes() {
+        let expected = [
+            "44504752",
+            "03",
+            &"07".repeat(32),
+            "0000000000000003",
+            "00000000000003e8",
+            &"01".repeat(32),
+            "000000000000000a",
+            "0000000000000002",
+            &"02".repeat(32),
+            "0001",
+            "0003 74706c",
+            &"03".repeat(32),
+            "01",
+            &"04".repeat(32),
+            "0001",
+            "0003 74706c",
+            "0005 6f74686572",
+            "01",
+            "0004 68697473",
+            "0000000000000002",
+            "00000000000000000000000000000005",
+            "0000000000000001",
+            "0001",
+            "0003 74706c",
+            "0004 68697473",
+            "0002 6431",
+            "0000000000000002",
+            "00000000000000000000000000000005",
+            "0002",
+            "0002 6331 01",
+            "0002 6332 00",
+            "00000000000000000000000000000009",
+        ]
+        .concat()
+        .replace(' ', "");
+        assert_eq!(hex::encode(sample().encode()), expected);
+        // unsigned: one zero byte after the digest
+        let mut unsigned = sample();
+        unsigned.components[0].signer = None;
+        let bytes = hex::encode(unsigned.encode());
+        assert!(bytes.contains(&format!("{}00{}", "03".repeat(32), "0001")));
+    }
+
+    #[test]
+    fn version_2_still_decodes_without_signers_and_bad_flags_are_refused() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut r = sample_v2();
+        r.gateway_key = key.verifying_key().to_bytes();
+        let signed = r.clone().sign(&key);
+        let back = SignedReport::decode(&signed.bytes).unwrap();
+        assert_eq!(back.report, r);
+        assert_eq!(back.report.version, 2);
+        // v3: a signer flag other than 0 or 1 is malformed
+        let mut v3 = sample();
+        v3.gateway_key = key.verifying_key().to_bytes();
+        v3.components[0].signer = None;
+        let mut body = v3.encode();
+        let flag = body
+            .windows(33)
+            .position(|w| w[..32] == [3; 32] && w[32] == 0)
+            .unwrap()
+            + 32;
+        body[flag] = 2;
+        let sig = key.sign(&body);
+        body.extend_from_slice(&sig.to_bytes());
+        assert_eq!(
+            SignedReport::decode(&body).unwrap_err(),
+            ReportError::Malformed("bad signer flag")
+        );
     }
 
     #[test]
@@ -499,7 +625,7 @@ mod tests {
         ]
         .concat()
         .replace(' ', "");
-        assert_eq!(hex::encode(sample().encode()), expected);
+        assert_eq!(hex::encode(sample_v2().encode()), expected);
     }
 
     #[test]
@@ -518,6 +644,7 @@ mod tests {
         v2.components.push(ComponentDigest {
             plugin: "a".into(),
             digest: [0; 32],
+            signer: None,
         });
         v2.gateway_key = key.verifying_key().to_bytes();
         assert!(matches!(
@@ -592,5 +719,31 @@ mod tests {
             SignedReport::decode(&forged.bytes).unwrap_err(),
             ReportError::BadSignature
         );
+    }
+}
+
+#[cfg(test)]
+mod corpus {
+    use super::*;
+
+    /// The fuzz corpus holds a signed v3 report with a signer, so the
+    /// canonical-encoding target starts from the current format. Run with
+    /// `DEPIN_WRITE_CORPUS=1` to (re)write it.
+    #[test]
+    fn fuzz_corpus_holds_a_v3_report_with_a_signer() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/report/v3-signed-component");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut r = tests::sample();
+        r.gateway_key = key.verifying_key().to_bytes();
+        let signed = r.clone().sign(&key);
+        if std::env::var_os("DEPIN_WRITE_CORPUS").is_some() {
+            std::fs::write(&path, &signed.bytes).unwrap();
+        }
+        let saved = std::fs::read(&path).unwrap();
+        let back = SignedReport::decode(&saved).unwrap();
+        assert_eq!(back.report, r);
+        assert_eq!(back.report.version, REPORT_VERSION);
+        assert_eq!(back.report.components[0].signer, Some([4; 32]));
     }
 }

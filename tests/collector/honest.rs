@@ -275,7 +275,7 @@ async fn a_plugin_added_by_a_hot_reload_is_reported_with_its_digest() {
     if first["start_ms"].as_u64().unwrap() + LENGTH_MS < reloaded_at {
         assert_eq!(digest_of(first, "added"), None, "{first}");
     }
-    assert_eq!(last["version"], 2);
+    assert_eq!(last["version"], depin_protocol::report::REPORT_VERSION);
 }
 
 on_both_stores!(stalled_clients_are_dropped_and_the_collector_keeps_serving);

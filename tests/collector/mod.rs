@@ -11,13 +11,16 @@
 //! - `replicas`: several collector replicas on one PostgreSQL database,
 //!   the gateway registry's CLI;
 //! - `rounds`: challenge round times through a replica's `kill -9`, and
-//!   long polls woken across replicas.
+//!   long polls woken across replicas;
+//! - `signers`: reports whose components name their signer (v3) and
+//!   reports of the previous version.
 
 mod cheats;
 mod honest;
 mod registry;
 mod replicas;
 mod rounds;
+mod signers;
 
 use std::path::{Path, PathBuf};
 

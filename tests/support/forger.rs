@@ -113,6 +113,7 @@ impl Forger {
                 .map(|(p, d)| ComponentDigest {
                     plugin: p.to_string(),
                     digest: *d,
+                    signer: None,
                 })
                 .collect(),
             totals: totals

@@ -48,7 +48,26 @@ impl Registry {
         Self::start_with(Some(tokens)).await
     }
 
+    /// Starts a registry that serves HTTPS with the PEM certificate
+    /// `cert` and key `key` (its [`Registry::url`] stays `http://…`; this
+    /// helper's own requests do not work on it).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_configured(
+            None,
+            Some(format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )),
+        )
+        .await
+    }
+
     async fn start_with(tokens: Option<&TokenService>) -> Self {
+        Self::start_configured(tokens, None).await
+    }
+
+    async fn start_configured(tokens: Option<&TokenService>, tls: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -60,6 +79,9 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some(tls) = &tls {
+            text.push_str(tls);
+        }
         if let Some(tokens) = tokens {
             let bundle = dir.path().join("token-signer.pem");
             std::fs::write(&bundle, &tokens.signer.cert_pem).expect("write the token certificate");
@@ -95,6 +117,13 @@ impl Registry {
             signer: tokens.map(|t| t.signer.clone()),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
+        while tls.is_some() {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return registry;
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         loop {
             // 401: up, and asking for a token.
             if let Ok((200 | 401, _, _)) = registry.request("GET", "/v2/", &[], Bytes::new()).await
@@ -110,6 +139,18 @@ impl Registry {
     /// `http://<addr>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The file the registry keeps blob `digest` in (manifests too), for
+    /// tests that tamper with what it serves.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     /// Access-log lines of requests whose path starts with `prefix`.

@@ -221,6 +221,7 @@ async fn deliver(
             r.components.push(depin_protocol::report::ComponentDigest {
                 plugin: "mystery".into(),
                 digest: [0xab; 32],
+                signer: None,
             });
             let mut line = r.totals[0].clone();
             line.plugin = "mystery".into();

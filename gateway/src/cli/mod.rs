@@ -7,6 +7,7 @@ mod epochs;
 mod harness;
 mod keygen;
 mod ledger;
+mod oci;
 mod plugin;
 mod progress;
 mod report;

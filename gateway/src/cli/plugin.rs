@@ -17,12 +17,26 @@ pub(super) enum PluginCommand {
     /// Show a component's `describe` output, imports and exports, and
     /// whether it fits this gateway's contract. Exits with 1 if it does not.
     Inspect {
-        /// The component file.
-        file: PathBuf,
+        /// The component file, or a registry reference
+        /// (`[oci://]HOST[:PORT]/REPO@sha256:…` or `…:TAG`), pulled into a
+        /// scratch directory first.
+        file: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        registry: super::oci::RegistryArgs,
     },
+    /// Push a component to an OCI registry as a Wasm artifact (config
+    /// `application/vnd.wasm.config.v0+json`, one `application/wasm`
+    /// layer) and print its manifest digest.
+    Push(super::oci::Push),
+    /// Pull a component into the data directory's local copy (where the
+    /// gateway finds it offline), check it, and print its digests.
+    Pull(super::oci::Pull),
+    /// Sign a pushed component the way cosign does (a simple-signing
+    /// payload under the `sha256-<hex>.sig` tag) with an ECDSA P-256 key.
+    Sign(super::oci::Sign),
     /// Create a new plugin crate: a metered echo with a proof of what it
     /// echoed, native tests, an end-to-end script, and a README.
     New(super::scaffold::NewPlugin),
@@ -36,14 +50,44 @@ pub(super) enum PluginCommand {
 impl PluginCommand {
     pub(super) fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            PluginCommand::Inspect { file, json } => inspect(&file, json),
+            PluginCommand::Inspect {
+                file,
+                json,
+                registry,
+            } => inspect_target(&file, json, &registry),
+            PluginCommand::Push(push) => push.run(),
+            PluginCommand::Pull(pull) => pull.run(),
+            PluginCommand::Sign(sign) => sign.run(),
             PluginCommand::New(new) => new.run(),
             PluginCommand::Test(test) => test.run(),
         }
     }
 }
 
-fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// Inspects a file, or a reference pulled into a scratch directory.
+fn inspect_target(
+    target: &str,
+    json: bool,
+    registry: &super::oci::RegistryArgs,
+) -> anyhow::Result<ExitCode> {
+    let path = Path::new(target);
+    if path.exists() || !super::oci::looks_like_reference(target) {
+        return inspect(path, json, None);
+    }
+    let scratch = tempdir()?;
+    let pulled = super::oci::pull_into(target, registry, &scratch.join("oci"), None);
+    let result = pulled.and_then(|fetched| {
+        inspect(
+            &fetched.component_path,
+            json,
+            Some(fetched.pinned.to_string()),
+        )
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn inspect(file: &Path, json: bool, reference: Option<String>) -> anyhow::Result<ExitCode> {
     let scratch = tempdir()?;
     let result = async_runtime()?.block_on(async {
         let runtime = Runtime::new(
@@ -82,13 +126,16 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             })
         });
         let v = serde_json::json!({
-            "file": file, "digest": digest, "contract": CONTRACT, "fits": fits, "problem": problem,
+            "file": file, "reference": reference, "digest": digest, "contract": CONTRACT, "fits": fits, "problem": problem,
             "built_against": shape.built_against(),
             "describe": info, "imports": shape.imports, "exports": shape.exports,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("file:     {}", file.display());
+        match &reference {
+            Some(r) => println!("ref:      {r}"),
+            None => println!("file:     {}", file.display()),
+        }
         println!("digest:   {digest}");
         match &problem {
             None => println!("contract: fits {CONTRACT}"),
@@ -132,7 +179,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
+pub(super) fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "depin-inspect-{}-{}",
         std::process::id(),

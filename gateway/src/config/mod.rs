@@ -10,6 +10,7 @@ mod ops;
 mod pkcs11;
 mod plugin;
 mod policy;
+mod registry;
 mod self_check;
 mod upstream;
 
@@ -30,6 +31,7 @@ pub use plugin::{
 };
 use plugin::{config_value_string, normalize_route, validate_jobs, validate_route};
 pub use policy::{load_policy, parse_policy};
+pub use registry::RegistryConfig;
 pub use self_check::{SelfCheckConfig, SelfCheckTemplate};
 pub use upstream::{CollectorUrl, CollectorUrls, UpstreamConfig};
 
@@ -85,6 +87,11 @@ pub struct GatewayConfig {
     /// The gateway's own challenges to its plugins; off without templates.
     #[serde(default)]
     pub self_check: SelfCheckConfig,
+    /// OCI registries that `oci://` components are pulled from: plain
+    /// HTTP, credentials, CA. A registry without a table is reached over
+    /// HTTPS, anonymously.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<RegistryConfig>,
 }
 
 /// Log output format.
@@ -220,7 +227,10 @@ impl GatewayConfig {
         self.key_path = self.key_path.as_deref().map(resolve);
         self.pkcs11.resolve_paths(base);
         for plugin in &mut self.plugins {
-            plugin.component = resolve(&plugin.component);
+            if !plugin.is_oci() {
+                plugin.component = resolve(&plugin.component);
+            }
+            plugin.trusted_keys = plugin.trusted_keys.iter().map(|k| resolve(k)).collect();
             plugin.outbound.http_ca_file = plugin.outbound.http_ca_file.as_deref().map(resolve);
             if let Some(mqtt) = &mut plugin.mqtt {
                 mqtt.resolve_paths(base);
@@ -229,6 +239,9 @@ impl GatewayConfig {
         self.epochs.policy = self.epochs.policy.as_deref().map(resolve);
         if let Some(u) = &mut self.upstream {
             u.resolve_paths(base);
+        }
+        for r in &mut self.registries {
+            r.resolve_paths(base);
         }
         if let Some(tls) = &mut self.http.tls {
             tls.resolve_paths(base);
@@ -291,6 +304,17 @@ impl GatewayConfig {
         self.epochs.validate()?;
         if let Some(u) = &self.upstream {
             u.validate()?;
+        }
+        let mut hosts = BTreeMap::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            r.validate()
+                .map_err(|(k, problem)| (format!("registry[{i}].{k}"), problem))?;
+            if let Some(first) = hosts.insert(r.host.clone(), i) {
+                return Err((
+                    format!("registry[{i}].host"),
+                    format!("`{}` is already configured by registry[{first}]", r.host),
+                ));
+            }
         }
         let mut names = BTreeMap::new();
         let mut routes = BTreeMap::new();
@@ -365,6 +389,8 @@ impl GatewayConfig {
                     return Err((key(&format!("outbound.udp[{j}]")), problem));
                 }
             }
+            p.validate_source()
+                .map_err(|(k, problem)| (key(&k), problem))?;
             if let Some(mqtt) = &p.mqtt {
                 mqtt.validate()
                     .map_err(|(k, problem)| (key(&format!("mqtt.{k}")), problem))?;
@@ -661,5 +687,51 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("plugin[0].outbound.udpp"), "{e}");
         let e = parse(&format!("{base}[plugin.udp]\nlisten = \"nowhere\"\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("plugin[0].udp.listen"), "{e}");
+    }
+
+    #[test]
+    fn oci_components_registries_and_signature_settings_are_checked() {
+        let d = format!("sha256:{}", "0".repeat(64));
+        let plugin = |component: &str, extra: &str| {
+            format!("[[plugin]]\nname = \"a\"\ncomponent = \"{component}\"\n{extra}\n")
+        };
+        let oci = format!("oci://reg.example:5000/a@{d}");
+        let c = parse(&format!(
+            "{}[[registry]]\nhost = \"reg.example:5000\"\ninsecure = true\nusername = \"u\"\n\
+             password_env = \"P\"\n",
+            plugin(&oci, "require_signature = true\ntrusted_keys = [\"k.pub\"]")
+        ))
+        .unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(p.component, Path::new(&oci));
+        assert_eq!(p.trusted_keys, [Path::new("/etc/depin/k.pub")]);
+        assert_eq!(
+            p.oci_reference().unwrap().unwrap().digest(),
+            Some(d.as_str())
+        );
+        assert!(c.registries[0].insecure);
+
+        let tag = "oci://reg.example/a:v1";
+        let e = parse(&plugin(tag, "")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].component"), "{e}");
+        assert!(e.problem.contains("allow_tag"), "{e}");
+        assert!(parse(&plugin(tag, "allow_tag = true")).is_ok());
+        let e = parse(&plugin(&oci, "require_signature = true")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].trusted_keys"), "{e}");
+        let e = parse(&plugin(
+            "a.wasm",
+            "require_signature = true\ntrusted_keys = [\"k\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("plugin[0].require_signature"), "{e}");
+        let e = parse(&plugin("oci://reg.example/a", "")).unwrap_err();
+        assert!(e.problem.contains("not pinned"), "{e}");
+        let e = parse("[[registry]]\nhost = \"r.example\"\npassword_file = \"p\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[0].username"), "{e}");
+        let e = parse("[[registry]]\nhost = \"r.example\"\n[[registry]]\nhost = \"r.example\"\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[1].host"), "{e}");
+        let e = parse("[[registry]]\nhost = \"https://r.example\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("registry[0].host"), "{e}");
     }
 }

@@ -17,8 +17,22 @@ pub struct PluginConfig {
     /// Unique name; namespaces the plugin's key-value store and its ledger
     /// records. `[a-z0-9_-]`, at most 64 bytes.
     pub name: String,
-    /// Path of the component (`.wasm`), relative to the configuration file.
+    /// Path of the component (`.wasm`), relative to the configuration
+    /// file, or `oci://HOST[:PORT]/REPO@sha256:<digest>`: a Wasm artifact
+    /// pulled from a registry into the data directory (see `[[registry]]`).
     pub component: PathBuf,
+    /// An `oci://` component may name a tag instead of a digest; the tag
+    /// is resolved to a digest at every load (and logged).
+    #[serde(default)]
+    pub allow_tag: bool,
+    /// Refuse an `oci://` component without a cosign signature by one of
+    /// `trusted_keys`.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// PEM public keys (ECDSA P-256, as `cosign.pub`) of the publishers
+    /// whose signatures are trusted; relative to the configuration file.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
     /// HTTP route prefix, e.g. `/cache`; `/` takes every path no other
     /// plugin claims.
     pub route: Option<String>,
@@ -214,6 +228,51 @@ impl PluginConfig {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), config_value_string(v)?)))
             .collect()
+    }
+
+    /// Whether the component comes from an OCI registry (`oci://`).
+    pub fn is_oci(&self) -> bool {
+        self.component
+            .to_str()
+            .is_some_and(crate::oci::ComponentRef::is_oci)
+    }
+
+    /// The component's registry reference, when it has one.
+    pub fn oci_reference(&self) -> Option<Result<crate::oci::ComponentRef, String>> {
+        self.is_oci()
+            .then(|| crate::oci::ComponentRef::parse(self.component.to_str().unwrap_or_default()))
+    }
+
+    pub(super) fn validate_source(&self) -> Result<(), (String, String)> {
+        match self.oci_reference() {
+            Some(Err(problem)) => return Err(("component".into(), problem)),
+            Some(Ok(r)) if r.digest().is_none() && !self.allow_tag => {
+                return Err((
+                    "component".into(),
+                    format!(
+                        "`{r}` names a tag; pin a digest (`@sha256:…`) or set `allow_tag = true`"
+                    ),
+                ));
+            }
+            Some(Ok(_)) => {}
+            None => {
+                for (key, set) in [
+                    ("allow_tag", self.allow_tag),
+                    ("require_signature", self.require_signature),
+                ] {
+                    if set {
+                        return Err((key.into(), "applies only to an `oci://` component".into()));
+                    }
+                }
+            }
+        }
+        if self.require_signature && self.trusted_keys.is_empty() {
+            return Err((
+                "trusted_keys".into(),
+                "`require_signature = true` needs at least one trusted publisher key".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The route prefix without a trailing slash (`/` stays `/`).

@@ -32,7 +32,7 @@ pub fn report_json(r: &SignedReport) -> serde_json::Value {
         "merkle_root": hex::encode(p.merkle_root),
         "version": p.version,
         "components": p.components.iter().map(|c| serde_json::json!({
-            "plugin": c.plugin, "digest": c.digest_string(),
+            "plugin": c.plugin, "digest": c.digest_string(), "signer": c.signer_string(),
         })).collect::<Vec<_>>(),
         "totals": p.totals,
         "subject_totals": p.subject_totals,
@@ -184,7 +184,14 @@ fn print_report(r: &SignedReport) {
     println!("records:      {} (from {})", p.records, p.first_seq);
     println!("encoding:     v{}", p.version);
     for c in &p.components {
-        println!("component:    {:<16} {}", c.plugin, c.digest_string());
+        match c.signer_string() {
+            Some(signer) => println!(
+                "component:    {:<16} {} signed by {signer}",
+                c.plugin,
+                c.digest_string()
+            ),
+            None => println!("component:    {:<16} {}", c.plugin, c.digest_string()),
+        }
     }
     println!("merkle root:  {}", hex::encode(p.merkle_root));
     println!("report hash:  {}", hex::encode(r.hash()));

@@ -61,6 +61,8 @@ pub struct PluginIdentity {
     /// Loaded now (listed in the report even without records, so the
     /// collector can challenge it).
     pub loaded: bool,
+    /// The trusted publisher key whose signature was verified at load.
+    pub signer: Option<Hash>,
 }
 
 /// Where an epoch close learns each plugin's identity: the plugins loaded
@@ -104,6 +106,7 @@ impl PluginIdentities {
                         kind,
                         digest: [0; 32],
                         loaded: true,
+                        signer: None,
                     };
                     (p, id)
                 })
@@ -131,6 +134,7 @@ impl PluginIdentities {
                         kind: crate::runtime::contract::kind_name(p.info.kind).to_string(),
                         digest,
                         loaded: true,
+                        signer: p.signer,
                     },
                 );
             }
@@ -303,6 +307,7 @@ impl EpochContent {
             .map(|plugin| ComponentDigest {
                 plugin: plugin.clone(),
                 digest: identities.get(plugin).map_or([0; 32], |i| i.digest),
+                signer: identities.get(plugin).and_then(|i| i.signer),
             })
             .collect();
         let totals = sums

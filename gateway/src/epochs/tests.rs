@@ -114,6 +114,7 @@ async fn the_outbox_keeps_close_order_when_the_length_changes() {
                 kind: "other".into(),
                 digest: [9; 32],
                 loaded: true,
+                signer: None,
             },
         )])),
         length_ms,

@@ -19,6 +19,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::CacheOutcome;
+pub use cache::digest as component_digest;
 pub use contract::{CONTRACT, ComponentShape};
 pub use host::blobs::PassThrough;
 pub use host::outbound_http::BODY_IDLE_TIMEOUT;
@@ -41,6 +42,8 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
     blob_root: Option<PathBuf>,
     jobs: Option<Arc<crate::jobs::JobEngine>>,
+    /// Where `oci://` components are pulled from; none without it.
+    registries: Option<Arc<crate::oci::Registries>>,
 }
 
 /// Why the runtime could not start.
@@ -78,6 +81,7 @@ impl Runtime {
             ticker_stop,
             blob_root: None,
             jobs: None,
+            registries: None,
         })
     }
 
@@ -116,6 +120,17 @@ impl Runtime {
     pub fn with_jobs(mut self, jobs: Arc<crate::jobs::JobEngine>) -> Self {
         self.jobs = Some(jobs);
         self
+    }
+
+    /// Pulls `oci://` components through `registries`.
+    pub fn with_registries(mut self, registries: Arc<crate::oci::Registries>) -> Self {
+        self.registries = Some(registries);
+        self
+    }
+
+    /// Where `oci://` components come from, if anywhere.
+    pub fn registries(&self) -> Option<&Arc<crate::oci::Registries>> {
+        self.registries.as_ref()
     }
 
     pub(crate) fn jobs(&self) -> Option<&Arc<crate::jobs::JobEngine>> {

@@ -61,7 +61,14 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     /// `sha256:<hex>` of the component file.
     pub digest: String,
+    /// The component file (for an `oci://` component, its local copy).
     pub path: PathBuf,
+    /// For an `oci://` component: the reference pinned to the manifest
+    /// digest that was loaded.
+    pub pinned: Option<String>,
+    /// The fingerprint (sha256 of the DER public key) of the trusted
+    /// publisher whose signature was verified, when one was required.
+    pub signer: Option<[u8; 32]>,
     pub shape: ComponentShape,
     pub cache: CacheOutcome,
     /// Answers the plugin marked reusable (see [`super::reuse`]); empty
@@ -100,10 +107,14 @@ impl LoadedPlugin {
             path: cfg.component.clone(),
             problem,
         };
-        let compiled = runtime.compile(&cfg.component).map_err(fail)?;
-        let plugin = Self::prepare(runtime, cfg, ledger.clone(), compiled)
+        let source = ComponentSource::of(runtime, cfg).await.map_err(fail)?;
+        let compiled = runtime.compile(&source.path).map_err(fail)?;
+        let mut plugin = Self::prepare(runtime, cfg, ledger.clone(), compiled)
             .await
             .map_err(fail)?;
+        plugin.path = source.path;
+        plugin.pinned = source.pinned;
+        plugin.signer = source.signer;
         let config = cfg.config_strings();
         let (plugin_ref, ledger_ref, config_ref) = (&plugin, &ledger, &config);
         let committed = call::serialized(&plugin, || async move {
@@ -200,6 +211,8 @@ impl LoadedPlugin {
             },
             digest,
             path: cfg.component.clone(),
+            pinned: None,
+            signer: None,
             shape,
             cache,
             reuse: Default::default(),
@@ -232,6 +245,55 @@ impl LoadedPlugin {
     /// The configured name.
     pub fn name(&self) -> &Arc<str> {
         &self.shared.name
+    }
+}
+
+/// Where a plugin's component file is, after pulling it if it lives in
+/// a registry.
+struct ComponentSource {
+    path: PathBuf,
+    pinned: Option<String>,
+    signer: Option<[u8; 32]>,
+}
+
+impl ComponentSource {
+    async fn of(runtime: &Runtime, cfg: &PluginConfig) -> Result<Self, String> {
+        let Some(reference) = cfg.oci_reference() else {
+            return Ok(Self {
+                path: cfg.component.clone(),
+                pinned: None,
+                signer: None,
+            });
+        };
+        let reference = reference?;
+        let registries = runtime
+            .registries()
+            .ok_or("this runtime pulls no `oci://` components")?;
+        let policy = if cfg.require_signature {
+            let keys = cfg
+                .trusted_keys
+                .iter()
+                .map(|k| crate::oci::TrustedKey::load(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::oci::SignaturePolicy::TrustedKeys(keys)
+        } else {
+            crate::oci::SignaturePolicy::NotRequired
+        };
+        let fetched = registries.fetch(&reference, &policy).await?;
+        tracing::info!(
+            plugin = %cfg.name,
+            reference = %reference,
+            pinned = %fetched.pinned,
+            component = %fetched.component_digest,
+            signer = fetched.signer.as_ref().map(|k| k.fingerprint_string()),
+            offline = fetched.offline,
+            "component pulled"
+        );
+        Ok(Self {
+            path: fetched.component_path,
+            pinned: Some(fetched.pinned.to_string()),
+            signer: fetched.signer.map(|k| k.fingerprint),
+        })
     }
 }
 
