@@ -27,3 +27,12 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use gateway::{RunningGateway, StartError};
+
+/// Makes ring the process's default rustls provider. The gateway's own TLS
+/// configurations name ring themselves, but the HTTP clients inside the
+/// registry client and the OTLP exporter are built without a provider of
+/// their own and take the process default: without one they panic, and
+/// OTLP export or a registry pull silently never starts. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

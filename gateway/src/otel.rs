@@ -142,6 +142,7 @@ fn start_metrics() -> Option<MetricsExport> {
 /// Starts OTLP export of traces and metrics, each if the environment asks
 /// for it. Later calls do nothing. Returns whether spans are exported.
 pub fn init_from_env() -> bool {
+    crate::install_crypto_provider();
     METRICS.get_or_init(start_metrics);
     EXPORTING
         .get_or_init(|| {

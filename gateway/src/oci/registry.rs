@@ -28,8 +28,7 @@ impl Registries {
     /// `entries`: the `[[registry]]` tables; `local`: where pulled
     /// artifacts are kept.
     pub fn new(entries: &[RegistryConfig], local: LocalCopies) -> Result<Self, String> {
-        // The client's TLS stack takes the process's default provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let mut extra_root_certificates = Vec::new();
         for e in entries {
             if let Some(ca) = &e.ca_file {
