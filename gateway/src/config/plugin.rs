@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::positive;
+use super::validate::positive;
 
 /// One `[[plugin]]` table. `Default` gives a plugin with no route, no
 /// capabilities and default limits, for code that loads a component by hand.
