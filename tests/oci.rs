@@ -8,45 +8,60 @@ use depin_gateway::gateway::RunningGateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
-/// `plugin push` of the template plugin to `repo:tag`; the manifest digest.
-fn push(registry: &Registry, repo: &str, tag: &str) -> String {
+/// `plugin push` of the template plugin to `target` with `flags`: the
+/// exit code, standard output and standard error.
+fn push_template(target: &str, flags: &[&str]) -> (i32, String, String) {
     let file = plugin("template_plugin");
-    let target = format!("{}/{repo}:{tag}", registry.addr);
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "push",
-            file.to_str().unwrap(),
-            &target,
-            "--insecure",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    let args = ["plugin", "push", file.to_str().unwrap(), target];
+    run_cli(BIN, &[&args[..], flags].concat())
+}
+
+/// The manifest digest `plugin push` printed first.
+fn printed_digest(out: &str) -> String {
     let digest = out.lines().next().unwrap_or("").trim().to_string();
     assert!(digest.starts_with("sha256:") && digest.len() == 71, "{out}");
     digest
+}
+
+/// `plugin push` of the template plugin to `repo:tag`; the manifest digest.
+fn push(registry: &Registry, repo: &str, tag: &str) -> String {
+    let target = format!("{}/{repo}:{tag}", registry.addr);
+    let (code, out, err) = push_template(&target, &["--insecure"]);
+    assert_eq!(code, 0, "{err}");
+    printed_digest(&out)
 }
 
 fn reference(registry: &Registry, repo: &str, digest: &str) -> String {
     format!("oci://{}/{repo}@{digest}", registry.addr)
 }
 
+/// Appends `text` to `home`'s configuration.
+fn append(home: &Home, text: &str) {
+    let config = std::fs::read_to_string(&home.config_path).unwrap();
+    std::fs::write(&home.config_path, format!("{config}\n{text}")).unwrap();
+}
+
+/// The `[[plugin]]` table of plugin `t` at `/t` running `component`, with
+/// `table` added.
+fn plugin_t(component: &str, table: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"t\"\ncomponent = \"{component}\"\nroute = \"/t\"\n{table}\n\
+         [plugin.config]\ngreeting = \"hi\"\n"
+    )
+}
+
 /// A gateway home whose one plugin, `t` at `/t`, is `component`, with the
 /// registry allowed over plain HTTP and `table` added to the plugin.
 fn home_with(registry: &Registry, component: &str, table: &str) -> Home {
     let home = Home::new(&[], "");
-    let text = std::fs::read_to_string(&home.config_path).unwrap();
-    std::fs::write(
-        &home.config_path,
-        format!(
-            "{text}\n[[registry]]\nhost = \"{}\"\ninsecure = true\n\n\
-             [[plugin]]\nname = \"t\"\ncomponent = \"{component}\"\nroute = \"/t\"\n{table}\n\
-             [plugin.config]\ngreeting = \"hi\"\n",
+    append(
+        &home,
+        &format!(
+            "[[registry]]\nhost = \"{}\"\ninsecure = true\n",
             registry.addr
         ),
-    )
-    .unwrap();
+    );
+    append(&home, &plugin_t(component, table));
     home
 }
 
@@ -336,63 +351,33 @@ async fn credentials_from_a_file_pass_the_token_flow_and_are_never_logged() {
         format!("{PASSWORD}\n"),
     )
     .unwrap();
-    let text = std::fs::read_to_string(&home.config_path).unwrap();
-    std::fs::write(
-        &home.config_path,
-        format!(
-            "{text}\n[[registry]]\nhost = \"{}\"\ninsecure = true\nusername = \"publisher\"\n\
+    append(
+        &home,
+        &format!(
+            "[[registry]]\nhost = \"{}\"\ninsecure = true\nusername = \"publisher\"\n\
              password_file = \"registry.pass\"\n",
             registry.addr
         ),
-    )
-    .unwrap();
-    let file = plugin("template_plugin");
+    );
     let target = format!("{}/plugins/private:v1", registry.addr);
 
     // Anonymous: the token service refuses.
-    let (code, _, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "push",
-            file.to_str().unwrap(),
-            &target,
-            "--insecure",
-        ],
-    );
+    let (code, _, err) = push_template(&target, &["--insecure"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not authorized"), "{err}");
 
     // With the configuration's credentials: basic to the token service,
     // then the bearer token to the registry.
     let config = home.config_path.to_str().unwrap();
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "push",
-            file.to_str().unwrap(),
-            &target,
-            "--config",
-            config,
-        ],
-    );
+    let (code, out, err) = push_template(&target, &["--config", config]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
-    let digest = out.lines().next().unwrap().trim().to_string();
+    let digest = printed_digest(&out);
     let issued = tokens.issued();
     assert!(issued > 0);
 
     let reference = format!("oci://{}/plugins/private@{digest}", registry.addr);
-    let text = std::fs::read_to_string(&home.config_path).unwrap();
-    std::fs::write(
-        &home.config_path,
-        format!(
-            "{text}\n[[plugin]]\nname = \"t\"\ncomponent = \"{reference}\"\nroute = \"/t\"\n\
-             [plugin.config]\ngreeting = \"hi\"\n"
-        ),
-    )
-    .unwrap();
+    append(&home, &plugin_t(&reference, ""));
     let mut gw = GatewayProcess::start(BIN, &home.config_path);
     let hello = HttpClient::new(gw.addr).get("/t/hello?name=ada").await;
     assert_eq!((hello.status, hello.text().as_str()), (200, "hi, ada"));
@@ -409,49 +394,28 @@ async fn https_registries_are_trusted_through_ca_file_and_plain_http_is_not_assu
     let pki = depin_e2e::upstream::Pki::new(&tmp.path().join("pki"));
     let registry = Registry::start_tls(&pki.server_cert, &pki.server_key).await;
     let home = Home::new(&[], "");
-    let text = std::fs::read_to_string(&home.config_path).unwrap();
-    std::fs::write(
-        &home.config_path,
-        format!(
-            "{text}\n[[registry]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+    append(
+        &home,
+        &format!(
+            "[[registry]]\nhost = \"{}\"\nca_file = \"{}\"\n",
             registry.addr,
             pki.ca_file.display()
         ),
-    )
-    .unwrap();
-    let file = plugin("template_plugin");
+    );
     let target = format!("{}/plugins/tls:v1", registry.addr);
     let config = home.config_path.to_str().unwrap();
 
     // Without the CA the registry's certificate is not trusted.
-    let (code, _, err) = run_cli(BIN, &["plugin", "push", file.to_str().unwrap(), &target]);
+    let (code, _, err) = push_template(&target, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach the registry"), "{err}");
     // With it, over HTTPS.
-    let (code, out, err) = run_cli(
-        BIN,
-        &[
-            "plugin",
-            "push",
-            file.to_str().unwrap(),
-            &target,
-            "--config",
-            config,
-        ],
-    );
+    let (code, out, err) = push_template(&target, &["--config", config]);
     assert_eq!(code, 0, "{err}");
-    let digest = out.lines().next().unwrap().trim().to_string();
+    let digest = printed_digest(&out);
 
     let reference = format!("oci://{}/plugins/tls@{digest}", registry.addr);
-    let text = std::fs::read_to_string(&home.config_path).unwrap();
-    std::fs::write(
-        &home.config_path,
-        format!(
-            "{text}\n[[plugin]]\nname = \"t\"\ncomponent = \"{reference}\"\nroute = \"/t\"\n\
-             [plugin.config]\ngreeting = \"hi\"\n"
-        ),
-    )
-    .unwrap();
+    append(&home, &plugin_t(&reference, ""));
     let gw = RunningGateway::start(&home.config()).await.expect("start");
     let hello = HttpClient::new(gw.http_addr).get("/t/hello?name=ada").await;
     assert_eq!((hello.status, hello.text().as_str()), (200, "hi, ada"));
