@@ -14,15 +14,8 @@ use super::*;
 on_both_stores!(schedule_cheats_are_refused_by_name_and_count_nothing);
 async fn schedule_cheats_are_refused_by_name_and_count_nothing(backend: Backend) {
     let fx = Fixture::new(backend);
-    let (mut f, cert) = fx.forger("forger");
+    let (mut f, _collector) = fx.template_forger("forger", "interval_ms = 0\n");
     let template = fx.template.clone();
-    let _collector = fx.collector(
-        &[(f.id(), cert.sha256.clone())],
-        &format!(
-            "{}[challenges]\ninterval_ms = 0\n",
-            approve(&template, "other", None, &[])
-        ),
-    );
     let tpl = [("template", digest_bytes(&template))];
     let work = [("template", "other", "requests", 10)];
     let e0 = current_epoch() - 3;
@@ -165,15 +158,11 @@ async fn unapproved_components_earn_nothing_whatever_kind_they_claim(backend: Ba
 on_both_stores!(omitted_and_unanswered_challenges_count_as_failed);
 async fn omitted_and_unanswered_challenges_count_as_failed(backend: Backend) {
     let fx = Fixture::new(backend);
-    let (mut f, cert) = fx.forger("forger");
-    let template = fx.template.clone();
-    let _collector = fx.collector(
-        &[(f.id(), cert.sha256.clone())],
-        &format!(
-            "{}[challenges]\ninterval_ms = 200\ninclusion = true\nmax_open = 4\nanswer_timeout_ms = 600\n",
-            approve(&template, "other", None, &[])
-        ),
+    let (mut f, _collector) = fx.template_forger(
+        "forger",
+        "interval_ms = 200\ninclusion = true\nmax_open = 4\nanswer_timeout_ms = 600\n",
     );
+    let template = fx.template.clone();
     let tpl = [("template", digest_bytes(&template))];
     let work = [("template", "other", "requests", 100)];
     let mut next = current_epoch() - 1;

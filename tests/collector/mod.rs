@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use depin_e2e::forger::{Forger, LENGTH_MS, current_epoch, schedule_toml, until_acceptable};
 use depin_e2e::postgres::Postgres;
 use depin_e2e::upstream::{
-    ClientCert, CollectorProcess, Pki, collector_config, file_digest, free_port,
+    ClientCert, CollectorProcess, Pki, approve, collector_config, file_digest, free_port,
 };
 use depin_protocol::Hash;
 use depin_protocol::proofs::{Answer, ChallengeSpec};
@@ -198,6 +198,19 @@ impl Fixture {
     pub fn config(&self, gateways: &[(String, String)], extra: &str) -> PathBuf {
         let extra = format!("{}{}{extra}", schedule_toml(), self.store.toml);
         collector_config(self.dir(), &self.pki, self.port, gateways, POLICY, &extra)
+    }
+
+    /// A forger `name` and a collector that knows it and approves the
+    /// template plugin for kind `other`; `challenges` is the body of the
+    /// collector's `[challenges]` table.
+    pub fn template_forger(&self, name: &str, challenges: &str) -> (Forger, CollectorProcess) {
+        let (forger, cert) = self.forger(name);
+        let extra = format!(
+            "{}[challenges]\n{challenges}",
+            approve(&self.template, "other", None, &[])
+        );
+        let collector = self.collector(&[(forger.id(), cert.sha256)], &extra);
+        (forger, collector)
     }
 
     /// Starts the collector [`Fixture::config`] describes.

@@ -1,7 +1,6 @@
 //! Component signers in reports: a v3 report's signer is accepted and kept
 //! with the decision; a v2 report (no signers) is still accepted.
 
-use depin_e2e::upstream::approve;
 use depin_protocol::report::{REPORT_VERSION, REPORT_VERSION_UNSIGNED_COMPONENTS};
 
 use super::*;
@@ -9,15 +8,8 @@ use super::*;
 on_both_stores!(signers_of_components_are_accepted_and_kept_and_v2_reports_still_are);
 async fn signers_of_components_are_accepted_and_kept_and_v2_reports_still_are(backend: Backend) {
     let fx = Fixture::new(backend);
-    let (mut f, cert) = fx.forger("signed");
+    let (mut f, _collector) = fx.template_forger("signed", "interval_ms = 0\n");
     let template = fx.template.clone();
-    let _collector = fx.collector(
-        &[(f.id(), cert.sha256.clone())],
-        &format!(
-            "{}[challenges]\ninterval_ms = 0\n",
-            approve(&template, "other", None, &[])
-        ),
-    );
     let tpl = [("template", digest_bytes(&template))];
     let work = [("template", "other", "requests", 10)];
     let e0 = current_epoch() - 3;
