@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use depin_e2e::upstream::{CollectorProcess, Pki, free_port, schedule_toml};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin};
-use depin_gateway::config::UpstreamConfig;
 use depin_gateway::identity::DeviceKey;
 use depin_gateway::upstream::sender::CollectorClient;
 use rustls_pki_types::pem::PemObject;
@@ -50,17 +49,7 @@ fn device_key_collector(dir: &Path, pki: &Pki, port: u16, id: &str) -> Collector
 
 /// A client of the collector on `port` with the gateway's own device key.
 fn https(pki: &Pki, port: u16, home: &Home) -> CollectorClient {
-    let key = DeviceKey::load(&home.key_path()).unwrap();
-    let config = UpstreamConfig {
-        url: format!("https://127.0.0.1:{port}").into(),
-        ca_file: pki.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
-        retry_min_ms: 50,
-        retry_max_ms: 400,
-        request_timeout_ms: 5000,
-    };
-    CollectorClient::with_identity(&config, Some(std::sync::Arc::new(key))).unwrap()
+    pki.https_device_key(&[port], &DeviceKey::load(&home.key_path()).unwrap())
 }
 
 async fn traffic(gw: &GatewayProcess, epochs: usize) {

@@ -6,15 +6,12 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
 use depin_e2e::softhsm::{SoftHsm, USER_PIN};
 use depin_e2e::upstream::{Pki, device_key_collector, free_port, schedule_toml, wait_for_verdicts};
 use depin_e2e::{GatewayProcess, Home, HttpClient, PluginSpec, plugin, run_cli};
-use depin_gateway::config::UpstreamConfig;
 use depin_gateway::identity::DeviceKey;
-use depin_gateway::upstream::sender::CollectorClient;
 use depin_protocol::report::SignedReport;
 
 use crate::upstream::{POLICY, reports_at_collector, wait_for_reports};
@@ -71,21 +68,6 @@ fn id_of_ec_point(hex_point: &str) -> String {
     let point = hex::decode(hex_point).unwrap();
     assert_eq!(&point[..2], &[0x04, 0x20], "DER OCTET STRING of 32 bytes");
     format!("dpg1{}", hex::encode(&point[2..]))
-}
-
-/// A collector client with a device key of its own, listed at the
-/// collector: how the test reads the collector's API.
-fn observer(pki: &Pki, port: u16, key: DeviceKey) -> CollectorClient {
-    let config = UpstreamConfig {
-        url: format!("https://127.0.0.1:{port}").into(),
-        ca_file: pki.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
-        retry_min_ms: 50,
-        retry_max_ms: 400,
-        request_timeout_ms: 5000,
-    };
-    CollectorClient::with_identity(&config, Some(Arc::new(key))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +155,7 @@ async fn key_made_on_the_token_signs_reports_the_collector_verifies_and_never_le
         POLICY,
         &challenges,
     );
-    let https = observer(&pki, port, watcher);
+    let https = pki.https_device_key(&[port], &watcher);
 
     let mut gw = GatewayProcess::start_with_env(BIN, &home.config_path, &hsm.env());
     // (the reader thread stores the line just after it reports ready)
