@@ -229,13 +229,26 @@ impl EpochReport {
 
     /// Signs the report with the device key.
     pub fn sign(self, key: &SigningKey) -> SignedReport {
+        match self.try_sign(|body| Ok::<_, core::convert::Infallible>(key.sign(body))) {
+            Ok(signed) => signed,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Signs with `sign`, which may fail (a key held by a hardware token):
+    /// the canonical encoding followed by the signature over it, the same
+    /// bytes as [`EpochReport::sign`] with the same key.
+    pub fn try_sign<E>(
+        self,
+        sign: impl FnOnce(&[u8]) -> Result<Signature, E>,
+    ) -> Result<SignedReport, E> {
         let mut bytes = self.encode();
-        let sig = key.sign(&bytes);
+        let sig = sign(&bytes)?;
         bytes.extend_from_slice(&sig.to_bytes());
-        SignedReport {
+        Ok(SignedReport {
             report: self,
             bytes,
-        }
+        })
     }
 
     /// The gateway id of the signer.

@@ -89,10 +89,7 @@ pub trait DeviceSigner: Send + Sync + fmt::Debug {
     /// Signs an epoch report: its canonical encoding followed by the
     /// signature over it, the bytes `SignedReport::decode` checks.
     fn sign_report(&self, report: EpochReport) -> Result<SignedReport, SignError> {
-        let mut bytes = report.encode();
-        let signature = self.sign(&bytes)?;
-        bytes.extend_from_slice(&signature.to_bytes());
-        Ok(SignedReport { report, bytes })
+        report.try_sign(|body| self.sign(body))
     }
 
     /// Encodes and signs a challenge answer.
