@@ -368,5 +368,7 @@ impl PerPlugin {
 }
 
 mod render;
+
+pub(crate) use render::escape;
 #[cfg(test)]
 mod tests;

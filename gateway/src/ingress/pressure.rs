@@ -15,62 +15,71 @@ pub struct Family {
     pub gauge: bool,
 }
 
+impl Family {
+    const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            gauge: false,
+        }
+    }
+
+    const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            gauge: true,
+        }
+    }
+}
+
 /// Connections closed at accept because a connection cap was reached
 /// (`reason` = `total` or `peer`).
-pub const HTTP_CONNECTIONS_REFUSED: Family = Family {
-    name: "depin_http_connections_refused_total",
-    help: "HTTP connections closed at accept: http.max_connections (reason=total) or http.max_connections_per_peer (reason=peer) reached.",
-    gauge: false,
-};
+pub const HTTP_CONNECTIONS_REFUSED: Family = Family::counter(
+    "depin_http_connections_refused_total",
+    "HTTP connections closed at accept: http.max_connections (reason=total) or http.max_connections_per_peer (reason=peer) reached.",
+);
 /// Requests whose body did not arrive within `http.body_read_timeout_ms`.
-pub const HTTP_BODY_TIMEOUTS: Family = Family {
-    name: "depin_http_body_timeouts_total",
-    help: "Requests answered 408 because the body did not arrive within http.body_read_timeout_ms.",
-    gauge: false,
-};
+pub const HTTP_BODY_TIMEOUTS: Family = Family::counter(
+    "depin_http_body_timeouts_total",
+    "Requests answered 408 because the body did not arrive within http.body_read_timeout_ms.",
+);
 /// Open connections of the public HTTP ingress.
-pub const HTTP_CONNECTIONS_OPEN: Family = Family {
-    name: "depin_http_connections_open",
-    help: "Open connections of the public HTTP ingress.",
-    gauge: true,
-};
+pub const HTTP_CONNECTIONS_OPEN: Family = Family::gauge(
+    "depin_http_connections_open",
+    "Open connections of the public HTTP ingress.",
+);
 /// Times the MQTT subscriber stopped reading its broker because its queue
 /// was full.
-pub const MQTT_BACKPRESSURE: Family = Family {
-    name: "depin_mqtt_backpressure_total",
-    help: "MQTT messages that waited for room in the full delivery queue; the broker connection is not read meanwhile.",
-    gauge: false,
-};
+pub const MQTT_BACKPRESSURE: Family = Family::counter(
+    "depin_mqtt_backpressure_total",
+    "MQTT messages that waited for room in the full delivery queue; the broker connection is not read meanwhile.",
+);
 /// MQTT messages received and not yet handled.
-pub const MQTT_QUEUED: Family = Family {
-    name: "depin_mqtt_queued_messages",
-    help: "MQTT messages received from the broker and not yet handled.",
-    gauge: true,
-};
+pub const MQTT_QUEUED: Family = Family::gauge(
+    "depin_mqtt_queued_messages",
+    "MQTT messages received from the broker and not yet handled.",
+);
 /// The most MQTT messages ever queued at once.
-pub const MQTT_QUEUED_PEAK: Family = Family {
-    name: "depin_mqtt_queued_messages_peak",
-    help: "The most MQTT messages queued at once since start (bounded by the queue sizes).",
-    gauge: true,
-};
+pub const MQTT_QUEUED_PEAK: Family = Family::gauge(
+    "depin_mqtt_queued_messages_peak",
+    "The most MQTT messages queued at once since start (bounded by the queue sizes).",
+);
 /// UDP datagrams dropped, by bound (`reason`).
-pub const UDP_DROPPED: Family = Family {
-    name: "depin_udp_dropped_total",
-    help: "UDP datagrams dropped: lane_full, queue_bytes (plugin byte budget), send_cap (per-call send cap), reply_budget (reply bytes bounded by bytes received from the peer).",
-    gauge: false,
-};
+pub const UDP_DROPPED: Family = Family::counter(
+    "depin_udp_dropped_total",
+    "UDP datagrams dropped: lane_full, queue_bytes (plugin byte budget), send_cap (per-call send cap), reply_budget (reply bytes bounded by bytes received from the peer).",
+);
 /// Upstream sessions closed, by why (`reason` = `idle` or `lru`).
-pub const UDP_SESSIONS_CLOSED: Family = Family {
-    name: "depin_udp_sessions_closed_total",
-    help: "Upstream UDP sessions closed: idle (unused for the idle period) or lru (least recently used, to make room).",
-    gauge: false,
-};
+pub const UDP_SESSIONS_CLOSED: Family = Family::counter(
+    "depin_udp_sessions_closed_total",
+    "Upstream UDP sessions closed: idle (unused for the idle period) or lru (least recently used, to make room).",
+);
 /// Recent peers forgotten to make room for new ones.
-pub const UDP_PEERS_EVICTED: Family = Family {
-    name: "depin_udp_peers_evicted_total",
-    help: "Recent UDP peers forgotten before their time to make room for new ones (least recently seen first).",
-    gauge: false,
-};
+pub const UDP_PEERS_EVICTED: Family = Family::counter(
+    "depin_udp_peers_evicted_total",
+    "Recent UDP peers forgotten before their time to make room for new ones (least recently seen first).",
+);
 
 #[derive(Default)]
 struct Registry {
@@ -88,11 +97,7 @@ fn labels(pairs: &[(&str, &str)]) -> String {
         if i > 0 {
             s.push(',');
         }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
+        let _ = write!(s, "{k}=\"{}\"", crate::metrics::escape(v));
     }
     s
 }
