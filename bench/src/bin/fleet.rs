@@ -76,6 +76,22 @@ struct Args {
     replicas: usize,
 }
 
+const USAGE: &str = "usage: depin-bench-fleet [--gateways N] [--epochs E] [--cheaters C] \
+                     [--store redb|postgres] [--replicas 1|2]";
+
+/// Prints `problem` and the usage, and exits with status 2.
+fn usage_error(problem: &str) -> ! {
+    eprintln!("depin-bench-fleet: {problem}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// `value` of `flag` as a number, or a usage error.
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> T {
+    value
+        .parse()
+        .unwrap_or_else(|_| usage_error(&format!("{flag}: not a number: {value}")))
+}
+
 fn args() -> Args {
     let mut a = Args {
         gateways: 40,
@@ -86,26 +102,40 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}\n\nSee the comment at the top of bench/src/bin/fleet.rs.");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage_error(&format!("{flag} needs a value")));
         match flag.as_str() {
-            "--gateways" => a.gateways = value().parse().expect("--gateways N"),
-            "--epochs" => a.epochs = value().parse().expect("--epochs E"),
-            "--cheaters" => a.cheaters = value().parse().expect("--cheaters C"),
-            "--replicas" => a.replicas = value().parse().expect("--replicas 1|2"),
+            "--gateways" => a.gateways = number(&flag, &value),
+            "--epochs" => a.epochs = number(&flag, &value),
+            "--cheaters" => a.cheaters = number(&flag, &value),
+            "--replicas" => a.replicas = number(&flag, &value),
             "--store" => {
-                a.store = match value().as_str() {
+                a.store = match value.as_str() {
                     "redb" => Store::Redb,
                     "postgres" => Store::Postgres,
-                    other => panic!("--store redb|postgres, not {other}"),
+                    other => usage_error(&format!("--store redb|postgres, not {other}")),
                 }
             }
-            other => panic!("unknown argument {other}"),
+            other => usage_error(&format!("unknown argument {other}")),
         }
     }
     if a.cheaters == usize::MAX {
         a.cheaters = a.gateways / 4;
     }
-    assert!(a.cheaters <= a.gateways && a.epochs >= 2 && (1..=2).contains(&a.replicas));
+    if a.cheaters > a.gateways {
+        usage_error("--cheaters is more than --gateways");
+    }
+    if a.epochs < 2 {
+        usage_error("--epochs must be at least 2");
+    }
+    if !(1..=2).contains(&a.replicas) {
+        usage_error("--replicas is 1 or 2");
+    }
     a
 }
 
