@@ -8,6 +8,8 @@ use super::plugin::{config_value_string, normalize_route, validate_jobs, validat
 use super::{GatewayConfig, parse_http_origin, validate_host_port, validate_name};
 
 impl GatewayConfig {
+    /// Every check of the loaded file; the first failure as (dotted key,
+    /// problem), which the loader turns into an error naming the file.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let h = &self.http;
         positive("http.max_body_bytes", h.max_body_bytes as u64)?;
@@ -164,6 +166,7 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// `key` (a token URI) against `key_path` and `[pkcs11]`.
     fn validate_key(&self) -> Result<(), (String, String)> {
         self.pkcs11.validate()?;
         let Some(uri) = &self.key else {
@@ -191,6 +194,7 @@ impl GatewayConfig {
     }
 }
 
+/// `key` must be greater than 0.
 pub(super) fn positive(key: &str, value: u64) -> Result<(), (String, String)> {
     if value == 0 {
         Err((key.to_string(), "must be greater than 0".into()))
