@@ -12,11 +12,13 @@
 //! - [`proofs`]: challenges and signed answers (feature `signing`);
 //! - [`rewards`]: the reward policy, the reward function and its lines;
 //! - [`units`]: host-attested unit names;
-//! - [`time`]: the wall clock in Unix milliseconds.
+//! - [`time`]: the wall clock in Unix milliseconds;
+//! - [`oci`]: OCI repository names, tags and digests.
 
 pub mod ack;
 pub mod hash;
 pub mod merkle;
+pub mod oci;
 #[cfg(feature = "signing")]
 pub mod proofs;
 pub mod record;

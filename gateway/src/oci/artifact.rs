@@ -134,7 +134,7 @@ pub fn wasm_layer(manifest: &[u8]) -> Result<Descriptor, String> {
 pub fn descriptor(v: &Value) -> Result<Descriptor, String> {
     let media_type = v["mediaType"].as_str().ok_or("no mediaType")?.to_string();
     let digest = v["digest"].as_str().ok_or("no digest")?.to_string();
-    super::reference::check_digest(&digest)?;
+    depin_protocol::oci::check_digest(&digest)?;
     let size = v["size"].as_u64().ok_or("no size")?;
     Ok(Descriptor {
         media_type,

@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
+use depin_protocol::oci::check_digest;
 use oci_client::secrets::RegistryAuth;
 
 use super::artifact::{self, MANIFEST_MEDIA_TYPE};
-use super::reference::{ComponentRef, Pin, check_digest};
+use super::reference::{ComponentRef, Pin};
 use super::registry::{Registries, describe, is_missing};
 use super::signature::{
     self, FoundSignature, PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION, TrustedKey,

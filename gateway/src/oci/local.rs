@@ -67,7 +67,7 @@ impl LocalCopies {
     pub fn tag(&self, r: &ComponentRef) -> Option<String> {
         let text = std::fs::read_to_string(self.tag_path(r)).ok()?;
         let digest = text.trim().to_string();
-        super::reference::check_digest(&digest).ok()?;
+        depin_protocol::oci::check_digest(&digest).ok()?;
         Some(digest)
     }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use depin_protocol::oci::{check_digest, check_repository, check_tag};
+
 /// The scheme that marks a component as living in a registry.
 pub const SCHEME: &str = "oci://";
 
@@ -137,20 +139,6 @@ impl fmt::Display for ComponentRef {
     }
 }
 
-/// `sha256:` and 64 lower-case hex digits.
-pub fn check_digest(digest: &str) -> Result<(), String> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| format!("digest `{digest}` must be `sha256:<64 hex digits>`"))?;
-    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        Ok(())
-    } else {
-        Err(format!(
-            "digest `{digest}` must be `sha256:` and 64 lower-case hex digits"
-        ))
-    }
-}
-
 fn check_registry(registry: &str) -> Result<(), String> {
     let (host, port) = match registry.strip_prefix('[') {
         Some(v6) => {
@@ -183,42 +171,6 @@ fn check_registry(registry: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Path components of lower-case letters and digits joined by `.`, `_`,
-/// `__` or dashes, as the distribution spec allows.
-fn check_repository(name: &str) -> Result<(), String> {
-    let component_ok = |c: &str| {
-        !c.is_empty()
-            && c.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            })
-            && c.as_bytes()[0].is_ascii_alphanumeric()
-            && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
-    };
-    if name.len() <= 255 && name.split('/').all(component_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "repository `{name}` must be `/`-separated parts of a-z, 0-9, `.`, `_`, `-`"
-        ))
-    }
-}
-
-fn check_tag(tag: &str) -> Result<(), String> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 128
-        && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_')
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "tag `{tag}` must be 1 to 128 of A-Z, a-z, 0-9, `.`, `_`, `-`"
-        ))
-    }
 }
 
 #[cfg(test)]
